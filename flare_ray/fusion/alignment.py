@@ -1,0 +1,55 @@
+"""Token alignment of source and target positions.
+
+FLARE fuses token-wise (Sec. 3.2): the k-th real target token is fused with the
+k-th real source token, whatever the padding. This one rule covers every
+architecture:
+
+* encoders (XLM-R) and the mT5 encoder pad on the right: position ``j`` of the
+  target meets position ``j`` of the source;
+* decoders (Llama, Gemma 2) left-pad their prompts: the k-th prompt token meets
+  the k-th source prompt token, counted from each side's first real token
+  (exactly the tokens that share a rotary position id).
+
+A target position fuses only where ``fusion_mask`` is set (by default its real
+tokens; for decoders, the prompt tokens) *and* a real source token is aligned
+with it; everywhere else the module is plain LoRA. Source pad positions are
+never read, so neither their content nor their number changes the output.
+Cross-attention needs no alignment; it masks source padding as attention keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Alignment:
+    index: torch.Tensor  # [batch, target_len]: source position aligned with each target position
+    fuse: torch.Tensor  # [batch, target_len] bool: where a positional fusion applies
+    rows: torch.Tensor  # [batch, target_len] bool: target positions that fuse at all (any function)
+    source_mask: torch.Tensor  # [batch, source_len] bool
+
+    def gather(self, a_s: torch.Tensor) -> torch.Tensor:
+        """``a_s`` ``[batch, source_len, r]`` -> aligned ``[batch, target_len, r]``."""
+        return a_s.gather(1, self.index.unsqueeze(-1).expand(-1, -1, a_s.shape[-1]))
+
+    def last(self, n: int) -> "Alignment":
+        """The alignment of the last ``n`` target positions (one generation step)."""
+        return Alignment(self.index[:, -n:], self.fuse[:, -n:], self.rows[:, -n:], self.source_mask)
+
+
+def align(target_mask: torch.Tensor, fusion_mask: torch.Tensor, source_mask: torch.Tensor) -> Alignment:
+    target_mask, fusion_mask, source_mask = target_mask.bool(), fusion_mask.bool(), source_mask.bool()
+    if target_mask.shape[0] != source_mask.shape[0]:
+        raise ValueError(
+            f"FLARE: target batch has {target_mask.shape[0]} rows but the source batch has {source_mask.shape[0]}"
+        )
+    k_target = target_mask.long().cumsum(-1) - 1  # content index of each target token
+    first_source = source_mask.long().argmax(-1, keepdim=True)  # first real source token
+    n_source = source_mask.sum(-1, keepdim=True)
+    rows = fusion_mask & target_mask & (n_source > 0)
+    fuse = rows & (k_target < n_source)
+    index = (first_source + k_target.clamp(min=0)).clamp(max=source_mask.shape[1] - 1)
+    return Alignment(index=index, fuse=fuse, rows=rows, source_mask=source_mask)

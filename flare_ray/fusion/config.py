@@ -1,0 +1,162 @@
+"""The FLARE adapter's configuration.
+
+A FLARE adapter is a peft LoRA adapter (configured by peft's own ``LoraConfig``)
+plus the options below, which say where and how the source-language
+representations are fused into the LoRA bottleneck.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+CONFIG_NAME = "flare_config.json"
+
+
+class SourceRepresentation(str, Enum):
+    """Which source-language representation is fused into the modules of block ``i``.
+
+    ``NEXT_BLOCK_OUTPUT`` (the paper, Sec. 3.1): the source after it has passed
+        block ``i`` (``v_{i+1}``). The last block uses its own output (before any
+        final norm of the model).
+    ``MODULE_INPUT``: exactly what the same module sees in the source pass
+        (for pre-norm models this is the normed block input).
+    ``BLOCK_INPUT`` (the authors' public code): the raw residual stream entering
+        block ``i`` (``v_i``); for pre-norm models this is *not* what q/v see.
+    """
+
+    NEXT_BLOCK_OUTPUT = "next_block_output"
+    MODULE_INPUT = "module_input"
+    BLOCK_INPUT = "block_input"
+
+
+LAYER_GROUPS = ("all", "lower_half", "upper_half")
+_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
+
+
+@dataclass
+class FlareConfig:
+    """Where and how FLARE fuses source representations into LoRA bottlenecks.
+
+    Args:
+        fusion: name of a registered fusion function (``add``, ``mul``,
+            ``add_relu``, ``cross_attention`` or one you registered).
+        fusion_modules: names (suffixes, as in peft's ``target_modules``) of the
+            adapted modules that fuse. ``None``: the attention query and value
+            projections of the architecture (peft's default LoRA targets).
+            Adapted modules outside this set are plain LoRA.
+        fusion_layers: which blocks of the fused stack fuse: ``"all"``,
+            ``"lower_half"``, ``"upper_half"``, a list of block indices, or
+            ranges such as ``"0-5"`` (inclusive) mixed with indices.
+            Negative indices count from the last block.
+        source_representation: see :class:`SourceRepresentation`.
+        cross_attention_heads: heads of the ``cross_attention`` fusion (must
+            divide ``r``).
+        mt_encoder: name or path of an MT model (M2M100/NLLB architecture) whose
+            encoder supplies latent translations (FLARE-MT). ``None``: the
+            source pass of the base model supplies the source representations.
+    """
+
+    fusion: str = "add_relu"
+    fusion_modules: list[str] | None = None
+    fusion_layers: str | list[int | str] = "all"
+    source_representation: SourceRepresentation = SourceRepresentation.NEXT_BLOCK_OUTPUT
+    cross_attention_heads: int = 1
+    mt_encoder: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .functions import FUSION_FUNCTIONS  # local: keep config importable cheaply
+
+        if self.fusion not in FUSION_FUNCTIONS:
+            raise ValueError(
+                f"FlareConfig.fusion: unknown fusion function {self.fusion!r}; "
+                f"expected one of {sorted(FUSION_FUNCTIONS)}"
+            )
+        try:
+            self.source_representation = SourceRepresentation(self.source_representation)
+        except ValueError:
+            raise ValueError(
+                f"FlareConfig.source_representation: {self.source_representation!r} is not one of "
+                f"{[s.value for s in SourceRepresentation]}"
+            ) from None
+        if not isinstance(self.cross_attention_heads, int) or self.cross_attention_heads < 1:
+            raise ValueError(
+                f"FlareConfig.cross_attention_heads: expected a positive integer, got {self.cross_attention_heads!r}"
+            )
+        if isinstance(self.fusion_modules, str):
+            self.fusion_modules = [self.fusion_modules]
+        # Validate the layer spec eagerly (against a large stack) so a typo fails here.
+        resolve_layers(self.fusion_layers, num_layers=10_000)
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["source_representation"] = self.source_representation.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FlareConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"FlareConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FlareConfig":
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no FLARE config here (expected {CONFIG_NAME} next to the adapter)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> list[int]:
+    """Turn a ``fusion_layers`` spec into sorted, unique block indices in ``[0, num_layers)``."""
+    if isinstance(spec, str) and spec in LAYER_GROUPS:
+        half = num_layers // 2
+        return {
+            "all": list(range(num_layers)),
+            "lower_half": list(range(half)),
+            "upper_half": list(range(half, num_layers)),
+        }[spec]
+    items: Sequence[int | str] = [spec] if isinstance(spec, (int, str)) else spec
+    if isinstance(spec, str):
+        items = [s for s in spec.split(",") if s.strip()]
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"FlareConfig.fusion_layers: {item!r} is not a block index")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and _RANGE.match(item):
+            lo, hi = (int(g) for g in _RANGE.match(item).groups())
+        elif isinstance(item, str) and item.strip().lstrip("-").isdigit():
+            lo = hi = int(item)
+        else:
+            raise ValueError(
+                f"FlareConfig.fusion_layers: cannot read {item!r}; expected one of {LAYER_GROUPS}, "
+                "a block index, or an inclusive range like '0-5'"
+            )
+        lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
+        if not (0 <= lo <= hi < num_layers):
+            raise ValueError(
+                f"FlareConfig.fusion_layers: {item!r} is outside the {num_layers} blocks of this model"
+            )
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise ValueError("FlareConfig.fusion_layers: selects no block")
+    return sorted(out)

@@ -1,0 +1,370 @@
+"""The FLARE model: a peft LoRA model whose fused modules combine source and
+target representations in the LoRA bottleneck.
+
+Nothing of peft or transformers is patched. peft's LoRA layer computes
+``base(x) + B(A(dropout(x))) * scaling``; FLARE registers a forward pre-hook on
+``B`` of each fusion site that replaces its input ``a_t = A(dropout(x_T))`` with
+``f(A(dropout(x_S)), a_t)``. The hook reads the source representations from the
+model's *active fusion context*, which :meth:`FlareModel.forward` sets before
+the target pass and leaves in place until the next call, so that gradient
+checkpointing, which re-runs the blocks during backward, fuses exactly as the
+forward did and gradients reach ``A`` through the source branch too.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .alignment import Alignment, align
+from .config import FlareConfig
+from .functions import FUSION_FUNCTIONS, FusionFunction
+from .mt import load_mt_encoder, run_mt_encoder
+from .sites import ArchitectureFamily, FusionSite, plan_fusion
+from .source import SourceStates, run_source_pass
+
+WEIGHTS_NAME = "flare_model.safetensors"
+_FLARE_PREFIXES = ("fusions.", "mt_projection.")
+
+
+@dataclass
+class FusionContext:
+    """What the fusion hooks read during one target pass."""
+
+    states: SourceStates
+    alignment: Alignment
+
+
+def default_task_type(model: nn.Module) -> TaskType:
+    family = ArchitectureFamily.of(model)
+    if family is ArchitectureFamily.ENCODER_DECODER:
+        return TaskType.SEQ_2_SEQ_LM
+    if family is ArchitectureFamily.DECODER:
+        return TaskType.CAUSAL_LM
+    if type(model).__name__.endswith("ForQuestionAnswering"):
+        return TaskType.QUESTION_ANS
+    if type(model).__name__.endswith("ForTokenClassification"):
+        return TaskType.TOKEN_CLS
+    return TaskType.SEQ_CLS
+
+
+def _site_key(site: FusionSite) -> str:
+    return site.name.replace(".", "__")
+
+
+class FlareModel(nn.Module):
+    """A peft LoRA model with FLARE fusion; built by :func:`get_flare_model`.
+
+    Call it like the wrapped model, plus the source side, one of:
+
+    * ``source_input_ids`` / ``source_attention_mask``: the English input; the
+      frozen base model runs on it (the source pass);
+    * ``source_states``: precomputed :class:`SourceStates` (per-site
+      representations, or for FLARE-MT the MT encoder's latent translation);
+    * ``mt_input_ids`` / ``mt_attention_mask`` (FLARE-MT): the *target* text in
+      the MT model's tokenization.
+
+    Without any of them (or inside :meth:`fusion_disabled`) it is exactly the
+    plain peft LoRA model. ``fusion_mask`` (``[batch, target_len]``) limits
+    which target positions fuse; by default all real tokens, and for decoders
+    trained with ``labels`` only the prompt (positions whose label is -100), so
+    training matches generation (see :meth:`generate`).
+    """
+
+    def __init__(self, peft_model: PeftModel, config: FlareConfig, mt_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+        self.config = config
+        self.adapter_name = peft_model.active_adapter
+        self.fusion_enabled = True
+        base = peft_model.get_base_model()
+        self.plan = plan_fusion(base, config)
+        self.family = self.plan.family
+        fusion_cls = FUSION_FUNCTIONS[config.fusion]
+        self.fusions = nn.ModuleDict(
+            {
+                _site_key(site): fusion_cls(site.layer.r[self.adapter_name], heads=config.cross_attention_heads)
+                for site in self.plan.sites
+            }
+        )
+        self.mt_encoder = None
+        self.mt_projection = None
+        if mt_encoder is not None:
+            self._attach_mt_encoder(mt_encoder, base)
+        elif config.mt_encoder is not None:
+            self._attach_mt_encoder(load_mt_encoder(config.mt_encoder), base)
+        # New fusion parameters live where the adapter lives.
+        device = next(p.device for p in base.parameters())
+        for module in (self.fusions, self.mt_projection):
+            if module is not None:
+                module.to(device)
+        self._active: FusionContext | None = None
+        self._hooks = [
+            site.layer.lora_B[self.adapter_name].register_forward_pre_hook(partial(self._fuse, site))
+            for site in self.plan.sites
+        ]
+
+    def _attach_mt_encoder(self, encoder: nn.Module, base: nn.Module) -> None:
+        width = base.config.get_text_config().hidden_size
+        for site in self.plan.sites:
+            if site.layer.in_features != width:
+                raise ValueError(
+                    f"FLARE-MT: fused module {site.name} takes {site.layer.in_features} features, "
+                    f"but latent translations are projected to the model width {width}"
+                )
+        self.mt_encoder = encoder.requires_grad_(False)
+        self.mt_projection = nn.Linear(encoder.config.d_model, width)
+
+    # -- the fusion itself ---------------------------------------------------
+    def _fuse(self, site: FusionSite, _lora_b: nn.Module, args: tuple[torch.Tensor, ...]):
+        context = self._active
+        if context is None:
+            return None
+        (a_t,) = args
+        if a_t.shape[:2] != context.alignment.fuse.shape:
+            raise RuntimeError(
+                f"FLARE: {site.name} sees a target of shape {tuple(a_t.shape[:2])} but the fusion context was "
+                f"built for {tuple(context.alignment.fuse.shape)}; call the FlareModel, not the wrapped model"
+            )
+        layer, name = site.layer, self.adapter_name
+        x_s = context.states.for_site(site.name)
+        if self.mt_projection is not None:
+            x_s = self.mt_projection(x_s.to(self.mt_projection.weight.dtype))
+        x_s = x_s.to(layer.lora_A[name].weight.dtype)
+        a_s = layer.lora_A[name](layer.lora_dropout[name](x_s)).to(a_t.dtype)
+        fusion: FusionFunction = self.fusions[_site_key(site)]
+        if fusion.positional:
+            fused = fusion(context.alignment.gather(a_s), a_t, context.alignment.source_mask)
+            where = context.alignment.fuse
+        else:
+            fused = fusion(a_s, a_t, context.alignment.source_mask)
+            where = context.alignment.rows
+        return (torch.where(where.unsqueeze(-1), fused, a_t),)
+
+    # -- source side ---------------------------------------------------------
+    def source_states(
+        self,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        mt_input_ids: torch.Tensor | None = None,
+        mt_attention_mask: torch.Tensor | None = None,
+    ) -> SourceStates | None:
+        """The source representations for a batch: the source pass, or the MT encoder for FLARE-MT."""
+        if self.mt_encoder is not None:
+            if source_input_ids is not None:
+                raise ValueError("FLARE-MT takes mt_input_ids (the target text in MT tokenization), not source_input_ids")
+            if mt_input_ids is None:
+                return None
+            return run_mt_encoder(self.mt_encoder, mt_input_ids, _ones_like(mt_input_ids, mt_attention_mask))
+        if mt_input_ids is not None:
+            raise ValueError("mt_input_ids given, but this FLARE model has no MT encoder (FlareConfig.mt_encoder)")
+        if source_input_ids is None:
+            return None
+        return run_source_pass(
+            self.peft_model,
+            self.plan,
+            self.config.source_representation,
+            source_input_ids,
+            _ones_like(source_input_ids, source_attention_mask),
+        )
+
+    def _context(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        fusion_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        source_states: SourceStates | None,
+        **source: torch.Tensor | None,
+    ) -> FusionContext | None:
+        if not self.fusion_enabled:
+            return None
+        if source_states is None:
+            source_states = self.source_states(**source)
+        elif any(v is not None for v in source.values()):
+            raise ValueError("give either source_states or source inputs, not both")
+        if source_states is None:
+            return None
+        target_mask = _ones_like(input_ids, attention_mask)
+        if fusion_mask is None:
+            fusion_mask = target_mask
+            if self.family is ArchitectureFamily.DECODER and labels is not None:
+                fusion_mask = fusion_mask.bool() & (labels == -100)  # the prompt, not the answer
+        return FusionContext(source_states, align(target_mask, fusion_mask, source_states.attention_mask))
+
+    # -- the forward ---------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        source_states: SourceStates | None = None,
+        mt_input_ids: torch.Tensor | None = None,
+        mt_attention_mask: torch.Tensor | None = None,
+        fusion_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        # Kept after the call on purpose: backward re-runs checkpointed blocks and must fuse the same way.
+        self._active = self._context(
+            input_ids,
+            attention_mask,
+            fusion_mask,
+            kwargs.get("labels"),
+            source_states,
+            source_input_ids=source_input_ids,
+            source_attention_mask=source_attention_mask,
+            mt_input_ids=mt_input_ids,
+            mt_attention_mask=mt_attention_mask,
+        )
+        return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        source_input_ids: torch.Tensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        source_states: SourceStates | None = None,
+        mt_input_ids: torch.Tensor | None = None,
+        mt_attention_mask: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate with fusion.
+
+        Encoder-decoder: the encoder fuses (once, as in training); the decoder is plain LoRA.
+        Decoder: the prompt tokens fuse (at prefill); generated tokens are plain LoRA,
+        as the answer tokens are in training. This holds with or without the KV cache.
+        """
+        attention_mask = _ones_like(input_ids, attention_mask)
+        context = self._context(
+            input_ids,
+            attention_mask,
+            None,
+            None,
+            source_states,
+            source_input_ids=source_input_ids,
+            source_attention_mask=source_attention_mask,
+            mt_input_ids=mt_input_ids,
+            mt_attention_mask=mt_attention_mask,
+        )
+        handle = None
+        if context is not None and self.family is ArchitectureFamily.DECODER:
+            prompt_len = input_ids.shape[1]
+
+            def prompt_only(_module, args, kwargs):
+                # Each step sees the positions [total - new, total): fuse only those inside the prompt.
+                full_mask = kwargs["attention_mask"]
+                new = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
+                prompt = torch.zeros_like(full_mask, dtype=torch.bool)
+                prompt[:, :prompt_len] = attention_mask.bool()
+                step = align(full_mask, prompt, context.states.attention_mask)
+                self._active = FusionContext(context.states, step.last(new))
+
+            handle = self.peft_model.get_base_model().register_forward_pre_hook(prompt_only, with_kwargs=True)
+        self._active = context
+        try:
+            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+            self._active = None
+
+    @contextmanager
+    def fusion_disabled(self) -> Iterator[None]:
+        """Run as the plain peft LoRA model (fusion off), e.g. for a baseline on the same weights."""
+        previous, self.fusion_enabled = self.fusion_enabled, False
+        try:
+            yield
+        finally:
+            self.fusion_enabled = previous
+
+    # -- parameters, saving, loading ----------------------------------------
+    def flare_state_dict(self) -> dict[str, torch.Tensor]:
+        """Parameters FLARE adds beyond peft's adapter (cross-attention, MT projection)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(_FLARE_PREFIXES)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """peft's adapter files, ``flare_config.json`` and the extra FLARE weights (safetensors)."""
+        directory = Path(directory)
+        self.peft_model.save_pretrained(directory)
+        self.config.save(directory)
+        extra = {k: v.detach().contiguous() for k, v in self.flare_state_dict().items()}
+        if extra:
+            save_file(extra, directory / WEIGHTS_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        directory: str | Path,
+        *,
+        is_trainable: bool = False,
+        mt_encoder: nn.Module | None = None,
+    ) -> "FlareModel":
+        """Load a saved FLARE adapter onto ``model`` (the same base model it was trained on)."""
+        directory = Path(directory)
+        config = FlareConfig.load(directory)
+        peft_model = PeftModel.from_pretrained(model, directory, is_trainable=is_trainable)
+        flare = cls(peft_model, config, mt_encoder=mt_encoder)
+        expected = set(flare.flare_state_dict())
+        if expected:
+            path = directory / WEIGHTS_NAME
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; this FLARE config needs weights for {sorted(expected)[:3]}...")
+            weights = load_file(path)
+            if set(weights) != expected:
+                raise ValueError(
+                    f"{path}: holds {sorted(set(weights) ^ expected)[:5]} that do not match this FLARE model"
+                )
+            flare.load_state_dict(weights, strict=False)
+        for key, param in flare.named_parameters():
+            if key.startswith(_FLARE_PREFIXES):
+                param.requires_grad_(is_trainable)
+        return flare
+
+    def print_trainable_parameters(self) -> None:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+
+def get_flare_model(
+    model: nn.Module,
+    config: FlareConfig | None = None,
+    lora_config: LoraConfig | None = None,
+    *,
+    mt_encoder: nn.Module | None = None,
+) -> FlareModel:
+    """Add a FLARE adapter to a transformers model.
+
+    ``lora_config`` is peft's own (rank, alpha, dropout, target modules, ...);
+    by default r=8, alpha=16 on peft's default targets for the architecture
+    (attention query and value) with the task type inferred from the model.
+    For QLoRA, load the model in 4-bit and call ``peft.prepare_model_for_kbit_training``
+    first, exactly as for plain LoRA.
+    """
+    config = config or FlareConfig()
+    if lora_config is None:
+        lora_config = LoraConfig(r=8, lora_alpha=16, task_type=default_task_type(model))
+    return FlareModel(get_peft_model(model, lora_config), config, mt_encoder=mt_encoder)
+
+
+def _ones_like(input_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None:
+        return mask
+    if input_ids is None:
+        raise ValueError("FLARE needs input_ids or an attention_mask to align source and target tokens")
+    return torch.ones_like(input_ids)

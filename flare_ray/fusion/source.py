@@ -1,0 +1,147 @@
+"""The source pass: per-site source-language representations from the frozen base model.
+
+The source pass runs the base model's backbone (no task head, no vocabulary
+logits) on the English input with every adapter disabled, without gradients and
+with dropout off, and keeps, for each fusion site, the representation chosen by
+:class:`~flare_ray.fusion.config.SourceRepresentation`. It stops after the last
+block that any site needs.
+
+:class:`SourceStates` is also what a caller hands to the FLARE forward directly
+(from a cache, or latent translations from an MT encoder).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from .config import SourceRepresentation
+from .sites import ArchitectureFamily, FusionPlan
+
+
+@dataclass
+class SourceStates:
+    """Source representations for one batch.
+
+    Args:
+        hidden: one tensor ``[batch, source_len, width]`` per fused module name,
+            or a single tensor used by every fused module (FLARE-MT's latent
+            translation).
+        attention_mask: ``[batch, source_len]``, 1 for real source tokens. Real
+            tokens must be contiguous (left or right padding).
+    """
+
+    hidden: dict[str, torch.Tensor] | torch.Tensor
+    attention_mask: torch.Tensor
+
+    def for_site(self, name: str) -> torch.Tensor:
+        if isinstance(self.hidden, torch.Tensor):
+            return self.hidden
+        try:
+            return self.hidden[name]
+        except KeyError:
+            raise KeyError(f"SourceStates has no representation for fused module {name!r}") from None
+
+    def to(self, device: torch.device | str) -> "SourceStates":
+        move = lambda t: t.to(device)  # noqa: E731
+        hidden = move(self.hidden) if isinstance(self.hidden, torch.Tensor) else {k: move(v) for k, v in self.hidden.items()}
+        return SourceStates(hidden, move(self.attention_mask))
+
+
+class _SourcePassDone(Exception):
+    """Raised by a hook once the last needed block has run."""
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _first_tensor(value):
+    return value if isinstance(value, torch.Tensor) else value[0]
+
+
+def _backbone(model: nn.Module, family: ArchitectureFamily) -> nn.Module:
+    """The part of the transformers model that produces hidden states, without any head."""
+    if family is ArchitectureFamily.ENCODER_DECODER:
+        return model.get_encoder()
+    return model.base_model  # transformers: the model under ``base_model_prefix`` (e.g. LlamaModel, XLMRobertaModel)
+
+
+@torch.no_grad()
+def run_source_pass(
+    peft_model: PeftModel,
+    plan: FusionPlan,
+    representation: SourceRepresentation,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> SourceStates:
+    """Run the frozen base model on the source batch and collect each site's representation."""
+    model = peft_model.get_base_model()
+    by_block: dict[int, torch.Tensor] = {}
+    by_site: dict[str, torch.Tensor] = {}
+    last_block = max(plan.fused_blocks)
+    handles = []
+
+    def keep_block_output(index):
+        def hook(_module, _args, output):
+            by_block[index] = _first_tensor(output)
+
+        return hook
+
+    def stop(_module, _args, _output):
+        raise _SourcePassDone
+
+    def keep_block_input(index):
+        def hook(_module, args, kwargs):
+            by_block[index] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def keep_module_input(name):
+        def hook(_module, args, kwargs):
+            by_site[name] = args[0] if args else kwargs["x"]
+
+        return hook
+
+    try:
+        for index in plan.fused_blocks:
+            block = plan.blocks[index]
+            if representation is SourceRepresentation.BLOCK_INPUT:
+                handles.append(block.register_forward_pre_hook(keep_block_input(index), with_kwargs=True))
+            if representation is SourceRepresentation.NEXT_BLOCK_OUTPUT:
+                handles.append(block.register_forward_hook(keep_block_output(index)))
+        handles.append(plan.blocks[last_block].register_forward_hook(stop))  # after the keeping hooks
+        if representation is SourceRepresentation.MODULE_INPUT:
+            for site in plan.sites:
+                handles.append(site.layer.register_forward_pre_hook(keep_module_input(site.name), with_kwargs=True))
+
+        kwargs = {}
+        if plan.family is ArchitectureFamily.DECODER:
+            # Position ids follow the mask, as in generation, so left padding does not move the prompt.
+            kwargs = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+        with peft_model.disable_adapter(), _eval_mode(model):
+            try:
+                _backbone(model, plan.family)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            except _SourcePassDone:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    if representation is SourceRepresentation.MODULE_INPUT:
+        hidden = by_site
+    else:
+        hidden = {site.name: by_block[site.block] for site in plan.sites}
+    return SourceStates(hidden=hidden, attention_mask=attention_mask)

@@ -1,0 +1,159 @@
+"""Tiny offline models: the real architectures, a few hundred thousand parameters.
+
+Tests and the offline quickstart cannot download from the Hugging Face hub, so
+they use models built from configs (random weights, fixed seed) with a
+byte-level BPE tokenizer trained on ``corpus/corpus.txt``. Each is saved like a
+hub checkpoint (``config.json``, safetensors, tokenizer files) and loaded back
+through the ordinary ``from_pretrained`` code path.
+
+    python -m flare_ray.models.tiny OUT_DIR   # builds every tiny model under OUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+CORPUS = Path(__file__).parent / "corpus" / "corpus.txt"
+VERSION = "v1"
+VOCAB_SIZE = 2048
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0..4 in every tiny model
+PAD, BOS, EOS = 0, 1, 2
+
+# How each architecture frames a sequence with special tokens, and where it pads.
+_FRAMING = {
+    "xlm-roberta": ("<s> $A </s>", "<s> $A </s> </s> $B </s>", "right"),
+    "mt5": ("$A </s>", "$A </s> $B </s>", "right"),
+    "m2m_100": ("$A </s>", "$A </s> $B </s>", "right"),
+    "llama": ("<s> $A", "<s> $A $B", "left"),
+    "gemma2": ("<s> $A", "<s> $A $B", "left"),
+}
+ARCHITECTURES = tuple(_FRAMING)
+
+
+def _config(arch: str):
+    from transformers import Gemma2Config, LlamaConfig, M2M100Config, MT5Config, XLMRobertaConfig
+
+    ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocab_size=VOCAB_SIZE)
+    if arch == "xlm-roberta":
+        return XLMRobertaConfig(
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=514, type_vocab_size=1, **ids,
+        )
+    if arch == "mt5":
+        return MT5Config(
+            d_model=64, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=2, num_heads=4,
+            relative_attention_num_buckets=16, decoder_start_token_id=PAD, tie_word_embeddings=False,
+            dropout_rate=0.1, **ids,
+        )
+    if arch == "llama":
+        return LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, **ids,
+        )
+    if arch == "gemma2":
+        return Gemma2Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, sliding_window=64,
+            query_pre_attn_scalar=16, **ids,
+        )
+    if arch == "m2m_100":
+        return M2M100Config(
+            d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=1024,
+            decoder_start_token_id=EOS, **ids,
+        )
+    raise ValueError(f"no tiny model for architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def _model_class(arch: str):
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+    )
+
+    return {
+        "xlm-roberta": AutoModelForMaskedLM,
+        "mt5": AutoModelForSeq2SeqLM,
+        "m2m_100": AutoModelForSeq2SeqLM,
+        "llama": AutoModelForCausalLM,
+        "gemma2": AutoModelForCausalLM,
+    }[arch]
+
+
+def train_tokenizer(arch: str, extra_special_tokens: list[str] | None = None):
+    """A byte-level BPE tokenizer trained on the shipped corpus, framed like ``arch``'s."""
+    from transformers import PreTrainedTokenizerFast
+
+    single, pair, side = _FRAMING[arch]
+    specials = SPECIAL_TOKENS + list(extra_special_tokens or [])
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - len(extra_special_tokens or []),
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([str(CORPUS)], trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>",
+        padding_side=side,
+    )
+
+
+def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny ``arch`` model with its tokenizer and save both to ``out_dir``."""
+    out_dir = Path(out_dir)
+    config = _config(arch)
+    torch.manual_seed(seed)
+    model = _model_class(arch).from_config(config)
+    tokenizer = train_tokenizer(arch)
+    assert len(tokenizer) <= config.vocab_size, (len(tokenizer), config.vocab_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("FLARE_RAY_CACHE") or Path.home() / ".cache" / "flare_ray"
+    return Path(root) / f"tiny-{VERSION}"
+
+
+def tiny_model_path(arch: str, cache_dir: str | Path | None = None) -> Path:
+    """Path of the tiny ``arch`` checkpoint, built on first use (a second or so)."""
+    path = Path(cache_dir or default_cache_dir()) / arch
+    if not (path / "config.json").is_file():
+        tmp = path.with_name(f"{arch}.tmp-{os.getpid()}")
+        build_tiny_model(arch, tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # built concurrently by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flare_ray.models.tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder to write one sub-folder per architecture into")
+    parser.add_argument("--arch", choices=ARCHITECTURES, action="append", help="only these (repeatable)")
+    args = parser.parse_args(argv)
+    for arch in args.arch or ARCHITECTURES:
+        path = build_tiny_model(arch, args.out_dir / arch)
+        print(f"{arch}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny offline models (built once per session, no network)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """``tiny_path(arch)``: folder of the tiny ``arch`` checkpoint, built on first use."""
+    from flare_ray.models.tiny import tiny_model_path
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return lambda arch: tiny_model_path(arch, cache_dir=root)

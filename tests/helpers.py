@@ -1,0 +1,76 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from flare_ray.fusion import FlareConfig, get_flare_model
+
+# family -> (tiny architecture, transformers auto class, extra from_pretrained kwargs)
+FAMILIES = {
+    "encoder": ("xlm-roberta", AutoModelForSequenceClassification, {"num_labels": 3}),
+    "encoder_decoder": ("mt5", AutoModelForSeq2SeqLM, {}),
+    "decoder": ("llama", AutoModelForCausalLM, {}),
+    "decoder_gemma2": ("gemma2", AutoModelForCausalLM, {}),
+}
+FUSIONS = ["add", "mul", "add_relu", "cross_attention"]
+
+TARGET = ["Saya suka makanan ini, enak sekali!", "Pelayanan lambat dan mahal."]
+SOURCE = ["I like this food, it is very tasty!", "The service was slow and expensive."]
+
+
+def load_base(tiny_path, family: str, seed: int = 0, **kwargs):
+    arch, auto, extra = FAMILIES[family]
+    torch.manual_seed(seed)  # the classification head of the encoder is freshly initialised
+    model = auto.from_pretrained(tiny_path(arch), **extra, **kwargs)
+    return model.eval(), AutoTokenizer.from_pretrained(tiny_path(arch))
+
+
+def flare(tiny_path, family: str, fusion: str = "add_relu", lora: dict | None = None, seed: int = 0, **config):
+    model, tok = load_base(tiny_path, family, seed=seed)
+    lora_config = None
+    if lora is not None:
+        from flare_ray.fusion import default_task_type
+
+        lora_config = LoraConfig(task_type=default_task_type(model), **lora)
+    torch.manual_seed(seed)
+    fm = get_flare_model(model, FlareConfig(fusion=fusion, **config), lora_config)
+    return fm.eval(), tok
+
+
+@torch.no_grad()
+def randomize_lora(fm, seed: int = 1, scale: float = 0.5) -> None:
+    """Give every LoRA B a non-zero value (peft initialises B to zero)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in fm.named_parameters():
+        if "lora_B" in name or "lora_A" in name:
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def batches(tok, target=TARGET, source=SOURCE):
+    t = tok(list(target), padding=True, return_tensors="pt")
+    s = tok(list(source), padding=True, return_tensors="pt")
+    return t, s
+
+
+def task_kwargs(family: str, tok, t) -> dict:
+    """Labels for one training step of each family on the fixed batch."""
+    if family == "encoder":
+        return {"labels": torch.tensor([0, 2])}
+    if family == "encoder_decoder":
+        return {"labels": tok(["positive", "negative"], padding=True, return_tensors="pt").input_ids}
+    labels = t.input_ids.clone()
+    labels[t.attention_mask == 0] = -100
+    labels[:, : labels.shape[1] // 2] = -100  # the first half plays the prompt
+    return {"labels": labels}
+
+
+def source_kwargs(s) -> dict:
+    return {"source_input_ids": s.input_ids, "source_attention_mask": s.attention_mask}
