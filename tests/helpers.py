@@ -23,7 +23,7 @@ FAMILIES = {
 FUSIONS = ["add", "mul", "add_relu", "cross_attention"]
 
 TARGET = ["Saya suka makanan ini, enak sekali!", "Pelayanan lambat dan mahal."]
-SOURCE = ["I like this food, it is very tasty!", "The service was slow and expensive."]
+SOURCE = ["I like this food, it is very tasty!", "Slow, expensive."]
 
 
 def load_base(tiny_path, family: str, seed: int = 0, **kwargs):

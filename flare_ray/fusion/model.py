@@ -6,9 +6,10 @@ Nothing of peft or transformers is patched. peft's LoRA layer computes
 ``B`` of each fusion site that replaces its input ``a_t = A(dropout(x_T))`` with
 ``f(A(dropout(x_S)), a_t)``. The hook reads the source representations from the
 model's *active fusion context*, which :meth:`FlareModel.forward` sets before
-the target pass and leaves in place until the next call, so that gradient
-checkpointing, which re-runs the blocks during backward, fuses exactly as the
-forward did and gradients reach ``A`` through the source branch too.
+the target pass and, when gradients are on, leaves in place until the next
+call, so that gradient checkpointing, which re-runs the blocks during backward,
+fuses exactly as the forward did and gradients reach ``A`` through the source
+branch too.
 """
 
 from __future__ import annotations
@@ -214,7 +215,6 @@ class FlareModel(nn.Module):
         fusion_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ):
-        # Kept after the call on purpose: backward re-runs checkpointed blocks and must fuse the same way.
         self._active = self._context(
             input_ids,
             attention_mask,
@@ -226,7 +226,13 @@ class FlareModel(nn.Module):
             mt_input_ids=mt_input_ids,
             mt_attention_mask=mt_attention_mask,
         )
-        return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        try:
+            return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            # With gradients on, backward may re-run checkpointed blocks, which must fuse exactly as
+            # this forward did: the context stays until the next call. Without, nothing can need it.
+            if not torch.is_grad_enabled():
+                self._active = None
 
     @torch.no_grad()
     def generate(

@@ -51,16 +51,19 @@ def _config(arch: str):
             relative_attention_num_buckets=16, decoder_start_token_id=PAD, tie_word_embeddings=False,
             dropout_rate=0.1, **ids,
         )
+    # Decoders: a wider init than transformers' 0.02, else a frozen random model's logits are
+    # nearly uniform and no adapter can move them (the final norm caps the hidden size).
     if arch == "llama":
         return LlamaConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, **ids,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+            initializer_range=0.1, **ids,
         )
     if arch == "gemma2":
         return Gemma2Config(
             hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, sliding_window=64,
-            query_pre_attn_scalar=16, **ids,
+            query_pre_attn_scalar=16, initializer_range=0.1, **ids,
         )
     if arch == "m2m_100":
         return M2M100Config(
