@@ -336,9 +336,12 @@ class FlareModel(nn.Module):
                     f"{path}: holds {sorted(set(weights) ^ expected)[:5]} that do not match this FLARE model"
                 )
             flare.load_state_dict(weights, strict=False)
-        for key, param in flare.named_parameters():
-            if key.startswith(_FLARE_PREFIXES):
-                param.requires_grad_(is_trainable)
+        if is_trainable:
+            for key, param in flare.named_parameters():
+                if key.startswith(_FLARE_PREFIXES):
+                    param.requires_grad_(True)
+        else:
+            flare.requires_grad_(False)  # peft leaves modules_to_save (task heads) trainable
         return flare
 
     def print_trainable_parameters(self) -> None:

@@ -68,6 +68,19 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+@contextmanager
+def _adapters_disabled(peft_model: PeftModel) -> Iterator[None]:
+    """peft's ``disable_adapter``, keeping every ``requires_grad`` flag as it was
+    (leaving it re-enables task heads in ``modules_to_save``, even of a frozen model)."""
+    flags = [(p, p.requires_grad) for p in peft_model.parameters()]
+    try:
+        with peft_model.disable_adapter():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
 def _first_tensor(value):
     return value if isinstance(value, torch.Tensor) else value[0]
 
@@ -131,7 +144,7 @@ def run_source_pass(
         if plan.family is ArchitectureFamily.DECODER:
             # Position ids follow the mask, as in generation, so left padding does not move the prompt.
             kwargs = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
-        with peft_model.disable_adapter(), _eval_mode(model):
+        with _adapters_disabled(peft_model), _eval_mode(model):
             try:
                 _backbone(model, plan.family)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             except _SourcePassDone:
