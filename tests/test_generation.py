@@ -3,6 +3,7 @@ as training treats answer tokens; mT5 fuses in the encoder."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from .helpers import batches, flare, randomize_lora, source_kwargs
@@ -10,11 +11,15 @@ from .helpers import batches, flare, randomize_lora, source_kwargs
 GEN = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
-def test_decoder_fuses_prompt_at_prefill_and_not_generated_tokens(tiny_path):
+@pytest.mark.parametrize("padded", [True, False])
+def test_decoder_fuses_prompt_at_prefill_and_not_generated_tokens(tiny_path, padded):
     fm, tok = flare(tiny_path, "decoder", fusion="add_relu")
     randomize_lora(fm, scale=0.3)
     t, s = batches(tok)
     assert (t.attention_mask == 0).any() and tok.padding_side == "left"
+    if not padded:  # generate drops an all-ones mask: the policy must not depend on it
+        t["input_ids"], t["attention_mask"] = t.input_ids[:, -6:], t.attention_mask[:, -6:]
+        assert t.attention_mask.all()
     cached = fm.generate(**t, **source_kwargs(s), **GEN)
     uncached = fm.generate(**t, **source_kwargs(s), use_cache=False, **GEN)
     plain = fm.generate(**t, **GEN)

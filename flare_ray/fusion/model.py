@@ -271,8 +271,13 @@ class FlareModel(nn.Module):
 
             def prompt_only(_module, args, kwargs):
                 # Each step sees the positions [total - new, total): fuse only those inside the prompt.
-                full_mask = kwargs["attention_mask"]
-                new = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
+                step_input = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+                new = step_input.shape[1]
+                full_mask = kwargs.get("attention_mask")
+                if full_mask is None:  # no padding anywhere: generate drops the all-ones mask
+                    cache = kwargs.get("past_key_values")
+                    total = new + (cache.get_seq_length() if cache is not None else 0)
+                    full_mask = torch.ones(step_input.shape[0], total, dtype=torch.long, device=step_input.device)
                 prompt = torch.zeros_like(full_mask, dtype=torch.bool)
                 prompt[:, :prompt_len] = attention_mask.bool()
                 step = align(full_mask, prompt, context.states.attention_mask)

@@ -4,7 +4,9 @@ Tests and the offline quickstart cannot download from the Hugging Face hub, so
 they use models built from configs (random weights, fixed seed) with a
 byte-level BPE tokenizer trained on ``corpus/corpus.txt``. Each is saved like a
 hub checkpoint (``config.json``, safetensors, tokenizer files) and loaded back
-through the ordinary ``from_pretrained`` code path.
+through the ordinary ``from_pretrained`` code path. The M2M100 model's tokenizer
+is an ``NllbTokenizer`` with NLLB-200's language-code tokens, so translation code
+(``tokenizer.src_lang``, ``forced_bos_token_id``) runs as it does with NLLB.
 
     python -m flare_ray.models.tiny OUT_DIR   # builds every tiny model under OUT_DIR
 """
@@ -12,6 +14,7 @@ through the ordinary ``from_pretrained`` code path.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 CORPUS = Path(__file__).parent / "corpus" / "corpus.txt"
-VERSION = "v1"
+VERSION = "v2"  # v2: the m2m_100 tokenizer is an NllbTokenizer with language codes
 VOCAB_SIZE = 2048
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]  # ids 0..4 in every tiny model
 PAD, BOS, EOS = 0, 1, 2
@@ -91,9 +94,11 @@ def _model_class(arch: str):
 
 
 def train_tokenizer(arch: str, extra_special_tokens: list[str] | None = None):
-    """A byte-level BPE tokenizer trained on the shipped corpus, framed like ``arch``'s."""
+    """A byte-level BPE tokenizer trained on the shipped corpus, framed like ``arch``'s (m2m_100: :func:`nllb_tokenizer`)."""
     from transformers import PreTrainedTokenizerFast
 
+    if arch == "m2m_100":
+        return nllb_tokenizer()
     single, pair, side = _FRAMING[arch]
     specials = SPECIAL_TOKENS + list(extra_special_tokens or [])
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -114,6 +119,27 @@ def train_tokenizer(arch: str, extra_special_tokens: list[str] | None = None):
         pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>",
         padding_side=side,
     )
+
+
+def nllb_tokenizer():
+    """NLLB-200's tokenizer class on a BPE trained on the shipped corpus.
+
+    As in NLLB: Metaspace pre-tokenization (NLLB's SentencePiece BPE), the 202
+    language codes (``eng_Latn``, ``jav_Latn``, ...) as special tokens after the
+    trained vocabulary, and the ``<lang> text </s>`` framing set by ``src_lang``.
+    """
+    from transformers import NllbTokenizer
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - len(FAIRSEQ_LANGUAGE_CODES), special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    tok.train([str(CORPUS)], trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
+    return NllbTokenizer(vocab=bpe["vocab"], merges=merges, additional_special_tokens=list(FAIRSEQ_LANGUAGE_CODES))
 
 
 def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:

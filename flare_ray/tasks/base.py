@@ -1,0 +1,177 @@
+"""The task interface: parallel records, the paper's splits, and scoring.
+
+A task turns its data into *parallel records*: a ``datasets.Dataset`` with one
+row per example and the columns
+
+* ``id``: a string, unique within the split;
+* ``target_<field>`` and ``source_<field>`` for each of the task's text fields
+  (``premise``/``hypothesis``, ``text``, ``question``/``context``): the
+  target-language side and its English (source) side;
+* ``label`` (classification: one of the task's label strings) or, for QA,
+  ``target_answers`` and ``source_answers``: lists of ``{"text", "answer_start"}``
+  within the context of that side.
+
+The training loop knows nothing else about a task: it asks for a split by role
+(:data:`ROLES`), encodes batches with :mod:`flare_ray.tasks.encoding`, and
+scores decoded predictions with :meth:`Task.score`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import datasets
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["train", "validation", "test"]
+ROLES: tuple[Role, ...] = ("train", "validation", "test")
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+class TaskDataError(ValueError):
+    """Bad task data or configuration, raised before any model is loaded."""
+
+
+@dataclass(frozen=True)
+class SplitRecipe:
+    """How one role's split is made: the target side and the source side."""
+
+    target: str
+    source: str
+    paper: bool  # is this what the paper uses?
+
+    def describe(self) -> str:
+        return f"target: {self.target}; source: {self.source}"
+
+
+class TaskConfig(BaseModel):
+    """Which task, which target language, and where each split comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["xnli", "nusax", "tydiqa"]
+    language: str = Field(description="target language code, e.g. 'sw', 'jav'")
+    data_dir: Path | None = Field(None, description="local copy of the data; default: the vendored copy")
+    hub_id: str | None = Field(None, description="a Hugging Face hub dataset id instead of local files")
+    mt_dir: Path | None = Field(
+        None, description="output folder of `python -m flare_ray.translate`, for splits made with 'mt'"
+    )
+    splits: dict[Role, str] = Field(
+        default_factory=dict, description="role -> recipe name; unset roles use the task's offline default"
+    )
+    max_records: dict[Role, int] = Field(default_factory=dict, description="keep only the first N rows of a role")
+
+
+class Task(ABC):
+    """One task behind the common interface (see module docstring)."""
+
+    name: ClassVar[str]
+    text_fields: ClassVar[tuple[str, ...]]
+    labels: ClassVar[tuple[str, ...] | None] = None  # None: extractive QA
+    primary_metric: ClassVar[str]
+    languages: ClassVar[dict[str, str]]  # language code -> name used by the data files
+    recipes: ClassVar[dict[Role, dict[str, SplitRecipe]]]  # role -> recipe name -> recipe
+    defaults: ClassVar[dict[Role, str]]  # the offline default recipe per role
+
+    def __init__(self, config: TaskConfig) -> None:
+        if config.language not in self.languages:
+            raise TaskDataError(
+                f"task {self.name}: unknown language {config.language!r}; expected one of {sorted(self.languages)}"
+            )
+        for role, recipe in config.splits.items():
+            if recipe not in self.recipes[role]:
+                raise TaskDataError(
+                    f"task {self.name}: splits.{role} = {recipe!r} is not a recipe of this task; "
+                    f"expected one of {sorted(self.recipes[role])}"
+                )
+            if recipe == "mt" and config.mt_dir is None:
+                raise TaskDataError(f"task {self.name}: splits.{role} = 'mt' needs mt_dir (the translation output)")
+        self.config = config
+        self.language = config.language
+        self.data_dir = Path(config.data_dir) if config.data_dir else DATA_DIR / self.name
+
+    # -- splits ---------------------------------------------------------------
+    def recipe(self, role: Role) -> str:
+        return self.config.splits.get(role, self.defaults[role])
+
+    def provenance(self) -> dict[str, Any]:
+        """What every split is made of, and where it departs from the paper (recorded with each run)."""
+        out: dict[str, Any] = {"task": self.name, "language": self.language, "data": self.config.hub_id or str(self.data_dir)}
+        for role in ROLES:
+            name = self.recipe(role)
+            recipe = self.recipes[role][name]
+            out[role] = {"recipe": name, "made_of": recipe.describe(), "as_in_paper": recipe.paper}
+        return out
+
+    def load(self, role: Role) -> datasets.Dataset:
+        """The parallel records of one role, validated."""
+        recipe = self.recipe(role)
+        if recipe == "mt":
+            records = self._load_mt(role)
+        elif self.config.hub_id:
+            records = self._load_hub(role, recipe)
+        else:
+            records = self._load_local(role, recipe)
+        limit = self.config.max_records.get(role)
+        if limit is not None:
+            records = records.select(range(min(limit, len(records))))
+        self.validate(records, where=f"{self.name}/{self.language}/{role}")
+        return records
+
+    @abstractmethod
+    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset: ...
+
+    def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
+        raise TaskDataError(f"task {self.name}: loading from the hub is not supported; use data_dir")
+
+    def _load_mt(self, role: Role) -> datasets.Dataset:
+        from flare_ray.translate.store import mt_split_path
+
+        path = mt_split_path(self.config.mt_dir, self.name, self.language, role)
+        if not path.is_file():
+            raise TaskDataError(
+                f"{path}: no translated {role} split for {self.name}/{self.language}; "
+                "run `python -m flare_ray.translate` first"
+            )
+        return datasets.Dataset.from_parquet(str(path))
+
+    def validate(self, records: datasets.Dataset, where: str) -> None:
+        """Columns, labels and ids, with errors naming the split and the row."""
+        expected = ["id"] + [f"{side}_{f}" for f in self.text_fields for side in ("target", "source")]
+        expected += ["label"] if self.labels else ["target_answers", "source_answers"]
+        missing = [c for c in expected if c not in records.column_names]
+        if missing:
+            raise TaskDataError(f"{where}: missing columns {missing}; expected {expected}")
+        if self.labels:
+            for row, label in enumerate(records["label"]):
+                if label not in self.labels:
+                    raise TaskDataError(f"{where}: row {row}: label {label!r} is not one of {list(self.labels)}")
+        ids = records["id"]
+        if len(set(ids)) != len(ids):
+            raise TaskDataError(f"{where}: ids are not unique")
+
+    # -- generative framing ---------------------------------------------------
+    @abstractmethod
+    def prompt(self, record: dict[str, Any], side: Literal["target", "source"]) -> str:
+        """The input text of a record's side, for generative (encoder-decoder, decoder) models."""
+
+    def answer(self, record: dict[str, Any]) -> str:
+        """The string a generative model must produce for a record."""
+        if self.labels:
+            return record["label"]
+        return record["target_answers"][0]["text"]
+
+    def parse(self, generated: str) -> str | None:
+        """A generated string as a prediction; ``None`` if it is no valid label (counted as wrong)."""
+        text = generated.strip()
+        if not self.labels:
+            return text
+        return text.lower() if text.lower() in self.labels else None
+
+    # -- scoring ----------------------------------------------------------------
+    @abstractmethod
+    def score(self, predictions: list[str | None], records: datasets.Dataset) -> dict[str, float]:
+        """Metrics of predictions (labels or answer strings; ``None``: invalid) against the records."""

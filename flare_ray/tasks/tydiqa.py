@@ -1,0 +1,95 @@
+"""TyDiQA-GoldP (Clark et al., 2020): extractive QA; questions written natively in
+each language. Metrics: SQuAD exact match (the paper's) and F1 on normalised
+answer strings.
+
+Offline copy: the English train set and the dev sets of nine languages, which
+serve as gold test sets. Nothing is parallel offline: the paper's translate-train
+data and the English side of the test set come from NLLB (``mt`` recipes,
+made by ``python -m flare_ray.translate``). Without them the offline recipes
+use English on both sides for training and validation, and the target text
+itself as the source side of the test set; the recipe is recorded with every run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import datasets
+
+from .base import Role, SplitRecipe, Task, TaskDataError
+from .metrics import squad_scores
+
+LANGUAGES = {
+    "ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish", "id": "indonesian",
+    "ko": "korean", "ru": "russian", "sw": "swahili", "te": "telugu",
+}  # fmt: skip
+
+
+class TyDiQA(Task):
+    name = "tydiqa"
+    text_fields = ("question", "context")
+    labels = None
+    primary_metric = "exact_match"
+    languages = LANGUAGES
+    recipes = {
+        "train": {
+            "english": SplitRecipe("the English training set (no translate-train offline)", "the same", paper=False),
+            "mt": SplitRecipe("NLLB translation of the English training set (answers via markers)", "English train", paper=True),
+        },
+        "validation": {
+            "english": SplitRecipe("the English dev set (no MT validation offline)", "the same", paper=False),
+            "mt": SplitRecipe("NLLB translation of the English dev set (answers via markers)", "English dev", paper=True),
+        },
+        "test": {
+            "self": SplitRecipe("gold dev set of the language", "the target text itself (no English side offline)", paper=False),
+            "mt": SplitRecipe("gold dev set of the language", "its NLLB translation into English", paper=True),
+        },
+    }
+    defaults = {"train": "english", "validation": "english", "test": "self"}
+
+    def _read(self, language: str, split: str) -> list[dict[str, Any]]:
+        name = LANGUAGES[language]
+        path = self.data_dir / name / f"{name}_tydiqa_{split}.json"
+        if not path.is_file():
+            raise TaskDataError(f"{path}: file not found (TyDiQA-GoldP {split} for {language})")
+        try:
+            articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise TaskDataError(f"{path}: not SQuAD-format JSON with a 'data' list ({err})") from None
+        records = []
+        for a, article in enumerate(articles):
+            for p, paragraph in enumerate(article.get("paragraphs", [])):
+                context = paragraph.get("context")
+                for q, qa in enumerate(paragraph.get("qas", [])):
+                    where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                    if context is None or "question" not in qa or "id" not in qa or not qa.get("answers"):
+                        raise TaskDataError(f"{where}: expected id, question, a non-empty answers list and a context")
+                    for answer in qa["answers"]:
+                        start, text = answer.get("answer_start"), answer.get("text")
+                        if not isinstance(start, int) or context[start : start + len(text or "")] != text:
+                            raise TaskDataError(f"{where}: answer {text!r} is not at answer_start {start} of the context")
+                    answers = [{"text": x["text"], "answer_start": x["answer_start"]} for x in qa["answers"]]
+                    records.append({"id": qa["id"], "question": qa["question"], "context": context, "answers": answers})
+        return records
+
+    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
+        if role == "test":
+            rows = self._read(self.language, "dev")
+        else:
+            rows = self._read("en", "train" if role == "train" else "dev")
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "id": r["id"],
+                    **{f"{side}_{k}": r[k] for side in ("target", "source") for k in ("question", "context", "answers")},
+                }
+                for r in rows
+            ]
+        )
+
+    def prompt(self, record: dict[str, Any], side: str) -> str:
+        return f"Context: {record[f'{side}_context']}\nQuestion: {record[f'{side}_question']}\nAnswer:"
+
+    def score(self, predictions, records) -> dict[str, float]:
+        return squad_scores(predictions, [[a["text"] for a in answers] for answers in records["target_answers"]])
