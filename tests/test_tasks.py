@@ -221,3 +221,70 @@ def test_tydiqa_answer_not_in_context(tmp_path):
     task = get_task({"name": "tydiqa", "language": "sw", "data_dir": str(tmp_path)})
     with pytest.raises(TaskDataError, match=r"data\[0\].paragraphs\[0\].qas\[0\]: answer '1999' is not at answer_start"):
         task.load("test")
+
+
+# -- hub loading (the hub is offline here: datasets.load_dataset returns hub-shaped data) --------
+def _fake_hub(monkeypatch, tables):
+    import datasets
+
+    calls = []
+
+    def load_dataset(hub_id, config, split):
+        calls.append((hub_id, config, split))
+        return tables[(config, split)]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_nusax_from_a_hub_dataset_id(monkeypatch):
+    import datasets
+
+    features = datasets.Features(
+        {"id": datasets.Value("string"), "text": datasets.Value("string"),
+         "label": datasets.ClassLabel(names=["negative", "neutral", "positive"])}
+    )
+    table = lambda texts: datasets.Dataset.from_dict(  # noqa: E731
+        {"id": ["1", "2"], "text": texts, "label": [2, 0]}, features=features
+    )
+    calls = _fake_hub(monkeypatch, {("jav", "test"): table(["apik", "ala"]), ("eng", "test"): table(["good", "bad"])})
+    task = get_task({"name": "nusax", "language": "jav", "hub_id": "indonlp/NusaX-senti"})
+    records = task.load("test")
+    assert calls == [("indonlp/NusaX-senti", "jav", "test"), ("indonlp/NusaX-senti", "eng", "test")]
+    assert records.to_list() == [
+        {"id": "1", "label": "positive", "target_text": "apik", "source_text": "good"},
+        {"id": "2", "label": "negative", "target_text": "ala", "source_text": "bad"},
+    ]
+    assert task.provenance()["test"]["recipe"] == "hub"
+
+
+def test_xnli_from_a_hub_dataset_id_records_what_the_hub_gives(monkeypatch):
+    import datasets
+
+    features = datasets.Features(
+        {"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+         "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])}
+    )
+    table = lambda p: datasets.Dataset.from_dict({"premise": [p], "hypothesis": [p + "?"], "label": [2]}, features=features)  # noqa: E731
+    _fake_hub(monkeypatch, {("sw", "train"): table("mvua"), ("en", "train"): table("rain")})
+    task = get_task({"name": "xnli", "language": "sw", "hub_id": "facebook/xnli"})
+    (record,) = task.load("train").to_list()
+    assert record["label"] == "contradiction" and record["target_premise"] == "mvua" and record["source_premise"] == "rain"
+    assert "MultiNLI" in task.provenance()["train"]["made_of"]
+
+
+def test_tydiqa_from_a_hub_dataset_id(monkeypatch):
+    import datasets
+
+    data = datasets.Dataset.from_list(
+        [
+            {"id": "swahili-1", "title": "", "context": "Alizaliwa 1999.", "question": "Lini?",
+             "answers": {"text": ["1999"], "answer_start": [10]}},
+            {"id": "english-2", "title": "", "context": "x", "question": "y", "answers": {"text": ["x"], "answer_start": [0]}},
+        ]
+    )
+    _fake_hub(monkeypatch, {("secondary_task", "validation"): data})
+    task = get_task({"name": "tydiqa", "language": "sw", "hub_id": "google-research-datasets/tydiqa"})
+    (record,) = task.load("test").to_list()
+    assert record["id"] == "swahili-1"
+    assert record["target_answers"] == [{"text": "1999", "answer_start": 10}]

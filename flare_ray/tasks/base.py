@@ -75,6 +75,7 @@ class Task(ABC):
     languages: ClassVar[dict[str, str]]  # language code -> name used by the data files
     recipes: ClassVar[dict[Role, dict[str, SplitRecipe]]]  # role -> recipe name -> recipe
     defaults: ClassVar[dict[Role, str]]  # the offline default recipe per role
+    hub_recipes: ClassVar[dict[Role, SplitRecipe]] = {}  # what a hub copy gives, where it differs
 
     def __init__(self, config: TaskConfig) -> None:
         if config.language not in self.languages:
@@ -103,6 +104,8 @@ class Task(ABC):
         for role in ROLES:
             name = self.recipe(role)
             recipe = self.recipes[role][name]
+            if self.config.hub_id and name != "mt":
+                name, recipe = "hub", self.hub_recipes.get(role, recipe)
             out[role] = {"recipe": name, "made_of": recipe.describe(), "as_in_paper": recipe.paper}
         return out
 

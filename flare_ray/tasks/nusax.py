@@ -76,9 +76,34 @@ class NusaX(Task):
             )
         return datasets.Dataset.from_list(records)
 
+    def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
+        """``indonlp/NusaX-senti``-style: one config per language code, columns id, text, label."""
+        split = {"train": "train", "validation": "validation", "test": "test"}[role]
+        target, english = (_hub_rows(self.config.hub_id, code, split) for code in (self.language, "eng"))
+        by_id = {row["id"]: row for row in english}
+        records = []
+        for row in target:
+            source = by_id.get(row["id"])
+            if source is None or source["label"] != row["label"]:
+                raise TaskDataError(f"{self.config.hub_id} ({self.language}, {split}): id {row['id']} has no matching English row")
+            records.append({"id": row["id"], "label": row["label"], "target_text": row["text"], "source_text": source["text"]})
+        return datasets.Dataset.from_list(records)
+
     def prompt(self, record: dict[str, Any], side: str) -> str:
         return f"Sentiment (positive, neutral or negative) of: {record[f'{side}_text']}\nAnswer:"
 
     def score(self, predictions, records) -> dict[str, float]:
         return classification_scores(predictions, records["label"], self.labels)
 
+
+
+def _hub_rows(hub_id: str, config: str, split: str) -> list[dict[str, str]]:
+    data = datasets.load_dataset(hub_id, config, split=split)
+    missing = {"id", "text", "label"} - set(data.column_names)
+    if missing:
+        raise TaskDataError(f"{hub_id} ({config}, {split}): missing columns {sorted(missing)}; expected id, text, label")
+    names = getattr(data.features["label"], "names", None)
+    return [
+        {"id": str(r["id"]), "text": r["text"], "label": names[r["label"]] if names else r["label"]}
+        for r in data
+    ]

@@ -78,6 +78,11 @@ class TyDiQA(Task):
             rows = self._read(self.language, "dev")
         else:
             rows = self._read("en", "train" if role == "train" else "dev")
+        return self._parallel(rows)
+
+    @staticmethod
+    def _parallel(rows: list[dict[str, Any]]) -> datasets.Dataset:
+        """Without a translation, one side serves as both target and source (see the recipes)."""
         return datasets.Dataset.from_list(
             [
                 {
@@ -87,6 +92,23 @@ class TyDiQA(Task):
                 for r in rows
             ]
         )
+
+    def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
+        """``google-research-datasets/tydiqa`` ``secondary_task`` (GoldP): all languages in one
+        split, told apart by the id prefix; answers as ``{text: [...], answer_start: [...]}``."""
+        language = self.language if role == "test" else "en"
+        split = "train" if role == "train" else "validation"
+        data = datasets.load_dataset(self.config.hub_id, "secondary_task", split=split)
+        prefix = LANGUAGES[language] + "-"
+        rows = []
+        for r in data:
+            if not r["id"].startswith(prefix):
+                continue
+            answers = [{"text": t, "answer_start": a} for t, a in zip(r["answers"]["text"], r["answers"]["answer_start"])]
+            rows.append({"id": r["id"], "question": r["question"], "context": r["context"], "answers": answers})
+        if not rows:
+            raise TaskDataError(f"{self.config.hub_id} ({split}): no question with an id starting {prefix!r}")
+        return self._parallel(rows)
 
     def prompt(self, record: dict[str, Any], side: str) -> str:
         return f"Context: {record[f'{side}_context']}\nQuestion: {record[f'{side}_question']}\nAnswer:"

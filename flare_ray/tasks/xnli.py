@@ -56,6 +56,11 @@ class XNLI(Task):
         },
     }
     defaults = {"train": "dev_head", "validation": "dev_tail", "test": "trans_test"}
+    hub_recipes = {
+        "train": SplitRecipe("MultiNLI machine-translated by the XNLI authors (not NLLB)", "English MultiNLI", paper=False),
+        "validation": SplitRecipe("human-translated XNLI dev set", "English dev set", paper=False),
+        "test": SplitRecipe("gold XNLI test set", "gold English test set", paper=False),
+    }
 
     def _read(self, name: str, columns: list[str]) -> list[dict[str, str]]:
         path = self.data_dir / name
@@ -102,6 +107,30 @@ class XNLI(Task):
                 }
             )
         return datasets.Dataset.from_list(records)
+
+    def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
+        """``facebook/xnli``-style: one config per language, row-aligned with ``en``; columns
+        premise, hypothesis, label (class index). The hub's train split is MultiNLI with a machine
+        translation, which the offline recipes name as they are used."""
+        split = {"train": "train", "validation": "validation", "test": "test"}[role]
+        target, english = (datasets.load_dataset(self.config.hub_id, code, split=split) for code in (self.language, "en"))
+        for data, code in ((target, self.language), (english, "en")):
+            missing = {"premise", "hypothesis", "label"} - set(data.column_names)
+            if missing:
+                raise TaskDataError(f"{self.config.hub_id} ({code}, {split}): missing columns {sorted(missing)}")
+        if len(target) != len(english):
+            raise TaskDataError(f"{self.config.hub_id} ({split}): {len(target)} {self.language} rows but {len(english)} English rows")
+        names = target.features["label"].names
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "id": f"{role}-{i}", "label": names[t["label"]],
+                    "target_premise": t["premise"], "target_hypothesis": t["hypothesis"],
+                    "source_premise": e["premise"], "source_hypothesis": e["hypothesis"],
+                }
+                for i, (t, e) in enumerate(zip(target, english))
+            ]
+        )
 
     def prompt(self, record: dict[str, Any], side: str) -> str:
         return (
