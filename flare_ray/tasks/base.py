@@ -139,7 +139,12 @@ class Task(ABC):
                 f"{path}: no translated {role} split for {self.name}/{self.language}; "
                 "run `python -m flare_ray.translate` first"
             )
-        return datasets.Dataset.from_parquet(str(path))
+        import pyarrow.parquet as pq
+
+        records = datasets.Dataset(pq.read_table(path))  # from_parquet refuses a zero-row file
+        if len(records) == 0:
+            raise TaskDataError(f"{path}: the translated {role} split is empty (see its .provenance.json: dropped records)")
+        return records
 
     def validate(self, records: datasets.Dataset, where: str) -> None:
         """Columns, labels and ids, with errors naming the split and the row."""

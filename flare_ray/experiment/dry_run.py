@@ -1,0 +1,71 @@
+"""``python -m flare_ray.tune ... --dry-run``: what would run, without starting Ray."""
+
+from __future__ import annotations
+
+import yaml
+
+from .config import ExperimentConfig, resolve_tracking_uri
+from .distributions import _flow
+
+
+def space_lines(config: ExperimentConfig) -> list[str]:
+    """One line per search-space key: the key, its distribution and its condition."""
+    space = config.search.space
+    width = max((len(k) for k in space), default=0)
+    lines = []
+    for key, dist in space.items():
+        line = f"{key:<{width}}  {dist.describe()}"
+        if dist.when:
+            line += "  when " + ", ".join(_condition(ref, dist.condition_values(ref)) for ref in dist.when)
+            fixed_false = [
+                ref for ref in dist.when
+                if ref not in space and _value(config, ref) not in dist.condition_values(ref)
+            ]  # fmt: skip
+            if fixed_false:
+                line += "  (never sampled: " + ", ".join(f"{r} is fixed to {_value(config, r)!r}" for r in fixed_false) + ")"
+        lines.append(line)
+    return lines
+
+
+def _condition(ref: str, values: list) -> str:
+    return f"{ref} = {_flow(values[0])}" if len(values) == 1 else f"{ref} in {_flow(values)}"
+
+
+def _value(config: ExperimentConfig, key: str):
+    from .space import _config_value
+
+    return _config_value(config, key)
+
+
+def dry_run_text(config: ExperimentConfig) -> str:
+    """The resolved config (YAML, without the space) and the search space, one line per key."""
+    search = config.search
+    data = config.model_dump(mode="json")
+    data["search"].pop("space")
+    try:
+        tracking = resolve_tracking_uri(config)
+    except ValueError as err:
+        tracking = f"<unresolved: {err}>"
+    scheduler = (
+        f"asha (grace_period {search.scheduler.grace_period}, reduction_factor {search.scheduler.reduction_factor:g}, "
+        f"max_t {config.training.epochs} epochs)"
+        if search.scheduler
+        else "none (every trial runs all epochs)"
+    )
+    out = [
+        f"# experiment {config.name}" + (f" (from {config.source})" if config.source else ""),
+        "# resolved config (search.space below):",
+        yaml.safe_dump(data, sort_keys=False, width=120).rstrip(),
+        "",
+        f"# search: {search.num_samples} trials per language x {len(config.task.languages)} "
+        f"language(s) {config.task.languages}; objective {search.metric} ({search.mode})",
+        f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, "
+        f"{search.sampler.n_startup_trials} random startup trials)",
+        f"# scheduler: {scheduler}",
+        f"# concurrency: {search.max_concurrent_trials or 'as resources allow'}; "
+        f"{config.scaling.num_workers} worker(s) per trial, {config.scaling.resources_per_worker()} each",
+        f"# mlflow: {tracking}, experiment {config.tracking.experiment_name!r}",
+        f"# search space ({len(search.space)} key{'s' if len(search.space) != 1 else ''}):",
+    ]
+    out += [f"  {line}" for line in space_lines(config)] or ["  (empty: every trial runs the fixed config)"]
+    return "\n".join(out) + "\n"

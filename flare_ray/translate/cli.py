@@ -1,0 +1,86 @@
+"""Command line: ``python -m flare_ray.translate CONFIG.yaml [--check] [--force]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flare_ray.tasks import TASKS, TaskDataError
+
+from .config import ConfigError, describe_keys, load_config
+from .languages import FALLBACKS, nllb_language
+
+DESCRIPTION = """\
+Translate a task's splits with an NLLB-200 model (greedy decoding) as a Ray Data
+job: train and validation from English into the task language (the target_*
+columns, and target_answers for QA), test from the gold target side into English
+(source_* and source_answers). QA answers travel through translation between
+markers (EasyProject); records whose markers are lost are dropped and counted.
+Each split is written as parquet with a provenance JSON beside it; a split whose
+model, languages, decoding settings and inputs are unchanged is reused without
+loading the model. Ray: connects to the cluster at RAY_ADDRESS when it is set,
+else starts a local Ray; actors use GPUs when the cluster has them."""
+
+EXAMPLE = """\
+example (translate_jav.yaml):
+  task: {name: nusax, language: jav}
+  mt_dir: outputs/mt
+  model: facebook/nllb-200-distilled-600M
+  roles: [train, validation, test]
+  batch_size: 32
+
+output: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json; train on it with
+the task's 'mt' recipe (TaskConfig(splits={"train": "mt", ...}, mt_dir=<mt_dir>))."""
+
+
+def _languages_help() -> str:
+    lines = ["languages (task code: NLLB-200 code; * marks a fallback):"]
+    for name, task in TASKS.items():
+        codes = [nllb_language(lang) for lang in sorted(task.languages)]
+        lines.append(f"  {name}: " + ", ".join(f"{c.language} {c.code}{'*' if c.fallback else ''}" for c in codes))
+    lines += [f"  * {lang}: {reason}" for lang, (_, reason) in FALLBACKS.items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flare_ray.translate",
+        description=DESCRIPTION,
+        epilog=f"configuration keys (YAML):\n{describe_keys()}\n\n{_languages_help()}\n\n{EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML configuration file (keys below)")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="validate the configuration and the data, say what would be translated or reused, and exit "
+        "(starts no Ray, loads no model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true", help="translate every role again, even where a cached split matches"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default INFO)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    """Run the pipeline; bad input exits with one error message (status 2) before any model is loaded."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flare_ray").setLevel(args.log_level)
+
+    from .pipeline import run  # after argument parsing: --help stays fast
+
+    try:
+        config = load_config(args.config)
+        results = run(config, force=args.force, check=args.check)
+    except (ConfigError, TaskDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for result in results:
+        prov = result.provenance
+        how = "reused (cached)" if result.cached else "translated"
+        print(f"{result.role}: {how}: {result.path} ({prov['records_out']} of {prov['records_in']} records)")
+    return results

@@ -1,0 +1,123 @@
+"""Which side of a role's records is translated, into which segments, and how the translations come back.
+
+* ``train`` and ``validation``: the English source side is translated into the
+  target language; the translations fill ``target_<field>`` (and, for QA,
+  ``target_answers``).
+* ``test``: the gold target side is translated into English; the translations
+  fill ``source_<field>`` (and ``source_answers``).
+
+Every text field of a record is one segment. For QA the context carries the
+(first) answer of the translated side between markers (:mod:`.markers`); the
+question is translated as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import datasets
+
+from flare_ray.tasks.base import Role, Task, TaskDataError
+
+from .languages import ENGLISH, NllbLanguage
+from .markers import MarkerError, Markers, extract_markers, insert_markers
+from .translator import Segment, Translation
+
+Side = Literal["source", "target"]
+
+
+@dataclass(frozen=True)
+class Direction:
+    """The side read and the side written, and their languages."""
+
+    read: Side
+    write: Side
+    src: NllbLanguage
+    tgt: NllbLanguage
+
+
+def direction(role: Role, language: NllbLanguage) -> Direction:
+    if role == "test":
+        return Direction("target", "source", language, ENGLISH)
+    return Direction("source", "target", ENGLISH, language)
+
+
+@dataclass
+class RolePlan:
+    """The segments of one role's records, in record order and ``task.text_fields`` order."""
+
+    role: Role
+    direction: Direction
+    records: datasets.Dataset
+    fields: tuple[str, ...]
+    qa: bool
+    segments: list[list[Segment]]  # per record, per field
+    scrubbed: int = 0  # QA contexts in which marker characters were replaced by stand-ins
+
+
+@dataclass
+class Outcome:
+    """What assembling a role's translations kept, dropped and noticed."""
+
+    records: datasets.Dataset | None = None  # the output split
+    dropped: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: left out of the output
+    unprojected: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: kept without an answer
+    truncated: list[str] = field(default_factory=list)  # ids with an input cut at max_length
+
+
+def plan_role(task: Task, role: Role, records: datasets.Dataset, language: NllbLanguage, markers: Markers) -> RolePlan:
+    """The segments to translate for one role; :class:`TaskDataError` for a record that cannot be marked."""
+    way = direction(role, language)
+    qa = task.labels is None
+    segments, scrubbed = [], 0
+    for row, record in enumerate(records):
+        texts = {f: record[f"{way.read}_{f}"] for f in task.text_fields}
+        if qa:
+            answers = record[f"{way.read}_answers"]
+            where = f"{task.name}/{task.language}/{role}: row {row} (id {record['id']})"
+            if not answers:
+                raise TaskDataError(f"{where}: no answer in {way.read}_answers to carry through translation")
+            try:
+                marked = insert_markers(texts["context"], answers[0], markers)
+            except MarkerError as err:
+                raise TaskDataError(f"{where}: {err}") from None
+            scrubbed += markers.scrub(texts["context"]) != texts["context"]
+            texts["context"] = marked
+        segments.append([Segment(way.src.code, way.tgt.code, texts[f]) for f in task.text_fields])
+    return RolePlan(role, way, records, tuple(task.text_fields), qa, segments, scrubbed)
+
+
+def assemble(
+    plan: RolePlan, translations: dict[Segment, Translation], markers: Markers, keep_unprojected_test: bool = True
+) -> Outcome:
+    """The role's records with the written side replaced by the translations.
+
+    QA records whose markers did not survive are dropped, except in the test
+    role with ``keep_unprojected_test``: there they keep the translated context
+    (markers removed) with no answers on the written side.
+    """
+    write = plan.direction.write
+    rows, outcome = [], Outcome()
+    for record, segments in zip(plan.records, plan.segments):
+        out: dict[str, Any] = dict(record)
+        done = {f: translations[s] for f, s in zip(plan.fields, segments)}
+        if any(t.truncated for t in done.values()):
+            outcome.truncated.append(record["id"])
+        for f, t in done.items():
+            out[f"{write}_{f}"] = t.text
+        if plan.qa:
+            try:
+                out[f"{write}_context"], answer = extract_markers(done["context"].text, markers)
+                out[f"{write}_answers"] = [answer]
+            except MarkerError as err:
+                if plan.role == "test" and keep_unprojected_test:
+                    out[f"{write}_context"], out[f"{write}_answers"] = markers.strip(done["context"].text), []
+                    outcome.unprojected.append({"id": record["id"], "reason": err.reason})
+                else:
+                    outcome.dropped.append({"id": record["id"], "reason": err.reason})
+                    continue
+        rows.append(out)
+    columns = {c: [r[c] for r in rows] for c in plan.records.column_names}  # from_list cannot make an empty split
+    outcome.records = datasets.Dataset.from_dict(columns, features=plan.records.features)
+    return outcome

@@ -1,0 +1,386 @@
+"""Experiment YAMLs: shipped files validate, bad ones fail before Ray with the file, key path and
+expectation in one message; overrides; the Optuna define-by-run space (no Ray, no models)."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from flare_ray.experiment import (
+    DefineByRun,
+    ExperimentConfig,
+    ExperimentConfigError,
+    apply_sample,
+    build_sampler,
+    dry_run_text,
+    load_experiment,
+    make_define_by_run,
+    resolve_tracking_uri,
+    validate_experiment,
+)
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SHIPPED = sorted(SEARCH_SPACES.glob("*.yaml"))
+
+BASE = """\
+name: t
+model: {name_or_path: "tiny:xlm-roberta"}
+task: {name: nusax, languages: [jav]}
+training: {epochs: 2}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path, overrides=()) -> str:
+    with pytest.raises(ExperimentConfigError) as info:
+        load_experiment(path, overrides)
+    return str(info.value)
+
+
+# -- shipped files ---------------------------------------------------------------------------------
+def test_every_shipped_search_space_validates():
+    names = {p.stem for p in SHIPPED}
+    assert {"quickstart", "rank", "fusion", "layers", "lr", "full"} <= names
+    for path in SHIPPED:
+        config = load_experiment(path)
+        assert config.search.space, path
+        assert config.search.metric.startswith("validation/")
+        assert path.read_text().startswith("#"), f"{path.name}: header comment missing"
+        assert "ray job submit" in path.read_text() or path.stem == "quickstart"
+
+
+def test_quickstart_is_the_small_offline_run():
+    c = load_experiment(SEARCH_SPACES / "quickstart.yaml")
+    assert c.model.name_or_path == "tiny:xlm-roberta" and c.model.resolved_family() == "encoder"
+    assert (c.task.name, c.task.languages) == ("nusax", ["jav"])
+    assert c.task.max_records == {"train": 64, "validation": 32, "test": 32}
+    assert (c.training.epochs, c.training.batch_size, c.training.max_length) == (2, 16, 64)
+    assert c.search.num_samples == 4 and c.search.max_concurrent_trials == 2 and c.search.scheduler is not None
+    assert set(c.search.space) == {"method.flare.fusion", "training.learning_rate"}
+    assert c.scaling.num_workers == 1 and not c.scaling.use_gpu
+    assert c.search.metric == "validation/macro_f1" and c.tracking.experiment_name == "quickstart"
+    assert c.task.task_config("jav").language == "jav"
+
+
+def test_rank_file_sets_alpha_to_twice_r():
+    c = load_experiment(SEARCH_SPACES / "rank.yaml")
+    assert c.search.space["method.lora.r"].values == [2, 4, 8, 16, 32, 64]
+    for r in (2, 64):
+        assert apply_sample(c, {"method.lora.r": r}).method.lora.lora_alpha == 2 * r
+
+
+# -- malformed files: one error naming the file, the key path and the expectation -------------------
+BAD = {
+    "unknown top-level key": (
+        BASE + "trainer: {epochs: 3}\n",
+        "line 5, trainer", "unknown key 'trainer' (did you mean 'training'?)",
+    ),
+    "unknown nested key": (
+        BASE.replace("{epochs: 2}", "{epochs: 2, learning_rat: 0.1}"),
+        "training.learning_rat", "did you mean 'learning_rate'",
+    ),
+    "wrong type": (
+        BASE.replace("{epochs: 2}", "{epochs: two}"),
+        "line 4, training.epochs", "expected a valid integer",
+    ),
+    "negative epochs": (
+        BASE.replace("{epochs: 2}", "{epochs: -1}"),
+        "training.epochs", "expected a number >= 1; got -1",
+    ),
+    "unknown fusion in fixed config": (
+        BASE + "method: {flare: {fusion: concat}}\n",
+        "method.flare.fusion", "unknown fusion function 'concat'; expected one of ['add', 'add_relu', 'cross_attention', 'mul']",
+    ),
+    "unknown fusion inside a categorical space": (
+        BASE + "search:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul, concat]}\n",
+        "search.space.method.flare.fusion.values[2]", "'concat' gives an invalid config: method.flare.fusion: unknown fusion function",
+    ),
+    "space key that does not exist": (
+        BASE + "search:\n  space:\n    method.lora.rank: {type: int, low: 2, high: 8}\n",
+        "search.space.method.lora.rank", "method.lora has no key 'rank' (did you mean 'r'?)",
+    ),
+    "space key of a value, not a section": (
+        BASE + "search:\n  space:\n    training.epochs.max: {type: int, low: 2, high: 8}\n",
+        "search.space.training.epochs.max", "training.epochs is a value, not a section",
+    ),
+    "fixed key in the space": (
+        BASE + "search:\n  space:\n    scaling.num_workers: {type: int, low: 1, high: 4}\n",
+        "search.space.scaling.num_workers", "cannot be searched: resources per trial are fixed",
+    ),
+    "when on an unknown key": (
+        BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"
+        "      {type: categorical, values: [1, 2], when: {method.flare.fuse: cross_attention}}\n",
+        "search.space.method.flare.cross_attention_heads.when.method.flare.fuse",
+        "method.flare has no key 'fuse' (did you mean 'fusion'?)",
+    ),
+    "when on a key sampled later": (
+        BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"
+        "      {type: categorical, values: [1, 2], when: {method.flare.fusion: cross_attention}}\n"
+        "    method.flare.fusion: {type: categorical, values: [add, cross_attention]}\n",
+        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion", "list it earlier in search.space",
+    ),
+    "when on a value never sampled": (
+        BASE + "search:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n"
+        "    method.flare.cross_attention_heads:\n"
+        "      {type: categorical, values: [1, 2], when: {method.flare.fusion: cross_attention}}\n",
+        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion", "['cross_attention'] never sampled",
+    ),
+    "low >= high": (
+        BASE + "search:\n  space:\n    training.learning_rate: {type: float, low: 0.01, high: 0.001}\n",
+        "search.space.training.learning_rate.high", "expected high > low; got low 0.01, high 0.001",
+    ),
+    "loguniform with low <= 0": (
+        BASE + "search:\n  space:\n    training.learning_rate: {type: loguniform, low: 0, high: 1e-3}\n",
+        "search.space.training.learning_rate.low", "needs low > 0; got 0",
+    ),
+    "int bound that makes an invalid config": (
+        BASE + "search:\n  space:\n    method.lora.r: {type: int, low: 0, high: 8}\n",
+        "search.space.method.lora.r.low", "0 gives an invalid config: method.lora.r: expected a number >= 1",
+    ),
+    "float range on an int key": (
+        BASE + "search:\n  space:\n    training.epochs: {type: float, low: 1, high: 5}\n",
+        "search.space.training.epochs", "expected a valid integer",
+    ),
+    "unknown distribution type": (
+        BASE + "search:\n  space:\n    training.learning_rate: {type: uniform, low: 0.1, high: 0.2}\n",
+        "search.space.training.learning_rate.type", "unknown distribution type 'uniform'; expected one of",
+    ),
+    "unknown key in a distribution": (
+        BASE + "search:\n  space:\n    method.lora.r: {type: categorical, choices: [4, 8]}\n",
+        "search.space.method.lora.r.choices", "unknown key 'choices'; expected one of ['when', 'type', 'values']",
+    ),
+    "incompatible pair of values": (
+        BASE + "method: {flare: {fusion: cross_attention}}\nsearch:\n  space:\n"
+        "    method.lora.r: {type: categorical, values: [2, 8]}\n"
+        "    method.flare.cross_attention_heads: {type: categorical, values: [1, 4]}\n",
+        "search.space: method.lora.r = 2 with method.flare.cross_attention_heads = 4",
+        "heads (4) must divide the LoRA rank r (2)",
+    ),
+    "unknown language for the task": (
+        BASE.replace("languages: [jav]", "languages: [jav, sw]"),
+        "line 3, task.languages[1]", "task nusax has no language 'sw'; expected one of ['ace', 'ban'",
+    ),
+    "metric not reported by the task": (
+        BASE + "search: {metric: validation/exact_match}\n",
+        "search.metric", "task nusax reports no 'validation/exact_match'; expected one of ['validation/accuracy', 'validation/macro_f1'",
+    ),
+    "flare_mt without mt_encoder": (
+        BASE + "method: {kind: flare_mt}\n",
+        "method.flare.mt_encoder", "method.kind flare_mt needs an MT model here",
+    ),
+    "unknown tiny architecture": (
+        BASE.replace("tiny:xlm-roberta", "tiny:bert"),
+        "model.name_or_path", "unknown tiny architecture 'bert'; expected tiny:<arch> with arch in ['xlm-roberta', 'mt5', 'llama', 'gemma2']",
+    ),
+    "mt split without mt_dir": (
+        BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}"),
+        "task.splits.validation", "'mt' needs mt_dir",
+    ),
+    "both alpha and alpha_ratio": (
+        BASE + "method: {lora: {alpha: 16, alpha_ratio: 2}}\n",
+        "method.lora.alpha_ratio", "set alpha (16.0) or alpha_ratio (2.0), not both",
+    ),
+    "duplicate key": (
+        BASE + "training: {epochs: 3}\n",
+        "line 5, training", "duplicate key",
+    ),
+    "family that contradicts the tiny model": (
+        BASE.replace('"tiny:xlm-roberta"}', '"tiny:llama", family: encoder}'),
+        "line 2, model.family", "tiny:llama is of family 'decoder'; got 'encoder'",
+    ),
+    "fusion searched for plain LoRA": (
+        BASE + "method: {kind: lora}\nsearch:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n",
+        "search.space.method.flare.fusion", "method.kind is 'lora' (plain LoRA), which does not fuse",
+    ),
+    "ASHA grace period longer than training": (
+        BASE + "search: {scheduler: {type: asha, grace_period: 5}}\n",
+        "search.scheduler.grace_period", "grace period 5 is longer than training.epochs (2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("text, path, expected", BAD.values(), ids=BAD.keys())
+def test_malformed_yaml_names_file_key_and_expectation(tmp_path, text, path, expected):
+    message = error_of(write(tmp_path, text, "bad-config.yaml"))
+    assert "bad-config.yaml" in message
+    assert path in message, message
+    assert expected in message, message
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    message = error_of(write(tmp_path, BASE + "search:\n  space: {method.lora.r: [2, 4}\n", "broken.yaml"))
+    assert "broken.yaml, line 6" in message and "YAML syntax error" in message, message
+
+
+def test_several_problems_are_reported_together(tmp_path):
+    message = error_of(write(tmp_path, BASE.replace("{epochs: 2}", "{epochs: 0, batch_size: x}")))
+    assert "2 problems" in message and "training.epochs" in message and "training.batch_size" in message
+
+
+def test_missing_sections_and_file(tmp_path):
+    message = error_of(write(tmp_path, "name: t\n"))
+    assert "model: missing required key" in message and "task: missing required key" in message
+    assert "cannot read" in error_of(tmp_path / "nowhere.yaml")
+    assert "expected a mapping" in error_of(write(tmp_path, "- a\n- b\n"))
+
+
+def test_yaml_numbers_and_booleans_read_as_yaml_1_2(tmp_path):
+    config = load_experiment(write(tmp_path, BASE + "search:\n  space:\n"
+                                   "    training.learning_rate: {type: categorical, values: [1e-4, 3e-4]}\n"))
+    assert config.search.space["training.learning_rate"].values == [1e-4, 3e-4]
+    with pytest.raises(ExperimentConfigError, match="task nusax has no language 'no'"):
+        load_experiment(write(tmp_path, BASE.replace("[jav]", "[no]")))  # 'no' stays a string
+
+
+# -- overrides ---------------------------------------------------------------------------------------
+def test_overrides(tmp_path):
+    path = write(tmp_path, BASE)
+    config = load_experiment(path, ["training.epochs=3", "--set task.languages=[ban, sun]",
+                                    "task.max_records.train=10", "method.flare.fusion=mul"])  # fmt: skip
+    assert config.training.epochs == 3 and config.task.languages == ["ban", "sun"]
+    assert config.task.max_records == {"train": 10} and config.method.flare.fusion == "mul"
+    xnli = load_experiment(path, ["task.name=xnli", "task.languages=[sw,ur]"])
+    assert xnli.task.languages == ["sw", "ur"] and xnli.search.metric == "validation/accuracy"
+    space = load_experiment(SEARCH_SPACES / "fusion.yaml", ["search.space.method.flare.fusion.values=[add, mul]",
+                                                            "search.space.method.flare.cross_attention_heads.when={}"])
+    assert space.search.space["method.flare.fusion"].values == ["add", "mul"]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("training.epochz=3", "training.epochz (from --set training.epochz=3): unknown key 'epochz' (did you mean 'epochs'?)"),
+        ("training.epochs=-2", "training.epochs (from --set training.epochs=-2): expected a number >= 1; got -2"),
+        ("task.languages=[sw,ur]", "task.languages[0] (from --set task.languages=[sw,ur]): task nusax has no language 'sw'"),
+        ("training.epochs", "(from --set training.epochs): bad override: expected key.path=value"),
+        ("training.epochs.max=3", "bad override: training.epochs is a value (2), not a section"),
+        ("training.epochs=[3", "(from --set training.epochs=[3): bad override: the value is not valid YAML"),
+    ],
+)
+def test_a_bad_override_is_named(tmp_path, override, expected):
+    message = error_of(write(tmp_path, BASE, "base.yaml"), [override])
+    assert "base.yaml" in message and expected in message, message
+
+
+# -- the search space under Optuna ---------------------------------------------------------------------
+def _study(config: ExperimentConfig) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(direction=config.search.mode.replace("max", "maximize").replace("min", "minimize"),
+                               sampler=build_sampler(config.search.sampler))  # fmt: skip
+
+
+def test_define_by_run_samples_allowed_values_and_respects_when():
+    config = load_experiment(SEARCH_SPACES / "full.yaml")
+    space = config.search.space
+    define_by_run = make_define_by_run(config)
+    samples = []
+
+    def objective(trial):
+        sample = define_by_run(trial)
+        samples.append(sample)
+        applied = apply_sample(config, sample)  # every sample gives a valid config
+        return applied.training.learning_rate * applied.method.lora.r
+
+    _study(config).optimize(objective, n_trials=40)
+    fusions = set()
+    for s in samples:
+        fusions.add(s["method.flare.fusion"])
+        for key in ("method.flare.fusion", "method.lora.r", "method.flare.fusion_layers", "training.batch_size"):
+            assert s[key] in space[key].values
+        assert 1e-5 <= s["training.learning_rate"] <= 1e-3
+        assert s["method.lora.dropout"] in (0.0, 0.05, 0.1, 0.15, 0.2)
+        heads_sampled = "method.flare.cross_attention_heads" in s
+        assert heads_sampled == (s["method.flare.fusion"] == "cross_attention"), s
+        if heads_sampled:
+            assert s["method.flare.cross_attention_heads"] in (1, 2, 4)
+    assert fusions == {"add", "mul", "add_relu", "cross_attention"}
+
+
+def test_ask_tell_with_list_valued_choices_and_pickling():
+    config = validate_experiment(yaml.safe_load(BASE + textwrap.dedent("""\
+        search:
+          space:
+            method.flare.fusion_layers: {type: categorical, values: [all, [0, 1], "2-3"]}
+            method.lora.target_modules: {type: categorical, values: [[query, value], all-linear]}
+        """)))
+    define_by_run = pickle.loads(pickle.dumps(make_define_by_run(config)))  # Tune pickles its searcher
+    assert isinstance(define_by_run, DefineByRun)
+    study, seen = _study(config), set()
+    for _ in range(20):
+        trial = study.ask()
+        sample = define_by_run(trial)
+        applied = apply_sample(config, sample)
+        assert applied.method.flare.fusion_layers in ("all", [0, 1], "2-3")
+        assert applied.method.lora.target_modules in (["query", "value"], "all-linear")
+        seen.add(str(sample["method.flare.fusion_layers"]))
+        study.tell(trial, 0.0)
+    assert len(seen) == 3
+
+
+def test_when_on_a_fixed_key():
+    data = yaml.safe_load(BASE + "method: {flare: {fusion: cross_attention}}\nsearch:\n  space:\n"
+                          "    method.flare.cross_attention_heads: {type: categorical, values: [1, 2],"
+                          " when: {method.flare.fusion: cross_attention}}\n")  # fmt: skip
+    trial = _study(validate_experiment(data)).ask()
+    assert "method.flare.cross_attention_heads" in make_define_by_run(validate_experiment(data))(trial)
+    data["method"]["flare"]["fusion"] = "add"
+    config = validate_experiment(data)
+    assert make_define_by_run(config)(_study(config).ask()) == {}
+    assert "never sampled: method.flare.fusion is fixed to 'add'" in dry_run_text(config)
+
+
+def test_apply_sample_refuses_an_invalid_sample():
+    config = load_experiment(SEARCH_SPACES / "quickstart.yaml")
+    assert apply_sample(config, {"method.flare.fusion": "mul"}).method.flare.fusion == "mul"
+    assert config.method.flare.fusion == "add_relu"  # the original is untouched
+    with pytest.raises(ExperimentConfigError, match=r"(?s)quickstart.yaml with sample .*method.lora.r: expected a number >= 1"):
+        apply_sample(config, {"method.lora.r": 0})
+    with pytest.raises(ExperimentConfigError, match="has no key 'rank'"):
+        apply_sample(config, {"method.lora.rank": 4})
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def test_dry_run_mentions_every_space_key():
+    for path in SHIPPED:
+        config = load_experiment(path)
+        text = dry_run_text(config)
+        assert f"experiment {config.name}" in text and config.search.metric in text
+        for key, dist in config.search.space.items():
+            assert any(line.strip().startswith(key) and dist.describe() in line for line in text.splitlines()), key
+        assert yaml.safe_load(text.split("\n\n# search:")[0])["name"] == config.name  # the YAML part parses
+    text = dry_run_text(load_experiment(SEARCH_SPACES / "fusion.yaml"))
+    assert "when method.flare.fusion = cross_attention" in text
+
+
+def test_tracking_uri_resolution(tmp_path):
+    config = load_experiment(write(tmp_path, BASE + f"storage_path: {tmp_path}/out\n"))
+    assert resolve_tracking_uri(config, {}) == f"sqlite:///{tmp_path}/out/mlflow.db"
+    assert resolve_tracking_uri(config, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == "http://mlflow:5000"
+    named = load_experiment(write(tmp_path, BASE + "tracking: {tracking_uri: 'file:///tmp/mlruns'}\n"))
+    assert resolve_tracking_uri(named, {}) == "file:///tmp/mlruns"
+    assert named.tracking.experiment_name == "t"
+
+
+def test_method_helpers_and_deepspeed_file(tmp_path):
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    config = load_experiment(write(tmp_path, BASE + "method: {kind: flare_mt, lora: {r: 4, target_modules: [query, value]},"
+                                   " flare: {mt_encoder: facebook/nllb-200-distilled-600M}}\n"
+                                   f"scaling: {{use_gpu: true, deepspeed: {tmp_path}/ds.json}}\n"))  # fmt: skip
+    assert config.method.lora.peft_kwargs() == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05, "target_modules": ["query", "value"]}
+    assert config.method.flare_config().mt_encoder == "facebook/nllb-200-distilled-600M"
+    assert config.scaling.deepspeed == {"zero_optimization": {"stage": 2}}  # read once, shipped inline
+    assert config.scaling.resources_per_worker() == {"CPU": 1.0, "GPU": 1.0}
+    flare = apply_sample(config, {"method.kind": "flare"})
+    assert flare.method.flare_config().mt_encoder is None  # only FLARE-MT uses the MT encoder
+    message = error_of(write(tmp_path, BASE + "scaling: {deepspeed: missing.json}\n"))
+    assert "scaling.deepspeed" in message and "DeepSpeed config 'missing.json' not found" in message
