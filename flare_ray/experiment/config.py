@@ -134,7 +134,8 @@ def reported_metrics(task_name: str) -> tuple[str, ...]:
     """The metric names the task's ``score`` reports (the training loop logs them as ``<split>/<name>``)."""
     from flare_ray.tasks import TASKS
 
-    return ("accuracy", "macro_f1", "invalid") if TASKS[task_name].labels else ("exact_match", "f1")
+    scores = ("accuracy", "macro_f1", "invalid") if TASKS[task_name].labels else ("exact_match", "f1")
+    return (*scores, "loss")  # the loss of the validation split, a smooth curve for early stopping
 
 
 # -- method --------------------------------------------------------------------------------------

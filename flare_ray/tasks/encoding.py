@@ -36,12 +36,23 @@ class Batch:
 class TaskEncoder:
     """Encodes records of ``task`` for a model of ``family`` with ``tokenizer``."""
 
-    def __init__(self, task: Task, tokenizer, family: ArchitectureFamily | str, max_length: int, source: bool = True):
+    def __init__(
+        self,
+        task: Task,
+        tokenizer,
+        family: ArchitectureFamily | str,
+        max_length: int,
+        source: bool = True,
+        mt_tokenizer=None,
+    ):
+        """``source``: add the English side (FLARE). ``mt_tokenizer``: add the target text in the MT
+        model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target)."""
         self.task = task
         self.tokenizer = tokenizer
         self.family = ArchitectureFamily(family)
         self.max_length = max_length
         self.with_source = source
+        self.mt_tokenizer = mt_tokenizer
         self.generative = self.family is not ArchitectureFamily.ENCODER
         if self.generative and tokenizer.eos_token_id is None:
             raise ValueError("generative encoding needs a tokenizer with an eos token")
@@ -49,6 +60,16 @@ class TaskEncoder:
     # -- training batches ----------------------------------------------------
     def train_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
         """Inputs with labels (the loss) for a training or validation-loss step."""
+        return self._with_mt(records, self._train_batch(records))
+
+    def _with_mt(self, records, batch: Batch) -> Batch:
+        if self.mt_tokenizer is not None:
+            texts = [" ".join(r[f"target_{f}"] for f in self.task.text_fields) for r in records]
+            mt = self.mt_tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            batch.inputs.update(mt_input_ids=mt.input_ids, mt_attention_mask=mt.attention_mask)
+        return batch
+
+    def _train_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
         if not self.generative:
             return self._encoder_batch(records, with_labels=True)
         if self.family is ArchitectureFamily.ENCODER_DECODER:
@@ -144,7 +165,7 @@ class TaskEncoder:
         for start in range(0, len(records), batch_size):
             chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
             if self.generative:
-                batch = self.prompt_batch(chunk)
+                batch = self._with_mt(chunk, self.prompt_batch(chunk))
                 inputs = {k: v.to(device) for k, v in batch.inputs.items()}
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
                 if self.family is ArchitectureFamily.DECODER:
@@ -152,7 +173,7 @@ class TaskEncoder:
                 texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
                 predictions += [self.task.parse(t) for t in texts]
             else:
-                batch = self._encoder_batch(chunk, with_labels=False)
+                batch = self._with_mt(chunk, self._encoder_batch(chunk, with_labels=False))
                 outputs = model(**{k: v.to(device) for k, v in batch.inputs.items()})
                 if self.task.labels:
                     predictions += [self.task.labels[i] for i in outputs.logits.argmax(-1).tolist()]

@@ -1,0 +1,159 @@
+"""The platform end to end: real Ray (local, and a head node under `ray job submit`), real Optuna,
+real ASHA, a real MLflow store; the tiny offline XLM-R on vendored NusaX.
+
+Each sweep runs `python -m flare_ray.tune` in its own process, as a user would. Slow (a few
+minutes in all): `-m "not slow"` skips them; CI runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+SEQUENTIAL = ["search.max_concurrent_trials=1"]  # deterministic ASHA decisions and trial order
+
+
+def tune_command(storage: Path, *overrides: str, resume: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), "--set", f"storage_path={storage}"]
+    for override in overrides:
+        command += ["--set", override]
+    return command + (["--resume"] if resume else [])
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
+    env.update(RAY_TRAIN_V2_ENABLED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    return env
+
+
+def run_tune(storage: Path, *overrides: str, resume: bool = False) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        tune_command(storage, *overrides, resume=resume), env=environment(), cwd=REPO,
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def mlflow_runs(storage: Path):
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "flare_ray.sweep" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def best_of(client, run, metric: str, mode: str) -> float:
+    history = [m.value for m in client.get_metric_history(run.info.run_id, metric)]
+    return max(history) if mode == "max" else min(history)
+
+
+def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
+    samples = 5
+    done = run_tune(
+        tmp_path, f"search.num_samples={samples}", "search.metric=validation/loss", "search.mode=min", *SEQUENTIAL
+    )
+    assert "Best trials of sweep 'quickstart'" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and len(children) == samples
+    (parent,) = parents
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert {"config.json", "search_space.txt", "data_provenance.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.tags["version.ray"] and parent.data.tags["git_commit"]
+
+    # Optuna proposed every trial: its study holds exactly the trials MLflow recorded, with their values.
+    from ray.tune.search.optuna import OptunaSearch
+
+    (state,) = (tmp_path / "quickstart-jav").glob("searcher-state-*.pkl")
+    searcher = OptunaSearch()
+    searcher.restore(str(state))
+    proposed = sorted((t.params["method.flare.fusion"], round(t.params["training.learning_rate"], 12)) for t in searcher._ot_study.trials)
+    recorded = sorted((c.data.params["method.flare.fusion"], round(float(c.data.params["training.learning_rate"]), 12)) for c in children)
+    assert proposed == recorded and len(proposed) == samples
+    for c in children:
+        assert c.data.params["method.flare.fusion"] in {"add", "mul", "add_relu", "cross_attention"}
+        assert 1e-3 <= float(c.data.params["training.learning_rate"]) <= 5e-2
+        assert c.data.params["language"] == "jav" and c.info.status == "FINISHED"
+        curve = client.get_metric_history(c.info.run_id, "validation/loss")
+        assert [m.step for m in curve] == list(range(1, len(curve) + 1))  # one point per epoch
+
+    # ASHA stopped at least one trial early; finished ones have test scores and their adapter.
+    epochs = {c.info.run_id: max(m.step for m in client.get_metric_history(c.info.run_id, "validation/loss")) for c in children}
+    assert min(epochs.values()) < 3 <= max(epochs.values()), epochs
+    for c in children:
+        finished = epochs[c.info.run_id] == 3
+        assert ("test/macro_f1" in c.data.metrics) == finished
+        artifacts = {a.path for a in client.list_artifacts(c.info.run_id, "adapter")}
+        assert {"adapter/adapter_model.safetensors", "adapter/flare_config.json", "adapter/trial_config.json"} <= artifacts
+
+    # The selected trial is the one with the best MT-validation score among the recorded metrics.
+    best = min(children, key=lambda c: best_of(client, c, "validation/loss", "min"))
+    assert parent.data.tags["best.jav.run_id"] == best.info.run_id
+    assert parent.data.metrics["best.jav.validation"] == pytest.approx(best_of(client, best, "validation/loss", "min"))
+    (version,) = client.search_model_versions("name='quickstart-nusax-jav'")
+    assert version.run_id == best.info.run_id and version.source.endswith("/adapter")
+    assert version.tags["flare_ray.language"] == "jav" and version.tags["method"] == "flare"
+
+
+def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
+    samples = 3
+    process = subprocess.Popen(
+        tune_command(tmp_path, f"search.num_samples={samples}", "search.scheduler=null", *SEQUENTIAL),
+        env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:  # interrupt once the first trial has finished
+            if (tmp_path / "mlflow.db").exists():
+                _, _, children = mlflow_runs(tmp_path)
+                if any(c.info.status == "FINISHED" for c in children):
+                    break
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output[-3000:]
+    _, parents, children = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "KILLED" and len(children) < samples + 1
+
+    run_tune(tmp_path, f"search.num_samples={samples}", "search.scheduler=null", *SEQUENTIAL, resume=True)
+    client, parents, children = mlflow_runs(tmp_path)
+    trial_ids = [c.data.tags["flare_ray.trial_id"] for c in children]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trial_ids) == len(set(trial_ids)) == samples
+    assert all(c.info.status == "FINISHED" and "test/macro_f1" in c.data.metrics for c in children)
+
+
+def test_ray_job_submit_against_a_local_head(tmp_path):
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    env = {**environment(), "RAY_AUTH_MODE": "token"}
+    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--disable-usage-stats"], env=env, check=True,
+                   capture_output=True, timeout=180, cwd=REPO)
+    try:
+        command = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--", *tune_command(tmp_path, "search.num_samples=2")]
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "succeeded" in done.stdout + done.stderr
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    _, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
