@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 SEQUENTIAL = ["search.max_concurrent_trials=1"]  # deterministic ASHA decisions and trial order
+SHORT = ["training.epochs=2", "search.scheduler=null"]  # where ASHA is not under test
 
 
 def tune_command(storage: Path, *overrides: str, resume: bool = False) -> list[str]:
@@ -113,7 +114,7 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
 def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     samples = 3
     process = subprocess.Popen(
-        tune_command(tmp_path, f"search.num_samples={samples}", "search.scheduler=null", *SEQUENTIAL),
+        tune_command(tmp_path, f"search.num_samples={samples}", *SHORT, *SEQUENTIAL),
         env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
@@ -135,7 +136,7 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     _, parents, children = mlflow_runs(tmp_path)
     assert parents[0].info.status == "KILLED" and len(children) < samples + 1
 
-    run_tune(tmp_path, f"search.num_samples={samples}", "search.scheduler=null", *SEQUENTIAL, resume=True)
+    run_tune(tmp_path, f"search.num_samples={samples}", *SHORT, *SEQUENTIAL, resume=True)
     client, parents, children = mlflow_runs(tmp_path)
     trial_ids = [c.data.tags["flare_ray.trial_id"] for c in children]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -149,7 +150,7 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     subprocess.run([ray, "start", "--head", "--num-cpus=2", "--disable-usage-stats"], env=env, check=True,
                    capture_output=True, timeout=180, cwd=REPO)
     try:
-        command = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--", *tune_command(tmp_path, "search.num_samples=2")]
+        command = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--", *tune_command(tmp_path, "search.num_samples=2", *SHORT)]
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout + done.stderr
@@ -157,3 +158,35 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     _, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+
+
+def test_stage1_trains_merges_and_is_what_trials_load(tmp_path):
+    from safetensors.torch import load_file
+
+    from flare_ray.models.loading import load_model, resolve_name_or_path
+
+    output = tmp_path / "stage1"
+    done = subprocess.run(
+        [sys.executable, "-m", "flare_ray.stage1", str(QUICKSTART), "--output", str(output),
+         "--set", f"storage_path={tmp_path}", "--set", "training.epochs=1"],
+        env=environment(), cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    merged = load_file(output / "model.safetensors")
+    original = load_file(Path(resolve_name_or_path("tiny:xlm-roberta")) / "model.safetensors")
+    assert not any("lora" in k for k in merged), "the LoRA must be merged into the base weights"
+    query = "roberta.encoder.layer.0.attention.self.query.weight"
+    assert not torch_equal(merged[query], original[query]), "merging changed the adapted weights"
+    info = (output / "stage1.json").read_text()
+    assert '"english_validation"' in info and '"lora"' in info
+    labels = ("positive", "neutral", "negative")
+    first, _ = load_model(str(output), "encoder", labels=labels)
+    second, _ = load_model(str(output), "encoder", labels=labels)
+    head = "classifier.out_proj.weight"
+    assert torch_equal(first.state_dict()[head], merged[head]) and torch_equal(second.state_dict()[head], merged[head])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

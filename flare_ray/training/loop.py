@@ -71,7 +71,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         generator=torch.Generator().manual_seed(training.seed + rank),
     )
     steps = training.epochs * math.ceil(len(loader) / training.grad_accumulation)
-    engine = _Engine(adapted, trainable, training, experiment.scaling, steps, quantized=experiment.model.quantization != "none")
+    engine = Engine(adapted, trainable, training, experiment.scaling, steps, quantized=experiment.model.quantization != "none")
 
     metric = experiment.search.metric
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
@@ -134,7 +134,7 @@ def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int) 
     return ray.train.Checkpoint.from_directory(directory)
 
 
-class _Engine:
+class Engine:
     """DDP (via Ray Train) or DeepSpeed behind one small interface."""
 
     def __init__(self, flare, trainable, training, scaling, total_steps: int, quantized: bool):

@@ -1,0 +1,46 @@
+"""``python -m flare_ray.stage1 EXPERIMENT.yaml --output DIR``: the stage-1 English fine-tune, merged.
+
+Trains ``method.lora`` on the English side of the task's training data with the
+experiment's model, training and scaling settings, merges it into the base
+weights and saves the result to DIR. Then point the sweep at it:
+``python -m flare_ray.tune EXPERIMENT.yaml --set model.stage1=DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flare_ray.stage1", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", type=Path, help="experiment YAML (its search section is ignored)")
+    p.add_argument("--output", type=Path, required=True, help="folder for the merged stage-1 checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (YAML syntax); repeatable")
+    args = p.parse_args(argv)
+    from flare_ray.experiment import ExperimentConfigError, load_experiment
+
+    try:
+        config = load_experiment(args.config, args.overrides)
+    except ExperimentConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if config.model.stage1 is not None:
+        print("error: model.stage1 is set: stage 1 starts from model.name_or_path", file=sys.stderr)
+        return 2
+    import ray
+
+    from flare_ray.training.stage1 import run_stage1
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(ignore_reinit_error=True)
+    output = run_stage1(config, args.output)
+    print(f"stage-1 checkpoint: {output}\nuse it with: --set model.stage1={output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
