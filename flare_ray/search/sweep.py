@@ -26,7 +26,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from flare_ray.experiment import ExperimentConfig, build_sampler, dry_run_text, make_define_by_run, resolve_tracking_uri
 from flare_ray.tasks import get_task
-from flare_ray.tracking.mlflow_runs import LANGUAGE_TAG, TRIAL_TAG, MLflowTrialCallback, register_best, start_parent_run
+from flare_ray.tracking.mlflow_runs import (
+    CHECKPOINT_TAG,
+    LANGUAGE_TAG,
+    TRIAL_TAG,
+    MLflowTrialCallback,
+    register_best,
+    start_parent_run,
+)
 
 from .trial import run_trial
 
@@ -125,6 +132,8 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
             grid = _search(config, language, storage, tracking_uri, parent, resume)
             result = select_best(grid, config.search.metric, config.search.mode, language)
             result.run_id = _child_run(client, parent, result.trial_id)
+            if result.run_id and not result.test:
+                result.test = _score_stopped_trial(client, config, result)
             if result.run_id:
                 result.registered = _register(client, config, result)
                 _tag_parent(client, parent, result)
@@ -174,7 +183,9 @@ def _search(config: ExperimentConfig, language: str, storage: Path, tracking_uri
             name=name,
             storage_path=str(storage),
             failure_config=ray.tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[MLflowTrialCallback(tracking_uri, parent, language, search.metric, search.mode)],
+            callbacks=[
+                MLflowTrialCallback(tracking_uri, parent, language, search.metric, search.mode, config.storage_path)
+            ],
             verbose=1,
         ),
     )
@@ -224,6 +235,21 @@ def select_best(grid, metric: str, mode: str, language: str) -> LanguageResult:
 
 def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+def _score_stopped_trial(client: MlflowClient, config: ExperimentConfig, result: LanguageResult) -> dict[str, float]:
+    """ASHA stopped the best trial before its own test scoring: score its best adapter now, as a Ray task."""
+    checkpoint = client.get_run(result.run_id).data.tags.get(CHECKPOINT_TAG)
+    if not checkpoint:
+        log.warning("best trial %s of %s has no checkpoint to score on the test split", result.trial_id, result.language)
+        return {}
+    from flare_ray.training.evaluate import score_checkpoint
+
+    gpus = config.scaling.resources_per_worker()["GPU"]
+    scores = ray.get(ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path))
+    for key, value in scores.items():
+        client.log_metric(result.run_id, key, value)
+    return scores
 
 
 def _child_run(client: MlflowClient, parent: str, trial_id: str) -> str | None:

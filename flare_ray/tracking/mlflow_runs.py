@@ -26,10 +26,13 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # where Train's checkpoint path reaches Tune
 
+from flare_ray.storage import local_copy
+
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
 LANGUAGE_TAG = "flare_ray.language"
 ADAPTER_PATH = "adapter"
+CHECKPOINT_TAG = "best_checkpoint"
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "bitsandbytes", "deepspeed")
 
@@ -120,8 +123,11 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 class MLflowTrialCallback(Callback):
     """One nested MLflow child run per Tune trial, with its curves and its best adapter."""
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str) -> None:
+    def __init__(
+        self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str
+    ) -> None:
         self.tracking_uri = tracking_uri
+        self.storage_path = storage_path
         self.parent_run_id = parent_run_id
         self.language = language
         self.metric = metric
@@ -183,9 +189,10 @@ class MLflowTrialCallback(Callback):
         run_id = self.run_id(trial)
         client = self.client
         best = self._best.get(trial.trial_id)
-        if best is not None and best[1] and Path(best[1]).is_dir():
-            client.log_artifacts(run_id, best[1], ADAPTER_PATH)
-            client.set_tag(run_id, "best_checkpoint", best[1])
+        if best is not None and best[1]:
+            with local_copy(best[1], self.storage_path) as folder:
+                client.log_artifacts(run_id, folder, ADAPTER_PATH)
+            client.set_tag(run_id, CHECKPOINT_TAG, best[1])
         client.set_terminated(run_id, status=status)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
