@@ -63,8 +63,8 @@ def test_quickstart_is_the_small_offline_run():
     c = load_experiment(SEARCH_SPACES / "quickstart.yaml")
     assert c.model.name_or_path == "tiny:xlm-roberta" and c.model.resolved_family() == "encoder"
     assert (c.task.name, c.task.languages) == ("nusax", ["jav"])
-    assert c.task.max_records == {"train": 64, "validation": 32, "test": 32}
-    assert (c.training.epochs, c.training.batch_size, c.training.max_length) == (2, 16, 64)
+    assert c.task.max_records == {"train": 128, "validation": 64, "test": 64}
+    assert (c.training.epochs, c.training.batch_size, c.training.max_length) == (3, 16, 64)
     assert c.search.num_samples == 4 and c.search.max_concurrent_trials == 2 and c.search.scheduler is not None
     assert set(c.search.space) == {"method.flare.fusion", "training.learning_rate"}
     assert c.scaling.num_workers == 1 and not c.scaling.use_gpu

@@ -120,11 +120,12 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     )
     deadline = time.time() + 600
     try:
-        while time.time() < deadline:  # interrupt once the first trial has finished
-            if (tmp_path / "mlflow.db").exists():
-                _, _, children = mlflow_runs(tmp_path)
-                if any(c.info.status == "FINISHED" for c in children):
-                    break
+        # Interrupt once the first trial has finished (read from Tune's result files: opening the
+        # sqlite store while the sweep creates it would race its schema migration).
+        while time.time() < deadline:
+            results = (tmp_path / "quickstart-jav").glob("run_trial_*/result.json")
+            if any('"final": true' in r.read_text() for r in results):
+                break
             assert process.poll() is None, process.stdout.read()[-3000:]
             time.sleep(2)
         process.send_signal(signal.SIGINT)

@@ -8,8 +8,6 @@ head for encoder-decoders and decoders (generative, as in the paper).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from flare_ray.fusion import ArchitectureFamily
@@ -111,6 +109,3 @@ def load_model(
         model.enable_input_require_grads()
     return model, tokenizer
 
-
-def is_local(name_or_path: str) -> bool:
-    return name_or_path.startswith(TINY_PREFIX) or Path(name_or_path).exists()
