@@ -76,6 +76,8 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
     assert parent.info.status == "FINISHED"
     assert {"config.json", "search_space.txt", "data_provenance.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert parent.data.tags["version.ray"] and parent.data.tags["git_commit"]
+    # artifacts live with the sweep's storage, not in ./mlruns of wherever the command ran
+    assert client.get_experiment_by_name("quickstart").artifact_location == (tmp_path / "mlartifacts").as_uri()
 
     # Optuna proposed every trial: its study holds exactly the trials MLflow recorded, with their values.
     from ray.tune.search.optuna import OptunaSearch

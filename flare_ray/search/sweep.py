@@ -122,9 +122,11 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     tracking_uri = resolve_tracking_uri(config)
     client = MlflowClient(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
+    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    artifacts = (storage / "mlartifacts").as_uri() if local_store and "://" not in config.storage_path else None
     parent = start_parent_run(
         client, config.tracking.experiment_name, config.name, config.model_dump(mode="json"),
-        dry_run_text(config), provenance, resume=resume,
+        dry_run_text(config), provenance, resume=resume, artifact_location=artifacts,
     )
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
     try:

@@ -85,10 +85,19 @@ def start_parent_run(
     search_space: str,
     provenance: dict[str, Any],
     resume: bool,
+    artifact_location: str | None = None,
 ) -> str:
-    """The sweep's parent run id; on ``resume`` the existing one, so nothing is duplicated."""
+    """The sweep's parent run id; on ``resume`` the existing one, so nothing is duplicated.
+
+    ``artifact_location``: where a new experiment keeps its artifacts (adapters); ``None`` lets
+    the tracking server decide. A local store needs it, or MLflow writes to ``./mlruns`` of
+    whatever directory the sweep happens to run in.
+    """
     experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
     existing = _find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
