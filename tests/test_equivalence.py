@@ -3,7 +3,6 @@ fusion off); source padding never reaches the fusion; unselected layers stay pla
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from flare_ray.fusion import FlareConfig, FlareModel, get_flare_model
+from flare_ray.fusion import FlareModel
 
-from .helpers import batches, flare, load_base, randomize_lora, source_kwargs, task_kwargs
+from .helpers import batches, flare, load_base, randomize_lora, source_kwargs
 from .test_training import train_steps
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from flare_ray.fusion import ArchitectureFamily
 from flare_ray.tasks import DATA_DIR, TaskConfig, TaskDataError, get_task
 from flare_ray.tasks.encoding import IGNORE, TaskEncoder
 from flare_ray.tasks.metrics import classification_scores, squad_scores

@@ -57,3 +57,12 @@ def test_a_saved_checkpoint_scores_like_the_trained_model(tmp_path):
     expected = task.score(encoder.predict(adapted.eval(), list(records)), records)
     scores = score_checkpoint(str(checkpoint))
     assert scores == {f"test/{k}": v for k, v in expected.items()}
+
+
+def test_load_model_qlora_path():
+    import bitsandbytes as bnb
+
+    model, tokenizer = load_model("tiny:llama", "decoder", labels=None, quantization="4bit", gradient_checkpointing=True)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert model.is_gradient_checkpointing and tokenizer.padding_side == "left"
+    assert not any(p.requires_grad for p in model.parameters())  # k-bit preparation froze the base
