@@ -64,14 +64,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
     trainable = [p for p in adapted.parameters() if p.requires_grad]
-    shard = splits["train"].shuffle(seed=training.seed).shard(num_shards=world, index=rank)
-    loader = DataLoader(
-        list(shard), batch_size=training.batch_size, shuffle=True,
-        collate_fn=lambda rows: encoder.train_batch(rows).inputs,
-        generator=torch.Generator().manual_seed(training.seed + rank),
+    loader = train_loader(splits["train"], encoder, training, rank, world)
+    engine = Engine(
+        adapted, trainable, training, experiment.scaling, optimizer_steps(loader, training),
+        quantized=experiment.model.quantization != "none",
     )
-    steps = training.epochs * math.ceil(len(loader) / training.grad_accumulation)
-    engine = Engine(adapted, trainable, training, experiment.scaling, steps, quantized=experiment.model.quantization != "none")
 
     metric = experiment.search.metric
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
@@ -96,6 +93,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     final = {"epoch": training.epochs, "final": True, "best_epoch": best["epoch"], metric: best["score"]}
     final.update({f"test/{k}": v for k, v in scores.items()})
     ray.train.report(final)
+
+
+def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int) -> DataLoader:
+    """This worker's shard of the training records, shuffled each epoch, encoded per batch."""
+    shard = records.shuffle(seed=training.seed).shard(num_shards=world, index=rank)
+    return DataLoader(
+        list(shard), batch_size=training.batch_size, shuffle=True,
+        collate_fn=lambda rows: encoder.train_batch(rows).inputs,
+        generator=torch.Generator().manual_seed(training.seed + rank),
+    )
+
+
+def optimizer_steps(loader: DataLoader, training) -> int:
+    """Optimizer steps of the whole run (the learning-rate schedule's length)."""
+    return training.epochs * math.ceil(len(loader) / training.grad_accumulation)
 
 
 def _better(score: float, best: float, mode: str) -> bool:

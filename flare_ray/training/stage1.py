@@ -18,7 +18,6 @@ import datasets
 import ray.train
 import torch
 from peft import LoraConfig, get_peft_model
-from torch.utils.data import DataLoader
 
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import default_task_type
@@ -26,7 +25,7 @@ from flare_ray.models.loading import infer_family, load_model
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.encoding import TaskEncoder
 
-from .loop import Engine, _score
+from .loop import Engine, _score, optimizer_steps, train_loader
 
 STAGE1_INFO = "stage1.json"
 
@@ -52,14 +51,9 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, tokenizer = load_model(experiment.model.name_or_path, family, labels=task.labels, dtype=experiment.model.dtype)
     adapted = get_peft_model(model, LoraConfig(**experiment.method.lora.peft_kwargs(), task_type=default_task_type(model)))
     encoder = TaskEncoder(task, tokenizer, family, training.max_length, source=False)
-    shard = train.shuffle(seed=training.seed).shard(num_shards=world, index=rank)
-    loader = DataLoader(
-        list(shard), batch_size=training.batch_size, shuffle=True,
-        collate_fn=lambda rows: encoder.train_batch(rows).inputs,
-        generator=torch.Generator().manual_seed(training.seed + rank),
-    )
+    loader = train_loader(train, encoder, training, rank, world)
     trainable = [p for p in adapted.parameters() if p.requires_grad]
-    engine = Engine(adapted, trainable, training, experiment.scaling, training.epochs * len(loader), quantized=False)
+    engine = Engine(adapted, trainable, training, experiment.scaling, optimizer_steps(loader, training), quantized=False)
     scores: dict[str, float] = {}
     for epoch in range(1, training.epochs + 1):
         loss = engine.train_epoch(loader, training.grad_accumulation)
