@@ -1,9 +1,11 @@
-"""``python -m flare_ray.stage1 EXPERIMENT.yaml --output DIR``: the stage-1 English fine-tune, merged.
+"""``python -m flare_ray.stage1 EXPERIMENT.yaml --output DIR``: the stage-1 English fine-tune.
 
-Trains ``method.lora`` on the English side of the task's training data with the
-experiment's model, training and scaling settings, merges it into the base
-weights and saves the result to DIR. Then point the sweep at it:
-``python -m flare_ray.tune EXPERIMENT.yaml --set model.stage1=DIR``.
+Trains ``stage1.lora`` (default ``method.lora``) on the English side of the
+task's training data with the experiment's model, ``stage1.training`` (default
+``training``) and scaling settings, and saves the adapter (with its task head)
+to DIR. Trials merge it into the base model; point the sweep at it with
+``python -m flare_ray.tune EXPERIMENT.yaml --set model.stage1=DIR``, or let the
+sweep do all of this with ``model.stage1: auto``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if config.model.stage1 is not None:
-        print("error: model.stage1 is set: stage 1 starts from model.name_or_path", file=sys.stderr)
+    if config.model.stage1 not in (None, "auto"):
+        print(f"error: model.stage1 is {config.model.stage1}: stage 1 starts from model.name_or_path", file=sys.stderr)
         return 2
     import ray
 

@@ -11,9 +11,13 @@ from .helpers import batches, flare, randomize_lora, source_kwargs
 GEN = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_scores=True)
 
 
-@pytest.mark.parametrize("padded", [True, False])
-def test_decoder_fuses_prompt_at_prefill_and_not_generated_tokens(tiny_path, padded):
-    fm, tok = flare(tiny_path, "decoder", fusion="add_relu")
+@pytest.mark.parametrize(
+    "padded,fusion", [(True, "add_relu"), (False, "add_relu"), (True, "cross_attention"), (False, "cross_attention")]
+)
+def test_decoder_fuses_prompt_at_prefill_and_not_generated_tokens(tiny_path, padded, fusion):
+    # cross_attention (the source queries the target): its keys are the prompt tokens only, so
+    # teacher forcing with the answer in the sequence computes what generation computed.
+    fm, tok = flare(tiny_path, "decoder", fusion=fusion)
     randomize_lora(fm, scale=0.3)
     t, s = batches(tok)
     assert (t.attention_mask == 0).any() and tok.padding_side == "left"

@@ -7,6 +7,7 @@ minutes in all): `-m "not slow"` skips them; CI runs them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -163,10 +164,13 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
 
 
-def test_stage1_trains_merges_and_is_what_trials_load(tmp_path):
+def test_stage1_by_hand_is_an_adapter_that_trials_merge(tmp_path):
     from safetensors.torch import load_file
 
-    from flare_ray.models.loading import load_model, resolve_name_or_path
+    from flare_ray.experiment import load_experiment
+    from flare_ray.models.loading import resolve_name_or_path
+    from flare_ray.tasks import get_task
+    from flare_ray.training.setup import load_base
 
     output = tmp_path / "stage1"
     done = subprocess.run(
@@ -175,18 +179,35 @@ def test_stage1_trains_merges_and_is_what_trials_load(tmp_path):
         env=environment(), cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    merged = load_file(output / "model.safetensors")
+    info = json.loads((output / "stage1.json").read_text())
+    assert info["best_epoch"] == 1 and "macro_f1" in info["english_validation"] and info["lora"]["r"] == 8
+    adapter = load_file(output / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("classifier" in k for k in adapter)  # LoRA and the head
+
+    config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", f"model.stage1={output}"])
+    task = get_task(config.task.task_config("jav"))
+    merged = load_base(config, task).model.state_dict()
     original = load_file(Path(resolve_name_or_path("tiny:xlm-roberta")) / "model.safetensors")
-    assert not any("lora" in k for k in merged), "the LoRA must be merged into the base weights"
     query = "roberta.encoder.layer.0.attention.self.query.weight"
-    assert not torch_equal(merged[query], original[query]), "merging changed the adapted weights"
-    info = (output / "stage1.json").read_text()
-    assert '"english_validation"' in info and '"lora"' in info
-    labels = ("positive", "neutral", "negative")
-    first, _ = load_model(str(output), "encoder", labels=labels)
-    second, _ = load_model(str(output), "encoder", labels=labels)
-    head = "classifier.out_proj.weight"
-    assert torch_equal(first.state_dict()[head], merged[head]) and torch_equal(second.state_dict()[head], merged[head])
+    assert not any("lora" in k for k in merged) and not torch_equal(merged[query], original[query])
+    (head,) = [k for k in adapter if k.endswith("classifier.out_proj.weight")]
+    assert torch_equal(merged["classifier.out_proj.weight"], adapter[head])
+
+
+def test_stage1_auto_trains_once_and_every_later_sweep_reuses_it(tmp_path):
+    auto = ["model.stage1=auto", "stage1.training={epochs: 1, batch_size: 16, max_length: 64}", "search.num_samples=1", *SHORT]
+    first = run_tune(tmp_path, *auto)
+    second = run_tune(tmp_path, *auto, "name=quickstart-again", "tracking.experiment_name=quickstart")
+    assert "stage 1: trained" in first.stdout and "stage 1: reused" in second.stdout
+    (folder,) = [p for p in (tmp_path / "stage1").iterdir() if not p.name.startswith(".")]
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 2 and len(children) == 2
+    assert {p.data.tags["stage1.path"] for p in parents} == {str(folder)}
+    assert sorted(p.data.tags["stage1.reused"] for p in parents) == ["false", "true"]
+    assert all("stage1.english_validation.macro_f1" in p.data.metrics for p in parents)
+    for child in children:  # every trial started from that stage 1
+        trial = client.download_artifacts(child.info.run_id, "adapter/trial_config.json", str(tmp_path / child.info.run_id))
+        assert json.loads(Path(trial).read_text())["experiment"]["model"]["stage1"] == str(folder)
 
 
 def torch_equal(a, b) -> bool:

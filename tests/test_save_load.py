@@ -8,15 +8,24 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from flare_ray.fusion import FlareModel
+from flare_ray.fusion import FlareConfig, FlareModel
 
 from .helpers import batches, flare, load_base, randomize_lora, source_kwargs
 from .test_training import train_steps
 
 
-@pytest.mark.parametrize("family,fusion", [("encoder", "cross_attention"), ("decoder", "add_relu")])
-def test_save_load_round_trip_is_bit_identical(tiny_path, tmp_path, family, fusion):
-    fm, tok = flare(tiny_path, family, fusion=fusion, fusion_layers=[0, "2-3"], source_representation="module_input")
+@pytest.mark.parametrize(
+    "family,fusion,options",
+    [
+        ("encoder", "cross_attention", {}),
+        ("encoder", "cross_attention", {"cross_attention_query": "target"}),
+        ("decoder", "add_relu", {"unaligned": "lora"}),
+    ],
+)
+def test_save_load_round_trip_is_bit_identical(tiny_path, tmp_path, family, fusion, options):
+    fm, tok = flare(
+        tiny_path, family, fusion=fusion, fusion_layers=[0, "2-3"], source_representation="module_input", **options
+    )
     randomize_lora(fm)
     t, s = batches(tok)
     with torch.no_grad():
@@ -24,6 +33,8 @@ def test_save_load_round_trip_is_bit_identical(tiny_path, tmp_path, family, fusi
     fm.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "flare_config.json").read_text())
     assert saved["fusion"] == fusion and saved["source_representation"] == "module_input"
+    assert saved["cross_attention_query"] == options.get("cross_attention_query", "source")
+    assert saved["unaligned"] == options.get("unaligned", "fuse_zero")
     assert (tmp_path / "adapter_model.safetensors").is_file()
     assert (tmp_path / "flare_model.safetensors").is_file() == (fusion == "cross_attention")
 
@@ -34,6 +45,17 @@ def test_save_load_round_trip_is_bit_identical(tiny_path, tmp_path, family, fusi
         got = loaded(**t, **source_kwargs(s)).logits
     assert torch.equal(got, expected)
     assert [n for n, p in loaded.named_parameters() if p.requires_grad] == []
+
+
+def test_a_config_saved_before_the_orientation_and_unaligned_options_loads_with_defaults(tmp_path):
+    config = FlareConfig(fusion="cross_attention", cross_attention_query="target", unaligned="lora")
+    config.save(tmp_path)
+    old = json.loads((tmp_path / "flare_config.json").read_text())
+    del old["cross_attention_query"], old["unaligned"]
+    (tmp_path / "flare_config.json").write_text(json.dumps(old))
+    loaded = FlareConfig.load(tmp_path)
+    assert loaded.cross_attention_query == "source" and loaded.unaligned == "fuse_zero"
+    assert loaded.fusion == "cross_attention"
 
 
 def test_loading_with_mismatched_weights_fails_loudly(tiny_path, tmp_path):

@@ -67,7 +67,7 @@ def test_generative_encoding_round_trips_and_masks_only_the_answer(tiny_path, ar
     tok = AutoTokenizer.from_pretrained(tiny_path(arch))
     task = get_task({"name": task_name, "language": language, "max_records": {"test": 4}})
     records = list(task.load("test"))
-    batch = TaskEncoder(task, tok, family, max_length=96).train_batch(records).inputs
+    batch = TaskEncoder(task, tok, family, max_length=96, generative=True).train_batch(records).inputs
     labels = batch["labels"]
     for i, record in enumerate(records):
         answer_ids = labels[i][labels[i] != IGNORE]
@@ -122,7 +122,8 @@ def test_predict_and_score_with_a_flare_model(tiny_path, family, task_name, lang
         fm = get_flare_model(AutoModelForQuestionAnswering.from_pretrained(tiny_path("xlm-roberta")), FlareConfig()).eval()
     task = get_task({"name": task_name, "language": language, "max_records": {"test": 6}})
     records = task.load("test")
-    predictions = TaskEncoder(task, tok, family, max_length=64).predict(fm, list(records), batch_size=4, max_new_tokens=4)
+    encoder = TaskEncoder(task, tok, family, max_length=64, generative=family != "encoder")  # the helper's mT5 is an LM
+    predictions = encoder.predict(fm, list(records), batch_size=4, max_new_tokens=4)
     assert len(predictions) == len(records)
     scores = task.score(predictions, records)
     assert task.primary_metric in scores and 0.0 <= scores[task.primary_metric] <= 100.0

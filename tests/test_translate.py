@@ -294,22 +294,24 @@ def test_tydiqa_answers_through_markers_on_ray(tmp_path, tiny_path, local_ray):
         assert len(records) == prov["records_out"]
         assert prov["records_out"] + len(prov["dropped"]) == prov["records_in"] == (4 if role == "train" else 3)
         assert spans_consistent(records, side)
-        assert prov["answer_markers"] == ["[", "]"]
-    # the test set stays whole: records whose markers were lost keep empty source_answers
-    assert results["test"].provenance["dropped"] == []
-    assert results["test"].provenance["records_out"] == 3
+    assert results["train"].provenance["answer_markers"] == ["[", "]"]
+    # the test set stays whole: translated without markers, every record kept with empty source_answers
+    test = results["test"].provenance
+    assert test["dropped"] == [] and test["records_out"] == 3
+    assert test["answer_markers"] is None and test["answers_projected"] is False
+    assert all(r["source_answers"] == [] and r["target_answers"] for r in read_split(mt_dir, "tydiqa", "sw", "test"))
 
 
 def test_tydiqa_projection_keeps_consistent_answers_and_counts_the_rest(tmp_path):
     """Through the whole pipeline with a model-free "translator" that loses the markers of every other record."""
     config = parse_config({
-        "task": {"name": "tydiqa", "language": "ko", "max_records": {"train": 8, "test": 6}},
-        "roles": ["train", "test"], "mt_dir": tmp_path, "keep_unprojected_test": False,
+        "task": {"name": "tydiqa", "language": "ko", "max_records": {"train": 8, "validation": 6}},
+        "roles": ["train", "validation"], "mt_dir": tmp_path,
     })  # fmt: skip
     # segments are question, context per record: the contexts of odd records lose a marker, the rest move by 2
     lose_some = fake_translate(lambda i, text: text.replace("]", "") if i % 4 == 3 else "~ " + text)
     results = {r.role: r.provenance for r in pipeline.run(config, translate=lose_some)}
-    for role, side in (("train", "target"), ("test", "source")):
+    for role, side in (("train", "target"), ("validation", "target")):
         prov = results[role]
         records = read_split(tmp_path, "tydiqa", "ko", role)
         assert 0 < len(records) < prov["records_in"]
@@ -317,6 +319,68 @@ def test_tydiqa_projection_keeps_consistent_answers_and_counts_the_rest(tmp_path
         assert {d["reason"] for d in prov["dropped"]} == {"markers_malformed"}
         assert spans_consistent(records, side) and all(len(r[f"{side}_answers"]) == 1 for r in records)
         assert all(r[f"{side}_context"].startswith("~ ") and "[" not in r[f"{side}_context"] for r in records)
+
+
+def tydiqa_copy(tmp_path):
+    """A writable copy of the TyDiQA files of Swahili (test) and English (train, validation)."""
+    root = tmp_path / "tydiqa"
+    for folder in ("swahili", "english"):
+        shutil.copytree(DATA_DIR / "tydiqa" / folder, root / folder)
+    return root
+
+
+def test_tydiqa_test_input_does_not_depend_on_the_gold_answer(tmp_path):
+    """Test contexts reach the MT model as they are (no answer markers, nothing scrubbed), so another gold
+    answer sends the same text; train and validation contexts still carry their answer between markers."""
+    data = tydiqa_copy(tmp_path)
+    limits = {"train": 3, "validation": 3, "test": 3}
+
+    def translate_once(mt_dir):
+        seen = []
+
+        def identity(segments, config):
+            seen.extend(segments)
+            return [Translation(s.text, False) for s in segments], {"ray": "none (test)"}
+
+        config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
+                               "mt_dir": mt_dir})  # fmt: skip
+        results = {r.role: r.provenance for r in pipeline.run(config, translate=identity)}
+        return [s for s in seen if s.src == "swh_Latn"], [s for s in seen if s.src == "eng_Latn"], results
+
+    test_before, english_before, _ = translate_once(tmp_path / "mt1")
+    gold = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load("test")
+
+    # another gold answer (text and answer_start) for the first two test questions
+    path = data / "swahili" / "swahili_tydiqa_dev.json"
+    squad = json.loads(path.read_text(encoding="utf-8"))
+    for a in range(2):
+        paragraph = squad["data"][a]["paragraphs"][0]
+        qa = paragraph["qas"][0]
+        word = next(w for w in paragraph["context"].split() if w.isalpha() and w != qa["answers"][0]["text"])
+        qa["answers"] = [{"text": word, "answer_start": paragraph["context"].index(word)}]
+    path.write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    changed = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load("test")
+    assert changed["target_answers"][:2] != gold["target_answers"][:2] and changed["id"] == gold["id"]
+
+    test_after, english_after, results = translate_once(tmp_path / "mt2")
+    assert test_after == test_before  # what the MT model receives for the test set
+    assert [s.text for s in test_after] == [t for r in gold for t in (r["target_question"], r["target_context"])]
+    assert "[1]" in gold[1]["target_context"]  # a citation, left as it is (train contexts get stand-ins)
+    assert english_after == english_before
+    # train and validation: the English answer is between the markers in what the model receives
+    sent = {s.text for s in english_after}
+    for role in ("train", "validation"):
+        english = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load(role)
+        for record in english:
+            marked = insert_markers(record["source_context"], record["source_answers"][0])
+            assert marked in sent and "[" + Markers().scrub(record["source_answers"][0]["text"]) + "]" in marked
+            assert record["source_question"] in sent
+        assert results[role]["answer_markers"] == ["[", "]"] and results[role]["answers_projected"] is True
+    # the written test split: the translated context, no source answers, the (new) gold target answers
+    assert results["test"]["answer_markers"] is None and results["test"]["answers_projected"] is False
+    written = read_split(tmp_path / "mt2", "tydiqa", "sw", "test")
+    assert written["source_context"] == changed["target_context"]
+    assert written["source_answers"] == [[]] * 3 and written["target_answers"] == changed["target_answers"]
 
 
 def test_fallback_language_is_logged_and_recorded_and_force_translates_again(tmp_path, caplog):

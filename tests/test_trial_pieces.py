@@ -11,7 +11,7 @@ from peft import PeftModel
 
 from flare_ray.experiment import load_experiment
 from flare_ray.fusion import FlareModel
-from flare_ray.models.loading import load_model
+from flare_ray.models.loading import load_model, resolve_head
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
 from flare_ray.training.adapter import NEEDS_SOURCE, build_adapter
@@ -66,3 +66,31 @@ def test_load_model_qlora_path():
     assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert model.is_gradient_checkpointing and tokenizer.padding_side == "left"
     assert not any(p.requires_grad for p in model.parameters())  # k-bit preparation froze the base
+
+
+@pytest.mark.parametrize("kind", ["flare", "lora"])
+@pytest.mark.parametrize("task_name,language", [("nusax", "jav"), ("tydiqa", "sw")])
+def test_mt5_task_head_trial_pieces_train_a_step_and_predict(tmp_path, kind, task_name, language):
+    """model.head null gives mT5 a task head (the authors' code): the method's adapter trains it and the
+    encoder, told the same head, encodes labels or spans for it and decodes its predictions."""
+    config = experiment(tmp_path, f"method.kind={kind}", "method.lora.r=4", "search.space={}")
+    task = get_task({"name": task_name, "language": language, "max_records": {"test": 6}})
+    head = resolve_head("encoder_decoder", None)
+    assert head == "task"
+    model, tokenizer = load_model("tiny:mt5", "encoder_decoder", labels=task.labels, head=head)
+    adapted = build_adapter(model, config.method)
+    head_module = "qa_outputs" if task.labels is None else "classification_head"
+    assert any(head_module in n for n, p in adapted.named_parameters() if p.requires_grad)
+    encoder = TaskEncoder(task, tokenizer, "encoder_decoder", 64, source=NEEDS_SOURCE[kind], generative=head == "generative")
+    records = list(task.load("test"))
+    batch = encoder.train_batch(records).inputs
+    assert ("start_positions" in batch) == (task.labels is None) and ("source_input_ids" in batch) == NEEDS_SOURCE[kind]
+    adapted.train()
+    loss = adapted(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    predictions = encoder.predict(adapted.eval(), records, batch_size=4)
+    if task.labels:
+        assert set(predictions) <= set(task.labels)
+    else:
+        assert all(p in r["target_context"] for p, r in zip(predictions, records))

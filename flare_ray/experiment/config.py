@@ -56,8 +56,15 @@ class ModelSpec(_Section):
     family: Family | None = Field(None, description="architecture family; null: inferred from the model")
     quantization: Literal["none", "4bit"] = Field("none", description="'4bit': load with bitsandbytes NF4 (QLoRA)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the frozen base model")
-    stage1: Path | None = Field(
-        None, description="a stage-1 (English task fine-tuned, merged) checkpoint to start from; null: none"
+    head: Literal["task", "generative"] | None = Field(
+        None,
+        description="'task': a classification or span head; 'generative': the LM head writes the answer; "
+        "null: task heads for encoders and encoder-decoders, generative for decoders (the paper)",
+    )
+    stage1: Literal["auto"] | Path | None = Field(
+        "auto",
+        description="'auto': train the English stage-1 LoRA once per fingerprint, merge it and start every trial "
+        "from it (the paper); a folder: a merged stage-1 checkpoint; null: single-stage (no English fine-tune)",
     )
 
     @field_validator("name_or_path")
@@ -115,12 +122,12 @@ class TaskSpec(_TaskFields):
                 )
             if lang in self.languages[:i]:
                 raise FieldError(("languages", i), f"language {lang!r} is listed twice")
-        for lang in self.languages:
+        for i, lang in enumerate(self.languages):
             try:
                 task(self.task_config(lang))
             except TaskDataError as err:  # split recipes (and mt_dir) are checked by the task itself
                 role = next((r for r in self.splits if f"splits.{r}" in str(err)), None)
-                raise FieldError(("splits", role) if role else ("splits",), str(err)) from None
+                raise FieldError(("splits", role) if role else ("languages", i), str(err)) from None
         return self
 
     def task_config(self, language: str):
@@ -191,6 +198,14 @@ class FlareSpec(_Section):
         "next_block_output", description="next_block_output (the paper), module_input or block_input"
     )
     cross_attention_heads: int = Field(1, description="heads of the cross_attention fusion (must divide r)")
+    cross_attention_query: str = Field(
+        "source", description="cross_attention: which side queries, 'source' (the paper, Sec. 3.2) or 'target'"
+    )
+    unaligned: str = Field(
+        "fuse_zero",
+        description="target positions with no aligned source token: 'fuse_zero' (f(0, a_t), the padded "
+        "formulation) or 'lora' (a_t, plain LoRA)",
+    )
     mt_encoder: str | None = Field(None, description="MT model whose encoder supplies the source (method.kind flare_mt)")
 
     @model_validator(mode="after")
@@ -263,12 +278,44 @@ class TrainingSpec(_Section):
     eval_batch_size: int = Field(64, ge=1, description="per-device evaluation batch size")
     max_length: int = Field(128, ge=8, description="maximum tokens per sequence")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: str = Field(
+        "linear",
+        description="transformers' get_scheduler name: linear (warm-up, then linear decay to 0; the authors' "
+        "and the HF Trainer's default), cosine, constant, constant_with_warmup, ...",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps with linear warm-up")
-    seed: int = Field(42, description="seed of initialisation, data order and dropout")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of optimizer steps with linear warm-up")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm (the HF Trainer's default 1.0); null: no clipping"
+    )
+    seed: int = Field(42, description="seeds head initialisation, LoRA initialisation, data order and dropout")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (saves memory)")
     max_new_tokens: int = Field(32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers")
     grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        from transformers import SchedulerType
+
+        names = [s.value for s in SchedulerType if s.value not in _SCHEDULERS_NEEDING_ARGUMENTS]
+        if value not in names:
+            raise ValueError(f"unknown learning-rate scheduler {value!r}; expected one of {names}")
+        return value
+
+
+# get_scheduler names that need arguments of their own (not offered in the YAML)
+_SCHEDULERS_NEEDING_ARGUMENTS = (
+    "reduce_lr_on_plateau", "warmup_stable_decay", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "greedy",
+)
+
+
+class Stage1Spec(_Section):
+    """Stage 1 of the paper (``model.stage1: auto``): a LoRA fine-tune on the English side of the task's
+    training data, merged into the base model before every trial. Trained once per fingerprint."""
+
+    lora: LoraSpec | None = Field(None, description="the stage-1 LoRA; null: method.lora as written in the YAML")
+    training: TrainingSpec | None = Field(None, description="stage-1 training; null: the training section")
 
 
 class ScalingSpec(_Section):
@@ -366,6 +413,7 @@ class ExperimentConfig(_Section):
     task: TaskSpec = Field(description="the task and its target languages")
     method: MethodSpec = Field(default_factory=MethodSpec, description="FLARE, FLARE-MT or LoRA, and their options")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="the training loop of a trial")
+    stage1: Stage1Spec = Field(default_factory=Stage1Spec, description="stage 1 (used with model.stage1: auto)")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="resources of a trial")
     search: SearchSpec = Field(default_factory=SearchSpec, description="the search space and how it is searched")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking")

@@ -35,6 +35,8 @@ FIXED_KEYS = {
     "scaling": "resources per trial are fixed for the whole search",
     "task.name": "the metric depends on it; run one search per task",
     "task.languages": "one search runs per target language",
+    "stage1": "stage 1 is trained once for all trials of a sweep",
+    "model.stage1": "stage 1 is trained once for all trials of a sweep",
 }
 PAIR_CHECK_LIMIT = 4000  # most value pairs tried before the search starts
 

@@ -6,7 +6,14 @@ This package is the method only; it knows nothing of Ray or MLflow.
 from .alignment import Alignment, align
 from .config import FlareConfig, SourceRepresentation, resolve_layers
 from .functions import FUSION_FUNCTIONS, FusionFunction, register_fusion
-from .model import FlareModel, FusionContext, default_task_type, get_flare_model
+from .model import (
+    FlareModel,
+    FusionContext,
+    FusionNotAppliedError,
+    default_task_type,
+    get_flare_model,
+    untrained_task_heads,
+)
 from .mt import load_mt_encoder
 from .sites import ArchitectureFamily, FusionPlan, FusionSite, plan_fusion
 from .source import SourceStates, run_source_pass
@@ -19,6 +26,7 @@ __all__ = [
     "FlareModel",
     "FusionContext",
     "FusionFunction",
+    "FusionNotAppliedError",
     "FusionPlan",
     "FusionSite",
     "SourceRepresentation",
@@ -31,4 +39,5 @@ __all__ = [
     "register_fusion",
     "resolve_layers",
     "run_source_pass",
+    "untrained_task_heads",
 ]

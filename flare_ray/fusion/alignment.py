@@ -11,10 +11,14 @@ architecture:
   (exactly the tokens that share a rotary position id).
 
 A target position fuses only where ``fusion_mask`` is set (by default its real
-tokens; for decoders, the prompt tokens) *and* a real source token is aligned
-with it; everywhere else the module is plain LoRA. Source pad positions are
-never read, so neither their content nor their number changes the output.
-Cross-attention needs no alignment; it masks source padding as attention keys.
+tokens; for decoders, the prompt tokens; ``rows``); everywhere else the module
+is plain LoRA. A fusing position with no aligned real source token (the target
+is longer; ``rows & ~fuse``) sees a zero source vector or stays plain LoRA, as
+``FlareConfig.unaligned`` says. Source pad positions are never read, so neither
+their content nor their number changes the output. A row whose source has no
+real token at all does not fuse. Cross-attention with the source as query uses
+the same alignment for its queries; with the target as query it needs none and
+masks source padding as attention keys.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ import torch
 @dataclass(frozen=True)
 class Alignment:
     index: torch.Tensor  # [batch, target_len]: source position aligned with each target position
-    fuse: torch.Tensor  # [batch, target_len] bool: where a positional fusion applies
+    fuse: torch.Tensor  # [batch, target_len] bool: fusing positions with an aligned real source token
     rows: torch.Tensor  # [batch, target_len] bool: target positions that fuse at all (any function)
     source_mask: torch.Tensor  # [batch, source_len] bool
 
     def gather(self, a_s: torch.Tensor) -> torch.Tensor:
-        """``a_s`` ``[batch, source_len, r]`` -> aligned ``[batch, target_len, r]``."""
-        return a_s.gather(1, self.index.unsqueeze(-1).expand(-1, -1, a_s.shape[-1]))
+        """``a_s`` ``[batch, source_len, r]`` -> aligned ``[batch, target_len, r]``, zero where
+        no real source token is aligned (so that ``unaligned="fuse_zero"`` fuses ``f(0, a_t)``)."""
+        aligned = a_s.gather(1, self.index.unsqueeze(-1).expand(-1, -1, a_s.shape[-1]))
+        return aligned.masked_fill(~self.fuse.unsqueeze(-1), 0)
 
     def last(self, n: int) -> "Alignment":
         """The alignment of the last ``n`` target positions (one generation step)."""

@@ -36,6 +36,8 @@ class SourceRepresentation(str, Enum):
 
 
 LAYER_GROUPS = ("all", "lower_half", "upper_half")
+CROSS_ATTENTION_QUERIES = ("source", "target")
+UNALIGNED = ("fuse_zero", "lora")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
 
@@ -57,6 +59,18 @@ class FlareConfig:
         source_representation: see :class:`SourceRepresentation`.
         cross_attention_heads: heads of the ``cross_attention`` fusion (must
             divide ``r``).
+        cross_attention_query: which side queries in ``cross_attention``.
+            ``"source"`` (the paper, Sec. 3.2: ``softmax(W_Q S (W_K T)^T / sqrt(r)) W_V T``):
+            at each target position the aligned source token queries the
+            target's tokens. ``"target"``: each target token queries the whole
+            source (lengths need not match; no alignment).
+        unaligned: what a target position that fuses but has no aligned real
+            source token (the target is longer than the source) computes.
+            ``"fuse_zero"``: ``f(0, a_t)``, the source contributes a zero
+            vector, as in the paper's formulation where ``S`` and ``T`` are both
+            padded to ``m x r`` (pad content masked out). ``"lora"``: ``a_t``,
+            plain LoRA. Positions outside the fusion mask (target padding,
+            decoder answer tokens) are plain LoRA either way.
         mt_encoder: name or path of an MT model (M2M100/NLLB architecture) whose
             encoder supplies latent translations (FLARE-MT). ``None``: the
             source pass of the base model supplies the source representations.
@@ -67,6 +81,8 @@ class FlareConfig:
     fusion_layers: str | list[int | str] = "all"
     source_representation: SourceRepresentation = SourceRepresentation.NEXT_BLOCK_OUTPUT
     cross_attention_heads: int = 1
+    cross_attention_query: str = "source"
+    unaligned: str = "fuse_zero"
     mt_encoder: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +105,13 @@ class FlareConfig:
             raise ValueError(
                 f"FlareConfig.cross_attention_heads: expected a positive integer, got {self.cross_attention_heads!r}"
             )
+        if self.cross_attention_query not in CROSS_ATTENTION_QUERIES:
+            raise ValueError(
+                f"FlareConfig.cross_attention_query: expected one of {list(CROSS_ATTENTION_QUERIES)} "
+                f"('source' is the paper's), got {self.cross_attention_query!r}"
+            )
+        if self.unaligned not in UNALIGNED:
+            raise ValueError(f"FlareConfig.unaligned: expected one of {list(UNALIGNED)}, got {self.unaligned!r}")
         if isinstance(self.fusion_modules, str):
             self.fusion_modules = [self.fusion_modules]
         # Validate the layer spec eagerly (against a large stack) so a typo fails here.

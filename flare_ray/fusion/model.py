@@ -10,10 +10,16 @@ the target pass and, when gradients are on, leaves in place until the next
 call, so that gradient checkpointing, which re-runs the blocks during backward,
 fuses exactly as the forward did and gradients reach ``A`` through the source
 branch too.
+
+FLARE must never train as plain LoRA without anyone noticing (the authors'
+public code did, under gradient checkpointing): :meth:`FlareModel.require_fusion`
+counts, per fusion site, the hook calls that fused and raises
+:class:`FusionNotAppliedError` naming every site that never did.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,17 +50,55 @@ class FusionContext:
     alignment: Alignment
 
 
+class FusionNotAppliedError(RuntimeError):
+    """Raised by :meth:`FlareModel.require_fusion` when fusion sites never fused."""
+
+    def __init__(self, sites: list[str], total: int) -> None:
+        self.sites, self.total = sites, total
+        shown = ", ".join(sites[:8]) + (f", ... ({len(sites) - 8} more)" if len(sites) > 8 else "")
+        super().__init__(
+            f"FLARE: {len(sites)} of {total} fusion sites never fused, so they trained as plain LoRA: {shown}. "
+            "Check that the batch carries the source (source_input_ids, source_states or mt_input_ids) and that "
+            "fusion_disabled() is not active; that the model's attention path calls the adapted modules (an "
+            "attention implementation or fused kernel that reads the base weights directly bypasses LoRA); and, "
+            "with gradient checkpointing, that the checkpointed blocks run through those modules."
+        )
+
+    def __reduce__(self):  # picklable (Ray ships exceptions between processes)
+        return type(self), (self.sites, self.total)
+
+
 def default_task_type(model: nn.Module) -> TaskType:
+    """peft's task type for a transformers model: its task head if it has one, else how it generates.
+
+    The head decides first: mT5 with a classification or span head
+    (``MT5ForSequenceClassification``, ``MT5ForQuestionAnswering``) is an
+    encoder-decoder but not a sequence-to-sequence LM.
+    """
+    name = type(model).__name__
+    if name.endswith("ForQuestionAnswering"):
+        return TaskType.QUESTION_ANS
+    if name.endswith("ForTokenClassification"):
+        return TaskType.TOKEN_CLS
+    if name.endswith("ForSequenceClassification"):
+        return TaskType.SEQ_CLS
     family = ArchitectureFamily.of(model)
     if family is ArchitectureFamily.ENCODER_DECODER:
         return TaskType.SEQ_2_SEQ_LM
     if family is ArchitectureFamily.DECODER:
         return TaskType.CAUSAL_LM
-    if type(model).__name__.endswith("ForQuestionAnswering"):
-        return TaskType.QUESTION_ANS
-    if type(model).__name__.endswith("ForTokenClassification"):
-        return TaskType.TOKEN_CLS
     return TaskType.SEQ_CLS
+
+
+# Task heads peft's task types do not know: peft trains ``classifier``/``score`` (SEQ_CLS) and
+# ``qa_outputs`` (QUESTION_ANS) as ``modules_to_save``; the T5 family names its head otherwise.
+_HEADS_PEFT_MISSES = ("classification_head",)  # MT5ForSequenceClassification, T5, BART
+
+
+def untrained_task_heads(model: nn.Module) -> list[str]:
+    """Task head modules of ``model`` that peft's task type would leave frozen at their random
+    initialisation: name them in ``LoraConfig(modules_to_save=...)`` (plain LoRA too)."""
+    return [name for name in _HEADS_PEFT_MISSES if isinstance(getattr(model, name, None), nn.Module)]
 
 
 def _site_key(site: FusionSite) -> str:
@@ -92,7 +136,11 @@ class FlareModel(nn.Module):
         fusion_cls = FUSION_FUNCTIONS[config.fusion]
         self.fusions = nn.ModuleDict(
             {
-                _site_key(site): fusion_cls(site.layer.r[self.adapter_name], heads=config.cross_attention_heads)
+                _site_key(site): fusion_cls(
+                    site.layer.r[self.adapter_name],
+                    heads=config.cross_attention_heads,
+                    query=config.cross_attention_query,
+                )
                 for site in self.plan.sites
             }
         )
@@ -108,6 +156,7 @@ class FlareModel(nn.Module):
             if module is not None:
                 module.to(device)
         self._active: FusionContext | None = None
+        self._fusion_counts: dict[str, int] | None = None  # set by require_fusion()
         self._hooks = [
             site.layer.lora_B[self.adapter_name].register_forward_pre_hook(partial(self._fuse, site))
             for site in self.plan.sites
@@ -142,12 +191,16 @@ class FlareModel(nn.Module):
         x_s = x_s.to(layer.lora_A[name].weight.dtype)
         a_s = layer.lora_A[name](layer.lora_dropout[name](x_s)).to(a_t.dtype)
         fusion: FusionFunction = self.fusions[_site_key(site)]
+        alignment = context.alignment
         if fusion.positional:
-            fused = fusion(context.alignment.gather(a_s), a_t, context.alignment.source_mask)
-            where = context.alignment.fuse
+            # Keys (source-query cross-attention) are the fusing target tokens.
+            fused = fusion(alignment.gather(a_s), a_t, alignment.rows)
+            where = alignment.rows if self.config.unaligned == "fuse_zero" else alignment.fuse
         else:
-            fused = fusion(a_s, a_t, context.alignment.source_mask)
-            where = context.alignment.rows
+            fused = fusion(a_s, a_t, alignment.source_mask)
+            where = alignment.rows
+        if self._fusion_counts is not None:
+            self._fusion_counts[site.name] += 1
         return (torch.where(where.unsqueeze(-1), fused, a_t),)
 
     # -- source side ---------------------------------------------------------
@@ -275,7 +328,8 @@ class FlareModel(nn.Module):
                 new = step_input.shape[1]
                 full_mask = kwargs.get("attention_mask")
                 if full_mask is None:  # no padding anywhere: generate drops the all-ones mask
-                    cache = kwargs.get("past_key_values")
+                    # transformers 5 passes the KV cache as ``cache`` (``past_key_values`` before)
+                    cache = kwargs.get("cache", kwargs.get("past_key_values"))
                     total = new + (cache.get_seq_length() if cache is not None else 0)
                     full_mask = torch.ones(step_input.shape[0], total, dtype=torch.long, device=step_input.device)
                 prompt = torch.zeros_like(full_mask, dtype=torch.bool)
@@ -300,6 +354,35 @@ class FlareModel(nn.Module):
             yield
         finally:
             self.fusion_enabled = previous
+
+    @contextmanager
+    def require_fusion(self) -> Iterator[dict[str, int]]:
+        """Fail loudly unless every fusion site fuses inside the block.
+
+        For a training step::
+
+            with model.require_fusion():
+                model(**batch).loss.backward()
+
+        Counts, per site, the calls of its fusion hook that had a source to fuse
+        (gradient checkpointing re-runs blocks during backward, so a site may
+        count twice) and yields the counts (site name -> calls). On leaving the
+        block, raises :class:`FusionNotAppliedError` naming the sites that never
+        fused. Nothing is counted outside such a block (the hook checks for
+        ``None``). Blocks may nest; the outer one also counts the inner calls.
+        """
+        counts = dict.fromkeys((site.name for site in self.plan.sites), 0)
+        outer, self._fusion_counts = self._fusion_counts, counts
+        try:
+            yield counts
+        finally:
+            self._fusion_counts = outer
+            if outer is not None:
+                for name, n in counts.items():
+                    outer[name] += n
+        missing = [name for name, n in counts.items() if n == 0]
+        if missing:
+            raise FusionNotAppliedError(missing, total=len(counts))
 
     # -- parameters, saving, loading ----------------------------------------
     def flare_state_dict(self) -> dict[str, torch.Tensor]:
@@ -367,12 +450,19 @@ def get_flare_model(
     ``lora_config`` is peft's own (rank, alpha, dropout, target modules, ...);
     by default r=8, alpha=16 on peft's default targets for the architecture
     (attention query and value) with the task type inferred from the model.
+    Task heads peft's task type does not know (mT5's ``classification_head``)
+    are added to ``modules_to_save`` so that they train.
     For QLoRA, load the model in 4-bit and call ``peft.prepare_model_for_kbit_training``
     first, exactly as for plain LoRA.
     """
     config = config or FlareConfig()
     if lora_config is None:
         lora_config = LoraConfig(r=8, lora_alpha=16, task_type=default_task_type(model))
+    saved = list(lora_config.modules_to_save or [])
+    heads = [h for h in untrained_task_heads(model) if h not in saved]
+    if heads:  # a copy: the caller's config stays as it was
+        lora_config = copy.copy(lora_config)
+        lora_config.modules_to_save = saved + heads
     return FlareModel(get_peft_model(model, lora_config), config, mt_encoder=mt_encoder)
 
 

@@ -23,7 +23,7 @@ _BLOCK_INDEX = re.compile(r"^(?P<stack>.+?)\.(?P<index>\d+)\.")
 
 class ArchitectureFamily(str, Enum):
     ENCODER = "encoder"  # XLM-R: bidirectional, right padding, classification/span heads
-    ENCODER_DECODER = "encoder_decoder"  # mT5: fuse in the encoder, generate answers
+    ENCODER_DECODER = "encoder_decoder"  # mT5: fuse in the encoder; generate answers or a task head
     DECODER = "decoder"  # Llama, Gemma 2: left-padded prompts, generate answers
 
     @classmethod
@@ -55,6 +55,20 @@ class FusionPlan:
         return sorted({s.block for s in self.sites})
 
 
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The encoder stack of an encoder-decoder model, with or without a task head.
+
+    transformers' ``get_encoder`` finds it through ``base_model`` as well
+    (``MT5ForSequenceClassification`` keeps it at ``transformer.encoder``,
+    ``MT5ForQuestionAnswering`` and the LM at ``encoder``), but falls back to the
+    whole model when it finds none; that must not pass for an encoder.
+    """
+    encoder = model.get_encoder()
+    if encoder is model:
+        raise ValueError(f"FLARE: cannot find the encoder of {type(model).__name__} (get_encoder() returns the model)")
+    return encoder
+
+
 def default_fusion_modules(model_type: str) -> list[str]:
     try:
         return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
@@ -74,7 +88,7 @@ def plan_fusion(model: nn.Module, config: FlareConfig) -> FusionPlan:
     family = ArchitectureFamily.of(model)
     root_prefix = ""
     if family is ArchitectureFamily.ENCODER_DECODER:
-        encoder = model.get_encoder()
+        encoder = encoder_of(model)
         root_prefix = next(n for n, m in model.named_modules() if m is encoder) + "."
 
     adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}

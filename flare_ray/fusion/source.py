@@ -21,7 +21,7 @@ from peft import PeftModel
 from torch import nn
 
 from .config import SourceRepresentation
-from .sites import ArchitectureFamily, FusionPlan
+from .sites import ArchitectureFamily, FusionPlan, encoder_of
 
 
 @dataclass
@@ -86,9 +86,13 @@ def _first_tensor(value):
 
 
 def _backbone(model: nn.Module, family: ArchitectureFamily) -> nn.Module:
-    """The part of the transformers model that produces hidden states, without any head."""
+    """The part of the transformers model that produces hidden states, without any head.
+
+    Encoder-decoders (mT5 as LM or with a classification or span head) fuse in
+    the encoder, so the source pass needs the encoder only (no decoder, no head).
+    """
     if family is ArchitectureFamily.ENCODER_DECODER:
-        return model.get_encoder()
+        return encoder_of(model)
     return model.base_model  # transformers: the model under ``base_model_prefix`` (e.g. LlamaModel, XLMRobertaModel)
 
 

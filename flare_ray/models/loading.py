@@ -1,19 +1,83 @@
 """Loading the base model and tokenizer of a trial: hub ids, local paths, offline tiny models, QLoRA.
 
 ``name_or_path`` is a Hugging Face hub id (``FacebookAI/xlm-roberta-large``), a
-local folder, or ``tiny:<arch>`` for the offline tiny models. The head follows
-the family and the task: a classification or span head for encoders, the LM
-head for encoder-decoders and decoders (generative, as in the paper).
+local folder, or ``tiny:<arch>`` for the offline tiny models.
+
+The head (:func:`resolve_head`, the experiment's ``model.head``) is ``"task"``
+(a classification head, or a span head for extractive QA) or ``"generative"``
+(the LM head writes the answer string). By default encoders and
+encoder-decoders get task heads, as in the authors' code (XLM-R and mT5 with a
+classification or QA span head), and decoders generate, as in the paper.
+:func:`load_mt_tokenizer` loads the MT model's tokenizer of FLARE-MT, set to
+read the target language.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Literal
 
 import torch
 
 from flare_ray.fusion import ArchitectureFamily
 
+log = logging.getLogger(__name__)
+
 TINY_PREFIX = "tiny:"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HEADS = ("task", "generative")
+Head = Literal["task", "generative"]
+
+
+def resolve_head(family: ArchitectureFamily | str, head: str | None) -> Head:
+    """The head of a model of ``family``: ``head`` checked, or the family's default for ``None``.
+
+    Defaults: ``"task"`` for encoders and encoder-decoders, ``"generative"`` for decoders.
+    ValueError for a head the family cannot have (an encoder has no LM head) or that this
+    project does not train (task heads on decoders).
+    """
+    family = ArchitectureFamily(family)
+    if head is None:
+        return "generative" if family is ArchitectureFamily.DECODER else "task"
+    if head not in HEADS:
+        raise ValueError(f"model.head: {head!r}; expected 'task', 'generative' or null (the family's default)")
+    if family is ArchitectureFamily.ENCODER and head == "generative":
+        raise ValueError(
+            "model.head 'generative' needs an LM head that writes the answer, and an encoder (XLM-R) has none; "
+            "use model.head 'task' (a classification or span head) or null"
+        )
+    if family is ArchitectureFamily.DECODER and head == "task":
+        raise ValueError(
+            "model.head 'task' is not supported for decoders (Llama, Gemma): they generate their answers, as in "
+            "the paper; use model.head 'generative' or null (task heads are for encoders and encoder-decoders)"
+        )
+    return head  # type: ignore[return-value]
+
+
+def load_mt_tokenizer(name_or_path: str, language: str):
+    """The tokenizer of FLARE-MT's MT model (NLLB-200, or ``tiny:m2m_100``), reading ``language``.
+
+    ``src_lang`` is the target language's NLLB-200 code (:func:`flare_ray.languages.nllb_language`),
+    so every MT input starts with that code token (``jav_Latn``, ``swh_Latn``, ...) and not with
+    the tokenizer's default ``eng_Latn``. Languages NLLB-200 lacks (mad, nij, bbc) get their
+    fallback code (``ind_Latn``), logged as a warning. ValueError for a language without a code,
+    or a tokenizer that does not know the code (not an NLLB-200 tokenizer).
+    """
+    from transformers import AutoTokenizer
+
+    from flare_ray.languages import nllb_language
+
+    nllb = nllb_language(language)
+    if nllb.fallback:
+        log.warning("FLARE-MT: the MT encoder reads %s as %s: %s", language, nllb.code, nllb.fallback)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path), src_lang=nllb.code)
+    code_id = tokenizer.convert_tokens_to_ids(nllb.code)
+    if code_id is None or code_id == tokenizer.unk_token_id or getattr(tokenizer, "src_lang", None) != nllb.code:
+        raise ValueError(
+            f"{name_or_path}: its tokenizer ({type(tokenizer).__name__}) cannot tag text as {nllb.code} "
+            f"(language {language!r}); FLARE-MT needs an NLLB-200 tokenizer"
+        )
+    return tokenizer
 
 
 def resolve_name_or_path(name_or_path: str) -> str:
@@ -43,6 +107,7 @@ def load_model(
     family: ArchitectureFamily | str,
     *,
     labels: tuple[str, ...] | None,
+    head: str | None = None,
     quantization: str = "none",
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
@@ -50,10 +115,13 @@ def load_model(
 ):
     """The base model with the right head, and its tokenizer.
 
-    ``labels``: the task's label set (a classification head for encoders), or
-    ``None`` for extractive QA (a span head for encoders). Generative families
-    ignore it. ``quantization="4bit"`` loads NF4 weights with bitsandbytes and
-    prepares the model for k-bit training (QLoRA).
+    ``head``: ``"task"``, ``"generative"`` or ``None`` (the family's default), see
+    :func:`resolve_head`. With a task head, ``labels`` is the task's label set (a
+    classification head: ``AutoModelForSequenceClassification``, e.g.
+    ``MT5ForSequenceClassification``) or ``None`` for extractive QA (a span head:
+    ``AutoModelForQuestionAnswering``); generative heads ignore it (the LM head of
+    ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM``). ``quantization="4bit"``
+    loads NF4 weights with bitsandbytes and prepares the model for k-bit training (QLoRA).
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -65,12 +133,11 @@ def load_model(
     )
 
     family = ArchitectureFamily(family)
+    head = resolve_head(family, head)
     path = resolve_name_or_path(name_or_path)
     kwargs: dict = {"dtype": DTYPES[dtype]}
-    if family is ArchitectureFamily.ENCODER_DECODER:
-        auto = AutoModelForSeq2SeqLM
-    elif family is ArchitectureFamily.DECODER:
-        auto = AutoModelForCausalLM
+    if head == "generative":
+        auto = AutoModelForSeq2SeqLM if family is ArchitectureFamily.ENCODER_DECODER else AutoModelForCausalLM
     elif labels is None:
         auto = AutoModelForQuestionAnswering
     else:

@@ -31,6 +31,7 @@ from flare_ray.tracking.mlflow_runs import (
     LANGUAGE_TAG,
     TRIAL_TAG,
     MLflowTrialCallback,
+    log_stage1,
     register_best,
     start_parent_run,
 )
@@ -107,7 +108,7 @@ def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
     data = config.model_dump(mode="json")
     data["storage_path"] = str(Path(config.storage_path).expanduser().resolve()) if "://" not in config.storage_path else config.storage_path
     for section, key in (("task", "data_dir"), ("task", "mt_dir"), ("model", "stage1")):
-        if data[section].get(key):
+        if data[section].get(key) and data[section][key] != "auto":
             data[section][key] = str(Path(data[section][key]).expanduser().resolve())
     local = Path(config.model.name_or_path).expanduser()
     if local.exists():
@@ -130,6 +131,8 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     )
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
     try:
+        if config.model.stage1 == "auto":
+            config = _with_stage1(client, parent, config)
         for language in config.task.languages:
             grid = _search(config, language, storage, tracking_uri, parent, resume)
             result = select_best(grid, config.search.metric, config.search.mode, language)
@@ -150,6 +153,19 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
         client.set_terminated(parent, "FAILED")
         raise
     return summary
+
+
+def _with_stage1(client: MlflowClient, parent: str, config: ExperimentConfig) -> ExperimentConfig:
+    """Train (or reuse) the stage-1 adapter, log it on the parent run, and point the trials at it."""
+    from flare_ray.training.stage1 import ensure_stage1
+
+    folder, info = ensure_stage1(config)
+    print(f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
+          f"(English validation {info['english_validation']}, best epoch {info['best_epoch']})")
+    log_stage1(client, parent, info)
+    data = config.model_dump(mode="json")
+    data["model"]["stage1"] = str(folder)
+    return ExperimentConfig.model_validate(data)
 
 
 def _search(config: ExperimentConfig, language: str, storage: Path, tracking_uri: str, parent: str, resume: bool):

@@ -9,7 +9,12 @@ row per example and the columns
   target-language side and its English (source) side;
 * ``label`` (classification: one of the task's label strings) or, for QA,
   ``target_answers`` and ``source_answers``: lists of ``{"text", "answer_start"}``
-  within the context of that side.
+  within the context of that side (``source_answers`` is empty in a translated
+  test split: test contexts are translated without the gold answer marked).
+
+Each task says which rows of its data each role is made of (:meth:`Task.split_rows`);
+a configuration in which two roles would be the same rows (validation = test) is
+a :class:`TaskDataError` when the task is made, before any data or model is loaded.
 
 The training loop knows nothing else about a task: it asks for a split by role
 (:data:`ROLES`), encodes batches with :mod:`flare_ray.tasks.encoding`, and
@@ -93,6 +98,40 @@ class Task(ABC):
         self.config = config
         self.language = config.language
         self.data_dir = Path(config.data_dir) if config.data_dir else DATA_DIR / self.name
+        self._check_roles_apart()
+
+    # -- which rows each role is made of ---------------------------------------------
+    #: Pairs of roles that must not be made of the same rows, and why.
+    APART: ClassVar[tuple[tuple[Role, Role, str], ...]] = (
+        ("validation", "test", "model selection and early stopping would see the test set, and the test score "
+         "would not be held out"),
+        ("train", "test", "the model would be trained on the test set"),
+        ("train", "validation", "model selection would score the training set"),
+    )  # fmt: skip
+
+    def split_rows(self, role: Role, recipe: str) -> str | None:
+        """Which rows of the data ``role`` is made of with ``recipe``, as a description naming them
+        (equal descriptions: the same rows); None where the task does not say.
+
+        An ``mt`` split is the translation of the rows that ``python -m flare_ray.translate`` loads for
+        that role (the default recipe), so it names the same rows as the default recipe.
+        """
+        return None
+
+    def split_rows_hint(self, first: Role, second: Role) -> str:
+        """What to do when ``first`` and ``second`` would be made of the same rows."""
+        return "choose split recipes (splits) that keep them apart"
+
+    def _check_roles_apart(self) -> None:
+        """:class:`TaskDataError` if two roles would be made of the same rows (before any data is read)."""
+        for first, second, why in self.APART:
+            rows = self.split_rows(first, self.recipe(first))
+            if rows is not None and rows == self.split_rows(second, self.recipe(second)):
+                raise TaskDataError(
+                    f"{self.name}: target language {self.language!r}: {first} and {second} would be the same {rows}, "
+                    f"with recipes {first}={self.recipe(first)!r} and {second}={self.recipe(second)!r}: {why}; "
+                    f"{self.split_rows_hint(first, second)}"
+                )
 
     # -- splits ---------------------------------------------------------------
     def recipe(self, role: Role) -> str:

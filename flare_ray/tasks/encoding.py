@@ -1,16 +1,44 @@
-"""Encoding parallel records for each architecture family, and decoding predictions.
+"""Encoding parallel records for each architecture family and head, and decoding predictions.
 
-* Encoders (XLM-R): a classification head (label index) or a span head
-  (start/end token of the answer; an answer cut off by truncation points at the
-  first token and can never be predicted as a string, so it scores as wrong).
-* Encoder-decoders (mT5) and decoders (Llama, Gemma): generative, as in the
-  paper: a prompt and the answer string. The loss covers only the answer
-  tokens (labels are -100 elsewhere). Decoder training sequences are
-  ``prompt + answer + eos`` padded on the right; for decoders FLARE fuses
-  exactly the positions labelled -100 that are real tokens, i.e. the prompt.
+Heads (:func:`flare_ray.models.loading.resolve_head`; ``generative=None``: the family's default):
 
-Every batch carries the source side (``source_input_ids``/``source_attention_mask``),
-framed the same way as the target side (the English prompt for generative models).
+* task heads, for encoders (XLM-R) and encoder-decoders (mT5; the default for both): a
+  classification head (label index) or a span head (start/end token of the answer; an answer
+  cut off by truncation points at the first token and can never be predicted as a string, so it
+  scores as wrong). Pair tasks are the tokenizer's pairs (``tokenizer(premise, hypothesis)``,
+  ``tokenizer(question, context)``). mT5's classification head reads the hidden state of the
+  last eos token, so every row of a batch must hold the same number of them (checked).
+* generative heads, for decoders (Llama, Gemma; the default, as in the paper) and
+  encoder-decoders (``generative=True``): a prompt and the answer string. The loss covers only
+  the answer tokens (labels are -100 elsewhere). Decoder training sequences are
+  ``prompt + answer + eos`` padded on the right; for decoders FLARE fuses exactly the positions
+  labelled -100 that are real tokens, i.e. the prompt.
+
+Truncation, one rule for every sequence of a kind:
+
+* task heads: the tokenizer's right truncation to ``max_length``, of the context only for QA
+  (``only_second``), of the longer segment for pairs (``longest_first``);
+* encoder-decoder prompts (the encoder's input; the answer is the decoder's): ``max_length``
+  tokens, cut from the left;
+* decoders: ``max_length`` bounds the whole sequence, prompt and answer. The answer has a
+  reserved budget ``A = min(answer_tokens, max_length // 2)`` (``answer_tokens``: the
+  generation budget, ``training.max_new_tokens``; for classification at most the longest
+  label's tokens and eos, since no longer answer is a label), every prompt the rest,
+  ``P = max_length - A``: the target prompt in training, the target prompt at inference and
+  the English source prompt alike are cut to ``P`` tokens from the left, keeping a leading BOS
+  (the end of a prompt, the question and the ``Answer:`` cue, matters more than the start of a
+  long context). A training answer longer than ``A`` is cut (and then ends without eos). So the
+  prompt a decoder is trained on is token for token the prompt it generates from, and the
+  source prompt it fuses with is the same in both.
+
+Every batch carries the source side (``source_input_ids``/``source_attention_mask``), framed
+the same way as the target side (the English prompt for generative heads, the English
+segments for task heads). With an MT tokenizer (FLARE-MT) it carries ``mt_input_ids`` /
+``mt_attention_mask`` (FLARE-MT needs no source side: ``source=False``): exactly the text the model reads, after its truncation (the
+kept part of the prompt; of each segment, tokenised as the MT tokenizer's pair), in the MT
+model's tokenization, tagged with the target language's NLLB-200 code (load the tokenizer with
+:func:`flare_ray.models.loading.load_mt_tokenizer`; a tokenizer set to another language is
+refused). The MT tokenization is cut only at the MT model's own limit (``model_max_length``).
 """
 
 from __future__ import annotations
@@ -21,10 +49,13 @@ from typing import Any, Sequence
 import torch
 
 from flare_ray.fusion import ArchitectureFamily
+from flare_ray.models.loading import resolve_head
 
 from .base import Task
 
 IGNORE = -100
+DEFAULT_ANSWER_TOKENS = 32  # the default generation budget (training.max_new_tokens)
+_NO_LIMIT = 1_000_000  # tokenizers without a length limit report ~1e30 as model_max_length
 
 
 @dataclass
@@ -34,7 +65,7 @@ class Batch:
 
 
 class TaskEncoder:
-    """Encodes records of ``task`` for a model of ``family`` with ``tokenizer``."""
+    """Encodes records of ``task`` for a model of ``family`` with ``tokenizer`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -44,63 +75,101 @@ class TaskEncoder:
         max_length: int,
         source: bool = True,
         mt_tokenizer=None,
+        *,
+        generative: bool | None = None,
+        answer_tokens: int = DEFAULT_ANSWER_TOKENS,
     ):
-        """``source``: add the English side (FLARE). ``mt_tokenizer``: add the target text in the MT
-        model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target)."""
+        """``source``: add the English side (FLARE). ``mt_tokenizer``: add the text the model reads in the
+        MT model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target), from
+        :func:`~flare_ray.models.loading.load_mt_tokenizer`. ``generative``: the model's head, True for an LM
+        head that writes the answer, False for a task head, None for the family's default
+        (:func:`~flare_ray.models.loading.resolve_head`); it must match the model ``load_model`` loaded.
+        ``answer_tokens``: the answer budget reserved in decoder sequences (pass the generation budget,
+        ``training.max_new_tokens``)."""
         self.task = task
         self.tokenizer = tokenizer
         self.family = ArchitectureFamily(family)
         self.max_length = max_length
         self.with_source = source
         self.mt_tokenizer = mt_tokenizer
-        self.generative = self.family is not ArchitectureFamily.ENCODER
+        self.head = resolve_head(self.family, None if generative is None else "generative" if generative else "task")
+        self.generative = self.head == "generative"
         if self.generative and tokenizer.eos_token_id is None:
             raise ValueError("generative encoding needs a tokenizer with an eos token")
+        if answer_tokens < 1:
+            raise ValueError(f"answer_tokens: {answer_tokens}; expected at least 1")
+        self.answer_budget = min(answer_tokens, max_length // 2)
+        if self.generative and task.labels:  # no valid answer is longer than the longest label (and eos)
+            longest = max(len(tokenizer(" " + label, add_special_tokens=False).input_ids) for label in task.labels)
+            self.answer_budget = min(self.answer_budget, longest + 1)
+        # The one prompt budget of every prompt (target in training and at inference, source).
+        self.prompt_budget = max_length - self.answer_budget if self.family is ArchitectureFamily.DECODER else max_length
+        if mt_tokenizer is not None:
+            _check_mt_language(mt_tokenizer, task.language)
+            if not getattr(tokenizer, "is_fast", False):
+                raise ValueError(
+                    f"FLARE-MT: {type(tokenizer).__name__} is no fast tokenizer; the MT text is the text the model "
+                    "reads after truncation, found with the fast tokenizer's offsets"
+                )
 
-    # -- training batches ----------------------------------------------------
+    # -- batches -------------------------------------------------------------
     def train_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
         """Inputs with labels (the loss) for a training or validation-loss step."""
-        return self._with_mt(records, self._train_batch(records))
-
-    def _with_mt(self, records, batch: Batch) -> Batch:
-        if self.mt_tokenizer is not None:
-            texts = [" ".join(r[f"target_{f}"] for f in self.task.text_fields) for r in records]
-            mt = self.mt_tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-            batch.inputs.update(mt_input_ids=mt.input_ids, mt_attention_mask=mt.attention_mask)
-        return batch
-
-    def _train_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
         if not self.generative:
             return self._encoder_batch(records, with_labels=True)
         if self.family is ArchitectureFamily.ENCODER_DECODER:
             batch = self.prompt_batch(records)
             answers = self.tokenizer([self.task.answer(r) for r in records], padding=True, return_tensors="pt")
-            labels = answers.input_ids.masked_fill(answers.attention_mask == 0, IGNORE)
-            batch.inputs["labels"] = labels
+            batch.inputs["labels"] = answers.input_ids.masked_fill(answers.attention_mask == 0, IGNORE)
             return batch
         return self._decoder_batch(records)
 
+    def predict_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
+        """The inputs :meth:`predict` feeds the model: prompts (generative) or unlabelled inputs (task heads)."""
+        if self.generative:
+            return self.prompt_batch(records)
+        return self._encoder_batch(records, with_labels=False)
+
+    def prompt_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
+        """Generative: the target prompts (padded on the tokenizer's side) and the source prompts."""
+        prompts = [self._fit_prompt(r, "target") for r in records]
+        padded = self.tokenizer.pad({"input_ids": [ids for ids, _ in prompts]}, return_tensors="pt")
+        inputs = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}
+        if self.with_source:
+            inputs.update(self._source_prompts(records))
+        if self.mt_tokenizer is not None:
+            inputs.update(self._mt_inputs([[text for _, text in prompts]]))
+        return Batch(inputs, [{"id": r["id"]} for r in records])
+
+    # -- task heads ------------------------------------------------------------
     def _sides(self, records, side: str) -> list[list[str]]:
         return [[r[f"{side}_{f}"] for r in records] for f in self.task.text_fields]
 
+    def _truncation(self, segments: int) -> str | bool:
+        return "only_second" if segments == 2 and not self.task.labels else True
+
     def _tokenize(self, texts: list[list[str]], **kwargs):
         return self.tokenizer(
-            *texts, truncation="only_second" if len(texts) == 2 and not self.task.labels else True,
-            max_length=self.max_length, padding=True, return_tensors="pt", **kwargs,
+            *texts, truncation=self._truncation(len(texts)), max_length=self.max_length, padding=True,
+            return_tensors="pt", **kwargs,
         )
 
     def _encoder_batch(self, records, with_labels: bool) -> Batch:
         qa = self.task.labels is None
-        target = self._tokenize(self._sides(records, "target"), return_offsets_mapping=qa)
+        segments = self._sides(records, "target")
+        with_offsets = qa or self.mt_tokenizer is not None
+        target = self._tokenize(segments, return_offsets_mapping=with_offsets)
+        offsets = target.pop("offset_mapping").tolist() if with_offsets else None
         inputs: dict[str, torch.Tensor] = {"input_ids": target.input_ids, "attention_mask": target.attention_mask}
+        if self.family is ArchitectureFamily.ENCODER_DECODER and not qa:
+            self._check_eos(target.input_ids)
         meta: list[dict[str, Any]] = [{"id": r["id"]} for r in records]
         if qa:
-            offsets = target.pop("offset_mapping")
             starts, ends = [], []
             for i, r in enumerate(records):
                 sequence_ids = target.sequence_ids(i)
-                meta[i].update(context=r["target_context"], offsets=offsets[i].tolist(), sequence_ids=sequence_ids)
-                start, end = _answer_tokens(r["target_answers"][0], offsets[i].tolist(), sequence_ids)
+                meta[i].update(context=r["target_context"], offsets=offsets[i], sequence_ids=sequence_ids)
+                start, end = _answer_tokens(r["target_answers"][0], offsets[i], sequence_ids)
                 starts.append(start)
                 ends.append(end)
             if with_labels:
@@ -111,16 +180,34 @@ class TaskEncoder:
         if self.with_source:
             source = self._tokenize(self._sides(records, "source"))
             inputs.update(source_input_ids=source.input_ids, source_attention_mask=source.attention_mask)
+        if self.mt_tokenizer is not None:
+            read = [
+                [_kept_text(text, offsets[i], target.sequence_ids(i), k) for i, text in enumerate(texts)]
+                for k, texts in enumerate(segments)
+            ]
+            inputs.update(self._mt_inputs(read))
         return Batch(inputs, meta)
 
+    def _check_eos(self, input_ids: torch.Tensor) -> None:
+        """mT5's classification head reads the last eos of each row and needs as many in every row."""
+        counts = (input_ids == self.tokenizer.eos_token_id).sum(1)
+        if int(counts.min()) < 1 or int(counts.max()) != int(counts.min()):
+            raise ValueError(
+                f"{self.task.name}: an encoder-decoder classification head needs the same number of eos tokens "
+                f"(at least one) in every row; the rows of this batch have {counts.tolist()} (does a text hold "
+                f"{self.tokenizer.eos_token!r}?)"
+            )
+
+    # -- generative heads --------------------------------------------------------
     def _decoder_batch(self, records) -> Batch:
-        tok, rows, label_rows = self.tokenizer, [], []
+        tok, rows, label_rows, read = self.tokenizer, [], [], []
         for r in records:
             answer = tok(" " + self.task.answer(r), add_special_tokens=False).input_ids + [tok.eos_token_id]
-            answer = answer[: self.max_length // 2]
-            prompt = self._fit(tok(self.task.prompt(r, "target")).input_ids, self.max_length - len(answer))
+            answer = answer[: self.answer_budget]
+            prompt, text = self._fit_prompt(r, "target")
             rows.append(prompt + answer)
             label_rows.append([IGNORE] * len(prompt) + answer)
+            read.append(text)
         width = max(map(len, rows))
         pad = lambda seq, value: seq + [value] * (width - len(seq))  # noqa: E731 (right padding)
         inputs = {
@@ -130,33 +217,50 @@ class TaskEncoder:
         }
         if self.with_source:
             inputs.update(self._source_prompts(records))
-        return Batch(inputs, [{"id": r["id"]} for r in records])
-
-    # -- prediction batches --------------------------------------------------
-    def prompt_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
-        """Generative: the target prompts (padded on the tokenizer's side) and the source prompts."""
-        prompts = self._prompts(records, "target")
-        inputs = {"input_ids": prompts.input_ids, "attention_mask": prompts.attention_mask}
-        if self.with_source:
-            inputs.update(self._source_prompts(records))
+        if self.mt_tokenizer is not None:
+            inputs.update(self._mt_inputs([read]))
         return Batch(inputs, [{"id": r["id"]} for r in records])
 
     def _source_prompts(self, records) -> dict[str, torch.Tensor]:
-        source = self._prompts(records, "source")
+        ids = [self._fit_prompt(r, "source")[0] for r in records]
+        source = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         return {"source_input_ids": source.input_ids, "source_attention_mask": source.attention_mask}
 
-    def _prompts(self, records, side: str):
-        ids = [self._fit(self.tokenizer(self.task.prompt(r, side)).input_ids, self.max_length) for r in records]
-        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    def _fit_prompt(self, record, side: str) -> tuple[list[int], str | None]:
+        """A side's prompt cut to the prompt budget, and (FLARE-MT, target side) the text of the kept tokens."""
+        text = self.task.prompt(record, side)
+        want_text = side == "target" and self.mt_tokenizer is not None
+        encoded = self.tokenizer(text, return_offsets_mapping=want_text)
+        ids, start = self._fit(encoded["input_ids"], self.prompt_budget)
+        if not want_text:
+            return ids, None
+        if start == 0:
+            return ids, text
+        chars = [a for a, b in encoded["offset_mapping"][start:] if a != b]
+        return ids, text[chars[0] :] if chars else ""
 
-    def _fit(self, ids: list[int], budget: int) -> list[int]:
+    def _fit(self, ids: list[int], budget: int) -> tuple[list[int], int]:
         """Cut a prompt to ``budget`` tokens from the left, keeping a leading BOS: the end of a
-        prompt (the question, the 'Answer:' cue) matters more than the start of a long context."""
+        prompt (the question, the 'Answer:' cue) matters more than the start of a long context.
+        Also the index in ``ids`` of the first token kept after the BOS (0: nothing was cut)."""
         if len(ids) <= budget:
-            return ids
+            return ids, 0
         head = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
-        return head + ids[len(ids) - (budget - len(head)) :]
+        start = len(ids) - (budget - len(head))
+        return head + ids[start:], start
 
+    # -- FLARE-MT ----------------------------------------------------------------
+    def _mt_inputs(self, segments: list[list[str]]) -> dict[str, torch.Tensor]:
+        """``segments``: per segment (one, or a pair's two), the text of each record."""
+        limit = self.mt_tokenizer.model_max_length
+        limit = limit if limit is not None and limit < _NO_LIMIT else None
+        mt = self.mt_tokenizer(
+            *segments, truncation=self._truncation(len(segments)) if limit else False, max_length=limit,
+            padding=True, return_tensors="pt",
+        )
+        return {"mt_input_ids": mt.input_ids, "mt_attention_mask": mt.attention_mask}
+
+    # -- prediction --------------------------------------------------------------
     @torch.no_grad()
     def predict(self, model, records: Sequence[dict[str, Any]], batch_size: int = 32, max_new_tokens: int = 32) -> list:
         """Predictions (label or answer strings; ``None`` for a generated non-label) for ``records``."""
@@ -164,17 +268,16 @@ class TaskEncoder:
         predictions: list = []
         for start in range(0, len(records), batch_size):
             chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
+            batch = self.predict_batch(chunk)
+            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
             if self.generative:
-                batch = self._with_mt(chunk, self.prompt_batch(chunk))
-                inputs = {k: v.to(device) for k, v in batch.inputs.items()}
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
                 if self.family is ArchitectureFamily.DECODER:
                     out = out[:, inputs["input_ids"].shape[1] :]
                 texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
                 predictions += [self.task.parse(t) for t in texts]
             else:
-                batch = self._with_mt(chunk, self._encoder_batch(chunk, with_labels=False))
-                outputs = model(**{k: v.to(device) for k, v in batch.inputs.items()})
+                outputs = model(**inputs)
                 if self.task.labels:
                     predictions += [self.task.labels[i] for i in outputs.logits.argmax(-1).tolist()]
                 else:
@@ -183,6 +286,26 @@ class TaskEncoder:
                         for s, e, m in zip(outputs.start_logits.cpu(), outputs.end_logits.cpu(), batch.meta)
                     ]
         return predictions
+
+
+def _check_mt_language(mt_tokenizer, language: str) -> None:
+    """Refuse an NLLB tokenizer set to another language than the target's (its default is eng_Latn)."""
+    from flare_ray.languages import nllb_language
+
+    code = nllb_language(language).code
+    src_lang = getattr(mt_tokenizer, "src_lang", None)
+    known = mt_tokenizer.convert_tokens_to_ids(code) not in (None, mt_tokenizer.unk_token_id)
+    if src_lang != code and known:
+        raise ValueError(
+            f"FLARE-MT: the MT tokenizer tags text as {src_lang!r}, but the target language {language!r} is "
+            f"{code!r} in NLLB-200; load it with flare_ray.models.loading.load_mt_tokenizer(name, {language!r})"
+        )
+
+
+def _kept_text(text: str, offsets: list[list[int]], sequence_ids: list[int | None], segment: int) -> str:
+    """The part of a segment's text that its tokens (after truncation) cover."""
+    spans = [(a, b) for seq, (a, b) in zip(sequence_ids, offsets) if seq == segment and a != b]
+    return text[spans[0][0] : spans[-1][1]] if spans else ""
 
 
 def _answer_tokens(answer: dict[str, Any], offsets: list[list[int]], sequence_ids: list[int | None]) -> tuple[int, int]:

@@ -44,6 +44,10 @@ class NusaX(Task):
     }
     defaults = {"train": "gold", "validation": "gold", "test": "gold"}
 
+    def split_rows(self, role: Role, recipe: str) -> str:
+        """Each role has its own file (train, valid, test.csv; the hub's splits alike), in every recipe."""
+        return f"{self.config.hub_id} {role} split" if self.config.hub_id else f"NusaX {_FILES[role]}.csv"
+
     def _read(self, language: str, role: Role) -> list[dict[str, str]]:
         path = self.data_dir / "sentiment" / LANGUAGES[language] / f"{_FILES[role]}.csv"
         if not path.is_file():

@@ -8,6 +8,10 @@ data and the English side of the test set come from NLLB (``mt`` recipes,
 made by ``python -m flare_ray.translate``). Without them the offline recipes
 use English on both sides for training and validation, and the target text
 itself as the source side of the test set; the recipe is recorded with every run.
+
+Validation is always the English dev set and test the target language's dev set,
+so the target language ``en`` is refused: its validation and test would be the
+same questions, whatever the recipes.
 """
 
 from __future__ import annotations
@@ -43,10 +47,29 @@ class TyDiQA(Task):
         },
         "test": {
             "self": SplitRecipe("gold dev set of the language", "the target text itself (no English side offline)", paper=False),
-            "mt": SplitRecipe("gold dev set of the language", "its NLLB translation into English", paper=True),
+            "mt": SplitRecipe(
+                "gold dev set of the language",
+                "its NLLB translation into English (translated without answer markers: no source answers)",
+                paper=True,
+            ),
         },
     }
     defaults = {"train": "english", "validation": "english", "test": "self"}
+
+    def split_rows(self, role: Role, recipe: str) -> str:
+        """Every recipe (and the hub) makes train of the English train set, validation of the English dev
+        set and test of the target language's dev set (see :meth:`_load_local`, :meth:`_load_hub`)."""
+        language = self.language if role == "test" else "en"
+        split = "train" if role == "train" else "dev"
+        return f"{LANGUAGES[language].capitalize()} {split} set ({LANGUAGES[language]}_tydiqa_{split}.json)"
+
+    def split_rows_hint(self, first: Role, second: Role) -> str:
+        if (first, second) != ("validation", "test"):
+            return super().split_rows_hint(first, second)
+        return (
+            "no recipe of tydiqa keeps them apart for English (the English dev set is the validation split of "
+            "every target language), so choose a target language other than 'en'"
+        )
 
     def _read(self, language: str, split: str) -> list[dict[str, Any]]:
         name = LANGUAGES[language]

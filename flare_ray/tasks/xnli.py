@@ -62,6 +62,15 @@ class XNLI(Task):
         "test": SplitRecipe("gold XNLI test set", "gold English test set", paper=False),
     }
 
+    def split_rows(self, role: Role, recipe: str) -> str:
+        """Train and validation: the head and the tail of the dev set, test: the test set; a hub copy
+        (and ``mt`` made from it): its own train, validation and test splits."""
+        if self.config.hub_id:
+            return f"{self.config.hub_id} {role} split"
+        if role == "test":
+            return "XNLI test set"
+        return f"XNLI dev rows 0-{DEV_TRAIN_ROWS - 1}" if role == "train" else f"XNLI dev rows from {DEV_TRAIN_ROWS}"
+
     def _read(self, name: str, columns: list[str]) -> list[dict[str, str]]:
         path = self.data_dir / name
         if not path.is_file():

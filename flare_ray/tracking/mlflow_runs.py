@@ -220,3 +220,14 @@ def register_best(client: MlflowClient, run_id: str, model_name: str, tags: dict
     source = f"runs:/{run_id}/{ADAPTER_PATH}"
     version = client.create_model_version(model_name, source, run_id=run_id, tags=tags)
     return version.version
+
+
+def log_stage1(client: MlflowClient, run_id: str, info: dict[str, Any]) -> None:
+    """The stage-1 adapter a sweep's trials start from: where it is, its fingerprint, its English scores."""
+    client.set_tag(run_id, "stage1.path", info["path"])
+    client.set_tag(run_id, "stage1.fingerprint", info["fingerprint"])
+    client.set_tag(run_id, "stage1.reused", str(info["reused"]).lower())
+    client.log_metric(run_id, "stage1.best_epoch", info["best_epoch"])
+    for key, value in info["english_validation"].items():
+        client.log_metric(run_id, f"stage1.english_validation.{key}", value)
+    client.log_dict(run_id, info, "stage1/stage1.json")

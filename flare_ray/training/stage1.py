@@ -1,91 +1,165 @@
-"""Stage 1 of the paper's two-stage setup: fine-tune on English task data, merge, save.
+"""Stage 1 of the paper's two-stage setup: a LoRA fine-tune on English task data.
 
-A LoRA adapter (the experiment's ``method.lora``) is trained on the English
-side of the task's training split (scored on the English validation side),
-merged into the base weights (``merge_and_unload``) and saved with the
-tokenizer (and, for encoders, the trained task head) as an ordinary checkpoint.
-Every trial that names it (``model.stage1: <folder>``) starts from it; it is
-also the zero-shot model of the paper.
+The paper (Sec. 3.3) adapts a base model "previously fine-tuned on English task
+data": a LoRA adapter (``stage1.lora``, default ``method.lora``) with the task
+head is trained on the English side of the task's training split, selected on
+the English side of the validation split (the best epoch, as the authors'
+``load_best_model_at_end``), and saved as a peft adapter folder. Every trial
+loads the base model exactly as stage 1 did (quantization included) and merges
+that adapter into it (:func:`flare_ray.training.setup.merge_stage1`).
+
+With ``model.stage1: auto`` the sweep calls :func:`ensure_stage1`: the folder is
+keyed by a fingerprint of everything stage 1 depends on (base model, head,
+quantization, task, the English records, LoRA and training settings with the
+seed), trained once and reused by every trial and every later sweep with the
+same fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import datasets
 import ray.train
-import torch
-from peft import LoraConfig, get_peft_model
 
 from flare_ray.experiment import ExperimentConfig
-from flare_ray.fusion import default_task_type
-from flare_ray.models.loading import infer_family, load_model
 from flare_ray.tasks import Task, get_task
-from flare_ray.tasks.encoding import TaskEncoder
 
-from .loop import Engine, _score, optimizer_steps, train_loader
+from .engine import Engine
+from .evaluate import score
+from .loop import better
+from .setup import build_adapter, load_base, optimizer_steps, seed_everything, task_encoder, train_loader
 
 STAGE1_INFO = "stage1.json"
+log = logging.getLogger(__name__)
 
 
 def english_side(task: Task, records: datasets.Dataset) -> datasets.Dataset:
     """The records with their English (source) side as the side the model reads."""
-    columns = [f for f in task.text_fields] + ([] if task.labels else ["answers"])
+    columns = list(task.text_fields) + ([] if task.labels else ["answers"])
     return records.map(lambda r: {f"target_{c}": r[f"source_{c}"] for c in columns})
+
+
+def stage1_experiment(experiment: ExperimentConfig) -> ExperimentConfig:
+    """The experiment as stage 1 runs it: plain LoRA (``stage1.lora``), ``stage1.training``, no stage 1."""
+    data = experiment.model_dump(mode="json")
+    data["model"]["stage1"] = None
+    data["method"] = {"kind": "lora", "lora": (experiment.stage1.lora or experiment.method.lora).model_dump(mode="json")}
+    if experiment.stage1.training is not None:
+        data["training"] = experiment.stage1.training.model_dump(mode="json")
+    data["search"]["space"] = {}
+    return ExperimentConfig.model_validate(data)
+
+
+def _english_splits(experiment: ExperimentConfig) -> tuple[Task, datasets.Dataset, datasets.Dataset]:
+    task = get_task(experiment.task.task_config(experiment.task.languages[0]))
+    return task, english_side(task, task.load("train")), english_side(task, task.load("validation"))
+
+
+def fingerprint(experiment: ExperimentConfig) -> str:
+    """A short hash of everything the stage-1 adapter depends on."""
+    stage1 = stage1_experiment(experiment)
+    task, train, validation = _english_splits(stage1)
+    english = [f"source_{f}" for f in task.text_fields] + (["label"] if task.labels else ["source_answers"])
+    digest = hashlib.sha256()
+    for records in (train, validation):
+        digest.update(json.dumps(records.select_columns(english).to_dict(), sort_keys=True, default=str).encode())
+    settings = {
+        "model": stage1.model.model_dump(mode="json", exclude={"stage1"}),
+        "task": task.name,
+        "lora": stage1.method.lora.model_dump(mode="json"),
+        "training": stage1.training.model_dump(mode="json", exclude={"eval_batch_size"}),
+        "metric": [stage1.search.metric, stage1.search.mode],
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     experiment = ExperimentConfig.model_validate(loop_config["experiment"])
     output = Path(loop_config["output"])
     training = experiment.training
+    metric = experiment.search.metric.split("/", 1)[1]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(training.seed)
 
-    task = get_task(experiment.task.task_config(experiment.task.languages[0]))
-    train = english_side(task, task.load("train"))
-    validation = english_side(task, task.load("validation"))
-    family = experiment.model.resolved_family() or infer_family(experiment.model.name_or_path)
-    model, tokenizer = load_model(experiment.model.name_or_path, family, labels=task.labels, dtype=experiment.model.dtype)
-    adapted = get_peft_model(model, LoraConfig(**experiment.method.lora.peft_kwargs(), task_type=default_task_type(model)))
-    encoder = TaskEncoder(task, tokenizer, family, training.max_length, source=False)
+    seed_everything(training.seed)
+    task, train, validation = _english_splits(experiment)
+    base = load_base(experiment, task)
+    adapted = build_adapter(base.model, experiment.method)
+    encoder = task_encoder(experiment, task, base, source=False)
     loader = train_loader(train, encoder, training, rank, world)
-    trainable = [p for p in adapted.parameters() if p.requires_grad]
-    engine = Engine(adapted, trainable, training, experiment.scaling, optimizer_steps(loader, training), quantized=False)
-    scores: dict[str, float] = {}
+    engine = Engine(adapted, training, experiment.scaling, optimizer_steps(loader, training),
+                    quantized=experiment.model.quantization != "none")
+    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "scores": {}}
     for epoch in range(1, training.epochs + 1):
-        loss = engine.train_epoch(loader, training.grad_accumulation)
-        scores = _score(task, encoder, adapted, validation, training)
+        loss = engine.train_epoch(loader, epoch)
+        scores = score(task, encoder, adapted, validation, training)
+        if best["score"] is None or better(scores[metric], best["score"], experiment.search.mode):
+            best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
         ray.train.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
+    engine.load_adapter_state(best["state"])
     if rank == 0:
-        merged = adapted.merge_and_unload()
         output.mkdir(parents=True, exist_ok=True)
-        merged.save_pretrained(output)
-        tokenizer.save_pretrained(output)
+        adapted.save_pretrained(output)
         info = {
             "base_model": experiment.model.name_or_path, "task": task.name, "lora": experiment.method.lora.peft_kwargs(),
-            "training": training.model_dump(), "english_validation": scores, "data": task.provenance(),
+            "training": training.model_dump(mode="json"), "best_epoch": best["epoch"],
+            "english_validation": best["scores"], "data": task.provenance(),
+            "fingerprint": loop_config.get("fingerprint"),
         }
         (output / STAGE1_INFO).write_text(json.dumps(info, indent=2, default=str))
 
 
-def run_stage1(experiment: ExperimentConfig, output: Path) -> Path:
-    """Train stage 1 as one Ray Train run (the experiment's scaling) and return the merged checkpoint."""
+def run_stage1(experiment: ExperimentConfig, output: Path, fingerprint_: str | None = None) -> Path:
+    """Train stage 1 as one Ray Train run with the trials' resources; return the adapter folder."""
     from ray.train.torch import TorchTrainer
 
+    stage1 = stage1_experiment(experiment)
     output = output.expanduser().resolve()
+    scaling = stage1.scaling
     trainer = TorchTrainer(
         stage1_loop_per_worker,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "output": str(output)},
+        train_loop_config={"experiment": stage1.model_dump(mode="json"), "output": str(output), "fingerprint": fingerprint_},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=experiment.scaling.num_workers, use_gpu=experiment.scaling.use_gpu,
-            resources_per_worker=experiment.scaling.resources_per_worker(),
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
         ),
-        run_config=ray.train.RunConfig(name=f"{experiment.name}-stage1", storage_path=str(Path(experiment.storage_path).resolve())),
+        run_config=ray.train.RunConfig(
+            name=f"{experiment.name}-stage1-{fingerprint_ or 'manual'}",
+            storage_path=str(Path(experiment.storage_path).expanduser().resolve() / "train"),
+        ),
     )
     trainer.fit()
     if not (output / STAGE1_INFO).is_file():
-        raise RuntimeError(f"stage 1 finished but wrote no checkpoint to {output}")
+        raise RuntimeError(f"stage 1 finished but wrote no adapter to {output}")
     return output
+
+
+def ensure_stage1(experiment: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
+    """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
+    reused if it exists, else trained now. Returns the folder and its ``stage1.json`` (with ``reused``)."""
+    if "://" in experiment.storage_path:
+        raise ValueError(
+            f"model.stage1: auto keeps the stage-1 adapter under storage_path, which must be a local folder for now "
+            f"(got {experiment.storage_path!r}); train it with `python -m flare_ray.stage1` and set model.stage1"
+        )
+    key = fingerprint(experiment)
+    root = Path(experiment.storage_path).expanduser().resolve() / "stage1"
+    folder = root / key
+    reused = (folder / STAGE1_INFO).is_file()
+    if not reused:
+        log.info("stage 1: training %s (fingerprint %s)", folder, key)
+        scratch = root / f".{key}-{uuid.uuid4().hex[:8]}"  # a concurrent sweep may train the same one
+        run_stage1(experiment, scratch, key)
+        try:
+            scratch.rename(folder)
+        except OSError:  # another sweep finished first: use its folder
+            shutil.rmtree(scratch, ignore_errors=True)
+    info = json.loads((folder / STAGE1_INFO).read_text())
+    return folder, {**info, "reused": reused, "path": str(folder), "fingerprint": key}

@@ -3,7 +3,7 @@
 * :mod:`.config`: the YAML configuration (pydantic) and its ``--help`` text;
 * :mod:`.languages`: NLLB-200 codes of the paper's languages, with fallbacks;
 * :mod:`.records`: what is translated in each role, and how translations come back;
-* :mod:`.markers`: EasyProject-style answer markers for QA;
+* :mod:`.markers`: EasyProject-style answer markers for QA (train and validation; test inputs carry none);
 * :mod:`.translator`: the Ray Data job (one model per actor);
 * :mod:`.store`: output layout (:func:`mt_split_path`), provenance and cache;
 * :mod:`.pipeline`: validate, reuse, translate, write;

@@ -15,8 +15,10 @@ DESCRIPTION = """\
 Translate a task's splits with an NLLB-200 model (greedy decoding) as a Ray Data
 job: train and validation from English into the task language (the target_*
 columns, and target_answers for QA), test from the gold target side into English
-(source_* and source_answers). QA answers travel through translation between
-markers (EasyProject); records whose markers are lost are dropped and counted.
+(source_*). QA answers of train and validation travel through translation
+between markers (EasyProject); records whose markers are lost are dropped and
+counted. QA test contexts are translated without markers, so the test input
+does not depend on the gold answer; their source_answers are empty.
 Each split is written as parquet with a provenance JSON beside it; a split whose
 model, languages, decoding settings and inputs are unchanged is reused without
 loading the model. Ray: connects to the cluster at RAY_ADDRESS when it is set,

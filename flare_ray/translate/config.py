@@ -79,12 +79,10 @@ class TranslateConfig(BaseModel):
     )
     num_cpus: PositiveFloat = Field(1.0, description="CPUs per actor")
     markers: tuple[str, str] = Field(
-        ("[", "]"), description="QA: the pair wrapped around the answer in the context to carry it through translation"
-    )
-    keep_unprojected_test: bool = Field(
-        True,
-        description="QA test role: keep records whose markers were lost, with empty source_answers, so the gold "
-        "test set stays complete (false: drop them, as in train and validation)",
+        ("[", "]"),
+        description="QA train and validation: the pair wrapped around the answer in the English context to carry it "
+        "through translation (records whose markers are lost are dropped); test contexts are translated without "
+        "markers, so the test input does not depend on the gold answer, and keep empty source_answers",
     )
 
     @field_validator("task")

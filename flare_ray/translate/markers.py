@@ -8,6 +8,10 @@ exactly one opening marker followed by one closing marker must remain: they are
 removed, and where they stood gives the translated answer and its
 ``answer_start``. Anything else (markers lost, repeated, reversed, or around
 nothing) raises :class:`MarkerError`; the pipeline drops and counts the record.
+
+Markers are used for train and validation only, where the English answer must
+be found in the translation. Test contexts are translated without them: the
+test input must not depend on the gold answer (see :mod:`.records`).
 """
 
 from __future__ import annotations
@@ -33,10 +37,6 @@ class Markers:
     def scrub(self, text: str) -> str:
         """``text`` with marker strings replaced by their stand-ins."""
         return text.replace(self.open, self.stand_ins[0]).replace(self.close, self.stand_ins[1])
-
-    def strip(self, text: str) -> str:
-        """``text`` with every marker string removed (for a translation whose markers did not survive)."""
-        return text.replace(self.open, "").replace(self.close, "")
 
 
 class MarkerError(ValueError):

@@ -27,7 +27,8 @@ from .translator import GREEDY, Segment, Translation, translate_with_ray
 logger = logging.getLogger("flare_ray.translate")
 
 #: Bump when the processing changes what a translated split contains (invalidates every cache entry).
-PIPELINE_VERSION = 1
+#: 2: QA test contexts are translated without answer markers (empty source_answers).
+PIPELINE_VERSION = 2
 
 Translate = Callable[[list[Segment], TranslateConfig], tuple[list[Translation], dict[str, Any]]]
 
@@ -79,8 +80,7 @@ def prepare(config: TranslateConfig) -> tuple[Task, NllbLanguage, list[RoleJob]]
             "mt_model": config.model,
             "source_nllb": plan.direction.src.code, "target_nllb": plan.direction.tgt.code,
             "decoding": {**GREEDY, "max_length": config.max_length, "dtype": config.dtype},
-            "markers": list(config.markers) if plan.qa else None,
-            "keep_unprojected_test": config.keep_unprojected_test if plan.qa and role == "test" else None,
+            "markers": list(config.markers) if plan.marked else None,
             "input_records_sha256": records_sha256(records),
         }  # fmt: skip
         jobs.append(RoleJob(plan, mt_split_path(config.mt_dir, task.name, task.language, role), key_material))
@@ -112,12 +112,12 @@ def _provenance(
         "language_fallback": plan.direction.src.fallback or plan.direction.tgt.fallback,
         "decoding": material["decoding"],
         "answer_markers": material["markers"],
+        "answers_projected": plan.marked if plan.qa else None,  # False: QA test, translated without markers
         "records_in": len(plan.records),
         "records_out": len(outcome.records),
         "dropped": outcome.dropped,
-        "kept_without_translated_answer": outcome.unprojected,
         "truncated_inputs": outcome.truncated,
-        "contexts_with_marker_characters_replaced": plan.scrubbed if plan.qa else None,
+        "contexts_with_marker_characters_replaced": plan.scrubbed if plan.marked else None,
         "input_records_sha256": material["input_records_sha256"],
         "data_files_sha256": data_files,
         "run": run,
@@ -163,13 +163,13 @@ def run(
     data_files = None if config.task.hub_id else files_sha256(task.data_dir)  # hub: input_records_sha256 only
     markers = config.answer_markers()
     for job in todo:
-        outcome = assemble(job.plan, by_segment, markers, config.keep_unprojected_test)
+        outcome = assemble(job.plan, by_segment, markers)
         provenance = _provenance(job, task, outcome, run_info, data_files)
         write_split(outcome.records, provenance, job.path)
         logger.info(
-            "%s: wrote %s (%d of %d records; %d dropped, %d without a translated answer, %d inputs truncated)",
+            "%s: wrote %s (%d of %d records; %d dropped, %d inputs truncated)",
             job.plan.role, job.path, len(outcome.records), len(job.plan.records), len(outcome.dropped),
-            len(outcome.unprojected), len(outcome.truncated),
+            len(outcome.truncated),
         )  # fmt: skip
         if len(outcome.records) == 0:
             logger.warning("%s: every record was dropped (see %s)", job.plan.role, job.path.name)

@@ -6,9 +6,14 @@
 * ``test``: the gold target side is translated into English; the translations
   fill ``source_<field>`` (and ``source_answers``).
 
-Every text field of a record is one segment. For QA the context carries the
-(first) answer of the translated side between markers (:mod:`.markers`); the
-question is translated as it is.
+Every text field of a record is one segment. For QA in train and validation
+the English context carries its (first) answer between markers
+(:mod:`.markers`), so that the answer can be found in the translation; the
+question is translated as it is. Test contexts are translated without markers:
+the English side of a test record is model input, and it must not depend on
+the gold answer (marking it would put the test label into the test input). So
+a translated test split has empty ``source_answers``; scoring uses the gold
+``target_answers``, which are kept as they are.
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ class RolePlan:
     segments: list[list[Segment]]  # per record, per field
     scrubbed: int = 0  # QA contexts in which marker characters were replaced by stand-ins
 
+    @property
+    def marked(self) -> bool:
+        """Do this role's QA contexts carry their answer between markers? (never in the test role)"""
+        return self.qa and marks_answers(self.role)
+
+
+def marks_answers(role: Role) -> bool:
+    """QA: is the answer wrapped in markers before translation? Train and validation only: the test
+    input must not depend on the gold answer."""
+    return role != "test"
+
 
 @dataclass
 class Outcome:
@@ -62,18 +78,20 @@ class Outcome:
 
     records: datasets.Dataset | None = None  # the output split
     dropped: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: left out of the output
-    unprojected: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: kept without an answer
     truncated: list[str] = field(default_factory=list)  # ids with an input cut at max_length
 
 
 def plan_role(task: Task, role: Role, records: datasets.Dataset, language: NllbLanguage, markers: Markers) -> RolePlan:
-    """The segments to translate for one role; :class:`TaskDataError` for a record that cannot be marked."""
+    """The segments to translate for one role; :class:`TaskDataError` for a record that cannot be marked.
+
+    Test records are translated as they are: their answers are not read at all.
+    """
     way = direction(role, language)
     qa = task.labels is None
     segments, scrubbed = [], 0
     for row, record in enumerate(records):
         texts = {f: record[f"{way.read}_{f}"] for f in task.text_fields}
-        if qa:
+        if qa and marks_answers(role):
             answers = record[f"{way.read}_answers"]
             where = f"{task.name}/{task.language}/{role}: row {row} (id {record['id']})"
             if not answers:
@@ -88,14 +106,12 @@ def plan_role(task: Task, role: Role, records: datasets.Dataset, language: NllbL
     return RolePlan(role, way, records, tuple(task.text_fields), qa, segments, scrubbed)
 
 
-def assemble(
-    plan: RolePlan, translations: dict[Segment, Translation], markers: Markers, keep_unprojected_test: bool = True
-) -> Outcome:
+def assemble(plan: RolePlan, translations: dict[Segment, Translation], markers: Markers) -> Outcome:
     """The role's records with the written side replaced by the translations.
 
-    QA records whose markers did not survive are dropped, except in the test
-    role with ``keep_unprojected_test``: there they keep the translated context
-    (markers removed) with no answers on the written side.
+    QA train/validation records whose markers did not survive are dropped (and
+    listed); QA test records keep the translated context with empty answers on
+    the written side (``source_answers``), so the gold test set stays complete.
     """
     write = plan.direction.write
     rows, outcome = [], Outcome()
@@ -106,17 +122,15 @@ def assemble(
             outcome.truncated.append(record["id"])
         for f, t in done.items():
             out[f"{write}_{f}"] = t.text
-        if plan.qa:
+        if plan.marked:
             try:
                 out[f"{write}_context"], answer = extract_markers(done["context"].text, markers)
                 out[f"{write}_answers"] = [answer]
             except MarkerError as err:
-                if plan.role == "test" and keep_unprojected_test:
-                    out[f"{write}_context"], out[f"{write}_answers"] = markers.strip(done["context"].text), []
-                    outcome.unprojected.append({"id": record["id"], "reason": err.reason})
-                else:
-                    outcome.dropped.append({"id": record["id"], "reason": err.reason})
-                    continue
+                outcome.dropped.append({"id": record["id"], "reason": err.reason})
+                continue
+        elif plan.qa:
+            out[f"{write}_answers"] = []  # not projected: the input carried no answer (see the module docstring)
         rows.append(out)
     columns = {c: [r[c] for r in rows] for c in plan.records.column_names}  # from_list cannot make an empty split
     outcome.records = datasets.Dataset.from_dict(columns, features=plan.records.features)

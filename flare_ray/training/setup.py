@@ -1,0 +1,147 @@
+"""The setup of a trial, shared by the trial recipe, stage 1 and checkpoint scoring.
+
+Everything a run needs before its first step is built here, in one order, so
+that a trial, stage 1 and a re-scored checkpoint load the same model in the
+same way (quantization, head, stage-1 weights) and a seed means the same thing
+everywhere:
+
+1. :func:`seed_everything` (Python, NumPy, torch): the seed fixes the head's
+   initialisation, the LoRA initialisation, dropout, and with
+   :func:`train_loader`'s sampler the data order;
+2. the task and its splits (bad data fails here, before any model loads);
+3. :func:`load_base`: the base model and tokenizer, with the stage-1 adapter
+   merged in when ``model.stage1`` names one;
+4. the adapter of the method (:func:`~flare_ray.training.adapter.build_adapter`) and the batch encoder
+   (:func:`task_encoder`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from flare_ray.experiment import ExperimentConfig
+from flare_ray.fusion import ArchitectureFamily
+from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
+from flare_ray.tasks import Task, get_task
+from flare_ray.tasks.encoding import TaskEncoder
+
+from .adapter import NEEDS_SOURCE, build_adapter
+
+log = logging.getLogger(__name__)
+ROLES = ("train", "validation", "test")
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (CPU and CUDA): transformers' ``set_seed``."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+@dataclass
+class Base:
+    """The base model of a run as trials load it, and how to encode batches for it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    family: ArchitectureFamily
+    head: str  # "task" or "generative"
+
+
+def load_base(
+    experiment: ExperimentConfig, task: Task, *, with_stage1: bool = True, gradient_checkpointing: bool | None = None
+) -> Base:
+    """The base model (quantized as configured), its tokenizer, and the stage-1 adapter merged in.
+
+    ``model.stage1`` is a folder written by stage 1 (a peft LoRA adapter with its task head); it is
+    loaded onto the base model and merged (``merge_and_unload``), as the authors' code does, so a
+    4-bit base gets its stage-1 weights the same way as a full-precision one.
+    """
+    spec = experiment.model
+    family = ArchitectureFamily(spec.resolved_family() or infer_family(spec.name_or_path))
+    head = resolve_head(family, spec.head)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = experiment.training.gradient_checkpointing
+    model, tokenizer = load_model(
+        spec.name_or_path, family, labels=task.labels, head=head, quantization=spec.quantization,
+        dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
+    )
+    if with_stage1 and spec.stage1 not in (None, "auto"):
+        model = merge_stage1(model, Path(spec.stage1))
+    return Base(model, tokenizer, family, head)
+
+
+def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"model.stage1: {folder} holds no stage-1 adapter (adapter_config.json); "
+            "write one with `python -m flare_ray.stage1` or use model.stage1: auto"
+        )
+    return PeftModel.from_pretrained(model, folder).merge_and_unload()
+
+
+def task_encoder(experiment: ExperimentConfig, task: Task, base: Base, *, source: bool | None = None) -> TaskEncoder:
+    """The batch encoder of a run: the source side for FLARE, the MT encoder's input for FLARE-MT."""
+    method = experiment.method
+    mt_tokenizer = None
+    if method.kind == "flare_mt":
+        mt_tokenizer = load_mt_tokenizer(method.flare.mt_encoder, task.language)
+    return TaskEncoder(
+        task, base.tokenizer, base.family, experiment.training.max_length,
+        source=NEEDS_SOURCE[method.kind] if source is None else source,
+        mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
+        answer_tokens=experiment.training.max_new_tokens,
+    )
+
+
+@dataclass
+class TrialSetup:
+    task: Task
+    splits: dict[str, Any]
+    model: torch.nn.Module  # the adapted model (FlareModel or peft LoRA)
+    encoder: TaskEncoder
+    base: Base
+
+
+def build_trial(experiment: ExperimentConfig, language: str, roles=ROLES) -> TrialSetup:
+    """Seed, data, base model (with stage 1), adapter and encoder of one trial."""
+    seed_everything(experiment.training.seed)
+    task = get_task(experiment.task.task_config(language))
+    splits = {role: task.load(role) for role in roles}  # data errors before the model
+    if experiment.model.stage1 is None and not experiment.model.name_or_path.startswith("tiny:"):
+        log.warning(
+            "model.stage1 is null: %s is adapted without the paper's English stage 1 (set model.stage1: auto)",
+            experiment.model.name_or_path,
+        )
+    base = load_base(experiment, task)
+    model = build_adapter(base.model, experiment.method)
+    return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base)
+
+
+def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int) -> DataLoader:
+    """This worker's share of the training records, reshuffled every epoch (``sampler.set_epoch``).
+
+    ``DistributedSampler`` draws the order from ``training.seed`` and the epoch alone, so the order
+    is the same for every run with that seed and independent of what else used the global RNG.
+    """
+    rows = list(records)
+    sampler = DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=training.seed)
+    return DataLoader(
+        rows, batch_size=training.batch_size, sampler=sampler,
+        collate_fn=lambda batch: encoder.train_batch(batch).inputs,
+        generator=torch.Generator().manual_seed(training.seed),  # keep the global RNG for dropout
+    )
+
+
+def optimizer_steps(loader: DataLoader, training) -> int:
+    """Optimizer steps of the whole run (the learning-rate schedule's length)."""
+    return training.epochs * math.ceil(len(loader) / training.grad_accumulation)
