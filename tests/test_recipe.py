@@ -22,14 +22,14 @@ from flare_ray.experiment import ExperimentConfig
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {"epochs": 4, "batch_size": 16, "max_length": 64, "learning_rate": 2e-3, "lr_scheduler": "constant",
+SETTINGS = {"epochs": 6, "batch_size": 16, "max_length": 64, "learning_rate": 1e-2, "lr_scheduler": "constant",
             "warmup_ratio": 0.0, "max_grad_norm": None, "weight_decay": 0.0, "seed": 3}
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1}
 
 
 def config(tmp_path, kind: str, task: dict, **training) -> ExperimentConfig:
     return ExperimentConfig.model_validate({
-        "name": "recipe", "storage_path": str(tmp_path), "model": {"name_or_path": "tiny:xlm-roberta"},
+        "name": "recipe", "storage_path": str(tmp_path), "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
         "task": {"name": "nusax", "languages": ["jav"], **task},
         "method": {"kind": kind, "lora": LORA}, "training": {**SETTINGS, **training},
         "scaling": {"cpus_per_worker": 1},

@@ -114,6 +114,11 @@ class TrialSetup:
 
 def build_trial(experiment: ExperimentConfig, language: str, roles=ROLES) -> TrialSetup:
     """Seed, data, base model (with stage 1), adapter and encoder of one trial."""
+    if experiment.model.stage1 == "auto":
+        raise ValueError(
+            "model.stage1 is 'auto': the sweep trains stage 1 and hands trials its folder "
+            "(flare_ray.training.stage1.ensure_stage1); a trial run by hand needs that folder or null"
+        )
     seed_everything(experiment.training.seed)
     task = get_task(experiment.task.task_config(language))
     splits = {role: task.load(role) for role in roles}  # data errors before the model

@@ -32,7 +32,7 @@ from flare_ray.experiment import ExperimentConfig
 from flare_ray.tasks import Task, get_task
 
 from .engine import Engine
-from .evaluate import score
+from .evaluate import mean_loss, score
 from .loop import better
 from .setup import build_adapter, load_base, optimizer_steps, seed_everything, task_encoder, train_loader
 
@@ -101,6 +101,7 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(1, training.epochs + 1):
         loss = engine.train_epoch(loader, epoch)
         scores = score(task, encoder, adapted, validation, training)
+        scores["loss"] = mean_loss(encoder, adapted, validation, training.eval_batch_size, engine.device)
         if best["score"] is None or better(scores[metric], best["score"], experiment.search.mode):
             best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
         ray.train.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
