@@ -39,12 +39,13 @@ def test_xnli_rows_align_with_the_english_side(language):
     with open(DATA_DIR / "xnli/my/my.genre.dev.tsv", encoding="utf-8") as f:
         english = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     train, validation, test = (task.load(r) for r in ("train", "validation", "test"))
-    assert (len(train), len(validation), len(test)) == (2000, 490, 5010)
-    for i in (0, 1234, 1999):
+    assert (len(train), len(validation), len(test)) == (2001, 489, 5010)
+    for i in (0, 1234, 2000):
         assert train[i]["source_premise"] == english[i]["sentence1_en"]
         assert train[i]["label"] == english[i]["label"]
-    assert validation[0]["source_hypothesis"] == english[2000]["sentence2_en"]
+    assert validation[0]["source_hypothesis"] == english[2001]["sentence2_en"]
     assert set(train["id"]).isdisjoint(validation["id"])
+    assert set(train["source_premise"]).isdisjoint(validation["source_premise"])  # no premise in both
     assert task.provenance()["test"]["recipe"] == "trans_test"
 
 

@@ -133,6 +133,9 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     try:
         if config.model.stage1 == "auto":
             config = _with_stage1(client, parent, config)
+        elif config.model.stage1 is None and config.model.tiny_architecture is None:
+            log.warning("model.stage1 is null: %s is adapted without the paper's English stage 1 "
+                        "(model.stage1: auto trains it)", config.model.name_or_path)
         for language in config.task.languages:
             grid = _search(config, language, storage, tracking_uri, parent, resume)
             result = select_best(grid, config.search.metric, config.search.mode, language)

@@ -17,7 +17,6 @@ everywhere:
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ from flare_ray.tasks.encoding import TaskEncoder
 
 from .adapter import NEEDS_SOURCE, build_adapter
 
-log = logging.getLogger(__name__)
 ROLES = ("train", "validation", "test")
 
 
@@ -122,11 +120,6 @@ def build_trial(experiment: ExperimentConfig, language: str, roles=ROLES) -> Tri
     seed_everything(experiment.training.seed)
     task = get_task(experiment.task.task_config(language))
     splits = {role: task.load(role) for role in roles}  # data errors before the model
-    if experiment.model.stage1 is None and not experiment.model.name_or_path.startswith("tiny:"):
-        log.warning(
-            "model.stage1 is null: %s is adapted without the paper's English stage 1 (set model.stage1: auto)",
-            experiment.model.name_or_path,
-        )
     base = load_base(experiment, task)
     model = build_adapter(base.model, experiment.method)
     return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base)
