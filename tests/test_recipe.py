@@ -140,7 +140,7 @@ def test_lora_trial_matches_a_minimal_peft_loop(tmp_path, local_ray):
 
 
 def source_only_data(root: Path, seed: int = 0) -> Path:
-    """NusaX-shaped CSVs: the English side names the label ("good", "fine", "bad" among random
+    """NusaX-shaped CSVs: the English side names the label ("good", "fine" or "bad", then random
     words); the target side is random words, independent of the label."""
     rng = random.Random(seed)
     words = sorted({w for w in (Path(__file__).resolve().parent.parent / "flare_ray" / "models" / "corpus" / "corpus.txt")
@@ -150,8 +150,7 @@ def source_only_data(root: Path, seed: int = 0) -> Path:
         rows = []
         for i in range(n):
             label = rng.choice(list(markers))
-            english = rng.sample(words, 6)
-            english.insert(rng.randrange(3), markers[label])
+            english = [markers[label], *rng.sample(words, 6)]
             rows.append((f"{split}{i}", label, " ".join(english), " ".join(rng.sample(words, 7))))
         for language, column in (("english", 2), ("javanese", 3)):
             folder = root / "sentiment" / language
@@ -171,7 +170,7 @@ def test_flare_trial_learns_a_label_only_the_source_carries(tmp_path, local_ray)
         final = run_trial(experiment, tmp_path, kind)[-1]
         scores[kind] = final["test/accuracy"]
     print(f"test accuracy: FLARE {scores['flare']:.1f} vs LoRA {scores['lora']:.1f} (chance 33.3)")
-    assert scores["flare"] > 90.0
+    assert scores["flare"] > 95.0
     assert scores["lora"] < 45.0
 
 
