@@ -47,15 +47,16 @@ def test_save_load_round_trip_is_bit_identical(tiny_path, tmp_path, family, fusi
     assert [n for n, p in loaded.named_parameters() if p.requires_grad] == []
 
 
-def test_a_config_saved_before_the_orientation_and_unaligned_options_loads_with_defaults(tmp_path):
+def test_a_config_saved_before_the_orientation_and_unaligned_options_computes_as_it_was_trained(tmp_path):
     config = FlareConfig(fusion="cross_attention", cross_attention_query="target", unaligned="lora")
     config.save(tmp_path)
     old = json.loads((tmp_path / "flare_config.json").read_text())
     del old["cross_attention_query"], old["unaligned"]
     (tmp_path / "flare_config.json").write_text(json.dumps(old))
     loaded = FlareConfig.load(tmp_path)
-    assert loaded.cross_attention_query == "source" and loaded.unaligned == "fuse_zero"
+    assert loaded.cross_attention_query == "target" and loaded.unaligned == "lora"  # the code of its time
     assert loaded.fusion == "cross_attention"
+    assert FlareConfig().cross_attention_query == "source" and FlareConfig().unaligned == "fuse_zero"  # new ones
 
 
 def test_loading_with_mismatched_weights_fails_loudly(tiny_path, tmp_path):

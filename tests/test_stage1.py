@@ -31,3 +31,34 @@ def test_stage1_runs_plain_lora_with_its_own_sections():
     s1 = stage1_experiment(config("stage1.lora={r: 16}", "stage1.training={epochs: 2}"))
     assert s1.method.kind == "lora" and s1.method.lora.r == 16 and s1.training.epochs == 2
     assert s1.model.stage1 is None and s1.search.space == {}
+
+
+def test_a_4bit_stage1_adapter_merges_into_the_4bit_base_trials_load(tmp_path):
+    """Stage 1 and trials load the model through one function, quantization included: a stage-1
+    adapter trained on the 4-bit base merges into the 4-bit base of a trial and changes its output."""
+    import bitsandbytes as bnb
+    import torch
+
+    from flare_ray.tasks import get_task
+    from flare_ray.training.adapter import build_adapter
+    from flare_ray.training.setup import load_base
+
+    overrides = ["model.name_or_path=tiny:llama", "model.quantization=4bit", "model.stage1=null"]
+    s1 = stage1_experiment(config(*overrides))
+    task = get_task(s1.task.task_config("jav"))
+    base = load_base(s1, task)
+    assert isinstance(base.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    adapted = build_adapter(base.model, s1.method)
+    with torch.no_grad():  # stand-in for stage-1 training
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    adapted.save_pretrained(tmp_path / "stage1")
+
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    plain = load_base(s1, task).model
+    trial = load_base(config(*overrides[:2], f"model.stage1={tmp_path / 'stage1'}"), task).model
+    assert isinstance(trial.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)  # still 4-bit, merged
+    assert not any("lora" in n for n, _ in trial.named_parameters())
+    with torch.no_grad():
+        assert not torch.allclose(trial(input_ids=ids).logits, plain(input_ids=ids).logits)

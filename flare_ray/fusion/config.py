@@ -142,9 +142,17 @@ class FlareConfig:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no FLARE config here (expected {CONFIG_NAME} next to the adapter)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            saved = json.loads(path.read_text())
+            # Saved before these options existed: the adapter was trained with what the code did then.
+            for key, then in _BEFORE_OPTIONS.items():
+                saved.setdefault(key, then)
+            return cls.from_dict(saved)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+# What adapters saved before an option existed were trained with (see FlareConfig.load).
+_BEFORE_OPTIONS = {"cross_attention_query": "target", "unaligned": "lora"}
 
 
 def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> list[int]:
