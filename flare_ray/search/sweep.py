@@ -163,8 +163,9 @@ def _with_stage1(client: MlflowClient, parent: str, config: ExperimentConfig) ->
     from flare_ray.training.stage1 import ensure_stage1
 
     folder, info = ensure_stage1(config)
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in info["english_validation"].items())
     print(f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
-          f"(English validation {info['english_validation']}, best epoch {info['best_epoch']})")
+          f"(best epoch {info['best_epoch']}, English validation: {scores})")
     log_stage1(client, parent, info)
     data = config.model_dump(mode="json")
     data["model"]["stage1"] = str(folder)
