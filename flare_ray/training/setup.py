@@ -29,11 +29,10 @@ from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import ArchitectureFamily
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
 from flare_ray.tasks import Task, get_task
+from flare_ray.tasks.base import ROLES
 from flare_ray.tasks.encoding import TaskEncoder
 
 from .adapter import NEEDS_SOURCE, build_adapter
-
-ROLES = ("train", "validation", "test")
 
 
 def seed_everything(seed: int) -> None:
