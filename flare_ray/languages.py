@@ -10,7 +10,7 @@ A leaf module (it imports nothing of flare_ray): the translation pipeline
 (:mod:`flare_ray.translate`), the MT tokenizer of FLARE-MT
 (:func:`flare_ray.models.loading.load_mt_tokenizer`) and the task encoder
 (:mod:`flare_ray.tasks.encoding`) all read this one table.
-:mod:`flare_ray.translate.languages` re-exports it.
+
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Reading checkpoints from a sweep's storage, local or remote (S3, GCS, ... through pyarrow)."""
+"""A sweep's storage: a local folder or a URI (``file://``, ``s3://``, ``gs://``), never through pathlib as a URI.
+
+``storage_path`` is resolved once, when the experiment is loaded (local paths
+made absolute, URIs kept as written); these helpers join and read it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,20 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+
+def local_folder(storage_path: str) -> Path | None:
+    """The local folder of a plain path or a ``file://`` URI; None for a remote store."""
+    if "://" not in storage_path:
+        return Path(storage_path)
+    parsed = urlparse(storage_path)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def join(storage_path: str, *parts: str) -> str:
+    """``storage_path/part/...``, keeping a URI a URI (``Path("s3://b/x")`` would make it ``s3:/b/x``)."""
+    return "/".join([storage_path.rstrip("/"), *parts])
 
 
 @contextmanager

@@ -210,6 +210,30 @@ def test_stage1_auto_trains_once_and_every_later_sweep_reuses_it(tmp_path):
         assert json.loads(Path(trial).read_text())["experiment"]["model"]["stage1"] == str(folder)
 
 
+def test_a_file_uri_storage_path_holds_the_whole_sweep(tmp_path):
+    store = tmp_path / "uri-store"
+    uri = store.as_uri()
+    auto = ["model.stage1=auto", "stage1.training={epochs: 1, batch_size: 16, max_length: 64}", "search.num_samples=1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), "--set", f"storage_path={uri}",
+         *[x for o in [*auto, *SHORT] for x in ("--set", o)]],
+        env=environment(), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert list(tmp_path.iterdir()) == [store]  # nothing under the working directory (no "file:" folder)
+    assert (store / "quickstart-jav").is_dir()  # Tune's experiment folder
+    (checkpoint,) = store.glob("train/*/checkpoint_*")  # the trial's best adapter
+    assert (checkpoint / "trial_config.json").is_file()
+    (stage1,) = [p for p in (store / "stage1").iterdir() if not p.name.startswith(".")]
+    client, parents, children = mlflow_runs(store)
+    assert client.get_experiment_by_name("quickstart").artifact_location == (store / "mlartifacts").as_uri()
+    assert parents[0].data.tags["stage1.path"] == str(stage1) and len(children) == 1
+    assert {"adapter/adapter_model.safetensors"} <= {a.path for a in client.list_artifacts(children[0].info.run_id, "adapter")}
+    assert list((store / "mlartifacts").rglob("adapter_model.safetensors"))
+    record = json.loads((checkpoint / "trial_config.json").read_text())
+    assert record["experiment"]["storage_path"] == uri
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -61,7 +61,7 @@ def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[d
     record = tmp_path / f"{name}.jsonl"
     TorchTrainer(
         _recording_loop,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "language": "jav", "record": str(record)},
+        train_loop_config={"experiment": experiment, "language": "jav", "record": str(record)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=name, storage_path=str(tmp_path / "ray")),
     ).fit()

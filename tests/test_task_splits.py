@@ -108,7 +108,7 @@ def test_experiment_config_reports_tydiqa_en_before_any_model_loads(tmp_path):
 def test_translation_job_refuses_tydiqa_en_before_any_model_loads(tmp_path, capsys):
     import yaml
 
-    from flare_ray.translate.cli import main
+    from flare_ray.cli.translate import main
 
     path = tmp_path / "translate.yaml"
     path.write_text(yaml.safe_dump({"task": {"name": "tydiqa", "language": "en"}, "mt_dir": str(tmp_path / "mt")}))

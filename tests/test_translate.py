@@ -23,9 +23,10 @@ import yaml
 from flare_ray.tasks import TASKS, TaskConfig, get_task
 from flare_ray.tasks.base import DATA_DIR
 from flare_ray.translate import pipeline
-from flare_ray.translate.cli import build_parser, main
-from flare_ray.translate.config import TaskSection, TranslateConfig, parse_config
-from flare_ray.translate.languages import FALLBACKS, NLLB_CODES, SOURCE, nllb_language
+from flare_ray.cli.translate import build_parser, main
+from flare_ray.tasks import TaskConfig
+from flare_ray.translate.config import TranslateConfig, parse_config
+from flare_ray.languages import FALLBACKS, NLLB_CODES, SOURCE, nllb_language
 from flare_ray.translate.markers import MarkerError, Markers, extract_markers, insert_markers
 from flare_ray.translate.store import mt_split_path, provenance_path
 from flare_ray.translate.translator import NllbTranslator, Translation
@@ -167,9 +168,9 @@ def test_help_documents_every_option_and_key(capsys):
         assert action.help, action.dest
         for option in action.option_strings:
             assert option in text
-    for key in [*TranslateConfig.model_fields, *TaskSection.model_fields]:
+    for key in [*TranslateConfig.model_fields, *TaskConfig.model_fields]:
         assert f"{key}:" in text, key
-        field = TranslateConfig.model_fields.get(key) or TaskSection.model_fields[key]
+        field = TranslateConfig.model_fields.get(key) or TaskConfig.model_fields[key]
         assert field.description, key
     assert "RAY_ADDRESS" in text and "mad ind_Latn*" in text
 

@@ -1,12 +1,10 @@
 """Reading an experiment YAML: syntax, ``--set`` overrides, the schema, then the search space.
 
 Everything is checked before Ray starts; the first failing stage raises one
-:class:`~flare_ray.experiment.errors.ExperimentConfigError` that names the file
-(and line), the key path and what was expected.
-
-YAML is read as YAML 1.2 reads numbers and booleans: ``2e-4`` is a float (YAML
-1.1 and PyYAML's default read it as a string) and only ``true``/``false`` are
-booleans (``no``/``on`` stay strings, as language codes may be).
+:class:`~flare_ray.experiment.errors.ExperimentConfigError` naming the file
+(and line), the key path and what was expected. Numbers and booleans are read
+as YAML 1.2 reads them: ``2e-4`` is a float, and ``no``/``on`` stay strings (as
+language codes may be).
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ import yaml
 from pydantic import ValidationError
 
 from .config import ExperimentConfig
-from .errors import ExperimentConfigError, Problem, format_path, problems_from_validation_error
-from .schema import keys_at, set_path
+from .errors import ExperimentConfigError, Problem, problems_of
+from .space import search_space_problems, set_path
 
 
 class _Loader(yaml.SafeLoader):
@@ -149,16 +147,13 @@ def validate_experiment(
     data: Any, source: str = "<dict>", lines: Lines | None = None, origins: dict[tuple, str] | None = None
 ) -> ExperimentConfig:
     """Validate raw (YAML-shaped) data: the schema, then the search space against it."""
-    from .space import search_space_problems
-
     lines, origins = lines or {}, origins or {}
     if not isinstance(data, dict):
         raise ExperimentConfigError(source, [_not_a_mapping(data)])
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        problems = problems_from_validation_error(err, lambda loc: keys_at(ExperimentConfig, loc))
-        raise ExperimentConfigError(source, _attribute(problems, origins), lines) from None
+        raise ExperimentConfigError(source, _attribute(problems_of(err), origins), lines) from None
     problems = search_space_problems(config)
     if problems:
         raise ExperimentConfigError(source, _attribute(problems, origins), lines)
@@ -186,5 +181,3 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     origins = apply_overrides(data, list(overrides), source)
     return validate_experiment(data, source, lines, origins)
 
-
-__all__ = ["apply_overrides", "format_path", "load_experiment", "parse_override", "parse_yaml", "validate_experiment"]

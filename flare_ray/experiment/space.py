@@ -1,30 +1,24 @@
-"""The search space at work: checking it before Ray starts, sampling it with Optuna, applying samples.
+"""The search space at work: checked before Ray starts, sampled define-by-run, applied in the trial.
 
-* :func:`search_space_problems` checks every key path and ``when`` reference
-  against the schema, and every value a distribution can take (categorical
-  choices, range bounds) by applying it to the config, alone and in pairs with
-  the other keys' values, so a bad choice fails here, naming its index, and not
-  in trial 17.
-* :class:`DefineByRun` is the define-by-run function for Ray Tune's
-  ``OptunaSearch(space=...)``: it returns the sampled values as a flat dict of
-  dotted key paths (``{"method.lora.r": 16, ...}``), which becomes each trial's
-  Tune ``config``. It is a picklable object, since Tune pickles its searcher.
-* :func:`apply_sample` turns that flat dict back into a validated
-  :class:`~flare_ray.experiment.config.ExperimentConfig` inside the trial.
+* :func:`search_space_problems` applies every value a distribution can take
+  (categorical choices, range bounds) to the config, alone and in pairs, so a
+  bad key or choice fails here, naming it, and not in trial 17.
+* :class:`DefineByRun` is the define-by-run function of ``OptunaSearch(space=...)``:
+  it returns ``{dotted.key: value}`` of the sampled keys (each trial's Tune config).
+* :func:`apply_sample` writes a sample into the config: one validation per trial.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
 from .config import ExperimentConfig, SamplerSpec
 from .distributions import Categorical
-from .errors import ExperimentConfigError, Problem, format_path, problems_from_validation_error
-from .schema import get_path, keys_at, set_path, split_key
+from .errors import ExperimentConfigError, Problem, did_you_mean, format_path, keys_at, problems_of
 
 # Keys that stay fixed for a whole search, and why.
 FIXED_KEYS = {
@@ -41,86 +35,58 @@ FIXED_KEYS = {
 PAIR_CHECK_LIMIT = 4000  # most value pairs tried before the search starts
 
 
-def _fixed_reason(parts: tuple[str, ...]) -> str | None:
-    for n in range(len(parts), 0, -1):
-        reason = FIXED_KEYS.get(".".join(parts[:n]))
-        if reason:
-            return reason
-    return None
+def get_path(data: dict[str, Any], parts: Sequence[str]) -> Any:
+    """The value at ``parts`` in nested dicts; ``KeyError`` if absent."""
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(part)
+        data = data[part]
+    return data
 
 
-def _config_value(config: ExperimentConfig, key: str) -> Any:
-    try:
-        return get_path(config, key.split("."))
-    except (KeyError, AttributeError):
-        return None
-
-
-# -- applying samples ------------------------------------------------------------------------------
-def _apply(data: dict[str, Any], sample: Mapping[str, Any]) -> ExperimentConfig:
-    data = copy.deepcopy(data)
-    for key, value in sample.items():
-        set_path(data, split_key(ExperimentConfig, key), copy.deepcopy(value))
-    return ExperimentConfig.model_validate(data)
-
-
-def _sample_problems(data: dict[str, Any], sample: Mapping[str, Any]) -> list[Problem]:
-    """What is wrong with the config that the sample gives (empty: it is valid)."""
-    try:
-        _apply(data, sample)
-    except ValidationError as err:
-        return problems_from_validation_error(err, lambda loc: keys_at(ExperimentConfig, loc))
-    except ValueError as err:  # a key path that does not exist
-        return [Problem((), str(err))]
-    return []
-
-
-def _invalid(data: dict[str, Any], sample: Mapping[str, Any]) -> str | None:
-    """None if the sample gives a valid config, else what is wrong (one line)."""
-    problems = _sample_problems(data, sample)
-    return "; ".join(f"{format_path(p.path)}: {p.message}".lstrip(": ") for p in problems) or None
+def set_path(data: dict[str, Any], parts: Sequence[str], value: Any) -> None:
+    """Write ``value`` at ``parts`` in nested dicts, creating sections on the way."""
+    for i, part in enumerate(parts[:-1]):
+        if data.get(part) is None:
+            data[part] = {}
+        if not isinstance(data[part], dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])} is a value ({data[part]!r}), not a section")
+        data = data[part]
+    data[parts[-1]] = value
 
 
 def apply_sample(config: ExperimentConfig, sample: Mapping[str, Any]) -> ExperimentConfig:
-    """A new config with the sampled ``{dotted.key: value}`` written in, validated.
+    """A new config with the sampled ``{dotted.key: value}`` written in, validated once.
 
     Raises :class:`ExperimentConfigError` naming the sample if the result is invalid.
     """
     data = config.model_dump()
-    problems = _sample_problems(data, sample)
-    if problems:
-        raise ExperimentConfigError(f"{config.source or '<config>'} with sample {dict(sample)!r}", problems)
-    new = _apply(data, sample)
+    try:
+        for key, value in sample.items():
+            set_path(data, key.split("."), copy.deepcopy(value))
+        new = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ExperimentConfigError(f"{config.source or '<config>'} with sample {dict(sample)!r}", problems_of(err))
+    except ValueError as err:  # a key path through a value
+        raise ExperimentConfigError(f"{config.source or '<config>'} with sample {dict(sample)!r}", [Problem((), str(err))])
     new._source = config.source
     return new
 
 
-# -- sampling --------------------------------------------------------------------------------------
 class DefineByRun:
-    """Optuna define-by-run function of an experiment's search space (``OptunaSearch(space=DefineByRun(config))``).
-
-    Calling it with an Optuna trial samples each key in the order of
-    ``search.space``, skipping keys whose ``when`` does not hold (they keep the
-    config's value), and returns ``{dotted.key: value}`` of the sampled keys.
-    """
+    """Samples each key in the order of ``search.space``, skipping keys whose ``when`` does not hold
+    (they keep the config's value). A picklable object: Tune pickles its searcher."""
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.space = dict(config.search.space)
-        refs = {ref for dist in self.space.values() for ref in dist.when}
-        self.fixed = {ref: _config_value(config, ref) for ref in refs}  # values of keys not (yet) sampled
+        self.fixed = {ref: config_value(config, ref) for d in self.space.values() for ref in d.when}
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         values, sampled = dict(self.fixed), {}
         for key, dist in self.space.items():
-            if dist.when and not dist.holds(values):
-                continue
-            values[key] = sampled[key] = dist.suggest(trial, key)
+            if dist.holds(values):
+                values[key] = sampled[key] = dist.suggest(trial, key)
         return sampled
-
-
-def make_define_by_run(config: ExperimentConfig) -> DefineByRun:
-    """The define-by-run function for ``ray.tune.search.optuna.OptunaSearch(space=...)``."""
-    return DefineByRun(config)
 
 
 def build_sampler(spec: SamplerSpec):
@@ -130,51 +96,65 @@ def build_sampler(spec: SamplerSpec):
     return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.n_startup_trials)
 
 
+def config_value(config: ExperimentConfig, key: str) -> Any:
+    """The value of a dotted key in the config (as YAML would write it); None if absent."""
+    try:
+        return get_path(config.model_dump(mode="json"), key.split("."))
+    except KeyError:
+        return None
+
+
 # -- checking before the search --------------------------------------------------------------------
 def search_space_problems(config: ExperimentConfig) -> list[Problem]:
     """Everything wrong with ``search.space`` (empty: every key and value is usable)."""
     problems = _structure_problems(config)
-    if problems:
-        return problems
-    data = config.model_dump()
-    problems = _value_problems(config, data)
-    return problems or _pair_problems(config, data)
+    return problems or _value_problems(config) or _pair_problems(config)
+
+
+def _invalid(config: ExperimentConfig, sample: dict[str, Any]) -> str | None:
+    try:
+        apply_sample(config, sample)
+    except ExperimentConfigError as err:
+        return "; ".join(f"{format_path(p.path)}: {p.message}".lstrip(": ") for p in err.problems)
+    return None
 
 
 def _structure_problems(config: ExperimentConfig) -> list[Problem]:
-    space, order = config.search.space, list(config.search.space)
-    problems: list[Problem] = []
+    space, order, problems = config.search.space, list(config.search.space), []
     for key, dist in space.items():
-        where = ("search", "space", key)
-        try:
-            parts = split_key(ExperimentConfig, key)
-        except ValueError as err:
-            problems.append(Problem(where, str(err)))
-            continue
-        reason = _fixed_reason(parts)
+        where, parts = ("search", "space", key), key.split(".")
+        reason = next((FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1)
+                       if ".".join(parts[:n]) in FIXED_KEYS), None)
         if reason:
             problems.append(Problem(where, f"{key!r} cannot be searched: {reason}"))
-        elif config.method.kind == "lora" and "method.kind" not in space and parts[:2] == ("method", "flare"):
-            problems.append(
-                Problem(where, "method.kind is 'lora' (plain LoRA), which does not fuse: method.flare is unused")
-            )
+        elif config.method.kind == "lora" and "method.kind" not in space and parts[:2] == ["method", "flare"]:
+            problems.append(Problem(where, "method.kind is 'lora' (plain LoRA), which does not fuse: method.flare is unused"))
         for ref in dist.when:
             at = where + ("when", ref)
             if ref == key:
                 problems.append(Problem(at, "a key cannot be conditioned on itself"))
-            elif ref in space:
-                if order.index(ref) > order.index(key):
-                    problems.append(Problem(at, f"{ref!r} is sampled after {key!r}; list it earlier in search.space"))
-                elif isinstance(space[ref], Categorical):
-                    never = [v for v in dist.condition_values(ref) if v not in space[ref].values]
-                    if never:
-                        problems.append(Problem(at, f"{never} never sampled; expected values among {space[ref].values}"))
-            else:
-                try:
-                    split_key(ExperimentConfig, ref)
-                except ValueError as err:
-                    problems.append(Problem(at, f"unknown key in when: {err}"))
+            elif ref in space and order.index(ref) > order.index(key):
+                problems.append(Problem(at, f"{ref!r} is sampled after {key!r}; list it earlier in search.space"))
+            elif ref in space and isinstance(space[ref], Categorical):
+                never = [v for v in dist.condition_values(ref) if v not in space[ref].values]
+                if never:
+                    problems.append(Problem(at, f"{never} never sampled; expected values among {space[ref].values}"))
+            elif ref not in space:
+                problems += _unknown_key(config, ref, at)
     return problems
+
+
+def _unknown_key(config: ExperimentConfig, key: str, at: tuple) -> list[Problem]:
+    data, parts = config.model_dump(mode="json"), key.split(".")
+    for n, part in enumerate(parts):
+        here = ".".join(parts[:n]) or "the config"
+        if not isinstance(data, dict):
+            return [Problem(at, f"unknown key in when: {here} is a value, not a section")]
+        if part not in data:
+            hint = did_you_mean(part, keys_at(tuple(parts[:n])) or list(data))
+            return [Problem(at, f"unknown key in when: {here} has no key {part!r}{hint}")]
+        data = data[part]
+    return []
 
 
 def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | None:
@@ -186,41 +166,34 @@ def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | N
             options = dist.condition_values(ref)
             if ref in out and out[ref] not in options:
                 return None
-            if ref in keys and ref not in out:  # the pair itself sets it; checked by the caller
-                continue
-            out.setdefault(ref, options[0])
+            if ref not in keys:  # a key of the pair sets it itself
+                out.setdefault(ref, options[0])
     return out
 
 
-def _value_problems(config: ExperimentConfig, data: dict[str, Any]) -> list[Problem]:
+def _value_problems(config: ExperimentConfig) -> list[Problem]:
     problems = []
     for key, dist in config.search.space.items():
         base = _conditions(config, [key]) or {}
-        for sub, value in dist.candidates():
-            problem = _invalid(data, {**base, key: value})
+        for i, value in enumerate(dist.candidates()):
+            problem = _invalid(config, {**base, key: value})
             if problem:
+                sub = ("values", i) if isinstance(dist, Categorical) else (("low",), ("high",), ())[i]
                 problems.append(Problem(("search", "space", key) + sub, f"{value!r} gives an invalid config: {problem}"))
                 break  # one per key: the first bad value
     return problems
 
 
-def _pair_problems(config: ExperimentConfig, data: dict[str, Any]) -> list[Problem]:
-    space = config.search.space
-    problems, tried = [], 0
-    for k1, k2 in itertools.combinations(space, 2):
-        for (_, v1), (_, v2) in itertools.product(space[k1].candidates(), space[k2].candidates()):
-            if tried >= PAIR_CHECK_LIMIT:
-                return problems
-            if k1 in space[k2].when and v1 not in space[k2].condition_values(k1):
-                continue  # k2 is not sampled with this value of k1
-            base = _conditions(config, [k1, k2])
-            if base is None:
-                continue
-            tried += 1
-            problem = _invalid(data, {**base, k1: v1, k2: v2})
-            if problem:
-                problems.append(
-                    Problem(("search", "space"), f"{k1} = {v1!r} with {k2} = {v2!r} gives an invalid config: {problem}")
-                )
-                break
+def _pair_problems(config: ExperimentConfig) -> list[Problem]:
+    space, problems = config.search.space, []
+    pairs = ((k1, k2, v1, v2) for k1, k2 in itertools.combinations(space, 2)
+             for v1, v2 in itertools.product(space[k1].candidates(), space[k2].candidates())
+             if not (k1 in space[k2].when and v1 not in space[k2].condition_values(k1)))
+    failed: set[tuple[str, str]] = set()
+    for k1, k2, v1, v2 in itertools.islice(pairs, PAIR_CHECK_LIMIT):
+        base = _conditions(config, [k1, k2])
+        problem = None if base is None or (k1, k2) in failed else _invalid(config, {**base, k1: v1, k2: v2})
+        if problem:
+            failed.add((k1, k2))
+            problems.append(Problem(("search", "space"), f"{k1} = {v1!r} with {k2} = {v2!r} gives an invalid config: {problem}"))
     return problems

@@ -19,6 +19,9 @@ their content nor their number changes the output. A row whose source has no
 real token at all does not fuse. Cross-attention with the source as query uses
 the same alignment for its queries; with the target as query it needs none and
 masks source padding as attention keys.
+
+In generation a decoder fuses its prompt only: :func:`step_alignment` gives each
+decoding step the part of the prompt's alignment that the step sees.
 """
 
 from __future__ import annotations
@@ -59,3 +62,28 @@ def align(target_mask: torch.Tensor, fusion_mask: torch.Tensor, source_mask: tor
     fuse = rows & (k_target < n_source)
     index = (first_source + k_target.clamp(min=0)).clamp(max=source_mask.shape[1] - 1)
     return Alignment(index=index, fuse=fuse, rows=rows, source_mask=source_mask)
+
+
+def step_alignment(prompt: Alignment, total: int, new: int) -> Alignment:
+    """The alignment of one decoding step, which sees positions ``[total - new, total)``.
+
+    ``prompt`` is the alignment of the prompt (its first positions); the tokens
+    generated after it never fuse, as answer tokens do not in training.
+    """
+    generated = max(total - prompt.fuse.shape[1], 0)
+
+    def window(t: torch.Tensor, generated_value: int | bool) -> torch.Tensor:
+        t = torch.cat([t, t.new_full((t.shape[0], generated), generated_value)], 1)
+        return t[:, total - new : total]
+
+    # A generated position neither fuses nor reads the source: any valid index will do.
+    return Alignment(window(prompt.index, 0), window(prompt.fuse, False), window(prompt.rows, False), prompt.source_mask)
+
+
+def mask_or_ones(input_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mask``, or all ones (no padding) in the shape of ``input_ids``."""
+    if mask is not None:
+        return mask
+    if input_ids is None:
+        raise ValueError("FLARE needs input_ids or an attention_mask to align source and target tokens")
+    return torch.ones_like(input_ids)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
+
+from pydantic import ConfigDict, Field, StrictInt, field_validator
+from pydantic.dataclasses import dataclass
 
 CONFIG_NAME = "flare_config.json"
 
@@ -41,7 +43,7 @@ UNALIGNED = ("fuse_zero", "lora")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class FlareConfig:
     """Where and how FLARE fuses source representations into LoRA bottlenecks.
 
@@ -76,46 +78,43 @@ class FlareConfig:
             source pass of the base model supplies the source representations.
     """
 
-    fusion: str = "add_relu"
-    fusion_modules: list[str] | None = None
-    fusion_layers: str | list[int | str] = "all"
-    source_representation: SourceRepresentation = SourceRepresentation.NEXT_BLOCK_OUTPUT
-    cross_attention_heads: int = 1
-    cross_attention_query: str = "source"
-    unaligned: str = "fuse_zero"
-    mt_encoder: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    fusion: str = Field("add_relu", description="a registered fusion function: add, mul, add_relu, cross_attention")
+    fusion_modules: list[str] | None = Field(None, description="adapted modules that fuse; null: query and value")
+    fusion_layers: StrictInt | str | list[StrictInt | str] = Field(
+        "all", description="'all', 'lower_half', 'upper_half', block indices, ranges like '0-5'"
+    )
+    source_representation: SourceRepresentation = Field(
+        SourceRepresentation.NEXT_BLOCK_OUTPUT, description="next_block_output (the paper), module_input or block_input"
+    )
+    cross_attention_heads: int = Field(1, ge=1, description="heads of the cross_attention fusion (must divide r)")
+    cross_attention_query: Literal["source", "target"] = Field(
+        "source", description="cross_attention: which side queries, 'source' (the paper, Sec. 3.2) or 'target'"
+    )
+    unaligned: Literal["fuse_zero", "lora"] = Field(
+        "fuse_zero", description="target positions with no aligned source token: 'fuse_zero' (f(0, a_t), the "
+        "padded formulation) or 'lora' (a_t, plain LoRA)",
+    )
+    mt_encoder: str | None = Field(None, description="MT model whose encoder supplies the source (FLARE-MT)")
 
-    def __post_init__(self) -> None:
+    @field_validator("fusion")
+    @classmethod
+    def _registered(cls, fusion: str) -> str:
         from .functions import FUSION_FUNCTIONS  # local: keep config importable cheaply
 
-        if self.fusion not in FUSION_FUNCTIONS:
-            raise ValueError(
-                f"FlareConfig.fusion: unknown fusion function {self.fusion!r}; "
-                f"expected one of {sorted(FUSION_FUNCTIONS)}"
-            )
-        try:
-            self.source_representation = SourceRepresentation(self.source_representation)
-        except ValueError:
-            raise ValueError(
-                f"FlareConfig.source_representation: {self.source_representation!r} is not one of "
-                f"{[s.value for s in SourceRepresentation]}"
-            ) from None
-        if not isinstance(self.cross_attention_heads, int) or self.cross_attention_heads < 1:
-            raise ValueError(
-                f"FlareConfig.cross_attention_heads: expected a positive integer, got {self.cross_attention_heads!r}"
-            )
-        if self.cross_attention_query not in CROSS_ATTENTION_QUERIES:
-            raise ValueError(
-                f"FlareConfig.cross_attention_query: expected one of {list(CROSS_ATTENTION_QUERIES)} "
-                f"('source' is the paper's), got {self.cross_attention_query!r}"
-            )
-        if self.unaligned not in UNALIGNED:
-            raise ValueError(f"FlareConfig.unaligned: expected one of {list(UNALIGNED)}, got {self.unaligned!r}")
-        if isinstance(self.fusion_modules, str):
-            self.fusion_modules = [self.fusion_modules]
-        # Validate the layer spec eagerly (against a large stack) so a typo fails here.
-        resolve_layers(self.fusion_layers, num_layers=10_000)
+        if fusion not in FUSION_FUNCTIONS:
+            raise ValueError(f"unknown fusion function {fusion!r}; expected one of {sorted(FUSION_FUNCTIONS)}")
+        return fusion
+
+    @field_validator("fusion_modules", mode="before")
+    @classmethod
+    def _one_module(cls, modules: Any) -> Any:
+        return [modules] if isinstance(modules, str) else modules
+
+    @field_validator("fusion_layers")
+    @classmethod
+    def _layers(cls, spec: Any) -> Any:
+        resolve_layers(spec, num_layers=10_000)  # against a large stack, so a typo fails here
+        return spec
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +142,7 @@ class FlareConfig:
             raise FileNotFoundError(f"{path}: no FLARE config here (expected {CONFIG_NAME} next to the adapter)")
         try:
             saved = json.loads(path.read_text())
+            saved.pop("extra", None)  # written before 0.3, never read
             # Saved before these options existed: the adapter was trained with what the code did then.
             for key, then in _BEFORE_OPTIONS.items():
                 saved.setdefault(key, then)
@@ -170,7 +170,7 @@ def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> li
     out: set[int] = set()
     for item in items:
         if isinstance(item, bool):
-            raise ValueError(f"FlareConfig.fusion_layers: {item!r} is not a block index")
+            raise ValueError(f"{item!r} is not a block index")
         if isinstance(item, int):
             lo = hi = item
         elif isinstance(item, str) and _RANGE.match(item):
@@ -179,15 +179,15 @@ def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> li
             lo = hi = int(item)
         else:
             raise ValueError(
-                f"FlareConfig.fusion_layers: cannot read {item!r}; expected one of {LAYER_GROUPS}, "
+                f"cannot read {item!r}; expected one of {LAYER_GROUPS}, "
                 "a block index, or an inclusive range like '0-5'"
             )
         lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
         if not (0 <= lo <= hi < num_layers):
             raise ValueError(
-                f"FlareConfig.fusion_layers: {item!r} is outside the {num_layers} blocks of this model"
+                f"fusion_layers: {item!r} is outside the {num_layers} blocks of this model"
             )
         out.update(range(lo, hi + 1))
     if not out:
-        raise ValueError("FlareConfig.fusion_layers: selects no block")
+        raise ValueError("selects no block")
     return sorted(out)

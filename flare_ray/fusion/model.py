@@ -9,7 +9,8 @@ model's *active fusion context*, which :meth:`FlareModel.forward` sets before
 the target pass and, when gradients are on, leaves in place until the next
 call, so that gradient checkpointing, which re-runs the blocks during backward,
 fuses exactly as the forward did and gradients reach ``A`` through the source
-branch too.
+branch too. The source representations come from the model's source provider
+(:mod:`~flare_ray.fusion.provider`): the source pass, or FLARE-MT's MT encoder.
 
 FLARE must never train as plain LoRA without anyone noticing (the authors'
 public code did, under gradient checkpointing): :meth:`FlareModel.require_fusion`
@@ -31,12 +32,13 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .alignment import Alignment, align
+from .alignment import Alignment, align, mask_or_ones, step_alignment
 from .config import FlareConfig
 from .functions import FUSION_FUNCTIONS, FusionFunction
-from .mt import load_mt_encoder, run_mt_encoder
+from .mt import MTSource
+from .provider import SourceBatch, SourceProvider
 from .sites import ArchitectureFamily, FusionSite, plan_fusion
-from .source import SourceStates, run_source_pass
+from .source import SourcePass, SourceStates
 
 WEIGHTS_NAME = "flare_model.safetensors"
 _FLARE_PREFIXES = ("fusions.", "mt_projection.")
@@ -48,6 +50,10 @@ class FusionContext:
 
     states: SourceStates
     alignment: Alignment
+
+    def for_step(self, total: int, new: int) -> FusionContext:
+        """The context of one decoding step (positions ``[total - new, total)``) of this prompt's context."""
+        return FusionContext(self.states, step_alignment(self.alignment, total, new))
 
 
 class FusionNotAppliedError(RuntimeError):
@@ -144,12 +150,12 @@ class FlareModel(nn.Module):
                 for site in self.plan.sites
             }
         )
-        self.mt_encoder = None
-        self.mt_projection = None
-        if mt_encoder is not None:
-            self._attach_mt_encoder(mt_encoder, base)
-        elif config.mt_encoder is not None:
-            self._attach_mt_encoder(load_mt_encoder(config.mt_encoder), base)
+        width = base.config.get_text_config().hidden_size
+        mt = MTSource.for_model(mt_encoder, config.mt_encoder, self.plan.sites, width)
+        # Registered here, so that FLARE-MT's weights are this model's (saved as ``mt_projection.*``).
+        self.mt_encoder = None if mt is None else mt.encoder
+        self.mt_projection = None if mt is None else mt.projection
+        self.source: SourceProvider = mt or SourcePass(peft_model, self.plan, config.source_representation)
         # New fusion parameters live where the adapter lives.
         device = next(p.device for p in base.parameters())
         for module in (self.fusions, self.mt_projection):
@@ -161,17 +167,6 @@ class FlareModel(nn.Module):
             site.layer.lora_B[self.adapter_name].register_forward_pre_hook(partial(self._fuse, site))
             for site in self.plan.sites
         ]
-
-    def _attach_mt_encoder(self, encoder: nn.Module, base: nn.Module) -> None:
-        width = base.config.get_text_config().hidden_size
-        for site in self.plan.sites:
-            if site.layer.in_features != width:
-                raise ValueError(
-                    f"FLARE-MT: fused module {site.name} takes {site.layer.in_features} features, "
-                    f"but latent translations are projected to the model width {width}"
-                )
-        self.mt_encoder = encoder.requires_grad_(False)
-        self.mt_projection = nn.Linear(encoder.config.d_model, width)
 
     # -- the fusion itself ---------------------------------------------------
     def _fuse(self, site: FusionSite, _lora_b: nn.Module, args: tuple[torch.Tensor, ...]):
@@ -185,10 +180,7 @@ class FlareModel(nn.Module):
                 f"built for {tuple(context.alignment.fuse.shape)}; call the FlareModel, not the wrapped model"
             )
         layer, name = site.layer, self.adapter_name
-        x_s = context.states.for_site(site.name)
-        if self.mt_projection is not None:
-            x_s = self.mt_projection(x_s.to(self.mt_projection.weight.dtype))
-        x_s = x_s.to(layer.lora_A[name].weight.dtype)
+        x_s = self.source.site_input(context.states, site).to(layer.lora_A[name].weight.dtype)
         a_s = layer.lora_A[name](layer.lora_dropout[name](x_s)).to(a_t.dtype)
         fusion: FusionFunction = self.fusions[_site_key(site)]
         alignment = context.alignment
@@ -212,47 +204,33 @@ class FlareModel(nn.Module):
         mt_attention_mask: torch.Tensor | None = None,
     ) -> SourceStates | None:
         """The source representations for a batch: the source pass, or the MT encoder for FLARE-MT."""
-        if self.mt_encoder is not None:
-            if source_input_ids is not None:
-                raise ValueError("FLARE-MT takes mt_input_ids (the target text in MT tokenization), not source_input_ids")
-            if mt_input_ids is None:
-                return None
-            return run_mt_encoder(self.mt_encoder, mt_input_ids, _ones_like(mt_input_ids, mt_attention_mask))
-        if mt_input_ids is not None:
-            raise ValueError("mt_input_ids given, but this FLARE model has no MT encoder (FlareConfig.mt_encoder)")
-        if source_input_ids is None:
-            return None
-        return run_source_pass(
-            self.peft_model,
-            self.plan,
-            self.config.source_representation,
-            source_input_ids,
-            _ones_like(source_input_ids, source_attention_mask),
-        )
+        batch = SourceBatch(source_input_ids, source_attention_mask, mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask)
+        return self.source.states(batch)
 
     def _context(
         self,
+        source: SourceBatch,
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
-        fusion_mask: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        source_states: SourceStates | None,
-        **source: torch.Tensor | None,
+        fusion_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> FusionContext | None:
+        """What the target pass fuses: ``None`` without a source or with fusion disabled."""
         if not self.fusion_enabled:
             return None
-        if source_states is None:
-            source_states = self.source_states(**source)
-        elif any(v is not None for v in source.values()):
-            raise ValueError("give either source_states or source inputs, not both")
-        if source_states is None:
+        states = source.states(self.source)
+        if states is None:
             return None
-        target_mask = _ones_like(input_ids, attention_mask)
+        target_mask = mask_or_ones(input_ids, attention_mask)
         if fusion_mask is None:
             fusion_mask = target_mask
             if self.family is ArchitectureFamily.DECODER and labels is not None:
                 fusion_mask = fusion_mask.bool() & (labels == -100)  # the prompt, not the answer
-        return FusionContext(source_states, align(target_mask, fusion_mask, source_states.attention_mask))
+        return FusionContext(states, align(target_mask, fusion_mask, states.attention_mask))
+
+    def _decoding_step(self, prompt: FusionContext, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of a decoder in :meth:`generate`: each step fuses only its prompt positions."""
+        self._active = prompt.for_step(*_step_span(kwargs))
 
     # -- the forward ---------------------------------------------------------
     def forward(
@@ -268,17 +246,8 @@ class FlareModel(nn.Module):
         fusion_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ):
-        self._active = self._context(
-            input_ids,
-            attention_mask,
-            fusion_mask,
-            kwargs.get("labels"),
-            source_states,
-            source_input_ids=source_input_ids,
-            source_attention_mask=source_attention_mask,
-            mt_input_ids=mt_input_ids,
-            mt_attention_mask=mt_attention_mask,
-        )
+        source = SourceBatch(source_input_ids, source_attention_mask, source_states, mt_input_ids, mt_attention_mask)
+        self._active = self._context(source, input_ids, attention_mask, fusion_mask, kwargs.get("labels"))
         try:
             return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
@@ -306,38 +275,13 @@ class FlareModel(nn.Module):
         Decoder: the prompt tokens fuse (at prefill); generated tokens are plain LoRA,
         as the answer tokens are in training. This holds with or without the KV cache.
         """
-        attention_mask = _ones_like(input_ids, attention_mask)
-        context = self._context(
-            input_ids,
-            attention_mask,
-            None,
-            None,
-            source_states,
-            source_input_ids=source_input_ids,
-            source_attention_mask=source_attention_mask,
-            mt_input_ids=mt_input_ids,
-            mt_attention_mask=mt_attention_mask,
-        )
+        attention_mask = mask_or_ones(input_ids, attention_mask)
+        source = SourceBatch(source_input_ids, source_attention_mask, source_states, mt_input_ids, mt_attention_mask)
+        context = self._context(source, input_ids, attention_mask)
         handle = None
         if context is not None and self.family is ArchitectureFamily.DECODER:
-            prompt_len = input_ids.shape[1]
-
-            def prompt_only(_module, args, kwargs):
-                # Each step sees the positions [total - new, total): fuse only those inside the prompt.
-                step_input = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-                new = step_input.shape[1]
-                full_mask = kwargs.get("attention_mask")
-                if full_mask is None:  # no padding anywhere: generate drops the all-ones mask
-                    # transformers 5 passes the KV cache as ``cache`` (``past_key_values`` before)
-                    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-                    total = new + (cache.get_seq_length() if cache is not None else 0)
-                    full_mask = torch.ones(step_input.shape[0], total, dtype=torch.long, device=step_input.device)
-                prompt = torch.zeros_like(full_mask, dtype=torch.bool)
-                prompt[:, :prompt_len] = attention_mask.bool()
-                step = align(full_mask, prompt, context.states.attention_mask)
-                self._active = FusionContext(context.states, step.last(new))
-
-            handle = self.peft_model.get_base_model().register_forward_pre_hook(prompt_only, with_kwargs=True)
+            hook = partial(self._decoding_step, context)
+            handle = self.peft_model.get_base_model().register_forward_pre_hook(hook, with_kwargs=True)
         self._active = context
         try:
             return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
@@ -466,9 +410,14 @@ def get_flare_model(
     return FlareModel(get_peft_model(model, lora_config), config, mt_encoder=mt_encoder)
 
 
-def _ones_like(input_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is not None:
-        return mask
-    if input_ids is None:
-        raise ValueError("FLARE needs input_ids or an attention_mask to align source and target tokens")
-    return torch.ones_like(input_ids)
+def _step_span(kwargs: dict[str, Any]) -> tuple[int, int]:
+    """``(total, new)`` of a decoding step from the base model's keyword arguments: the step sees
+    positions ``[total - new, total)`` of the sequence so far."""
+    step_input = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+    new = step_input.shape[1]
+    if kwargs.get("attention_mask") is not None:
+        return kwargs["attention_mask"].shape[1], new
+    # No padding anywhere: generate drops the all-ones mask. transformers 5 passes the KV cache
+    # as ``cache`` (``past_key_values`` before).
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return new + (cache.get_seq_length() if cache is not None else 0), new

@@ -1,17 +1,25 @@
 """FLARE-MT: latent translations from the encoder of an MT model (M2M100/NLLB).
 
 The MT encoder reads the *target* text and its final hidden states serve as the
-source representation of every fused layer (after a trainable projection to the
-model width, owned by :class:`~flare_ray.fusion.model.FlareModel`). There is no
-source pass through the base model.
+source representation of every fused layer, after a trainable projection to the
+model width. :class:`MTSource` is the source provider (see
+:mod:`~flare_ray.fusion.provider`) holding both; there is no source pass
+through the base model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from .sites import FusionSite
 from .source import SourceStates, _eval_mode
+
+if TYPE_CHECKING:
+    from .provider import SourceBatch
 
 
 def load_mt_encoder(name_or_path: str, **from_pretrained_kwargs) -> nn.Module:
@@ -30,3 +38,38 @@ def run_mt_encoder(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: 
     with _eval_mode(encoder):
         hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return SourceStates(hidden=hidden, attention_mask=attention_mask)
+
+
+class MTSource:
+    """Source provider: the frozen MT ``encoder`` on ``mt_input_ids`` and its ``projection``
+    (trainable, ``d_mt -> width``), applied where each site reads the latent translation.
+
+    The FLARE model registers both modules (its weights are saved as ``mt_projection.*``).
+    """
+
+    def __init__(self, encoder: nn.Module, sites: Sequence[FusionSite], width: int) -> None:
+        for site in sites:
+            if site.layer.in_features != width:
+                raise ValueError(
+                    f"FLARE-MT: fused module {site.name} takes {site.layer.in_features} features, "
+                    f"but latent translations are projected to the model width {width}"
+                )
+        self.encoder = encoder.requires_grad_(False)
+        self.projection = nn.Linear(encoder.config.d_model, width)
+
+    @classmethod
+    def for_model(
+        cls, encoder: nn.Module | None, name_or_path: str | None, sites: Sequence[FusionSite], width: int
+    ) -> MTSource | None:
+        """The provider for ``encoder``, else for the one loaded from ``name_or_path``; ``None`` for neither."""
+        if encoder is None and name_or_path is not None:
+            encoder = load_mt_encoder(name_or_path)
+        return None if encoder is None else cls(encoder, sites, width)
+
+    def states(self, batch: SourceBatch) -> SourceStates | None:
+        inputs = batch.inputs(mt=True)
+        return None if inputs is None else run_mt_encoder(self.encoder, *inputs)
+
+    def site_input(self, states: SourceStates, site: FusionSite) -> torch.Tensor:
+        # Inside the fusion hook, so that checkpointed blocks re-run the projection in backward.
+        return self.projection(states.for_site(site.name).to(self.projection.weight.dtype))

@@ -7,21 +7,26 @@ with dropout off, and keeps, for each fusion site, the representation chosen by
 block that any site needs.
 
 :class:`SourceStates` is also what a caller hands to the FLARE forward directly
-(from a cache, or latent translations from an MT encoder).
+(from a cache, or latent translations from an MT encoder), and
+:class:`SourcePass` is the source provider (see :mod:`~flare_ray.fusion.provider`)
+that runs the source pass for a FLARE model without an MT encoder.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from peft import PeftModel
 from torch import nn
 
 from .config import SourceRepresentation
-from .sites import ArchitectureFamily, FusionPlan, encoder_of
+from .sites import ArchitectureFamily, FusionPlan, FusionSite, encoder_of
+
+if TYPE_CHECKING:
+    from .provider import SourceBatch
 
 
 @dataclass
@@ -162,3 +167,17 @@ def run_source_pass(
     else:
         hidden = {site.name: by_block[site.block] for site in plan.sites}
     return SourceStates(hidden=hidden, attention_mask=attention_mask)
+
+
+class SourcePass:
+    """Source provider: the frozen base model's own source pass on ``source_input_ids``."""
+
+    def __init__(self, peft_model: PeftModel, plan: FusionPlan, representation: SourceRepresentation) -> None:
+        self.peft_model, self.plan, self.representation = peft_model, plan, representation
+
+    def states(self, batch: SourceBatch) -> SourceStates | None:
+        inputs = batch.inputs(mt=False)
+        return None if inputs is None else run_source_pass(self.peft_model, self.plan, self.representation, *inputs)
+
+    def site_input(self, states: SourceStates, site: FusionSite) -> torch.Tensor:
+        return states.for_site(site.name)

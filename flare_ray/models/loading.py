@@ -89,10 +89,16 @@ def resolve_name_or_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def infer_family(name_or_path: str) -> ArchitectureFamily:
-    """The architecture family from the model's config alone (no weights are loaded)."""
+def infer_family(name_or_path: str, family: str | None = None) -> ArchitectureFamily:
+    """``family`` if given, else the family of a tiny model, else read from the model's config alone
+    (no weights are loaded)."""
     from transformers import AutoConfig
 
+    from .tiny import FAMILIES
+
+    tiny = FAMILIES.get(name_or_path.removeprefix(TINY_PREFIX)) if name_or_path.startswith(TINY_PREFIX) else None
+    if family or tiny:
+        return ArchitectureFamily(family or tiny)
     config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path))
     if getattr(config, "is_encoder_decoder", False):
         return ArchitectureFamily.ENCODER_DECODER

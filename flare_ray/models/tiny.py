@@ -37,6 +37,8 @@ _FRAMING = {
     "gemma2": ("<s> $A", "<s> $A $B", "left"),
 }
 ARCHITECTURES = tuple(_FRAMING)
+#: The base models' architecture families (m2m_100 is FLARE-MT's MT model, not a base model).
+FAMILIES = {"xlm-roberta": "encoder", "mt5": "encoder_decoder", "llama": "decoder", "gemma2": "decoder"}
 
 
 def _config(arch: str):

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import datasets
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .metrics import CLASSIFICATION_METRICS, QA_METRICS
 
 Role = Literal["train", "validation", "test"]
 ROLES: tuple[Role, ...] = ("train", "validation", "test")
@@ -52,12 +54,21 @@ class SplitRecipe:
         return f"target: {self.target}; source: {self.source}"
 
 
+def mt_split_path(mt_dir: str | Path, task: str, language: str, role: str) -> Path:
+    """The parquet file of one translated split (written by ``python -m flare_ray.translate``)."""
+    return Path(mt_dir) / task / language / f"{role}.parquet"
+
+
 class TaskConfig(BaseModel):
-    """Which task, which target language, and where each split comes from."""
+    """Which task, which target language, and where each split comes from.
+
+    The base of the experiment's ``task:`` section (several languages) and of the
+    translation config's (no ``splits``). Local paths are made absolute here, once.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["xnli", "nusax", "tydiqa"]
+    name: Literal["xnli", "nusax", "tydiqa"] = Field(description="the task: xnli, nusax or tydiqa")
     language: str = Field(description="target language code, e.g. 'sw', 'jav'")
     data_dir: Path | None = Field(None, description="local copy of the data; default: the vendored copy")
     hub_id: str | None = Field(None, description="a Hugging Face hub dataset id instead of local files")
@@ -69,6 +80,11 @@ class TaskConfig(BaseModel):
     )
     max_records: dict[Role, int] = Field(default_factory=dict, description="keep only the first N rows of a role")
 
+    @field_validator("data_dir", "mt_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return path.expanduser().resolve() if path is not None else None
+
 
 class Task(ABC):
     """One task behind the common interface (see module docstring)."""
@@ -77,6 +93,11 @@ class Task(ABC):
     text_fields: ClassVar[tuple[str, ...]]
     labels: ClassVar[tuple[str, ...] | None] = None  # None: extractive QA
     primary_metric: ClassVar[str]
+
+    @classmethod
+    def metrics(cls) -> tuple[str, ...]:
+        """The names :meth:`score` reports."""
+        return CLASSIFICATION_METRICS if cls.labels else QA_METRICS
     languages: ClassVar[dict[str, str]]  # language code -> name used by the data files
     recipes: ClassVar[dict[Role, dict[str, SplitRecipe]]]  # role -> recipe name -> recipe
     defaults: ClassVar[dict[Role, str]]  # the offline default recipe per role
@@ -170,8 +191,6 @@ class Task(ABC):
         raise TaskDataError(f"task {self.name}: loading from the hub is not supported; use data_dir")
 
     def _load_mt(self, role: Role) -> datasets.Dataset:
-        from flare_ray.translate.store import mt_split_path
-
         path = mt_split_path(self.config.mt_dir, self.name, self.language, role)
         if not path.is_file():
             raise TaskDataError(

@@ -12,6 +12,13 @@ from typing import Sequence
 from sklearn.metrics import accuracy_score, f1_score
 
 INVALID = "<invalid>"
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "invalid")  # the keys of classification_scores
+QA_METRICS = ("exact_match", "f1")  # the keys of squad_scores
+
+
+def better(score: float, best: float, mode: str) -> bool:
+    """Is ``score`` better than ``best`` when the metric is maximised (``mode`` max) or minimised?"""
+    return score > best if mode == "max" else score < best
 
 
 def classification_scores(

@@ -1,32 +1,27 @@
-"""MLflow records of a sweep: one parent run, one nested child run per trial, the registry.
+"""MLflow records of a sweep: one parent run, the child runs' lookup, the best trials, the registry.
 
 * The parent run (one per sweep, found again by its tag on ``--resume``) holds
   the resolved config, the search space, the git commit, package versions, the
-  data provenance per language, and at the end the best trial per language.
-* :class:`MLflowTrialCallback` (a Ray Tune callback, on the Tune RunConfig)
-  opens a child run per trial (found again by the trial id on resume, so a
-  resumed sweep never duplicates runs), logs its hyperparameters, the
-  per-epoch curves, the test scores, and the best epoch's adapter as an artifact.
-* :func:`register_best` registers a trial's adapter in the model registry.
+  data provenance per language, the stage-1 adapter, and at the end the best
+  trial per language (:func:`log_best`) and the averages (:func:`end_sweep`).
+* The child runs, one per trial, are written by
+  :class:`~flare_ray.tracking.callback.MLflowTrialCallback`.
+* :func:`log_best` registers the best trial's adapter in the model registry.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
-import math
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from ray.tune import Callback
-from ray.tune.experiment import Trial
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # where Train's checkpoint path reaches Tune
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from flare_ray.storage import local_copy
+from flare_ray.storage import local_folder
 
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
@@ -67,11 +62,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _params(d: dict[str, Any]) -> dict[str, str]:
-    return {k: str(v)[:6000] for k, v in flatten(d).items()}
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Nested params flattened to dotted keys (values cut at MLflow's 6000 characters)."""
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
 
 
-def _find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]):
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]):
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
@@ -98,117 +96,19 @@ def start_parent_run(
         experiment_id = experiment.experiment_id
     else:
         experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
-    existing = _find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
+    existing = find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
     run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, "git_commit": git_commit()})
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[_param(k, v) for k, v in _params(config).items()])
+    log_params(client, run_id, config)
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
     client.log_text(run_id, search_space, "search_space.txt")
     client.log_dict(run_id, provenance, "data_provenance.json")
     for name, version in versions().items():
         client.set_tag(run_id, f"version.{name}", version)
     return run_id
-
-
-def _param(key: str, value: str):
-    from mlflow.entities import Param
-
-    return Param(key, value)
-
-
-def _metrics(result: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in result.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if "/" in key or key in {"epoch", "best_epoch"}:
-            out[key] = float(value)
-    return out
-
-
-class MLflowTrialCallback(Callback):
-    """One nested MLflow child run per Tune trial, with its curves and its best adapter."""
-
-    def __init__(
-        self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str
-    ) -> None:
-        self.tracking_uri = tracking_uri
-        self.storage_path = storage_path
-        self.parent_run_id = parent_run_id
-        self.language = language
-        self.metric = metric
-        self.mode = mode
-        self._runs: dict[str, str] = {}  # trial id -> run id
-        self._best: dict[str, tuple[float, str | None]] = {}  # trial id -> (score, checkpoint path)
-
-    @property
-    def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
-
-    def run_id(self, trial: Trial) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        client = self.client
-        parent = client.get_run(self.parent_run_id)
-        experiment_id = parent.info.experiment_id
-        found = _find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
-        if found is not None:
-            run_id = found.info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run = client.create_run(
-                experiment_id,
-                tags={
-                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
-                    TRIAL_TAG: trial.trial_id,
-                    LANGUAGE_TAG: self.language,
-                },
-            )
-            run_id = run.info.run_id
-            params = {**_params(trial.config), "language": self.language}
-            client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
-        self._runs[trial.trial_id] = run_id
-        return run_id
-
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self.run_id(trial)
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
-        run_id = self.run_id(trial)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = _metrics(result)
-        if result.get("final"):  # the trial's summary: its test scores (validation curves are already logged)
-            metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
-        if metrics:
-            from mlflow.entities import Metric
-
-            now = int(1000 * result.get("timestamp", 0)) or 0
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-        score, path = result.get(self.metric), result.get(CHECKPOINT_PATH_KEY)
-        if isinstance(score, (int, float)) and path:
-            best = self._best.get(trial.trial_id)
-            if best is None or (score > best[0] if self.mode == "max" else score < best[0]):
-                self._best[trial.trial_id] = (float(score), path)
-
-    def _finish(self, trial: Trial, status: str) -> None:
-        run_id = self.run_id(trial)
-        client = self.client
-        best = self._best.get(trial.trial_id)
-        if best is not None and best[1]:
-            with local_copy(best[1], self.storage_path) as folder:
-                client.log_artifacts(run_id, folder, ADAPTER_PATH)
-            client.set_tag(run_id, CHECKPOINT_TAG, best[1])
-        client.set_terminated(run_id, status=status)
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
 
 
 def register_best(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str]) -> str:
@@ -231,3 +131,62 @@ def log_stage1(client: MlflowClient, run_id: str, info: dict[str, Any]) -> None:
     for key, value in info["english_validation"].items():
         client.log_metric(run_id, f"stage1.english_validation.{key}", value)
     client.log_dict(run_id, info, "stage1/stage1.json")
+
+
+def resolve_tracking_uri(config, environ: dict[str, str] | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``tracking.tracking_uri``, else ``sqlite:///<storage>/mlflow.db``."""
+    env = os.environ if environ is None else environ
+    if env.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri:
+        return env.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+    folder = local_folder(config.storage_path)
+    if folder is None:
+        raise ValueError(f"storage_path {config.storage_path!r} is remote: set tracking.tracking_uri or MLFLOW_TRACKING_URI")
+    return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+
+
+def artifact_location(tracking_uri: str, storage_path: str) -> str | None:
+    """Where a new experiment of a local store keeps its artifacts: ``<storage>/mlartifacts``, not the
+    ``./mlruns`` of whatever folder the sweep runs in. None: a tracking server decides."""
+    folder = local_folder(storage_path)
+    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    return (folder / "mlartifacts").as_uri() if local_store and folder is not None else None
+
+
+def child_run(client: MlflowClient, parent: str, trial_id: str) -> str | None:
+    """The child run of a trial of the sweep."""
+    found = find_run(client, client.get_run(parent).info.experiment_id, {TRIAL_TAG: trial_id, MLFLOW_PARENT_RUN_ID: parent})
+    return found.info.run_id if found else None
+
+
+def log_scores(client: MlflowClient, run_id: str, scores: dict[str, float]) -> None:
+    for key, value in scores.items():
+        client.log_metric(run_id, key, value)
+
+
+def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
+    """Tag the best trial of a language on the parent run and register its adapter; the new version.
+
+    ``best``: a :class:`~flare_ray.search.summary.LanguageResult`.
+    """
+    prefix = f"best.{best.language}"
+    client.set_tag(parent, f"{prefix}.trial_id", best.trial_id)
+    client.set_tag(parent, f"{prefix}.run_id", best.run_id)
+    client.set_tag(parent, f"{prefix}.hyperparameters", json.dumps(best.hyperparameters, default=str))
+    client.log_metric(parent, f"{prefix}.validation", best.validation)
+    log_scores(client, parent, {f"{prefix}.{k.replace('/', '.')}": v for k, v in best.test.items()})
+    if ADAPTER_PATH not in [a.path for a in client.list_artifacts(best.run_id)]:
+        return None
+    tags = {
+        "task": config.task.name, LANGUAGE_TAG: best.language, "metric": config.search.metric,
+        "validation": f"{best.validation:.4f}", "hyperparameters": json.dumps(best.hyperparameters, default=str),
+        "base_model": config.model.name_or_path, "method": config.method.kind,
+    }
+    version = register_best(client, best.run_id, f"{config.name}-{config.task.name}-{best.language}", tags)
+    client.set_tag(parent, f"{prefix}.registered_version", version)
+    return version
+
+
+def end_sweep(client: MlflowClient, parent: str, status: str, averages: dict[str, float] | None = None) -> None:
+    """The sweep's averages over languages, and its parent run's status (FINISHED, KILLED, FAILED)."""
+    log_scores(client, parent, {f"average/{k}": v for k, v in (averages or {}).items()})
+    client.set_terminated(parent, status)

@@ -3,8 +3,8 @@
 :func:`score_checkpoint` is used for the best trial of a search when ASHA
 stopped it before its own final test scoring. The checkpoint folder holds the
 adapter and ``trial_config.json`` (the trial's experiment config and
-language), which is all it needs; the model is loaded by the same setup as the
-trial's (:mod:`flare_ray.training.setup`).
+language), which is all it needs; the model is loaded by the trial's own setup
+(:func:`flare_ray.training.setup.build_trial`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 
 from flare_ray.experiment import ExperimentConfig
-from flare_ray.fusion import FlareModel
 from flare_ray.storage import local_copy
-from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
 
-from .setup import load_base, task_encoder
+from .setup import build_trial
 
 TRIAL_CONFIG_NAME = "trial_config.json"
 
@@ -50,24 +48,9 @@ def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> 
 
 
 def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test") -> dict[str, float]:
-    """``checkpoint``: a folder, local or on the sweep's remote ``storage_path``."""
+    """``checkpoint``: a trial's adapter folder (with ``trial_config.json``), local or on the sweep's storage."""
     with local_copy(checkpoint, storage_path or checkpoint) as folder:
-        return _score_folder(Path(folder), role)
-
-
-def _score_folder(checkpoint: Path, role: str) -> dict[str, float]:
-    info = json.loads((checkpoint / TRIAL_CONFIG_NAME).read_text())
-    experiment = ExperimentConfig.model_validate(info["experiment"])
-    task = get_task(experiment.task.task_config(info["language"]))
-    records = task.load(role)
-    base = load_base(experiment, task, gradient_checkpointing=False)
-    if experiment.method.kind == "lora":
-        from peft import PeftModel
-
-        adapted = PeftModel.from_pretrained(base.model, checkpoint)
-    else:
-        adapted = FlareModel.from_pretrained(base.model, checkpoint)
-    if torch.cuda.is_available() and experiment.model.quantization == "none":  # 4-bit models are placed at load
-        adapted.to("cuda")
-    encoder = task_encoder(experiment, task, base)
-    return {f"{role}/{k}": v for k, v in score(task, encoder, adapted.eval(), records, experiment.training).items()}
+        info = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
+        experiment = ExperimentConfig.model_validate(info["experiment"])  # the checkpoint's JSON record
+        run = build_trial(experiment, info["language"], roles=(role,), adapter=Path(folder))
+        return {f"{role}/{k}": v for k, v in score(run.task, run.encoder, run.model, run.splits[role], experiment.training).items()}

@@ -29,16 +29,17 @@ import ray.train
 
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel
+from flare_ray.tasks.metrics import better
 
 from .engine import Engine
 from .evaluate import TRIAL_CONFIG_NAME, mean_loss, score
 from .setup import build_trial, optimizer_steps, train_loader
 
-__all__ = ["TRIAL_CONFIG_NAME", "better", "train_loop_per_worker"]
+__all__ = ["TRIAL_CONFIG_NAME", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    experiment = ExperimentConfig.model_validate(loop_config["experiment"])
+    experiment: ExperimentConfig = loop_config["experiment"]  # validated once, by the trial's driver
     language: str = loop_config["language"]
     training, metric, mode = experiment.training, experiment.search.metric, experiment.search.mode
     context = ray.train.get_context()
@@ -81,10 +82,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     final = {"epoch": training.epochs, "final": True, "best_epoch": best["epoch"], metric: best["score"]}
     final.update({f"test/{k}": v for k, v in scores.items()})
     ray.train.report(final)
-
-
-def better(score: float, best: float, mode: str) -> bool:
-    return score > best if mode == "max" else score < best
 
 
 def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int) -> ray.train.Checkpoint:

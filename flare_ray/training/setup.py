@@ -1,4 +1,4 @@
-"""The setup of a trial, shared by the trial recipe, stage 1 and checkpoint scoring.
+"""The setup of a run, :func:`build_trial`, shared by the trial recipe, stage 1 and checkpoint scoring.
 
 Everything a run needs before its first step is built here, in one order, so
 that a trial, stage 1 and a re-scored checkpoint load the same model in the
@@ -8,11 +8,12 @@ everywhere:
 1. :func:`seed_everything` (Python, NumPy, torch): the seed fixes the head's
    initialisation, the LoRA initialisation, dropout, and with
    :func:`train_loader`'s sampler the data order;
-2. the task and its splits (bad data fails here, before any model loads);
+2. the task and its splits (bad data fails here, before any model loads); for
+   stage 1 their English side (:func:`english_side`);
 3. :func:`load_base`: the base model and tokenizer, with the stage-1 adapter
    merged in when ``model.stage1`` names one;
-4. the adapter of the method (:func:`~flare_ray.training.adapter.build_adapter`) and the batch encoder
-   (:func:`task_encoder`).
+4. the adapter of the method (:func:`~flare_ray.training.adapter.build_adapter`),
+   or a saved one to score, and the batch encoder (:func:`task_encoder`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.experiment import ExperimentConfig
-from flare_ray.fusion import ArchitectureFamily
+from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
@@ -52,9 +54,7 @@ class Base:
     head: str  # "task" or "generative"
 
 
-def load_base(
-    experiment: ExperimentConfig, task: Task, *, with_stage1: bool = True, gradient_checkpointing: bool | None = None
-) -> Base:
+def load_base(experiment: ExperimentConfig, task: Task, *, gradient_checkpointing: bool | None = None) -> Base:
     """The base model (quantized as configured), its tokenizer, and the stage-1 adapter merged in.
 
     ``model.stage1`` is a folder written by stage 1 (a peft LoRA adapter with its task head); it is
@@ -62,7 +62,7 @@ def load_base(
     4-bit base gets its stage-1 weights the same way as a full-precision one.
     """
     spec = experiment.model
-    family = ArchitectureFamily(spec.resolved_family() or infer_family(spec.name_or_path))
+    family = infer_family(spec.name_or_path, spec.family)
     head = resolve_head(family, spec.head)
     if gradient_checkpointing is None:
         gradient_checkpointing = experiment.training.gradient_checkpointing
@@ -70,7 +70,7 @@ def load_base(
         spec.name_or_path, family, labels=task.labels, head=head, quantization=spec.quantization,
         dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
     )
-    if with_stage1 and spec.stage1 not in (None, "auto"):
+    if spec.stage1 not in (None, "auto"):
         model = merge_stage1(model, Path(spec.stage1))
     return Base(model, tokenizer, family, head)
 
@@ -86,7 +86,7 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     return PeftModel.from_pretrained(model, folder).merge_and_unload()
 
 
-def task_encoder(experiment: ExperimentConfig, task: Task, base: Base, *, source: bool | None = None) -> TaskEncoder:
+def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEncoder:
     """The batch encoder of a run: the source side for FLARE, the MT encoder's input for FLARE-MT."""
     method = experiment.method
     mt_tokenizer = None
@@ -94,10 +94,16 @@ def task_encoder(experiment: ExperimentConfig, task: Task, base: Base, *, source
         mt_tokenizer = load_mt_tokenizer(method.flare.mt_encoder, task.language)
     return TaskEncoder(
         task, base.tokenizer, base.family, experiment.training.max_length,
-        source=NEEDS_SOURCE[method.kind] if source is None else source,
+        source=NEEDS_SOURCE[method.kind],
         mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
         answer_tokens=experiment.training.max_new_tokens,
     )
+
+
+def english_side(task: Task, records: datasets.Dataset) -> datasets.Dataset:
+    """The records with their English (source) side as the side the model reads (stage 1)."""
+    columns = list(task.text_fields) + ([] if task.labels else ["answers"])
+    return records.map(lambda r: {f"target_{c}": r[f"source_{c}"] for c in columns})
 
 
 @dataclass
@@ -109,8 +115,14 @@ class TrialSetup:
     base: Base
 
 
-def build_trial(experiment: ExperimentConfig, language: str, roles=ROLES) -> TrialSetup:
-    """Seed, data, base model (with stage 1), adapter and encoder of one trial."""
+def build_trial(
+    experiment: ExperimentConfig, language: str, roles=ROLES, *, english: bool = False, adapter: Path | None = None
+) -> TrialSetup:
+    """Seed, data, base model (with stage 1), adapter and encoder of one run.
+
+    ``english``: the splits' English side (stage 1). ``adapter``: a saved trial adapter to score
+    (no gradient checkpointing, on the GPU when there is one) instead of a new one to train.
+    """
     if experiment.model.stage1 == "auto":
         raise ValueError(
             "model.stage1 is 'auto': the sweep trains stage 1 and hands trials its folder "
@@ -119,9 +131,22 @@ def build_trial(experiment: ExperimentConfig, language: str, roles=ROLES) -> Tri
     seed_everything(experiment.training.seed)
     task = get_task(experiment.task.task_config(language))
     splits = {role: task.load(role) for role in roles}  # data errors before the model
-    base = load_base(experiment, task)
-    model = build_adapter(base.model, experiment.method)
+    if english:
+        splits = {role: english_side(task, records) for role, records in splits.items()}
+    base = load_base(experiment, task, gradient_checkpointing=False if adapter else None)
+    model = build_adapter(base.model, experiment.method) if adapter is None else load_adapter(base, experiment, adapter)
     return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base)
+
+
+def load_adapter(base: Base, experiment: ExperimentConfig, folder: Path) -> torch.nn.Module:
+    """A trial's saved adapter on its base model, in eval mode."""
+    from peft import PeftModel
+
+    kind = PeftModel if experiment.method.kind == "lora" else FlareModel
+    adapted = kind.from_pretrained(base.model, folder)
+    if torch.cuda.is_available() and experiment.model.quantization == "none":  # 4-bit models are placed at load
+        adapted.to("cuda")
+    return adapted.eval()
 
 
 def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int) -> DataLoader:

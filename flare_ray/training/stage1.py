@@ -25,51 +25,42 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import datasets
 import ray.train
 
 from flare_ray.experiment import ExperimentConfig
-from flare_ray.tasks import Task, get_task
+from flare_ray.experiment.config import MethodSpec
+from flare_ray.storage import join, local_folder
+from flare_ray.tasks import get_task
+from flare_ray.tasks.metrics import better
 
 from .engine import Engine
 from .evaluate import mean_loss, score
-from .loop import better
-from .setup import build_adapter, load_base, optimizer_steps, seed_everything, task_encoder, train_loader
+from .setup import build_trial, english_side, optimizer_steps, train_loader
 
 STAGE1_INFO = "stage1.json"
 log = logging.getLogger(__name__)
 
 
-def english_side(task: Task, records: datasets.Dataset) -> datasets.Dataset:
-    """The records with their English (source) side as the side the model reads."""
-    columns = list(task.text_fields) + ([] if task.labels else ["answers"])
-    return records.map(lambda r: {f"target_{c}": r[f"source_{c}"] for c in columns})
-
-
 def stage1_experiment(experiment: ExperimentConfig) -> ExperimentConfig:
     """The experiment as stage 1 runs it: plain LoRA (``stage1.lora``), ``stage1.training``, no stage 1."""
-    data = experiment.model_dump(mode="json")
-    data["model"]["stage1"] = None
-    data["method"] = {"kind": "lora", "lora": (experiment.stage1.lora or experiment.method.lora).model_dump(mode="json")}
-    if experiment.stage1.training is not None:
-        data["training"] = experiment.stage1.training.model_dump(mode="json")
-    data["search"]["space"] = {}
-    return ExperimentConfig.model_validate(data)
-
-
-def _english_splits(experiment: ExperimentConfig) -> tuple[Task, datasets.Dataset, datasets.Dataset]:
-    task = get_task(experiment.task.task_config(experiment.task.languages[0]))
-    return task, english_side(task, task.load("train")), english_side(task, task.load("validation"))
+    update = {
+        "model": experiment.model.model_copy(update={"stage1": None}),
+        "method": MethodSpec(kind="lora", lora=experiment.stage1.lora or experiment.method.lora),
+        "training": experiment.stage1.training or experiment.training,
+        "search": experiment.search.model_copy(update={"space": {}}),
+    }
+    return experiment.model_copy(update=update)
 
 
 def fingerprint(experiment: ExperimentConfig) -> str:
     """A short hash of everything the stage-1 adapter depends on."""
     stage1 = stage1_experiment(experiment)
-    task, train, validation = _english_splits(stage1)
+    task = get_task(stage1.task.task_config(stage1.task.languages[0]))
     english = [f"source_{f}" for f in task.text_fields] + (["label"] if task.labels else ["source_answers"])
     digest = hashlib.sha256()
-    for records in (train, validation):
-        digest.update(json.dumps(records.select_columns(english).to_dict(), sort_keys=True, default=str).encode())
+    for role in ("train", "validation"):
+        records = english_side(task, task.load(role)).select_columns(english)
+        digest.update(json.dumps(records.to_dict(), sort_keys=True, default=str).encode())
     settings = {
         "model": stage1.model.model_dump(mode="json", exclude={"stage1"}),
         "task": task.name,
@@ -82,19 +73,16 @@ def fingerprint(experiment: ExperimentConfig) -> str:
 
 
 def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    experiment = ExperimentConfig.model_validate(loop_config["experiment"])
+    experiment: ExperimentConfig = loop_config["experiment"]
     output = Path(loop_config["output"])
     training = experiment.training
     metric = experiment.search.metric.split("/", 1)[1]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
-    seed_everything(training.seed)
-    task, train, validation = _english_splits(experiment)
-    base = load_base(experiment, task)
-    adapted = build_adapter(base.model, experiment.method)
-    encoder = task_encoder(experiment, task, base, source=False)
-    loader = train_loader(train, encoder, training, rank, world)
+    run = build_trial(experiment, experiment.task.languages[0], roles=("train", "validation"), english=True)
+    task, encoder, adapted, validation = run.task, run.encoder, run.model, run.splits["validation"]
+    loader = train_loader(run.splits["train"], encoder, training, rank, world)
     engine = Engine(adapted, training, experiment.scaling, optimizer_steps(loader, training),
                     quantized=experiment.model.quantization != "none")
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "scores": {}}
@@ -127,13 +115,13 @@ def run_stage1(experiment: ExperimentConfig, output: Path, fingerprint_: str | N
     scaling = stage1.scaling
     trainer = TorchTrainer(
         stage1_loop_per_worker,
-        train_loop_config={"experiment": stage1.model_dump(mode="json"), "output": str(output), "fingerprint": fingerprint_},
+        train_loop_config={"experiment": stage1, "output": str(output), "fingerprint": fingerprint_},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
         ),
         run_config=ray.train.RunConfig(
             name=f"{experiment.name}-stage1-{fingerprint_ or 'manual'}",
-            storage_path=str(Path(experiment.storage_path).expanduser().resolve() / "train"),
+            storage_path=join(experiment.storage_path, "train"),
         ),
     )
     trainer.fit()
@@ -145,13 +133,15 @@ def run_stage1(experiment: ExperimentConfig, output: Path, fingerprint_: str | N
 def ensure_stage1(experiment: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
     """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
     reused if it exists, else trained now. Returns the folder and its ``stage1.json`` (with ``reused``)."""
-    if "://" in experiment.storage_path:
+    storage = local_folder(experiment.storage_path)
+    if storage is None:
         raise ValueError(
-            f"model.stage1: auto keeps the stage-1 adapter under storage_path, which must be a local folder for now "
-            f"(got {experiment.storage_path!r}); train it with `python -m flare_ray.stage1` and set model.stage1"
+            f"model.stage1: auto keeps the stage-1 adapter under storage_path, which must be a local folder or a "
+            f"file:// URI for now (got {experiment.storage_path!r}); train it with `python -m flare_ray.stage1` and "
+            "set model.stage1"
         )
     key = fingerprint(experiment)
-    root = Path(experiment.storage_path).expanduser().resolve() / "stage1"
+    root = storage / "stage1"
     folder = root / key
     reused = (folder / STAGE1_INFO).is_file()
     if not reused:

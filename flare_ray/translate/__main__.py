@@ -1,6 +1,5 @@
-"""``python -m flare_ray.translate CONFIG.yaml``: see :mod:`flare_ray.translate.cli`."""
+"""``python -m flare_ray.translate CONFIG.yaml``: see :mod:`flare_ray.cli.translate`."""
 
-from .cli import main
+from flare_ray.cli.translate import main
 
-if __name__ == "__main__":
-    main()
+main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,13 +21,12 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
-    create_model,
     field_validator,
 )
 
 from flare_ray.tasks.base import ROLES, Role, TaskConfig
 
-from .languages import nllb_language
+from flare_ray.languages import nllb_language
 from .markers import Markers
 
 DEFAULT_MODEL = "facebook/nllb-200-3.3B"
@@ -38,24 +37,12 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
-_task_fields = TaskConfig.model_fields
-#: The ``task:`` section: the fields of :class:`~flare_ray.tasks.base.TaskConfig` that apply here
-#: (each role is loaded with the task's default recipe, so no ``splits`` and ``mt_dir``).
-TaskSection = create_model(
-    "TaskSection",
-    __config__=ConfigDict(extra="forbid"),
-    __doc__="Which task's splits to translate.",
-    name=(_task_fields["name"].annotation, Field(description="the task: " + ", ".join(get_args(_task_fields["name"].annotation)))),
-    **{key: (_task_fields[key].annotation, _task_fields[key]) for key in ("language", "data_dir", "hub_id", "max_records")},
-)
-
-
 class TranslateConfig(BaseModel):
     """What to translate, with which NLLB-200 model, where to, and how to run it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task: TaskSection = Field(description="which task's splits to translate")
+    task: TaskConfig = Field(description="which task's splits to translate (each role with the task's default recipe)")
     mt_dir: Path = Field(description="output folder: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json")
     roles: list[Role] = Field(
         default_factory=lambda: list(ROLES),
@@ -87,12 +74,15 @@ class TranslateConfig(BaseModel):
 
     @field_validator("task")
     @classmethod
-    def _language_known(cls, task: BaseModel) -> BaseModel:
+    def _language_known(cls, task: TaskConfig) -> TaskConfig:
         from flare_ray.tasks import TASKS
 
         languages = TASKS[task.name].languages
         if task.language not in languages:
             raise ValueError(f"language {task.language!r} is not a language of {task.name}; expected one of {sorted(languages)}")
+        if task.splits or task.mt_dir:
+            raise ValueError("task.splits and task.mt_dir do not apply: each role is translated from the task's "
+                             "default recipe, and written under mt_dir")
         nllb_language(task.language)  # ValueError if NLLB has no code and no fallback
         return task
 
@@ -120,14 +110,14 @@ class TranslateConfig(BaseModel):
         return model  # a hub id
 
     def task_config(self) -> TaskConfig:
-        return TaskConfig(**self.task.model_dump())
+        return self.task
 
     def answer_markers(self) -> Markers:
         return Markers(*self.markers)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = TaskSection if loc[:1] == ("task",) and len(loc) == 2 else TranslateConfig
+    model: type[BaseModel] = TaskConfig if loc[:1] == ("task",) and len(loc) == 2 else TranslateConfig
     return list(model.model_fields)
 
 
@@ -180,7 +170,7 @@ def describe_keys() -> str:
             line = f"{indent}{key}: {field.description} ({default})"
             out.append(textwrap.fill(line, width=100, subsequent_indent=indent + "    "))
             if key == "task":
-                out += lines(TaskSection, indent + "  ")
+                out += lines(TaskConfig, indent + "  ")
         return out
 
     return "\n".join(lines(TranslateConfig, "  "))

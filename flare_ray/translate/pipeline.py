@@ -19,7 +19,7 @@ from typing import Any, Callable
 from flare_ray.tasks import ROLES, Task, get_task
 
 from .config import TranslateConfig
-from .languages import NllbLanguage, nllb_language
+from flare_ray.languages import NllbLanguage, nllb_language
 from .records import Outcome, RolePlan, assemble, plan_role
 from .store import cached_provenance, files_sha256, mt_split_path, records_sha256, sha256_json, write_split
 from .translator import GREEDY, Segment, Translation, translate_with_ray

@@ -25,7 +25,7 @@ import datasets
 
 from flare_ray.tasks.base import Role, Task, TaskDataError
 
-from .languages import ENGLISH, NllbLanguage
+from flare_ray.languages import ENGLISH, NllbLanguage
 from .markers import MarkerError, Markers, extract_markers, insert_markers
 from .translator import Segment, Translation
 

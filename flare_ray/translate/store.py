@@ -16,13 +16,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flare_ray.tasks.base import mt_split_path
+
 if TYPE_CHECKING:
     import datasets
-
-
-def mt_split_path(mt_dir: str | Path, task: str, language: str, role: str) -> Path:
-    """The parquet file of one translated split."""
-    return Path(mt_dir) / task / language / f"{role}.parquet"
 
 
 def provenance_path(split_path: Path) -> Path:

@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from flare_ray.experiment import ExperimentConfigError, dry_run_text, load_experiment
+    from flare_ray.experiment import ExperimentConfigError, load_experiment
+    from flare_ray.search.plan import dry_run_text
 
     try:
         config = load_experiment(args.config, args.overrides)
@@ -68,7 +69,3 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary.where())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

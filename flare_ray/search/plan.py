@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import yaml
 
-from .config import ExperimentConfig, resolve_tracking_uri
-from .distributions import _flow
+from flare_ray.experiment import ExperimentConfig
+from flare_ray.experiment.distributions import flow
+from flare_ray.experiment.space import config_value
+from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
 
 
 def space_lines(config: ExperimentConfig) -> list[str]:
@@ -19,22 +21,16 @@ def space_lines(config: ExperimentConfig) -> list[str]:
             line += "  when " + ", ".join(_condition(ref, dist.condition_values(ref)) for ref in dist.when)
             fixed_false = [
                 ref for ref in dist.when
-                if ref not in space and _value(config, ref) not in dist.condition_values(ref)
+                if ref not in space and config_value(config, ref) not in dist.condition_values(ref)
             ]  # fmt: skip
             if fixed_false:
-                line += "  (never sampled: " + ", ".join(f"{r} is fixed to {_value(config, r)!r}" for r in fixed_false) + ")"
+                line += "  (never sampled: " + ", ".join(f"{r} is fixed to {config_value(config, r)!r}" for r in fixed_false) + ")"
         lines.append(line)
     return lines
 
 
 def _condition(ref: str, values: list) -> str:
-    return f"{ref} = {_flow(values[0])}" if len(values) == 1 else f"{ref} in {_flow(values)}"
-
-
-def _value(config: ExperimentConfig, key: str):
-    from .space import _config_value
-
-    return _config_value(config, key)
+    return f"{ref} = {flow(values[0])}" if len(values) == 1 else f"{ref} in {flow(values)}"
 
 
 def dry_run_text(config: ExperimentConfig) -> str:

@@ -42,7 +42,3 @@ def main(argv: list[str] | None = None) -> int:
     output = run_stage1(config, args.output)
     print(f"stage-1 checkpoint: {output}\nuse it with: --set model.stage1={output}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,80 @@
+"""One config object from the YAML to the Train workers: paths resolved once, validated once per trial.
+
+The trial is a real Ray Train run of the real trial loop (local Ray, tiny XLM-R, vendored NusaX);
+the workers report what they received to a file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flare_ray.experiment import ExperimentConfig, apply_sample, load_experiment
+from flare_ray.storage import join, local_folder
+
+pytestmark = pytest.mark.slow
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+SMALL = ["training.epochs=1", "task.max_records={train: 32, validation: 16, test: 16}", "scaling.cpus_per_worker=1"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import os
+
+    import ray
+
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def test_paths_are_resolved_once_at_load_and_uris_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stage1-adapter").mkdir()
+    config = load_experiment(QUICKSTART, ["storage_path=runs/rel", "task.data_dir=data", "model.stage1=stage1-adapter"])
+    assert config.storage_path == str(tmp_path / "runs" / "rel")
+    assert config.task.data_dir == tmp_path / "data" and config.model.stage1 == tmp_path / "stage1-adapter"
+    for uri in ("file:///srv/sweeps/x", "s3://bucket/sweeps", "gs://bucket/a/b"):
+        kept = load_experiment(QUICKSTART, [f"storage_path={uri}"])
+        assert kept.storage_path == uri and join(kept.storage_path, "train") == f"{uri}/train"
+    assert local_folder("file:///srv/sweeps/x") == Path("/srv/sweeps/x") and local_folder("s3://bucket/x") is None
+    again = ExperimentConfig.model_validate(config.model_dump(mode="json"))  # idempotent: the checkpoint's JSON record
+    assert again.storage_path == config.storage_path and again.task.data_dir == config.task.data_dir
+
+
+def _reporting_loop(loop_config):
+    """The real trial loop; before and after it, what this worker process received and validated."""
+    from flare_ray.experiment import ExperimentConfig as Received
+    from flare_ray.training.loop import train_loop_per_worker
+
+    experiment = loop_config["experiment"]
+    seen = {"type": f"{type(experiment).__module__}.{type(experiment).__qualname__}",
+            "validations_before": Received.validations, "storage_path": experiment.storage_path,
+            "fusion": experiment.method.flare.fusion}
+    train_loop_per_worker(loop_config)
+    seen["validations_after"] = Received.validations
+    Path(experiment.storage_path, "worker.json").write_text(json.dumps(seen))
+
+
+def test_the_worker_receives_the_validated_object_validated_once_per_trial(tmp_path, monkeypatch, local_ray):
+    from flare_ray.search.trial import trial_trainer
+
+    monkeypatch.chdir(tmp_path)
+    config = load_experiment(QUICKSTART, ["storage_path=relative-store", *SMALL])
+    before = ExperimentConfig.validations
+    trial = apply_sample(config, {"method.flare.fusion": "mul"})  # what run_trial does with Tune's sample
+    assert ExperimentConfig.validations == before + 1  # the trial's one validation
+    result = trial_trainer(trial, "jav", "journey", loop=_reporting_loop).fit()
+    assert result.error is None
+
+    seen = json.loads((tmp_path / "relative-store" / "worker.json").read_text())
+    assert seen["type"] == "flare_ray.experiment.config.ExperimentConfig"
+    assert seen["validations_before"] == 0 and seen["validations_after"] == 0  # never re-validated on the worker
+    assert seen["storage_path"] == str(tmp_path / "relative-store") and seen["fusion"] == "mul"
+    assert ExperimentConfig.validations == before + 1  # nor by building and fitting the Train run
+    assert result.metrics["epoch"] == 1 and "validation/macro_f1" in result.metrics  # the real loop ran
+    assert Path(result.path).is_relative_to(tmp_path / "relative-store" / "train")
