@@ -13,6 +13,11 @@ from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 
+def local_path(value: str) -> str:
+    """A local path made absolute; a URI (``scheme://...``) as it is."""
+    return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
 def local_folder(storage_path: str) -> Path | None:
     """The local folder of a plain path or a ``file://`` URI; None for a remote store."""
     if "://" not in storage_path:

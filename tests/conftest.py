@@ -27,3 +27,14 @@ def tiny_path(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-models")
     return lambda arch: tiny_model_path(arch, cache_dir=root)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for the tests of one module (Train V2)."""
+    import ray
+
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()

@@ -38,7 +38,7 @@ def test_kuberay_cluster_autoscales_gpu_workers_from_zero():
 
 
 def test_deepspeed_config_is_accepted_by_the_experiment_schema(tmp_path):
-    from flare_ray.experiment.config import ScalingSpec
+    from flare_ray.training.config import ScalingSpec
 
     path = CLUSTER / "deepspeed_zero2.json"
     scaling = ScalingSpec(num_workers=2, deepspeed=str(path))

@@ -20,18 +20,6 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickst
 SMALL = ["training.epochs=1", "task.max_records={train: 32, validation: 16, test: 16}", "scaling.cpus_per_worker=1"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import os
-
-    import ray
-
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def test_paths_are_resolved_once_at_load_and_uris_are_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "stage1-adapter").mkdir()

@@ -3,14 +3,21 @@ fusion off); source padding never reaches the fusion; unselected layers stay pla
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from flare_ray.fusion import default_task_type
 
-from .helpers import FAMILIES, FUSIONS, batches, flare, load_base, randomize_lora, source_kwargs
+from .helpers import (
+    FAMILIES,
+    FUSIONS,
+    batches,
+    flare,
+    load_base,
+    randomize_lora,
+    source_kwargs,
+)
 
 
 def logits(out):

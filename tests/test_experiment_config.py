@@ -120,7 +120,7 @@ BAD = {
         BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"
         "      {type: categorical, values: [1, 2], when: {method.flare.fuse: cross_attention}}\n",
         "search.space.method.flare.cross_attention_heads.when.method.flare.fuse",
-        "method.flare has no key 'fuse' (did you mean 'fusion'?)",
+        "unknown key in when: method.flare.fuse: unknown key 'fuse' (did you mean 'fusion'?)",
     ),
     "when on a key sampled later": (
         BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"

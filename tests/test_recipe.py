@@ -68,18 +68,6 @@ def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[d
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import os
-
-    import ray
-
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def minimal_peft_loop(experiment: ExperimentConfig) -> tuple[list[float], float]:
     """A plain peft LoRA loop: transformers + peft + torch only. Per-epoch training losses, final validation macro-F1."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -87,7 +75,9 @@ def minimal_peft_loop(experiment: ExperimentConfig) -> tuple[list[float], float]
     from torch.utils.data import DataLoader, DistributedSampler
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from flare_ray.models.loading import resolve_name_or_path  # only to find the tiny model's folder
+    from flare_ray.models.loading import (
+        resolve_name_or_path,  # only to find the tiny model's folder
+    )
     from flare_ray.tasks import get_task  # only to read the same records
 
     t, labels = experiment.training, ["positive", "neutral", "negative"]

@@ -118,6 +118,7 @@ def test_predict_and_score_with_a_flare_model(tiny_path, family, task_name, lang
     fm, tok = flare(tiny_path, family)
     if family == "encoder" and task_name == "tydiqa":
         from transformers import AutoModelForQuestionAnswering
+
         from flare_ray.fusion import FlareConfig, get_flare_model
 
         fm = get_flare_model(AutoModelForQuestionAnswering.from_pretrained(tiny_path("xlm-roberta")), FlareConfig()).eval()

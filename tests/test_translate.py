@@ -20,15 +20,19 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flare_ray.tasks import TASKS, TaskConfig, get_task
-from flare_ray.tasks.base import DATA_DIR
-from flare_ray.translate import pipeline
 from flare_ray.cli.translate import build_parser, main
-from flare_ray.tasks import TaskConfig
-from flare_ray.translate.config import TranslateConfig, parse_config
 from flare_ray.languages import FALLBACKS, NLLB_CODES, SOURCE, nllb_language
-from flare_ray.translate.markers import MarkerError, Markers, extract_markers, insert_markers
-from flare_ray.translate.store import mt_split_path, provenance_path
+from flare_ray.tasks import TASKS, TaskConfig, get_task
+from flare_ray.tasks.base import DATA_DIR, mt_split_path
+from flare_ray.translate import pipeline
+from flare_ray.translate.config import TranslateConfig, parse_config
+from flare_ray.translate.markers import (
+    MarkerError,
+    Markers,
+    extract_markers,
+    insert_markers,
+)
+from flare_ray.translate.store import provenance_path
 from flare_ray.translate.translator import NllbTranslator, Translation
 
 
@@ -65,15 +69,6 @@ def spans_consistent(records, side):
         for a in r[f"{side}_answers"]:
             assert r[f"{side}_context"][a["answer_start"] : a["answer_start"] + len(a["text"])] == a["text"], r["id"]
     return True
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 # -- languages and markers --------------------------------------------------------------------------------
@@ -194,8 +189,8 @@ def edit_csv(path, old, new, count=1):
         ("wrong_column", r"javanese/train\.csv: missing columns \['label'\]"),
         ("bad_label", r"javanese/train\.csv: line 2: label 'happy' is not one of"),
         ("unknown_language", r"task: language 'xx' is not a language of nusax; expected one of"),
-        ("unknown_key", r"colour: unknown key; expected one of \['task', 'mt_dir'"),
-        ("unknown_task_key", r"task\.split: unknown key; expected one of \['name', 'language'"),
+        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['task', 'mt_dir'"),
+        ("unknown_task_key", r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'"),
         ("missing_config", r"nope\.yaml: configuration file not found"),
     ],
 )

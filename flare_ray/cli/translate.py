@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
+from flare_ray.languages import FALLBACKS, nllb_language
 from flare_ray.tasks import TASKS, TaskDataError
 from flare_ray.translate.config import ConfigError, describe_keys, load_config
-from flare_ray.languages import FALLBACKS, nllb_language
 
 DESCRIPTION = """\
 Translate a task's splits with an NLLB-200 model (greedy decoding) as a Ray Data
@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flare_ray").setLevel(args.log_level)
 
-    from flare_ray.translate.pipeline import run  # after argument parsing: --help stays fast
+    from flare_ray.translate.pipeline import (
+        run,  # after argument parsing: --help stays fast
+    )
 
     try:
         config = load_config(args.config)

@@ -1,53 +1,36 @@
 """The experiment configuration: one YAML file describes one hyperparameter search.
 
-Every section is a pydantic model that refuses unknown keys, and the sections
-other parts own are their own types: ``method.flare`` *is*
-:class:`flare_ray.fusion.FlareConfig`, ``task`` extends
-:class:`flare_ray.tasks.TaskConfig` (languages and split recipes are checked by
-the task class). Local paths are made absolute when the file is loaded; URIs
-(``s3://``, ``gs://``, ``file://``) are kept as written. Read a file with
-:func:`flare_ray.experiment.load_experiment`.
-
-Defaults are ours unless a YAML says otherwise (the shipped ones follow the
-paper's Table 5): LoRA r 8, alpha 2 r, dropout 0.05 on peft's default modules;
-FLARE ``add_relu`` in all layers on query/value with ``next_block_output``
-sources; 10 epochs, batch 32, 128 tokens, learning rate 2e-4 with linear decay
-and 10 % warm-up, gradient clipping at 1.0, seed 42; TPE (seed 42), 8 trials,
-the task's primary validation metric, maximised.
+Every section refuses unknown keys, and the sections other packages own are their
+own types: ``method.flare`` *is* :class:`flare_ray.fusion.FlareConfig`, ``task``
+extends :class:`flare_ray.tasks.TaskConfig`, ``training``/``scaling``/``stage1``
+come from :mod:`flare_ray.training.config`. Local paths are made absolute here,
+once; URIs (``s3://``, ``gs://``, ``file://``) are kept as written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
-
-from flare_ray.fusion import FlareConfig
-from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
-from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
-
-from .distributions import Distribution, with_float_log
-
-# get_scheduler names that need arguments of their own (not offered in the YAML)
-_SCHEDULERS_NEEDING_ARGUMENTS = (
-    "reduce_lr_on_plateau", "warmup_stable_decay", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "greedy",
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
 )
 
+from flare_ray.configfile import FieldError
+from flare_ray.fusion import FlareConfig
+from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
+from flare_ray.storage import local_path
+from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
+from flare_ray.tracking.config import TrackingSpec
+from flare_ray.training.config import LoraSpec, ScalingSpec, Stage1Spec, TrainingSpec
 
-class FieldError(ValueError):
-    """A check across fields failed at ``path`` (relative to the model that raises it)."""
-
-    def __init__(self, path: tuple[str | int, ...] | str, message: str) -> None:
-        super().__init__(message)
-        self.path, self.message = ((path,) if isinstance(path, str) else tuple(path)), message
-
-
-def local_path(value: str) -> str:
-    """A local path made absolute; a URI (``scheme://...``) as it is."""
-    return value if "://" in value else str(Path(value).expanduser().resolve())
+from .distributions import Distribution, with_float_log
 
 
 class _Section(BaseModel):
@@ -57,13 +40,9 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """The pretrained model that FLARE adapts."""
 
-    name_or_path: str = Field(
-        min_length=1, description="hub id (e.g. 'FacebookAI/xlm-roberta-large'), a local checkpoint, or "
-        f"'tiny:<arch>' for the offline tiny models (arch in {list(TINY_FAMILIES)})",
-    )
-    family: Literal["encoder", "encoder_decoder", "decoder"] | None = Field(
-        None, description="architecture family; null: inferred from the model"
-    )
+    name_or_path: str = Field(min_length=1, description="hub id (e.g. 'FacebookAI/xlm-roberta-large'), a local "
+                              f"checkpoint, or 'tiny:<arch>', an offline tiny model (arch in {list(TINY_FAMILIES)})")
+    family: Literal["encoder", "encoder_decoder", "decoder"] | None = Field(None, description="null: from the model")
     quantization: Literal["none", "4bit"] = Field("none", description="'4bit': load with bitsandbytes NF4 (QLoRA)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the frozen base model")
     head: Literal["task", "generative"] | None = Field(
@@ -129,40 +108,6 @@ class TaskSpec(TaskConfig):
         return TaskConfig(**self.model_dump(exclude={"language", "languages"}), language=language)
 
 
-class LoraSpec(_Section):
-    """The LoRA adapter (peft ``LoraConfig``)."""
-
-    r: int = Field(8, ge=1, description="LoRA rank")
-    alpha: float | None = Field(None, gt=0, description="lora_alpha; null: alpha_ratio * r")
-    alpha_ratio: float | None = Field(None, gt=0, description="lora_alpha = alpha_ratio * r (default 2); not with alpha")
-    dropout: float = Field(0.05, ge=0, lt=1, description="lora_dropout")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(
-        None, description="module names to adapt, 'all-linear', or null (peft's default: attention query and value)"
-    )
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _one_module(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) and value != "all-linear" else value
-
-    @model_validator(mode="after")
-    def _one_alpha(self) -> "LoraSpec":
-        if self.alpha is not None and self.alpha_ratio is not None:
-            raise FieldError("alpha_ratio", f"set alpha ({self.alpha}) or alpha_ratio ({self.alpha_ratio}), not both")
-        return self
-
-    @property
-    def lora_alpha(self) -> int | float:
-        """The effective lora_alpha: ``alpha``, else ``alpha_ratio * r`` (ratio 2 by default)."""
-        alpha = self.alpha if self.alpha is not None else (self.alpha_ratio or 2.0) * self.r
-        return int(alpha) if float(alpha).is_integer() else alpha
-
-    def peft_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``peft.LoraConfig`` (add ``task_type``)."""
-        kwargs: dict[str, Any] = {"r": self.r, "lora_alpha": self.lora_alpha, "lora_dropout": self.dropout}
-        return kwargs | ({"target_modules": self.target_modules} if self.target_modules is not None else {})
-
-
 class MethodSpec(_Section):
     """Which adapter: FLARE, FLARE-MT (latent translations of an MT encoder), or plain LoRA."""
 
@@ -194,80 +139,6 @@ class MethodSpec(_Section):
         return self.flare if self.kind == "flare_mt" else dataclasses.replace(self.flare, mt_encoder=None)
 
 
-class TrainingSpec(_Section):
-    """The training loop of one trial."""
-
-    epochs: int = Field(10, ge=1, description="training epochs (one reported result per epoch)")
-    batch_size: int = Field(32, ge=1, description="per-device training batch size")
-    eval_batch_size: int = Field(64, ge=1, description="per-device evaluation batch size")
-    max_length: int = Field(128, ge=8, description="maximum tokens per sequence")
-    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
-    lr_scheduler: str = Field("linear", description="transformers' get_scheduler name: linear (warm-up, then linear "
-                              "decay to 0; the authors' and the HF Trainer's default), cosine, constant, ...")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of optimizer steps with linear warm-up")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm (HF Trainer's 1.0); null: no clipping")
-    seed: int = Field(42, description="seeds head initialisation, LoRA initialisation, data order and dropout")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (saves memory)")
-    max_new_tokens: int = Field(32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers")
-    grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
-
-    @field_validator("lr_scheduler")
-    @classmethod
-    def _scheduler(cls, value: str) -> str:
-        from transformers import SchedulerType
-
-        names = [s.value for s in SchedulerType if s.value not in _SCHEDULERS_NEEDING_ARGUMENTS]
-        if value not in names:
-            raise ValueError(f"unknown learning-rate scheduler {value!r}; expected one of {names}")
-        return value
-
-
-class Stage1Spec(_Section):
-    """Stage 1 (``model.stage1: auto``): a LoRA fine-tune on the English side of the task's training data,
-    merged into the base model before every trial; trained once per fingerprint."""
-
-    lora: LoraSpec | None = Field(None, description="the stage-1 LoRA; null: method.lora as written in the YAML")
-    training: TrainingSpec | None = Field(None, description="stage-1 training; null: the training section")
-
-
-class ScalingSpec(_Section):
-    """Resources of one trial (Ray Train workers); fixed for the whole search."""
-
-    num_workers: int = Field(1, ge=1, description="data-parallel workers per trial")
-    use_gpu: bool = Field(False, description="give each worker GPUs")
-    gpus_per_worker: float | None = Field(None, ge=0, description="null: 1 with use_gpu, else 0")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
-    deepspeed: dict[str, Any] | None = Field(
-        None, description="null, a DeepSpeed JSON config (path, relative to the working directory), or the config inline"
-    )
-
-    @field_validator("deepspeed", mode="before")
-    @classmethod
-    def _read(cls, value: Any) -> Any:
-        """A path is read here, so trials (on other nodes, in other folders) get the config inline."""
-        if not isinstance(value, (str, Path)):
-            return value
-        path = Path(value)
-        try:
-            return json.loads(path.read_text())
-        except OSError:
-            raise ValueError(f"DeepSpeed config {str(path)!r} not found (relative to {Path.cwd()})") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"DeepSpeed config {str(path)!r} is not valid JSON: {err}") from None
-
-    @model_validator(mode="after")
-    def _gpus(self) -> "ScalingSpec":
-        if self.gpus_per_worker and not self.use_gpu:
-            raise FieldError("gpus_per_worker", f"{self.gpus_per_worker} GPUs per worker needs use_gpu: true")
-        return self
-
-    def resources_per_worker(self) -> dict[str, float]:
-        """``{"CPU": ..., "GPU": ...}`` for Ray Train's ScalingConfig."""
-        gpus = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if self.use_gpu else 0.0)
-        return {"CPU": self.cpus_per_worker, "GPU": gpus}
-
-
 class SamplerSpec(_Section):
     """Optuna's sampler."""
 
@@ -287,9 +158,7 @@ class SchedulerSpec(_Section):
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
-    space: dict[str, Distribution] = Field(
-        default_factory=dict, description="dotted key path -> distribution (see flare_ray.experiment.space)"
-    )
+    space: dict[str, Distribution] = Field(default_factory=dict, description="dotted key path -> distribution")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Optuna sampler")
     scheduler: SchedulerSpec | None = Field(None, description="null: every trial runs all epochs")
     num_samples: int = Field(8, ge=1, description="trials per target language")
@@ -303,13 +172,6 @@ class SearchSpec(_Section):
     @classmethod
     def _loguniform(cls, space: Any) -> Any:
         return with_float_log(space)
-
-
-class TrackingSpec(_Section):
-    """MLflow tracking."""
-
-    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db")
-    experiment_name: str | None = Field(None, description="MLflow experiment; null: the sweep name")
 
 
 class ExperimentConfig(_Section):
@@ -355,6 +217,5 @@ class ExperimentConfig(_Section):
         return self
 
     @property
-    def source(self) -> str | None:
-        """The YAML file this config was loaded from (None if built in code)."""
+    def source(self) -> str | None:  # the YAML file this config was loaded from (None if built in code)
         return self._source

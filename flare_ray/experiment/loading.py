@@ -2,87 +2,30 @@
 
 Everything is checked before Ray starts; the first failing stage raises one
 :class:`~flare_ray.experiment.errors.ExperimentConfigError` naming the file
-(and line), the key path and what was expected. Numbers and booleans are read
-as YAML 1.2 reads them: ``2e-4`` is a float, and ``no``/``on`` stay strings (as
-language codes may be).
+(and line), the key path and what was expected. YAML is read by
+:mod:`flare_ray.configfile` (YAML 1.2 numbers and booleans).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from pydantic import ValidationError
 
+from flare_ray.configfile import (
+    Problem,
+    YAMLSyntaxError,
+    parse_value,
+    parse_yaml,
+    set_path,
+)
+
 from .config import ExperimentConfig
-from .errors import ExperimentConfigError, Problem, problems_of
-from .space import search_space_problems, set_path
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats (``1e-4``) and booleans (``true``/``false`` only)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+from .errors import ExperimentConfigError, problems_of
+from .space import search_space_problems
 
 Lines = dict[tuple[str | int, ...], int]
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, Lines]:
-    """The YAML document and the line (1-based) of every key path in it.
-
-    Syntax errors and duplicate keys raise :class:`ExperimentConfigError` naming
-    ``source`` and the line.
-    """
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
-        problem = " ".join(str(p) for p in (err.context, err.problem) if p)
-        raise ExperimentConfigError(source, [], summary=f"{where}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as err:
-        raise ExperimentConfigError(source, [], summary=f"{source}: YAML error: {err}") from None
-    finally:
-        loader.dispose()
-    lines: Lines = {}
-    duplicates: list[Problem] = []
-    if node is not None:
-        _index(node, (), lines, duplicates)
-    if duplicates:
-        raise ExperimentConfigError(source, duplicates, lines)
-    return data, lines
-
-
-def _index(node: yaml.Node, path: tuple, lines: Lines, duplicates: list[Problem]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key, line = str(key_node.value), key_node.start_mark.line + 1
-            if key in first:
-                duplicates.append(Problem(path + (key,), f"duplicate key (first at line {first[key]}); keep one"))
-            first.setdefault(key, line)
-            lines[path + (key,)] = line
-            _index(value_node, path + (key,), lines, duplicates)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _index(item, path + (i,), lines, duplicates)
 
 
 def parse_override(override: str) -> tuple[str, Any]:
@@ -92,10 +35,7 @@ def parse_override(override: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
         raise ValueError("expected key.path=value, e.g. training.epochs=3")
-    try:
-        return key, yaml.load(value, Loader=_Loader) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise ValueError(f"the value is not valid YAML: {err}") from None
+    return key, parse_value(value)
 
 
 def _override_parts(data: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -173,7 +113,13 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     except OSError as err:
         summary = f"{source}: cannot read the experiment config: {err.strerror or err}"
         raise ExperimentConfigError(source, [], summary=summary) from None
-    data, lines = parse_yaml(text, source)
+    try:
+        data, lines, duplicates = parse_yaml(text, source)
+    except YAMLSyntaxError as err:
+        raise ExperimentConfigError(source, [], summary=str(err)) from None
+    if duplicates:
+        problems = [Problem(path, f"duplicate key (first at line {first}); keep one") for path, first in duplicates]
+        raise ExperimentConfigError(source, problems, lines)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,24 +1,21 @@
-"""The search space at work: checked before Ray starts, sampled define-by-run, applied in the trial.
-
-* :func:`search_space_problems` applies every value a distribution can take
-  (categorical choices, range bounds) to the config, alone and in pairs, so a
-  bad key or choice fails here, naming it, and not in trial 17.
-* :class:`DefineByRun` is the define-by-run function of ``OptunaSearch(space=...)``:
-  it returns ``{dotted.key: value}`` of the sampled keys (each trial's Tune config).
-* :func:`apply_sample` writes a sample into the config: one validation per trial.
-"""
+"""The search space at work: :func:`search_space_problems` applies every value a distribution can take
+(choices, bounds) to the config, alone and in pairs, before Ray starts; :class:`DefineByRun` samples it for
+``OptunaSearch(space=...)`` as ``{dotted.key: value}`` (a trial's Tune config); :func:`apply_sample` writes
+a sample into the config, the trial's one validation."""
 
 from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from pydantic import ValidationError
 
+from flare_ray.configfile import Problem, format_path, get_path, set_path
+
 from .config import ExperimentConfig, SamplerSpec
 from .distributions import Categorical
-from .errors import ExperimentConfigError, Problem, did_you_mean, format_path, keys_at, problems_of
+from .errors import ExperimentConfigError, problems_of
 
 # Keys that stay fixed for a whole search, and why.
 FIXED_KEYS = {
@@ -33,26 +30,6 @@ FIXED_KEYS = {
     "model.stage1": "stage 1 is trained once for all trials of a sweep",
 }
 PAIR_CHECK_LIMIT = 4000  # most value pairs tried before the search starts
-
-
-def get_path(data: dict[str, Any], parts: Sequence[str]) -> Any:
-    """The value at ``parts`` in nested dicts; ``KeyError`` if absent."""
-    for part in parts:
-        if not isinstance(data, dict) or part not in data:
-            raise KeyError(part)
-        data = data[part]
-    return data
-
-
-def set_path(data: dict[str, Any], parts: Sequence[str], value: Any) -> None:
-    """Write ``value`` at ``parts`` in nested dicts, creating sections on the way."""
-    for i, part in enumerate(parts[:-1]):
-        if data.get(part) is None:
-            data[part] = {}
-        if not isinstance(data[part], dict):
-            raise ValueError(f"{'.'.join(parts[: i + 1])} is a value ({data[part]!r}), not a section")
-        data = data[part]
-    data[parts[-1]] = value
 
 
 def apply_sample(config: ExperimentConfig, sample: Mapping[str, Any]) -> ExperimentConfig:
@@ -139,22 +116,9 @@ def _structure_problems(config: ExperimentConfig) -> list[Problem]:
                 never = [v for v in dist.condition_values(ref) if v not in space[ref].values]
                 if never:
                     problems.append(Problem(at, f"{never} never sampled; expected values among {space[ref].values}"))
-            elif ref not in space:
-                problems += _unknown_key(config, ref, at)
+            elif ref not in space and _invalid(config, {ref: config_value(config, ref)}):  # no such key
+                problems.append(Problem(at, f"unknown key in when: {_invalid(config, {ref: None})}"))
     return problems
-
-
-def _unknown_key(config: ExperimentConfig, key: str, at: tuple) -> list[Problem]:
-    data, parts = config.model_dump(mode="json"), key.split(".")
-    for n, part in enumerate(parts):
-        here = ".".join(parts[:n]) or "the config"
-        if not isinstance(data, dict):
-            return [Problem(at, f"unknown key in when: {here} is a value, not a section")]
-        if part not in data:
-            hint = did_you_mean(part, keys_at(tuple(parts[:n])) or list(data))
-            return [Problem(at, f"unknown key in when: {here} has no key {part!r}{hint}")]
-        data = data[part]
-    return []
 
 
 def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | None:

@@ -238,15 +238,13 @@ class FlareModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
-        source_input_ids: torch.Tensor | None = None,
-        source_attention_mask: torch.Tensor | None = None,
-        source_states: SourceStates | None = None,
-        mt_input_ids: torch.Tensor | None = None,
-        mt_attention_mask: torch.Tensor | None = None,
         fusion_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ):
-        source = SourceBatch(source_input_ids, source_attention_mask, source_states, mt_input_ids, mt_attention_mask)
+        """The target pass, fusing the source given as :class:`SourceBatch`'s keyword arguments
+        (``source_input_ids``/``source_attention_mask``, ``source_states``, or FLARE-MT's
+        ``mt_input_ids``/``mt_attention_mask``); the other ``kwargs`` go to the peft model."""
+        source = SourceBatch.pop_from(kwargs)
         self._active = self._context(source, input_ids, attention_mask, fusion_mask, kwargs.get("labels"))
         try:
             return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -261,12 +259,6 @@ class FlareModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        *,
-        source_input_ids: torch.Tensor | None = None,
-        source_attention_mask: torch.Tensor | None = None,
-        source_states: SourceStates | None = None,
-        mt_input_ids: torch.Tensor | None = None,
-        mt_attention_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Generate with fusion.
@@ -276,7 +268,7 @@ class FlareModel(nn.Module):
         as the answer tokens are in training. This holds with or without the KV cache.
         """
         attention_mask = mask_or_ones(input_ids, attention_mask)
-        source = SourceBatch(source_input_ids, source_attention_mask, source_states, mt_input_ids, mt_attention_mask)
+        source = SourceBatch.pop_from(generate_kwargs)  # the same source keywords as forward
         context = self._context(source, input_ids, attention_mask)
         handle = None
         if context is not None and self.family is ArchitectureFamily.DECODER:

@@ -30,6 +30,11 @@ class SourceBatch:
     mt_input_ids: torch.Tensor | None = None
     mt_attention_mask: torch.Tensor | None = None
 
+    @classmethod
+    def pop_from(cls, kwargs: dict) -> "SourceBatch":
+        """The source keyword arguments, taken out of a call's ``kwargs`` (the rest goes to the model)."""
+        return cls(**{f.name: kwargs.pop(f.name, None) for f in fields(cls)})
+
     def states(self, provider: SourceProvider) -> SourceStates | None:
         """The given ``source_states``, else what ``provider`` makes of the inputs; ``None`` for no source."""
         if self.source_states is None:

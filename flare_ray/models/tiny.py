@@ -42,7 +42,13 @@ FAMILIES = {"xlm-roberta": "encoder", "mt5": "encoder_decoder", "llama": "decode
 
 
 def _config(arch: str):
-    from transformers import Gemma2Config, LlamaConfig, M2M100Config, MT5Config, XLMRobertaConfig
+    from transformers import (
+        Gemma2Config,
+        LlamaConfig,
+        M2M100Config,
+        MT5Config,
+        XLMRobertaConfig,
+    )
 
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocab_size=VOCAB_SIZE)
     if arch == "xlm-roberta":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import ray.tune
-from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -41,7 +40,7 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
-    client = MlflowClient(tracking_uri)
+    client = mlflow_runs.client(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
     parent = mlflow_runs.start_parent_run(
         client, config.tracking.experiment_name, config.name, config.model_dump(mode="json"), dry_run_text(config),
@@ -73,7 +72,7 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     return summary
 
 
-def _with_stage1(client: MlflowClient, parent: str, config: ExperimentConfig) -> ExperimentConfig:
+def _with_stage1(client, parent: str, config: ExperimentConfig) -> ExperimentConfig:
     """Train (or reuse) the stage-1 adapter, log it on the parent run, and point the trials at it."""
     from flare_ray.training.stage1 import ensure_stage1
 
@@ -137,7 +136,7 @@ def _finished(grid, num_samples: int, name: str):
     return grid
 
 
-def _score_stopped_trial(client: MlflowClient, config: ExperimentConfig, result: LanguageResult) -> dict[str, float]:
+def _score_stopped_trial(client, config: ExperimentConfig, result: LanguageResult) -> dict[str, float]:
     """ASHA stopped the best trial before its own test scoring: score its best adapter now, as a Ray task."""
     checkpoint = client.get_run(result.run_id).data.tags.get(mlflow_runs.CHECKPOINT_TAG)
     if not checkpoint:

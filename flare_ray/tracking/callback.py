@@ -15,12 +15,21 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
 from ray.tune.experiment import Trial
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # where Train's checkpoint path reaches Tune
+from ray.tune.integration.ray_train import (
+    CHECKPOINT_PATH_KEY,  # where Train's checkpoint path reaches Tune
+)
 
 from flare_ray.storage import local_copy
 from flare_ray.tasks.metrics import better
 
-from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, TRIAL_TAG, find_run, log_params
+from .mlflow_runs import (
+    ADAPTER_PATH,
+    CHECKPOINT_TAG,
+    LANGUAGE_TAG,
+    TRIAL_TAG,
+    find_run,
+    log_params,
+)
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -58,7 +67,7 @@ class MLflowTrialCallback(Callback):
         client = self.client
         parent = client.get_run(self.parent_run_id)
         experiment_id = parent.info.experiment_id
-        found = _find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+        found = find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
         if found is not None:
             run_id = found.info.run_id
             client.update_run(run_id, status="RUNNING")

@@ -69,6 +69,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
 
 
+def client(tracking_uri: str) -> MlflowClient:
+    """The MLflow client of a sweep's tracking store."""
+    return MlflowClient(tracking_uri)
+
+
 def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]):
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)

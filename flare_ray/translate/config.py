@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,17 +23,26 @@ from pydantic import (
     field_validator,
 )
 
+from flare_ray.configfile import (
+    ConfigFileError,
+    Problem,
+    YAMLSyntaxError,
+    parse_yaml,
+    problems_of,
+)
+from flare_ray.languages import nllb_language
 from flare_ray.tasks.base import ROLES, Role, TaskConfig
 
-from flare_ray.languages import nllb_language
 from .markers import Markers
 
 DEFAULT_MODEL = "facebook/nllb-200-3.3B"
 MODELS = ("facebook/nllb-200-3.3B", "facebook/nllb-200-distilled-600M")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and the key."""
+class ConfigError(ConfigFileError):
+    """A configuration that cannot be used; the message names the file, the line and the key."""
+
+    what = "configuration"
 
 
 class TranslateConfig(BaseModel):
@@ -116,42 +124,28 @@ class TranslateConfig(BaseModel):
         return Markers(*self.markers)
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = TaskConfig if loc[:1] == ("task",) and len(loc) == 2 else TranslateConfig
-    return list(model.model_fields)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key; expected one of {_allowed_keys(error['loc'])}"
-    if error["type"] == "missing":
-        return f"{key}: required key is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {error['input']!r})" if error["type"] != "value_error" else f"{key}: {message}"
-
-
-def parse_config(data: Any, source: str = "config") -> TranslateConfig:
-    """A validated configuration from a mapping; :class:`ConfigError` naming ``source`` and every bad key."""
+def parse_config(data: Any, source: str = "config", lines: dict | None = None) -> TranslateConfig:
+    """A validated configuration from a mapping; :class:`ConfigError` naming ``source``, the line and every bad key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of configuration keys, got {type(data).__name__}")
+        raise ConfigError(source, [Problem((), f"expected a mapping of configuration keys, got {type(data).__name__}")])
     try:
         return TranslateConfig.model_validate(data)
     except ValidationError as err:
-        lines = "\n".join(f"  {_describe(e)}" for e in err.errors())
-        raise ConfigError(f"{source}: invalid configuration:\n{lines}") from None
+        raise ConfigError(source, problems_of(err, TranslateConfig), lines) from None
 
 
 def load_config(path: str | Path) -> TranslateConfig:
     """Read and validate a YAML configuration file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: configuration file not found")
+        raise ConfigError(str(path), [], summary=f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    return parse_config(data, str(path))
+        data, lines, duplicates = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except YAMLSyntaxError as err:
+        raise ConfigError(str(path), [], summary=str(err)) from None
+    if duplicates:
+        raise ConfigError(str(path), [Problem(p, f"duplicate key (first at line {first})") for p, first in duplicates], lines)
+    return parse_config(data, str(path), lines)
 
 
 def describe_keys() -> str:

@@ -16,12 +16,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
+from flare_ray.languages import NllbLanguage, nllb_language
 from flare_ray.tasks import ROLES, Task, get_task
+from flare_ray.tasks.base import mt_split_path
 
 from .config import TranslateConfig
-from flare_ray.languages import NllbLanguage, nllb_language
 from .records import Outcome, RolePlan, assemble, plan_role
-from .store import cached_provenance, files_sha256, mt_split_path, records_sha256, sha256_json, write_split
+from .store import (
+    cached_provenance,
+    files_sha256,
+    records_sha256,
+    sha256_json,
+    write_split,
+)
 from .translator import GREEDY, Segment, Translation, translate_with_ray
 
 logger = logging.getLogger("flare_ray.translate")

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import datasets
 
+from flare_ray.languages import ENGLISH, NllbLanguage
 from flare_ray.tasks.base import Role, Task, TaskDataError
 
-from flare_ray.languages import ENGLISH, NllbLanguage
 from .markers import MarkerError, Markers, extract_markers, insert_markers
 from .translator import Segment, Translation
 

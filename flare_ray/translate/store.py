@@ -16,8 +16,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flare_ray.tasks.base import mt_split_path
-
 if TYPE_CHECKING:
     import datasets
 

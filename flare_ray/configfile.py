@@ -1,0 +1,208 @@
+"""YAML config files: YAML 1.2 scalars, the line of every key, duplicate keys, dotted key paths, and one
+error naming the file, line, key path and what was expected, made from pydantic's own locations and messages
+(plus a "did you mean" for unknown keys). Used by the experiment YAML and the translation config.
+
+Numbers and booleans are read as YAML 1.2 reads them: ``2e-4`` is a float (YAML
+1.1 and PyYAML's default read it as a string) and only ``true``/``false`` are
+booleans (``no``/``on`` stay strings, as language codes may be).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import yaml
+from pydantic import ValidationError
+
+KeyPath = tuple[str | int, ...]  # mapping keys (str) and list indices (int)
+_UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+class FieldError(ValueError):
+    """A check across fields failed at ``path`` (relative to the model that raises it)."""
+
+    def __init__(self, path: tuple[str | int, ...] | str, message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = ((path,) if isinstance(path, str) else tuple(path)), message
+
+
+class YAMLSyntaxError(ValueError):
+    """The text is not YAML; the message names the source, line and column."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (``1e-4``) and booleans (``true``/``false`` only)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tuple[KeyPath, int]]]:
+    """The document, the line (1-based) of every key path in it, and each duplicate key with the line
+    of its first occurrence. :class:`YAMLSyntaxError` naming ``source`` and the line."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        problem = " ".join(str(p) for p in (err.context, err.problem) if p)
+        raise YAMLSyntaxError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as err:
+        raise YAMLSyntaxError(f"{source}: YAML error: {err}") from None
+    finally:
+        loader.dispose()
+    lines: dict[KeyPath, int] = {}
+    duplicates: list[tuple[KeyPath, int]] = []
+    if node is not None:
+        _index(node, (), lines, duplicates)
+    return data, lines, duplicates
+
+
+def _index(node: yaml.Node, path: KeyPath, lines: dict, duplicates: list) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in first:
+                duplicates.append((path + (key,), first[key]))
+            first.setdefault(key, line)
+            lines[path + (key,)] = line
+            _index(value_node, path + (key,), lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _index(item, path + (i,), lines, duplicates)
+
+
+def parse_value(text: str) -> Any:
+    """One value written as YAML (``3``, ``[a, b]``, ``{r: 4}``); empty text is null."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"the value is not valid YAML: {err}") from None
+
+
+def get_path(data: Any, parts: Sequence[str]) -> Any:
+    """The value at ``parts`` in nested dicts; ``KeyError`` if absent."""
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(part)
+        data = data[part]
+    return data
+
+
+def set_path(data: dict[str, Any], parts: Sequence[str], value: Any) -> None:
+    """Write ``value`` at ``parts`` in nested dicts, creating sections on the way."""
+    for i, part in enumerate(parts[:-1]):
+        if data.get(part) is None:
+            data[part] = {}
+        if not isinstance(data[part], dict):
+            raise ValueError(f"{'.'.join(parts[: i + 1])} is a value ({data[part]!r}), not a section")
+        data = data[part]
+    data[parts[-1]] = value
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the configuration."""
+
+    path: KeyPath
+    message: str
+    origin: str | None = None  # e.g. "--set training.epochs=x", when not the file
+
+
+class ConfigFileError(ValueError):
+    """A config file is invalid; ``str()`` is the readable report (``what``: the kind of file)."""
+
+    what = "config"
+
+    def __init__(self, source: str, problems: list[Problem], lines: dict | None = None, summary: str | None = None):
+        self.source, self.problems, self.lines, self.summary = source, list(problems), dict(lines or {}), summary
+        super().__init__(str(self))
+
+    def __reduce__(self):  # picklable (Ray ships exceptions between processes)
+        return type(self), (self.source, self.problems, self.lines, self.summary)
+
+    def __str__(self) -> str:
+        if self.summary:
+            return self.summary
+        n = len(self.problems)
+        head = f"{self.source}: invalid {self.what} ({n} problem{'s' if n != 1 else ''})"
+        return "\n".join([head] + [f"  {self._where(p)}: {p.message}" for p in self.problems])
+
+    def _where(self, problem: Problem) -> str:
+        where = format_path(problem.path) or "<top level>"
+        if problem.origin:
+            return f"{where} (from {problem.origin})"
+        line = next((self.lines[problem.path[:n]] for n in range(len(problem.path), 0, -1)
+                     if problem.path[:n] in self.lines), None)  # the key's line, or its nearest section's
+        return f"line {line}, {where}" if line else where
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """``("search", "space", "method.lora.r", "values", 2)`` -> ``search.space.method.lora.r.values[2]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
+    close = close or sorted((o for o in options if str(word).startswith(o) or o.startswith(str(word))), key=len)[-1:]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def keys_at(root: type, loc: KeyPath) -> list[str]:
+    """The keys the section at a pydantic error location accepts (union tags included)."""
+    tp: Any = root
+    for part in loc:
+        tp = next((t for t in [_child(m, part) for m in _members(tp)] if t is not None), None)
+    return next((list(m.__pydantic_fields__) for m in _members(tp) if hasattr(m, "__pydantic_fields__")), [])
+
+
+def _members(tp: Any) -> list[Any]:
+    if typing.get_origin(tp) in (typing.Annotated, typing.Union) or type(tp).__name__ == "UnionType":
+        return [m for a in typing.get_args(tp)[: 1 if typing.get_origin(tp) is typing.Annotated else None]
+                for m in _members(a)]
+    return [tp]
+
+
+def _child(tp: Any, part: str | int) -> Any:
+    fields = getattr(tp, "__pydantic_fields__", None)
+    if fields is not None:
+        tag = fields.get("type")
+        return fields[part].annotation if part in fields else tp if tag and part in typing.get_args(tag.annotation) else None
+    return typing.get_args(tp)[-1] if typing.get_origin(tp) in (dict, list) else None
+
+
+def problems_of(err: ValidationError, root: type, prefix: KeyPath = ()) -> list[Problem]:
+    """Readable problems from pydantic's errors (the distribution tag dropped from the key path)."""
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(x for x in e["loc"] if x != "[key]")
+        path = prefix + (loc[:3] + loc[4:] if loc[:2] == ("search", "space") and len(loc) > 3 else loc)
+        error = (e.get("ctx") or {}).get("error")
+        if isinstance(error, FieldError):
+            problems.append(Problem(path + error.path, error.message))
+            continue
+        if e["type"] in _UNKNOWN:
+            allowed = keys_at(root, loc[:-1])
+            message = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], allowed)}; expected one of {allowed}"
+        elif e["type"] in ("value_error", "missing"):
+            message = e["msg"].removeprefix("Value error, ")
+        else:
+            got = repr(e.get("input"))
+            message = f"{e['msg']}; got {got if len(got) <= 80 else got[:77] + '...'}"
+        problems.append(Problem(path, message))
+    return problems
