@@ -12,10 +12,10 @@ from peft import PeftModel
 from flare_ray.experiment import load_experiment
 from flare_ray.fusion import FlareModel
 from flare_ray.models.loading import load_model, resolve_head
+from flare_ray.search.trial import score_checkpoint
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
 from flare_ray.training.adapter import NEEDS_SOURCE, build_adapter
-from flare_ray.training.evaluate import score_checkpoint
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"

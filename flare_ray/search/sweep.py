@@ -26,7 +26,7 @@ from flare_ray.tracking.callback import MLflowTrialCallback
 
 from .plan import dry_run_text
 from .summary import LanguageResult, SweepSummary, select_best
-from .trial import run_trial
+from .trial import run_trial, score_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,6 @@ def _score_stopped_trial(client, config: ExperimentConfig, result: LanguageResul
     if not checkpoint:
         log.warning("best trial %s of %s has no checkpoint to score on the test split", result.trial_id, result.language)
         return {}
-    from flare_ray.training.evaluate import score_checkpoint
-
     gpus = config.scaling.resources_per_worker()["GPU"]
     scores = ray.get(ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path))
     mlflow_runs.log_scores(client, result.run_id, scores)

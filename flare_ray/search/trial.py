@@ -10,6 +10,8 @@ to Tune, where ASHA and the MLflow callback see it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import ray.train
@@ -18,7 +20,8 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from flare_ray.experiment import ExperimentConfig, apply_sample
-from flare_ray.storage import join
+from flare_ray.storage import join, local_copy
+from flare_ray.training.evaluate import TRIAL_CONFIG_NAME, score_adapter
 from flare_ray.training.loop import train_loop_per_worker
 
 
@@ -49,3 +52,12 @@ def trial_trainer(
             callbacks=callbacks or [],
         ),
     )
+
+
+def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test") -> dict[str, float]:
+    """Score a trial's checkpoint (a folder, local or on the sweep's storage) from its ``trial_config.json``:
+    for the best trial of a search when ASHA stopped it before its own test scoring."""
+    with local_copy(checkpoint, storage_path or checkpoint) as folder:
+        record = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
+        experiment = ExperimentConfig.model_validate(record["experiment"])  # the checkpoint's JSON record
+        return score_adapter(experiment, record["language"], Path(folder), role)

@@ -1,26 +1,22 @@
-"""Scoring: a split's task metrics and loss, and re-scoring a saved trial adapter.
-
-:func:`score_checkpoint` is used for the best trial of a search when ASHA
-stopped it before its own final test scoring. The checkpoint folder holds the
-adapter and ``trial_config.json`` (the trial's experiment config and
-language), which is all it needs; the model is loaded by the trial's own setup
-(:func:`flare_ray.training.setup.build_trial`).
-"""
+"""Scoring: a split's task metrics and loss, and re-scoring a saved trial adapter (:func:`score_adapter`,
+used by :func:`flare_ray.search.trial.score_checkpoint` when ASHA stopped the best trial before its own
+test scoring)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from flare_ray.experiment import ExperimentConfig
-from flare_ray.storage import local_copy
 from flare_ray.tasks.encoding import TaskEncoder
 
 from .setup import build_trial
 
-TRIAL_CONFIG_NAME = "trial_config.json"
+if TYPE_CHECKING:  # the experiment config is built above this package and handed down
+    from flare_ray.experiment import ExperimentConfig
+
+TRIAL_CONFIG_NAME = "trial_config.json"  # beside a checkpoint's adapter: the trial's experiment and language
 
 
 def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, float]:
@@ -47,10 +43,7 @@ def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> 
     return total / max(count, 1)
 
 
-def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test") -> dict[str, float]:
-    """``checkpoint``: a trial's adapter folder (with ``trial_config.json``), local or on the sweep's storage."""
-    with local_copy(checkpoint, storage_path or checkpoint) as folder:
-        info = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
-        experiment = ExperimentConfig.model_validate(info["experiment"])  # the checkpoint's JSON record
-        run = build_trial(experiment, info["language"], roles=(role,), adapter=Path(folder))
-        return {f"{role}/{k}": v for k, v in score(run.task, run.encoder, run.model, run.splits[role], experiment.training).items()}
+def score_adapter(experiment: ExperimentConfig, language: str, folder: Path, role: str = "test") -> dict[str, float]:
+    """A saved trial adapter's scores on ``role`` (``{"test/<metric>": ...}``), loaded by the trial's own setup."""
+    run = build_trial(experiment, language, roles=(role,), adapter=folder)
+    return {f"{role}/{k}": v for k, v in score(run.task, run.encoder, run.model, run.splits[role], experiment.training).items()}

@@ -23,17 +23,19 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 
-from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
 from .engine import Engine
 from .evaluate import TRIAL_CONFIG_NAME, mean_loss, score
 from .setup import build_trial, optimizer_steps, train_loader
+
+if TYPE_CHECKING:  # the experiment config is built above this package and handed down
+    from flare_ray.experiment import ExperimentConfig
 
 __all__ = ["TRIAL_CONFIG_NAME", "train_loop_per_worker"]
 

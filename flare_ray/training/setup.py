@@ -21,13 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import (
     infer_family,
@@ -40,6 +39,9 @@ from flare_ray.tasks.base import ROLES
 from flare_ray.tasks.encoding import TaskEncoder
 
 from .adapter import NEEDS_SOURCE, build_adapter
+
+if TYPE_CHECKING:  # the experiment config is built above this package and handed down
+    from flare_ray.experiment import ExperimentConfig
 
 
 def seed_everything(seed: int) -> None:

@@ -23,12 +23,10 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 
-from flare_ray.experiment import ExperimentConfig
-from flare_ray.experiment.config import MethodSpec
 from flare_ray.storage import join, local_folder
 from flare_ray.tasks import get_task
 from flare_ray.tasks.metrics import better
@@ -36,6 +34,9 @@ from flare_ray.tasks.metrics import better
 from .engine import Engine
 from .evaluate import mean_loss, score
 from .setup import build_trial, english_side, optimizer_steps, train_loader
+
+if TYPE_CHECKING:  # the experiment config is built above this package and handed down
+    from flare_ray.experiment import ExperimentConfig
 
 STAGE1_INFO = "stage1.json"
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def stage1_experiment(experiment: ExperimentConfig) -> ExperimentConfig:
     """The experiment as stage 1 runs it: plain LoRA (``stage1.lora``), ``stage1.training``, no stage 1."""
     update = {
         "model": experiment.model.model_copy(update={"stage1": None}),
-        "method": MethodSpec(kind="lora", lora=experiment.stage1.lora or experiment.method.lora),
+        "method": experiment.method.model_copy(update={"kind": "lora", "lora": experiment.stage1.lora or experiment.method.lora}),
         "training": experiment.stage1.training or experiment.training,
         "search": experiment.search.model_copy(update={"space": {}}),
     }
