@@ -187,11 +187,12 @@ def _child(tp: Any, part: str | int) -> Any:
 
 
 def problems_of(err: ValidationError, root: type, prefix: KeyPath = ()) -> list[Problem]:
-    """Readable problems from pydantic's errors (the distribution tag dropped from the key path)."""
+    """Readable problems from pydantic's errors of a ``root`` model (locations as pydantic gives them,
+    union tags included)."""
     problems = []
     for e in err.errors(include_url=False):
         loc = tuple(x for x in e["loc"] if x != "[key]")
-        path = prefix + (loc[:3] + loc[4:] if loc[:2] == ("search", "space") and len(loc) > 3 else loc)
+        path = prefix + loc
         error = (e.get("ctx") or {}).get("error")
         if isinstance(error, FieldError):
             problems.append(Problem(path + error.path, error.message))

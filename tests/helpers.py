@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from flare_ray.fusion import FlareConfig, get_flare_model
 

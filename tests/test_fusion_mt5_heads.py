@@ -10,11 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import TaskType
-from transformers import (
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
 from flare_ray.fusion import FlareConfig, default_task_type, get_flare_model
 

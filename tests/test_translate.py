@@ -26,12 +26,7 @@ from flare_ray.tasks import TASKS, TaskConfig, get_task
 from flare_ray.tasks.base import DATA_DIR, mt_split_path
 from flare_ray.translate import pipeline
 from flare_ray.translate.config import TranslateConfig, parse_config
-from flare_ray.translate.markers import (
-    MarkerError,
-    Markers,
-    extract_markers,
-    insert_markers,
-)
+from flare_ray.translate.markers import MarkerError, Markers, extract_markers, insert_markers
 from flare_ray.translate.store import provenance_path
 from flare_ray.translate.translator import NllbTranslator, Translation
 

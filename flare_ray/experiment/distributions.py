@@ -137,3 +137,4 @@ class FloatRange(_Range):
 
 
 Distribution = Annotated[Union[Categorical, IntRange, FloatRange], Field(discriminator="type")]
+TAGS = ("categorical", "int", "float")

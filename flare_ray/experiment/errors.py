@@ -8,6 +8,7 @@ from flare_ray.configfile import ConfigFileError, KeyPath, Problem
 from flare_ray.configfile import problems_of as _problems_of
 
 from .config import ExperimentConfig
+from .distributions import TAGS
 
 
 class ExperimentConfigError(ConfigFileError):
@@ -17,5 +18,10 @@ class ExperimentConfigError(ConfigFileError):
 
 
 def problems_of(err: ValidationError, prefix: KeyPath = ()) -> list[Problem]:
-    """Readable problems from pydantic's errors of :class:`ExperimentConfig`."""
-    return _problems_of(err, ExperimentConfig, prefix)
+    """Readable problems from pydantic's errors of :class:`ExperimentConfig`, without the distribution's
+    type tag that pydantic puts in a location (``search.space.<key>.categorical.values``)."""
+    problems = _problems_of(err, ExperimentConfig, prefix)
+    for p in problems:
+        if p.path[:2] == ("search", "space") and len(p.path) > 3 and p.path[3] in TAGS:
+            p.path = p.path[:3] + p.path[4:]
+    return problems

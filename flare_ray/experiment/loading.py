@@ -13,13 +13,7 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from flare_ray.configfile import (
-    Problem,
-    YAMLSyntaxError,
-    parse_value,
-    parse_yaml,
-    set_path,
-)
+from flare_ray.configfile import Problem, YAMLSyntaxError, parse_value, parse_yaml, set_path
 
 from .config import ExperimentConfig
 from .errors import ExperimentConfigError, problems_of

@@ -22,14 +22,7 @@ from ray.tune.integration.ray_train import (
 from flare_ray.storage import local_copy
 from flare_ray.tasks.metrics import better
 
-from .mlflow_runs import (
-    ADAPTER_PATH,
-    CHECKPOINT_TAG,
-    LANGUAGE_TAG,
-    TRIAL_TAG,
-    find_run,
-    log_params,
-)
+from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, TRIAL_TAG, find_run, log_params
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -28,12 +28,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.fusion import ArchitectureFamily, FlareModel
-from flare_ray.models.loading import (
-    infer_family,
-    load_model,
-    load_mt_tokenizer,
-    resolve_head,
-)
+from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
 from flare_ray.tasks.encoding import TaskEncoder

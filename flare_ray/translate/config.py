@@ -23,13 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from flare_ray.configfile import (
-    ConfigFileError,
-    Problem,
-    YAMLSyntaxError,
-    parse_yaml,
-    problems_of,
-)
+from flare_ray.configfile import ConfigFileError, Problem, YAMLSyntaxError, parse_yaml, problems_of
 from flare_ray.languages import nllb_language
 from flare_ray.tasks.base import ROLES, Role, TaskConfig
 

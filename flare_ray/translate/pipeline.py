@@ -22,13 +22,7 @@ from flare_ray.tasks.base import mt_split_path
 
 from .config import TranslateConfig
 from .records import Outcome, RolePlan, assemble, plan_role
-from .store import (
-    cached_provenance,
-    files_sha256,
-    records_sha256,
-    sha256_json,
-    write_split,
-)
+from .store import cached_provenance, files_sha256, records_sha256, sha256_json, write_split
 from .translator import GREEDY, Segment, Translation, translate_with_ray
 
 logger = logging.getLogger("flare_ray.translate")
