@@ -39,6 +39,9 @@ class ConfigError(ConfigFileError):
     what = "configuration"
 
 
+NOT_HERE = ("splits", "mt_dir")  # task keys that do not apply: each role is translated from its default recipe
+
+
 class TranslateConfig(BaseModel):
     """What to translate, with which NLLB-200 model, where to, and how to run it."""
 
@@ -82,7 +85,7 @@ class TranslateConfig(BaseModel):
         languages = TASKS[task.name].languages
         if task.language not in languages:
             raise ValueError(f"language {task.language!r} is not a language of {task.name}; expected one of {sorted(languages)}")
-        if task.splits or task.mt_dir:
+        if any(getattr(task, key) for key in NOT_HERE):
             raise ValueError("task.splits and task.mt_dir do not apply: each role is translated from the task's "
                              "default recipe, and written under mt_dir")
         nllb_language(task.language)  # ValueError if NLLB has no code and no fallback
@@ -148,6 +151,8 @@ def describe_keys() -> str:
     def lines(model: type[BaseModel], indent: str) -> list[str]:
         out = []
         for key, field in model.model_fields.items():
+            if model is TaskConfig and key in NOT_HERE:
+                continue
             if field.is_required():
                 default = "required"
             elif field.get_default(call_default_factory=True) is None:
