@@ -8,8 +8,6 @@ with ``warmup_ratio`` of the optimizer steps as warm-up), gradient clipping at
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -91,8 +89,9 @@ class Engine:
                 params[k].copy_(v.to(params[k].device))
 
 
-def _deepspeed_config(spec, training) -> dict[str, Any]:
-    config = dict(spec) if isinstance(spec, dict) else json.loads(Path(spec).read_text())
+def _deepspeed_config(spec: dict[str, Any], training) -> dict[str, Any]:
+    """``scaling.deepspeed`` (read from its file when the YAML was loaded) with the training loop's settings."""
+    config = dict(spec)
     config.setdefault("train_micro_batch_size_per_gpu", training.batch_size)
     config.setdefault("gradient_accumulation_steps", training.grad_accumulation)
     config.setdefault("gradient_clipping", training.max_grad_norm or 0.0)
