@@ -383,3 +383,14 @@ def test_method_helpers_and_deepspeed_file(tmp_path):
     assert flare.method.flare_config().mt_encoder is None  # only FLARE-MT uses the MT encoder
     message = error_of(write(tmp_path, BASE + "scaling: {deepspeed: missing.json}\n"))
     assert "scaling.deepspeed" in message and "DeepSpeed config 'missing.json' not found" in message
+
+
+def test_the_task_section_is_the_tasks_own_config(tmp_path):
+    from flare_ray.tasks import TaskConfig
+
+    one = load_experiment(write(tmp_path, BASE.replace("languages: [jav]", "language: jav")))
+    assert isinstance(one.task, TaskConfig) and one.task.languages == ["jav"] and one.task.language is None
+    assert one.task.task_config("jav") == TaskConfig(name="nusax", language="jav", data_dir=one.task.data_dir)
+    message = error_of(write(tmp_path, BASE.replace("languages: [jav]", "language: jav, languages: [ban]")))
+    assert "task.languages" in message and "set language or languages, not both" in message
+    assert "expected at least one target language" in error_of(write(tmp_path, BASE.replace(", languages: [jav]", "")))

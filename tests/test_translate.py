@@ -187,6 +187,7 @@ def edit_csv(path, old, new, count=1):
         ("unknown_language", r"task: language 'xx' is not a language of nusax; expected one of"),
         ("unknown_key", r"colour: unknown key 'colour'; expected one of \['task', 'mt_dir'"),
         ("unknown_task_key", r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'"),
+        ("splits_given", r"task: task\.splits and task\.mt_dir do not apply"),
         ("missing_config", r"nope\.yaml: configuration file not found"),
     ],
 )
@@ -206,6 +207,8 @@ def test_bad_input_is_one_clear_error_before_any_model_load(tmp_path, monkeypatc
         config["colour"] = "blue"
     elif case == "unknown_task_key":
         config["task"]["split"] = "train"
+    elif case == "splits_given":
+        config["task"]["splits"] = {"train": "mt"}
     path = tmp_path / "nope.yaml" if case == "missing_config" else write_config(tmp_path, **config)
     with pytest.raises(SystemExit) as exit_:
         main([str(path)])
