@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import optuna.distributions as od
 import yaml
@@ -80,7 +80,8 @@ class Categorical(_Distribution):
         return od.CategoricalDistribution(self.labels())
 
     def suggest(self, trial: Any, name: str) -> Any:
-        return self.values[self.labels().index(trial.suggest_categorical(name, self.labels()))]
+        labels = self.labels()
+        return self.values[labels.index(trial.suggest_categorical(name, labels))]
 
     def candidates(self) -> list[Any]:
         return list(self.values)
@@ -137,4 +138,4 @@ class FloatRange(_Range):
 
 
 Distribution = Annotated[Union[Categorical, IntRange, FloatRange], Field(discriminator="type")]
-TAGS = ("categorical", "int", "float")
+TAGS = tuple(get_args(kind.model_fields["type"].annotation)[0] for kind in get_args(get_args(Distribution)[0]))

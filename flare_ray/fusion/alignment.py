@@ -44,10 +44,6 @@ class Alignment:
         aligned = a_s.gather(1, self.index.unsqueeze(-1).expand(-1, -1, a_s.shape[-1]))
         return aligned.masked_fill(~self.fuse.unsqueeze(-1), 0)
 
-    def last(self, n: int) -> "Alignment":
-        """The alignment of the last ``n`` target positions (one generation step)."""
-        return Alignment(self.index[:, -n:], self.fuse[:, -n:], self.rows[:, -n:], self.source_mask)
-
 
 def align(target_mask: torch.Tensor, fusion_mask: torch.Tensor, source_mask: torch.Tensor) -> Alignment:
     target_mask, fusion_mask, source_mask = target_mask.bool(), fusion_mask.bool(), source_mask.bool()

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import ConfigDict, Field, StrictInt, field_validator
+from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, field_validator
 from pydantic.dataclasses import dataclass
 
 CONFIG_NAME = "flare_config.json"
@@ -118,9 +118,7 @@ class FlareConfig:
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["source_representation"] = self.source_representation.value
-        return d
+        return TypeAdapter(FlareConfig).dump_python(self, mode="json")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FlareConfig":

@@ -40,7 +40,7 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
-    client = mlflow_runs.client(tracking_uri)
+    client = mlflow_runs.connect(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
     parent = mlflow_runs.start_parent_run(
         client, config.tracking.experiment_name, config.name, config.model_dump(mode="json"), dry_run_text(config),

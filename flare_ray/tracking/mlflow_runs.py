@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
 
 
-def client(tracking_uri: str) -> MlflowClient:
+def connect(tracking_uri: str) -> MlflowClient:
     """The MLflow client of a sweep's tracking store."""
     return MlflowClient(tracking_uri)
 
@@ -164,8 +165,13 @@ def child_run(client: MlflowClient, parent: str, trial_id: str) -> str | None:
 
 
 def log_scores(client: MlflowClient, run_id: str, scores: dict[str, float]) -> None:
-    for key, value in scores.items():
-        client.log_metric(run_id, key, value)
+    """Scalar metrics in one request."""
+    from mlflow.entities import Metric
+
+    if not scores:
+        return
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in scores.items()])
 
 
 def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
