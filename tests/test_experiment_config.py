@@ -24,7 +24,7 @@ from flare_ray.search.plan import dry_run_text
 from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-SHIPPED = sorted(SEARCH_SPACES.glob("*.yaml"))
+SHIPPED = sorted(SEARCH_SPACES.rglob("*.yaml"))
 
 BASE = """\
 name: t
@@ -52,7 +52,7 @@ def test_every_shipped_search_space_validates():
     assert {"quickstart", "rank", "fusion", "layers", "lr", "full"} <= names
     for path in SHIPPED:
         config = load_experiment(path)
-        assert config.search.space, path
+        assert config.search.space or config.search.grid, path
         assert config.search.metric.startswith("validation/")
         assert path.read_text().startswith("#"), f"{path.name}: header comment missing"
         assert "ray job submit" in path.read_text() or path.stem == "quickstart"
@@ -73,13 +73,49 @@ def test_quickstart_is_the_small_offline_run():
 
 def test_rank_file_sets_alpha_to_twice_r():
     c = load_experiment(SEARCH_SPACES / "rank.yaml")
-    assert c.search.space["method.lora.r"].values == [2, 4, 8, 16, 32, 64]
-    for r in (2, 64):
+    assert c.search.grid["method.lora.r"] == [8, 64, 128]
+    for r in c.search.grid["method.lora.r"]:
         assert apply_sample(c, {"method.lora.r": r}).method.lora.lora_alpha == 2 * r
+
+
+GRID = BASE + "search:\n  grid: {method.flare.fusion: [add, mul], method.lora.r: [4, 8]}\n"
+
+
+def test_grid_and_seeds_are_read_and_planned():
+    from flare_ray.search.plan import dry_run_text
+    from flare_ray.search.searches import plan_searches
+
+    c = validate_experiment(yaml.safe_load(GRID + "  seeds: [0, 1]\n"), "grid.yaml")
+    (search,) = plan_searches(c)  # a grid without a space is one search (Ray's grid) per language
+    assert search.expected_trials == 8 and "grid of 4 cell(s)" in dry_run_text(c) and "= 8 trials per language" in dry_run_text(c)
+    tpe = GRID + "  space: {training.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}\n  num_samples: 3\n"
+    c = validate_experiment(yaml.safe_load(tpe + "  seeds: [0, 1]\n"), "grid-tpe.yaml")
+    searches = plan_searches(c)  # a grid with a space: a TPE search per cell, each configuration with both seeds
+    assert len(searches) == 4 and {s.expected_trials for s in searches} == {6}
+    assert searches[1].cell == {"method.flare.fusion": "add", "method.lora.r": 8}
+    assert searches[1].config.method.lora.r == 8 and searches[1].config.method.flare.fusion == "add"
 
 
 # -- malformed files: one error naming the file, the key path and the expectation -------------------
 BAD = {
+    "ASHA with a grid": (
+        GRID + "  scheduler: {type: asha}\n", "search.scheduler", "biases a grid or seed ablation",
+    ),
+    "a grid value that is no valid config": (
+        BASE + "search:\n  grid: {method.kind: [lora, nope]}\n", "search.grid.method.kind[1]", "'nope' gives an invalid config",
+    ),
+    "a key both gridded and sampled": (
+        GRID + "  space: {method.lora.r: {type: categorical, values: [4]}}\n", "search.grid.method.lora.r",
+        "either gridded or sampled",
+    ),
+    "seeds and a gridded seed": (
+        BASE + "search:\n  grid: {training.seed: [1, 2]}\n  seeds: [0]\n", "search.grid.training.seed",
+        "search.seeds sets training.seed",
+    ),
+    "repeats of a grid": (GRID + "  num_samples: 3\n", "search.num_samples", "use search.seeds to repeat"),
+    "a fixed key in the grid": (
+        BASE + "search:\n  grid: {task.languages: [[jav], [sun]]}\n", "search.grid.task.languages", "cannot be searched",
+    ),
     "unknown top-level key": (
         BASE + "trainer: {epochs: 3}\n",
         "line 5, trainer", "unknown key 'trainer' (did you mean 'training'?)",
@@ -199,7 +235,7 @@ BAD = {
     ),
     "fusion searched for plain LoRA": (
         BASE + "method: {kind: lora}\nsearch:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n",
-        "search.space.method.flare.fusion", "method.kind is 'lora' (plain LoRA), which does not fuse",
+        "search.space.method.flare.fusion", "method.kind is 'lora', which does not use method.flare",
     ),
     "ASHA grace period longer than training": (
         BASE + "search: {scheduler: {type: asha, grace_period: 5}}\n",

@@ -115,18 +115,19 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
-    samples = 3
+    """Two languages searched at once, interrupted (SIGINT) after the first trial ended; --resume finishes both."""
+    samples, languages = 2, ["jav", "sun"]
+    overrides = [f"search.num_samples={samples}", f"task.languages=[{', '.join(languages)}]", *SHORT, *SEQUENTIAL]
     process = subprocess.Popen(
-        tune_command(tmp_path, f"search.num_samples={samples}", *SHORT, *SEQUENTIAL),
-        env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        tune_command(tmp_path, *overrides), env=environment(), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     deadline = time.time() + 600
     try:
         # Interrupt once the first trial has finished (read from Tune's result files: opening the
         # sqlite store while the sweep creates it would race its schema migration).
         while time.time() < deadline:
-            results = (tmp_path / "quickstart-jav").glob("run_trial_*/result.json")
+            results = tmp_path.glob("quickstart-*/run_trial_*/result.json")
             if any('"final": true' in r.read_text() for r in results):
                 break
             assert process.poll() is None, process.stdout.read()[-3000:]
@@ -138,13 +139,14 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, output[-3000:]
     _, parents, children = mlflow_runs(tmp_path)
-    assert parents[0].info.status == "KILLED" and len(children) < samples + 1
+    assert parents[0].info.status == "KILLED" and len(children) < samples * len(languages)
 
-    run_tune(tmp_path, f"search.num_samples={samples}", *SHORT, *SEQUENTIAL, resume=True)
+    run_tune(tmp_path, *overrides, resume=True)
     client, parents, children = mlflow_runs(tmp_path)
     trial_ids = [c.data.tags["flare_ray.trial_id"] for c in children]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(trial_ids) == len(set(trial_ids)) == samples
+    assert len(trial_ids) == len(set(trial_ids)) == samples * len(languages)
+    assert sorted(c.data.tags["flare_ray.language"] for c in children) == sorted(languages * samples)
     assert all(c.info.status == "FINISHED" and "test/macro_f1" in c.data.metrics for c in children)
 
 

@@ -13,9 +13,10 @@ from flare_ray.experiment import load_experiment
 from flare_ray.fusion import FlareModel
 from flare_ray.models.loading import load_model, resolve_head
 from flare_ray.search.trial import score_checkpoint
+from flare_ray.tasks.predictions import score_frame
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
-from flare_ray.training.adapter import NEEDS_SOURCE, build_adapter
+from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
@@ -31,7 +32,7 @@ def test_method_builds_its_adapter(tmp_path, kind):
     model, _ = load_model(config.model.name_or_path, "encoder", labels=("positive", "neutral", "negative"))
     adapted = build_adapter(model, config.method)
     if kind == "lora":  # the baseline is peft's own LoRA model, nothing of FLARE
-        assert isinstance(adapted, PeftModel) and not NEEDS_SOURCE[kind]
+        assert isinstance(adapted, PeftModel) and not METHODS[kind].source
         peft_model = adapted
     else:
         assert isinstance(adapted, FlareModel) and adapted.config.fusion == config.method.flare.fusion
@@ -55,8 +56,9 @@ def test_a_saved_checkpoint_scores_like_the_trained_model(tmp_path):
     records = task.load("test")
     encoder = TaskEncoder(task, tokenizer, "encoder", config.training.max_length)
     expected = task.score(encoder.predict(adapted.eval(), list(records)), records)
-    scores = score_checkpoint(str(checkpoint))
+    scores, predictions = score_checkpoint(str(checkpoint))
     assert scores == {f"test/{k}": v for k, v in expected.items()}
+    assert score_frame(task, predictions) == expected and list(predictions["id"]) == list(records["id"])
 
 
 def test_load_model_qlora_path():
@@ -81,10 +83,10 @@ def test_mt5_task_head_trial_pieces_train_a_step_and_predict(tmp_path, kind, tas
     adapted = build_adapter(model, config.method)
     head_module = "qa_outputs" if task.labels is None else "classification_head"
     assert any(head_module in n for n, p in adapted.named_parameters() if p.requires_grad)
-    encoder = TaskEncoder(task, tokenizer, "encoder_decoder", 64, source=NEEDS_SOURCE[kind], generative=head == "generative")
+    encoder = TaskEncoder(task, tokenizer, "encoder_decoder", 64, source=METHODS[kind].source, generative=head == "generative")
     records = list(task.load("test"))
     batch = encoder.train_batch(records).inputs
-    assert ("start_positions" in batch) == (task.labels is None) and ("source_input_ids" in batch) == NEEDS_SOURCE[kind]
+    assert ("start_positions" in batch) == (task.labels is None) and ("source_input_ids" in batch) == METHODS[kind].source
     adapted.train()
     loss = adapted(**batch).loss
     loss.backward()

@@ -7,10 +7,10 @@
 Imports neither Ray nor MLflow.
 """
 
-from .config import ExperimentConfig
+from .config import SCHEMA_VERSION, ExperimentConfig
 from .errors import ExperimentConfigError
 from .loading import load_experiment, parse_override, validate_experiment
 from .space import DefineByRun, apply_sample, build_sampler
 
-__all__ = ["DefineByRun", "ExperimentConfig", "ExperimentConfigError", "apply_sample", "build_sampler",
+__all__ = ["SCHEMA_VERSION", "DefineByRun", "ExperimentConfig", "ExperimentConfigError", "apply_sample", "build_sampler",
            "load_experiment", "parse_override", "validate_experiment"]

@@ -15,15 +15,22 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from flare_ray.baselines import XMixupConfig
 from flare_ray.configfile import FieldError
 from flare_ray.fusion import FlareConfig
 from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
 from flare_ray.storage import local_path
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
-from flare_ray.training.config import LoraSpec, ScalingSpec, Stage1Spec, TrainingSpec
+from flare_ray.training.adapter import METHODS
+from flare_ray.training.config import LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
 
 from .distributions import Distribution, with_float_log
+
+
+# The version of this schema, tagged on every MLflow run (flare_ray.schema_version): 1 before methods,
+# grids and seeds (issue 10), 2 since. Tools that read sweeps (the report) check it.
+SCHEMA_VERSION = 2
 
 
 class _Section(BaseModel):
@@ -102,14 +109,18 @@ class TaskSpec(TaskConfig):
 
 
 class MethodSpec(_Section):
-    """Which adapter: FLARE, FLARE-MT (latent translations of an MT encoder), or plain LoRA."""
+    """Which method of the paper (:mod:`flare_ray.training.adapter`): FLARE, FLARE-MT or a baseline."""
 
-    kind: Literal["flare", "flare_mt", "lora"] = Field("flare", description="flare | flare_mt | lora (the baseline)")
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="the LoRA adapter")
+    kind: MethodKind = Field("flare", description=f"one of {list(METHODS)}: flare, flare_mt (the method); zero_shot, "
+                             "translate_test (the stage-1 model, scored only), lora, input_fusion, xmixup (baselines)")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="the LoRA adapter (every method that trains)")
     flare: FlareConfig = Field(default_factory=FlareConfig, description="FLARE's options (flare_ray.fusion.FlareConfig)")
+    xmixup: XMixupConfig = Field(default_factory=XMixupConfig, description="X-Mixup's options (kind xmixup)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "MethodSpec":
+        if self.kind not in ("flare", "flare_mt"):
+            return self
         mt = self.flare.mt_encoder
         if mt and mt.startswith("tiny:") and mt != "tiny:m2m_100":
             raise FieldError(("flare", "mt_encoder"), f"the tiny MT model is 'tiny:m2m_100' (NLLB architecture); got {mt!r}")
@@ -117,17 +128,17 @@ class MethodSpec(_Section):
             raise FieldError(("flare", "mt_encoder"), "method.kind flare_mt needs an MT model here, e.g. "
                              "facebook/nllb-200-distilled-600M")
         targets, fusing = self.lora.target_modules, self.flare.fusion_modules
-        if self.kind != "lora" and isinstance(targets, list) and fusing and set(fusing) - set(targets):
+        if isinstance(targets, list) and fusing and set(fusing) - set(targets):
             raise FieldError(("flare", "fusion_modules"), f"{sorted(set(fusing) - set(targets))} are not adapted by "
                              f"LoRA; expected a subset of lora.target_modules {targets}")
-        if self.kind != "lora" and self.flare.fusion == "cross_attention" and self.lora.r % self.flare.cross_attention_heads:
+        if self.flare.fusion == "cross_attention" and self.lora.r % self.flare.cross_attention_heads:
             raise FieldError(("flare", "cross_attention_heads"), f"cross_attention heads ({self.flare.cross_attention_heads})"
                              f" must divide the LoRA rank r ({self.lora.r})")
         return self
 
     def flare_config(self) -> FlareConfig | None:
-        """The FlareConfig of this method (None for plain LoRA; mt_encoder only for flare_mt)."""
-        if self.kind == "lora":
+        """The FlareConfig of this method (None for the baselines; mt_encoder only for flare_mt)."""
+        if self.kind not in ("flare", "flare_mt"):
             return None
         return self.flare if self.kind == "flare_mt" else dataclasses.replace(self.flare, mt_encoder=None)
 
@@ -146,15 +157,23 @@ class SchedulerSpec(_Section):
     type: Literal["asha"] = Field("asha", description="asha: Ray Tune's ASHAScheduler")
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
     reduction_factor: float = Field(4.0, gt=1, description="keep 1 / reduction_factor of the trials at each rung")
+    with_ablation: bool = Field(False, description="allow ASHA with search.grid or search.seeds (it stops cells and "
+                                "seeds on early epochs, which biases the comparison); refused unless true")
 
 
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
     space: dict[str, Distribution] = Field(default_factory=dict, description="dotted key path -> distribution")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key path -> values: every cell of "
+                                       "their product runs (Ray Tune's grid search); with a space, each cell is a "
+                                       "search of its own")
+    seeds: list[int] | None = Field(None, min_length=1, description="run every cell, or every sampled configuration, "
+                                    "once with each training.seed; selection uses the mean over seeds")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Optuna sampler")
     scheduler: SchedulerSpec | None = Field(None, description="null: every trial runs all epochs")
-    num_samples: int = Field(8, ge=1, description="trials per target language")
+    num_samples: int | None = Field(None, ge=1, description="configurations sampled per target language (per grid "
+                                    "cell); null: 8, or with a grid and no space 1 (each cell runs once per seed)")
     max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many as resources allow")
     metric: str | None = Field(None, description="'validation/<metric>'; null: the task's primary metric")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
@@ -165,6 +184,36 @@ class SearchSpec(_Section):
     @classmethod
     def _loguniform(cls, space: Any) -> Any:
         return with_float_log(space)
+
+    @model_validator(mode="after")
+    def _ablation(self) -> "SearchSpec":
+        for key, values in self.grid.items():
+            if not values:
+                raise FieldError(("grid", key), "expected a non-empty list of values")
+            if any(v in values[:i] for i, v in enumerate(values)):
+                raise FieldError(("grid", key), f"{values} lists a value twice: every cell runs exactly once")
+            if key in self.space:
+                raise FieldError(("grid", key), "is also in search.space; a key is either gridded or sampled")
+        if self.seeds is not None:
+            if len(set(self.seeds)) != len(self.seeds):
+                raise FieldError("seeds", f"{self.seeds} lists a seed twice")
+            for where in ("grid", "space"):
+                if "training.seed" in getattr(self, where):
+                    raise FieldError((where, "training.seed"), "search.seeds sets training.seed; remove one of them")
+        if self.num_samples is None:
+            self.num_samples = 1 if self.grid and not self.space else 8
+        if self.grid and not self.space and self.num_samples != 1:
+            raise FieldError("num_samples", f"a grid without a space runs each cell once (per seed); got num_samples "
+                             f"{self.num_samples}: use search.seeds to repeat cells")
+        if self.scheduler is not None and (self.grid or self.seeds) and not self.scheduler.with_ablation:
+            raise FieldError("scheduler", "ASHA stops trials of some cells and seeds early, which biases a grid or "
+                             "seed ablation; set scheduler: null, or scheduler.with_ablation: true to accept that")
+        return self
+
+    @property
+    def seed_list(self) -> list[int | None]:
+        """The seeds each configuration runs with ([None]: the config's own training.seed, once)."""
+        return list(self.seeds) if self.seeds else [None]
 
 
 class ExperimentConfig(_Section):

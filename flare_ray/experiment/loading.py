@@ -33,16 +33,18 @@ def parse_override(override: str) -> tuple[str, Any]:
 
 
 def _override_parts(data: dict[str, Any], key: str) -> tuple[str, ...]:
-    """Split an override's key; under ``search.space`` the rest names a space key (it has dots itself)."""
+    """Split an override's key; under ``search.space`` and ``search.grid`` the rest names a key path (it has
+    dots itself)."""
     parts = tuple(key.split("."))
-    if parts[:2] != ("search", "space") or len(parts) <= 2:
+    if parts[:1] != ("search",) or len(parts) <= 2 or parts[1] not in ("space", "grid"):
         return parts
-    space = (data.get("search") or {}).get("space") or {}
+    section = parts[1]
+    space = (data.get("search") or {}).get(section) or {}
     rest = parts[2:]
-    for n in range(len(rest), 0, -1):  # the longest existing space key that starts the rest
+    for n in range(len(rest), 0, -1):  # the longest existing key that starts the rest
         if ".".join(rest[:n]) in space:
-            return ("search", "space", ".".join(rest[:n])) + rest[n:]
-    return ("search", "space", ".".join(rest))
+            return ("search", section, ".".join(rest[:n])) + rest[n:]
+    return ("search", section, ".".join(rest))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> dict[tuple, str]:

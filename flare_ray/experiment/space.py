@@ -83,9 +83,19 @@ def config_value(config: ExperimentConfig, key: str) -> Any:
 
 # -- checking before the search --------------------------------------------------------------------
 def search_space_problems(config: ExperimentConfig) -> list[Problem]:
-    """Everything wrong with ``search.space`` (empty: every key and value is usable)."""
+    """Everything wrong with ``search.space`` and ``search.grid`` (empty: every key and value is usable)."""
     problems = _structure_problems(config)
     return problems or _value_problems(config) or _pair_problems(config)
+
+
+def _searched(config: ExperimentConfig) -> dict[str, Any]:
+    """The grid's keys (as categorical choices) and the space's, in that order: every key a trial may vary."""
+    grid = {key: Categorical(type="categorical", values=values) for key, values in config.search.grid.items()}
+    return {**grid, **config.search.space}
+
+
+def _where(config: ExperimentConfig, key: str) -> tuple:
+    return ("search", "grid" if key in config.search.grid else "space", key)
 
 
 def _invalid(config: ExperimentConfig, sample: dict[str, Any]) -> str | None:
@@ -97,15 +107,17 @@ def _invalid(config: ExperimentConfig, sample: dict[str, Any]) -> str | None:
 
 
 def _structure_problems(config: ExperimentConfig) -> list[Problem]:
-    space, order, problems = config.search.space, list(config.search.space), []
+    space, problems = _searched(config), []
+    order = list(space)
     for key, dist in space.items():
-        where, parts = ("search", "space", key), key.split(".")
+        where, parts = _where(config, key), key.split(".")
         reason = next((FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1)
                        if ".".join(parts[:n]) in FIXED_KEYS), None)
         if reason:
             problems.append(Problem(where, f"{key!r} cannot be searched: {reason}"))
-        elif config.method.kind == "lora" and "method.kind" not in space and parts[:2] == ["method", "flare"]:
-            problems.append(Problem(where, "method.kind is 'lora' (plain LoRA), which does not fuse: method.flare is unused"))
+        elif (config.method.kind not in ("flare", "flare_mt") and "method.kind" not in space
+              and "method.kind" not in config.search.grid and parts[:2] == ["method", "flare"]):
+            problems.append(Problem(where, f"method.kind is {config.method.kind!r}, which does not use method.flare"))
         for ref in dist.when:
             at = where + ("when", ref)
             if ref == key:
@@ -125,7 +137,7 @@ def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | N
     """Values that make the ``when`` of these keys hold (None: they cannot hold together)."""
     out: dict[str, Any] = {}
     for key in keys:
-        dist = config.search.space[key]
+        dist = _searched(config)[key]
         for ref in dist.when:
             options = dist.condition_values(ref)
             if ref in out and out[ref] not in options:
@@ -137,19 +149,20 @@ def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | N
 
 def _value_problems(config: ExperimentConfig) -> list[Problem]:
     problems = []
-    for key, dist in config.search.space.items():
+    for key, dist in _searched(config).items():
         base = _conditions(config, [key]) or {}
         for i, value in enumerate(dist.candidates()):
             problem = _invalid(config, {**base, key: value})
             if problem:
                 sub = ("values", i) if isinstance(dist, Categorical) else (("low",), ("high",), ())[i]
-                problems.append(Problem(("search", "space", key) + sub, f"{value!r} gives an invalid config: {problem}"))
+                sub = (i,) if key in config.search.grid else sub
+                problems.append(Problem(_where(config, key) + sub, f"{value!r} gives an invalid config: {problem}"))
                 break  # one per key: the first bad value
     return problems
 
 
 def _pair_problems(config: ExperimentConfig) -> list[Problem]:
-    space, problems = config.search.space, []
+    space, problems = _searched(config), []
     pairs = ((k1, k2, v1, v2) for k1, k2 in itertools.combinations(space, 2)
              for v1, v2 in itertools.product(space[k1].candidates(), space[k2].candidates())
              if not (k1 in space[k2].when and v1 not in space[k2].condition_values(k1)))

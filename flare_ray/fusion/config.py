@@ -76,6 +76,12 @@ class FlareConfig:
         mt_encoder: name or path of an MT model (M2M100/NLLB architecture) whose
             encoder supplies latent translations (FLARE-MT). ``None``: the
             source pass of the base model supplies the source representations.
+        fusion_probability: in training, each instance fuses with this
+            probability (the others train as plain LoRA); 1.0 fuses every one.
+            The paper's train-only ablation (Appendix E) uses 0.5.
+        source_at_inference: False: in eval mode the model never reads the
+            source (no source pass; plain LoRA on the target), the paper's
+            train-only ablation. True (default): it fuses at inference too.
     """
 
     fusion: str = Field("add_relu", description="a registered fusion function: add, mul, add_relu, cross_attention")
@@ -95,6 +101,10 @@ class FlareConfig:
         "padded formulation) or 'lora' (a_t, plain LoRA)",
     )
     mt_encoder: str | None = Field(None, description="MT model whose encoder supplies the source (FLARE-MT)")
+    fusion_probability: float = Field(1.0, gt=0, le=1, description="in training, the probability that an instance "
+                                      "fuses (else plain LoRA); 0.5 in the paper's train-only ablation (Appendix E)")
+    source_at_inference: bool = Field(True, description="false: no source at inference (eval mode is plain LoRA), "
+                                      "the paper's train-only ablation")
 
     @field_validator("fusion")
     @classmethod

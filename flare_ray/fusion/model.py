@@ -216,7 +216,7 @@ class FlareModel(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> FusionContext | None:
         """What the target pass fuses: ``None`` without a source or with fusion disabled."""
-        if not self.fusion_enabled:
+        if not self.fusion_enabled or (not self.training and not self.config.source_at_inference):
             return None
         states = source.states(self.source)
         if states is None:
@@ -226,6 +226,9 @@ class FlareModel(nn.Module):
             fusion_mask = target_mask
             if self.family is ArchitectureFamily.DECODER and labels is not None:
                 fusion_mask = fusion_mask.bool() & (labels == -100)  # the prompt, not the answer
+        if self.training and self.config.fusion_probability < 1:  # these instances fuse, the others are plain LoRA
+            chosen = torch.rand(target_mask.shape[0], device=target_mask.device) < self.config.fusion_probability
+            fusion_mask = fusion_mask.bool() & chosen.unsqueeze(-1)
         return FusionContext(states, align(target_mask, fusion_mask, states.attention_mask))
 
     def _decoding_step(self, prompt: FusionContext, _module: nn.Module, _args: tuple, kwargs: dict) -> None:

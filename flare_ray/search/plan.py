@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import yaml
 
 from flare_ray.experiment import ExperimentConfig
@@ -33,6 +35,22 @@ def _condition(ref: str, values: list) -> str:
     return f"{ref} = {flow(values[0])}" if len(values) == 1 else f"{ref} in {flow(values)}"
 
 
+def _budget(config: ExperimentConfig) -> str:
+    """How many trials each language runs, and how they are made."""
+    search = config.search
+    cells = math.prod(len(v) for v in search.grid.values()) if search.grid else 1
+    seeds = len(search.seed_list)
+    grid = f"grid of {cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
+    if search.space:
+        per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of a {grid}" if grid else "")
+        trials = cells * search.num_samples * seeds
+    else:
+        per = grid or f"{search.num_samples} run(s) of the fixed config"
+        trials = (cells if grid else search.num_samples) * seeds
+    with_seeds = f" x {seeds} seeds {search.seeds}" if search.seeds else ""
+    return f"{per}{with_seeds} = {trials} trials per language"
+
+
 def dry_run_text(config: ExperimentConfig) -> str:
     """The resolved config (YAML, without the space) and the search space, one line per key."""
     search = config.search
@@ -53,8 +71,8 @@ def dry_run_text(config: ExperimentConfig) -> str:
         "# resolved config (search.space below):",
         yaml.safe_dump(data, sort_keys=False, width=120).rstrip(),
         "",
-        f"# search: {search.num_samples} trials per language x {len(config.task.languages)} "
-        f"language(s) {config.task.languages}; objective {search.metric} ({search.mode})",
+        f"# search: {_budget(config)} x {len(config.task.languages)} language(s) {config.task.languages}, "
+        f"all languages at once; objective {search.metric} ({search.mode})",
         f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, "
         f"{search.sampler.n_startup_trials} random startup trials)",
         f"# scheduler: {scheduler}",

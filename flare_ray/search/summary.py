@@ -1,15 +1,27 @@
-"""The end of a sweep: the best trial per language (Ray's ``ResultGrid`` chooses it) and the printed table."""
+"""The end of a sweep: one row per trial, the best configuration per language, and the printed table.
+
+Selection with seeds (:func:`select_best`): trials that differ only in ``training.seed`` are one
+configuration; the best configuration has the best mean over its seeds of the MT-validation metric
+(each trial's best epoch), ties broken by the lower standard deviation; its registered adapter is its
+best-validation seed.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
+from .searches import Search, configuration, seeded
+
 
 @dataclass
 class LanguageResult:
-    """The best trial of one target language: its MT-validation score and gold-test scores."""
+    """The best configuration of one target language: its MT-validation and gold-test scores (means over its
+    seeds), and the trial of its best seed (the registered adapter)."""
 
     language: str
     trial_id: str
@@ -20,27 +32,55 @@ class LanguageResult:
     best_epoch: int | None
     trials: int
     registered: str | None = None
+    seeds: list[int | None] = field(default_factory=lambda: [None])
+    validation_std: float = 0.0
+    seed: int | None = None  # the registered trial's seed
+    seed_validation: float | None = None  # its validation score
 
 
-def select_best(grid, metric: str, mode: str, language: str) -> LanguageResult:
-    """The trial with the best score over all its epochs (``ResultGrid.get_best_result(scope="all")``)."""
-    try:
-        result = grid.get_best_result(metric=metric, mode=mode, scope="all")
-    except RuntimeError:
-        raise RuntimeError(f"no trial for {language} reported {metric}; see the trial errors above") from None
-    frame = result.metrics_dataframe.dropna(subset=[metric])
-    row = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
-    final = result.metrics or {}
-    epoch = row.get("epoch")
+def trial_rows(grid, search: Search, metric: str, mode: str) -> list[dict[str, Any]]:
+    """One row per trial of a search that reported ``metric``: its configuration, seed, best validation
+    score (over its epochs), best epoch and test scores."""
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or metric not in frame:
+            continue
+        frame = frame.dropna(subset=[metric])
+        if frame.empty:
+            continue
+        best = frame.loc[frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()]
+        sample = seeded(dict(result.config or {}), search.config.search.seed_list)
+        final = result.metrics or {}
+        epoch = best.get("epoch")
+        rows.append({
+            "trial_id": final.get("trial_id") or str(best.get("trial_id")),
+            "configuration": json.dumps(configuration(sample, search.cell), sort_keys=True, default=str),
+            "seed": sample.get("training.seed", search.config.training.seed),
+            "validation": float(best[metric]),
+            "best_epoch": None if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch),
+            "test": {k: float(v) for k, v in final.items() if k.startswith("test/") and isinstance(v, (int, float))},
+        })
+    return rows
+
+
+def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: str) -> LanguageResult:
+    """The configuration with the best mean validation score over its seeds (ties: lower std), and its best seed."""
+    if not rows:
+        raise RuntimeError(f"no trial for {language} reported {metric}; see the trial errors above")
+    frame = pd.DataFrame(rows)
+    stats = frame.groupby("configuration")["validation"].agg(["mean", "std", "count"]).fillna({"std": 0.0})
+    stats["rank"] = -stats["mean"] if mode == "max" else stats["mean"]
+    chosen = stats.sort_values(["rank", "std"]).index[0]
+    mine = frame[frame["configuration"] == chosen]
+    best = mine.loc[mine["validation"].idxmax() if mode == "max" else mine["validation"].idxmin()]
+    tests = pd.DataFrame(list(mine["test"]))
+    test = {k: float(tests[k].mean()) for k in tests.columns if tests[k].notna().all()} if len(tests.columns) else {}
     return LanguageResult(
-        language=language,
-        trial_id=final.get("trial_id") or str(row.get("trial_id")),
-        run_id=None,
-        hyperparameters=dict(result.config or {}),
-        validation=float(row[metric]),
-        test={k: float(v) for k, v in final.items() if k.startswith("test/") and isinstance(v, (int, float))},
-        best_epoch=None if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch),
-        trials=len(grid),
+        language=language, trial_id=best["trial_id"], run_id=None, hyperparameters=json.loads(chosen),
+        validation=float(stats.loc[chosen, "mean"]), test=test, best_epoch=best["best_epoch"], trials=len(frame),
+        seeds=sorted(mine["seed"].tolist(), key=str), validation_std=float(stats.loc[chosen, "std"]),
+        seed=best["seed"], seed_validation=float(best["validation"]),
     )
 
 
@@ -66,15 +106,19 @@ class SweepSummary:
     def table(self) -> str:
         """The best trial per language: hyperparameters, MT-validation and gold-test scores, and the average."""
         test_keys = sorted({k for r in self.languages for k in r.test})
-        header = ["language", "trial", self.metric, *test_keys, "best epoch", "hyperparameters"]
+        seeded = any(len(r.seeds) > 1 for r in self.languages)
+        header = ["language", "trial", self.metric + (" (mean ± std)" if seeded else ""), *test_keys,
+                  *(["seeds"] if seeded else []), "best epoch", "hyperparameters"]  # fmt: skip
         rows = [
-            [r.language, r.trial_id, f"{r.validation:.2f}", *(_fmt(r.test.get(k)) for k in test_keys),
+            [r.language, r.trial_id, f"{r.validation:.2f}" + (f" ± {r.validation_std:.2f}" if seeded else ""),
+             *(_fmt(r.test.get(k)) for k in test_keys), *([str(len(r.seeds))] if seeded else []),
              str(r.best_epoch), ", ".join(f"{k}={v}" for k, v in sorted(r.hyperparameters.items())) or "-"]
             for r in self.languages
         ]  # fmt: skip
         if len(self.languages) > 1:
             avg = self.average()
-            rows.append(["average", "", f"{avg['validation']:.2f}", *(_fmt(avg.get(k)) for k in test_keys), "", ""])
+            rows.append(["average", "", f"{avg['validation']:.2f}", *(_fmt(avg.get(k)) for k in test_keys),
+                         *([""] if seeded else []), "", ""])  # fmt: skip
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
         return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

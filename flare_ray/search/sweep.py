@@ -1,50 +1,57 @@
-"""The sweep: one Tune search per target language, selection, registry and the summary.
+"""The sweep: every search of every target language at once, then selection, registry and the summary.
 
-For each language: ``Tuner`` over :func:`~flare_ray.search.trial.run_trial` with
-``OptunaSearch`` (the YAML's space, define-by-run, TPE) behind a
-``ConcurrencyLimiter``, optional ASHA, trial-level ``FailureConfig`` and the
-MLflow callback. ``--resume`` restores an interrupted search of the same name
-(with the searcher's state) instead of starting a new one. Afterwards the best
-trial per language (by the MT-validation metric over all its epochs) is tagged on
-the parent run and its adapter registered in the MLflow model registry.
+The searches (:mod:`~flare_ray.search.searches`: one per language, or per language and grid cell) are
+``Tuner`` runs of :func:`~flare_ray.search.trial.run_trial`, started together in threads of this
+driver (:mod:`~flare_ray.search.concurrent`) so that all languages share the cluster. Each has its own
+searcher (Optuna TPE, define-by-run, behind ``Repeater`` for seeds and a ``ConcurrencyLimiter``) or
+Ray Tune's grid, optional ASHA, trial-level ``FailureConfig`` and the MLflow callback. ``--resume``
+restores every interrupted search of the same name (with its searcher's state). Afterwards the best
+configuration per language (the mean over its seeds of the MT-validation metric,
+:func:`~flare_ray.search.summary.select_best`) is tagged on the parent run and its best seed's adapter
+registered in the MLflow model registry.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
 
 import ray.tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
-from flare_ray.experiment import DefineByRun, ExperimentConfig, build_sampler
-from flare_ray.storage import join, local_folder
+from flare_ray.experiment import SCHEMA_VERSION, ExperimentConfig
+from flare_ray.storage import local_folder
 from flare_ray.tasks import get_task
 from flare_ray.tracking import mlflow_runs
 from flare_ray.tracking.callback import MLflowTrialCallback
 
+from .concurrent import CHECKPOINT_SECONDS, SearchControl, run_concurrently
 from .plan import dry_run_text
-from .summary import LanguageResult, SweepSummary, select_best
+from .searches import Search, describe_trial, plan_searches, search_path, tune_config
+from .summary import LanguageResult, SweepSummary, select_best, trial_rows
 from .trial import run_trial, score_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class SweepInterrupted(RuntimeError):
-    """The search stopped before all its trials ended (Ctrl-C, a lost driver); ``--resume`` continues it."""
+    """The sweep stopped before all its trials ended (Ctrl-C, a lost driver); ``--resume`` continues it."""
 
 
 def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     folder = local_folder(config.storage_path)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(CHECKPOINT_SECONDS))  # Ctrl-C waits for one save
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
     client = mlflow_runs.connect(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
     parent = mlflow_runs.start_parent_run(
         client, config.tracking.experiment_name, config.name, config.model_dump(mode="json"), dry_run_text(config),
         provenance, resume=resume, artifact_location=mlflow_runs.artifact_location(tracking_uri, config.storage_path),
+        tags={mlflow_runs.SCHEMA_TAG: str(SCHEMA_VERSION)},
     )
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
     try:
@@ -53,9 +60,16 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
         elif config.model.stage1 is None and config.model.tiny_architecture is None:
             log.warning("model.stage1 is null: %s is adapted without the paper's English stage 1 "
                         "(model.stage1: auto trains it)", config.model.name_or_path)
+        searches = {s.name: s for s in plan_searches(config)}
+        try:
+            grids = run_concurrently(list(searches), lambda name: _fit(searches[name], tracking_uri, parent, resume))
+        except KeyboardInterrupt:
+            raise SweepInterrupted("the sweep was interrupted; the state of every search is saved: run the same "
+                                   "command with --resume to continue") from None
         for language in config.task.languages:
-            grid = _search(config, language, tracking_uri, parent, resume)
-            result = select_best(grid, config.search.metric, config.search.mode, language)
+            mine = [s for s in searches.values() if s.language == language]
+            rows = [row for s in mine for row in trial_rows(grids[s.name], s, config.search.metric, config.search.mode)]
+            result = select_best(rows, config.search.metric, config.search.mode, language)
             result.run_id = mlflow_runs.child_run(client, parent, result.trial_id)
             if result.run_id and not result.test:
                 result.test = _score_stopped_trial(client, config, result)
@@ -84,54 +98,38 @@ def _with_stage1(client, parent: str, config: ExperimentConfig) -> ExperimentCon
     return config.model_copy(update={"model": config.model.model_copy(update={"stage1": folder})})
 
 
-def _search(config: ExperimentConfig, language: str, tracking_uri: str, parent: str, resume: bool):
-    search = config.search
-    name = f"{config.name}-{language}"
-    trainable = ray.tune.with_parameters(run_trial, experiment=config, language=language)  # the validated object
+def _fit(search: Search, tracking_uri: str, parent: str, resume: bool):
+    """Run (or resume) one search to its end; its ``ResultGrid``."""
+    config, spec = search.config, search.config.search
+    trainable = ray.tune.with_parameters(run_trial, experiment=config, language=search.language, seeds=spec.seed_list)
     trainable = ray.tune.with_resources(trainable, {"CPU": 0.01})  # the driver only waits on its Train run
-    path = join(config.storage_path, name)
+    path = search_path(search)
     if resume and ray.tune.Tuner.can_restore(path):
-        log.info("resuming %s from %s", name, path)
+        log.info("resuming %s from %s", search.name, path)
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        return _finished(tuner.fit(), search.num_samples, name)
-    searcher = OptunaSearch(
-        space=DefineByRun(config), sampler=build_sampler(search.sampler), metric=search.metric, mode=search.mode
-    )
-    if search.max_concurrent_trials:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent_trials)
-    scheduler = None
-    if search.scheduler is not None:
-        scheduler = ASHAScheduler(
-            time_attr="epoch", metric=search.metric, mode=search.mode,
-            max_t=config.training.epochs + 1,  # +1: the last epoch still reports its test scores
-            grace_period=search.scheduler.grace_period,
-            reduction_factor=search.scheduler.reduction_factor,
-        )
+        return _finished(tuner.fit(), search)
+    describe = partial(describe_trial, base=config.model_dump(mode="json"), cell=search.cell, grid=list(spec.grid),
+                       seeds=spec.seed_list)  # fmt: skip
+    callback = MLflowTrialCallback(tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path,
+                                   describe)  # fmt: skip
+    tune, param_space = tune_config(search)
     tuner = ray.tune.Tuner(
-        trainable,
-        tune_config=ray.tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler,
-            num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent_trials,
-        ),
+        trainable, param_space=param_space, tune_config=tune,
         run_config=ray.tune.RunConfig(
-            name=name,
-            storage_path=config.storage_path,
-            failure_config=ray.tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[
-                MLflowTrialCallback(tracking_uri, parent, language, search.metric, search.mode, config.storage_path)
-            ],
-            verbose=1,
+            name=search.name, storage_path=config.storage_path,
+            failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[SearchControl(search.name), callback], verbose=0,
         ),
     )
-    return _finished(tuner.fit(), search.num_samples, name)
+    return _finished(tuner.fit(), search)
 
 
-def _finished(grid, num_samples: int, name: str):
-    """Tune returns normally when interrupted (SIGINT): tell that apart from a finished search."""
-    if grid.num_terminated + grid.num_errors < num_samples:
+def _finished(grid, search: Search):
+    """Tune returns normally when its loop ends early: tell that apart from a finished search."""
+    if grid.num_terminated + grid.num_errors < search.expected_trials:
         raise SweepInterrupted(
-            f"search {name} stopped after {grid.num_terminated + grid.num_errors} of {num_samples} trials; "
-            "its state is saved: run the same command with --resume to continue"
+            f"search {search.name} stopped after {grid.num_terminated + grid.num_errors} of {search.expected_trials} "
+            "trials; its state is saved: run the same command with --resume to continue"
         )
     return grid
 
@@ -143,6 +141,9 @@ def _score_stopped_trial(client, config: ExperimentConfig, result: LanguageResul
         log.warning("best trial %s of %s has no checkpoint to score on the test split", result.trial_id, result.language)
         return {}
     gpus = config.scaling.resources_per_worker()["GPU"]
-    scores = ray.get(ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path))
+    scores, frame = ray.get(ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path))
     mlflow_runs.log_scores(client, result.run_id, scores)
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_parquet(Path(tmp) / "test.parquet", index=False)
+        client.log_artifact(result.run_id, str(Path(tmp) / "test.parquet"), mlflow_runs.PREDICTIONS_PATH)
     return scores

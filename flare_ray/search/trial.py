@@ -24,9 +24,11 @@ from flare_ray.storage import join, local_copy
 from flare_ray.training.evaluate import TRIAL_CONFIG_NAME, score_adapter
 from flare_ray.training.loop import train_loop_per_worker
 
+from .searches import seeded
 
-def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str) -> None:
-    config = apply_sample(experiment, sample)
+
+def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str, seeds: list[int | None]) -> None:
+    config = apply_sample(experiment, seeded(sample, seeds))
     trial_trainer(config, language, ray.tune.get_context().get_trial_name(), [TuneReportCallback()]).fit()
 
 
@@ -45,19 +47,20 @@ def trial_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=join(config.storage_path, "train"),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode
-            ),
+            # The loop checkpoints only a new best epoch, and last the best adapter with the predictions:
+            # the latest checkpoint is the one to keep.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=search.worker_max_failures),
             callbacks=callbacks or [],
         ),
     )
 
 
-def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test") -> dict[str, float]:
+def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test"):
     """Score a trial's checkpoint (a folder, local or on the sweep's storage) from its ``trial_config.json``:
-    for the best trial of a search when ASHA stopped it before its own test scoring."""
+    for the best trial of a search when ASHA stopped it before its own test scoring. The scores
+    (``{"test/<metric>": ...}``) and the per-example predictions table."""
     with local_copy(checkpoint, storage_path or checkpoint) as folder:
         record = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
         experiment = ExperimentConfig.model_validate(record["experiment"])  # the checkpoint's JSON record
-        return score_adapter(experiment, record["language"], Path(folder), role)
+        return score_adapter(experiment, record["language"], Path(folder), role, record.get("epoch"))

@@ -31,6 +31,13 @@ Truncation, one rule for every sequence of a kind:
   prompt a decoder is trained on is token for token the prompt it generates from, and the
   source prompt it fuses with is the same in both.
 
+Input-level fusion (``input_fusion=True``, the paper's ``[x_S; x_T]`` baseline): the model reads the
+source, a separator and the target as one input, each side within its own budget so neither cuts the
+other (the sequence is up to twice as long): for task heads each side is tokenised as above to
+``max_length`` and the target's leading special token becomes the separator (XLM-R:
+``<s> x_S </s></s> x_T </s>``; mT5: ``x_S </s> x_T </s>``), span labels and offsets point into the target
+part; for generative heads the source prompt and the target prompt, each cut to the prompt budget.
+
 Every batch carries the source side (``source_input_ids``/``source_attention_mask``), framed
 the same way as the target side (the English prompt for generative heads, the English
 segments for task heads). With an MT tokenizer (FLARE-MT) it carries ``mt_input_ids`` /
@@ -78,6 +85,7 @@ class TaskEncoder:
         *,
         generative: bool | None = None,
         answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+        input_fusion: bool = False,
     ):
         """``source``: add the English side (FLARE). ``mt_tokenizer``: add the text the model reads in the
         MT model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target), from
@@ -85,12 +93,15 @@ class TaskEncoder:
         head that writes the answer, False for a task head, None for the family's default
         (:func:`~flare_ray.models.loading.resolve_head`); it must match the model ``load_model`` loaded.
         ``answer_tokens``: the answer budget reserved in decoder sequences (pass the generation budget,
-        ``training.max_new_tokens``)."""
+        ``training.max_new_tokens``). ``input_fusion``: source and target in one input (see the module docstring)."""
         self.task = task
         self.tokenizer = tokenizer
         self.family = ArchitectureFamily(family)
         self.max_length = max_length
         self.with_source = source
+        self.input_fusion = input_fusion
+        if input_fusion and (source or mt_tokenizer is not None):
+            raise ValueError("input fusion reads the source inside the input; it takes no separate source or MT input")
         self.mt_tokenizer = mt_tokenizer
         self.head = resolve_head(self.family, None if generative is None else "generative" if generative else "task")
         self.generative = self.head == "generative"
@@ -132,7 +143,7 @@ class TaskEncoder:
 
     def prompt_batch(self, records: Sequence[dict[str, Any]]) -> Batch:
         """Generative: the target prompts (padded on the tokenizer's side) and the source prompts."""
-        prompts = [self._fit_prompt(r, "target") for r in records]
+        prompts = [self._read_prompt(r) for r in records]
         padded = self.tokenizer.pad({"input_ids": [ids for ids, _ in prompts]}, return_tensors="pt")
         inputs = {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask}
         if self.with_source:
@@ -155,6 +166,8 @@ class TaskEncoder:
         )
 
     def _encoder_batch(self, records, with_labels: bool) -> Batch:
+        if self.input_fusion:
+            return self._fused_encoder_batch(records, with_labels)
         qa = self.task.labels is None
         segments = self._sides(records, "target")
         with_offsets = qa or self.mt_tokenizer is not None
@@ -188,6 +201,39 @@ class TaskEncoder:
             inputs.update(self._mt_inputs(read))
         return Batch(inputs, meta)
 
+    def _fused_encoder_batch(self, records, with_labels: bool) -> Batch:
+        """Input-level fusion for task heads: ``[x_S; sep; x_T]``, each side truncated on its own."""
+        qa, tok = self.task.labels is None, self.tokenizer
+        rows, meta, starts, ends = [], [], [], []
+        for r in records:
+            source = self._tokenize([[r[f"source_{f}"]] for f in self.task.text_fields])
+            target = self._tokenize([[r[f"target_{f}"]] for f in self.task.text_fields], return_offsets_mapping=qa)
+            src, tgt = source.input_ids[0].tolist(), target.input_ids[0].tolist()
+            separator = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+            if separator is not None and tgt[0] in (tok.cls_token_id, tok.bos_token_id):
+                tgt = [separator] + tgt[1:]  # the target's leading special token becomes the separator
+            rows.append(src + tgt)
+            meta.append({"id": r["id"]})
+            if qa:
+                shift, offsets, sequence_ids = len(src), target.pop("offset_mapping")[0].tolist(), target.sequence_ids(0)
+                start, end = _answer_tokens(r["target_answers"][0], offsets, sequence_ids)
+                starts.append(start + shift if (start, end) != (0, 0) else 0)
+                ends.append(end + shift if (start, end) != (0, 0) else 0)
+                meta[-1].update(context=r["target_context"], offsets=[[0, 0]] * shift + offsets,
+                                sequence_ids=[None] * shift + sequence_ids)  # fmt: skip
+        width = max(map(len, rows))
+        inputs = {
+            "input_ids": torch.tensor([row + [tok.pad_token_id] * (width - len(row)) for row in rows]),
+            "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows]),
+        }
+        if self.family is ArchitectureFamily.ENCODER_DECODER and not qa:
+            self._check_eos(inputs["input_ids"])
+        if with_labels and qa:
+            inputs.update(start_positions=torch.tensor(starts), end_positions=torch.tensor(ends))
+        elif with_labels:
+            inputs["labels"] = torch.tensor([self.task.labels.index(r["label"]) for r in records])
+        return Batch(inputs, meta)
+
     def _check_eos(self, input_ids: torch.Tensor) -> None:
         """mT5's classification head reads the last eos of each row and needs as many in every row."""
         counts = (input_ids == self.tokenizer.eos_token_id).sum(1)
@@ -204,7 +250,7 @@ class TaskEncoder:
         for r in records:
             answer = tok(" " + self.task.answer(r), add_special_tokens=False).input_ids + [tok.eos_token_id]
             answer = answer[: self.answer_budget]
-            prompt, text = self._fit_prompt(r, "target")
+            prompt, text = self._read_prompt(r)
             rows.append(prompt + answer)
             label_rows.append([IGNORE] * len(prompt) + answer)
             read.append(text)
@@ -225,6 +271,15 @@ class TaskEncoder:
         ids = [self._fit_prompt(r, "source")[0] for r in records]
         source = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         return {"source_input_ids": source.input_ids, "source_attention_mask": source.attention_mask}
+
+    def _read_prompt(self, record) -> tuple[list[int], str | None]:
+        """The prompt the model reads: the target's, or with input fusion the source's and then the target's."""
+        ids, text = self._fit_prompt(record, "target")
+        if not self.input_fusion:
+            return ids, text
+        source, _ = self._fit_prompt(record, "source")
+        bos = self.tokenizer.bos_token_id
+        return source + (ids[1:] if bos is not None and ids[:1] == [bos] else ids), None
 
     def _fit_prompt(self, record, side: str) -> tuple[list[int], str | None]:
         """A side's prompt cut to the prompt budget, and (FLARE-MT, target side) the text of the kept tokens."""

@@ -8,7 +8,8 @@ resumed sweep never duplicates runs.
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
@@ -20,9 +21,8 @@ from ray.tune.integration.ray_train import (
 )
 
 from flare_ray.storage import local_copy
-from flare_ray.tasks.metrics import better
 
-from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, TRIAL_TAG, find_run, log_params
+from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, find_run, log_params
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -36,19 +36,29 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 class MLflowTrialCallback(Callback):
-    """One nested MLflow child run per Tune trial, with its curves and its best adapter."""
+    """One nested MLflow child run per Tune trial, with its curves, its best adapter and its predictions.
+
+    Each child run is self-describing: ``describe`` (given by the search) turns the trial's Tune config into
+    its whole resolved config, logged as flattened params, and its tags (method, seed, grid cell,
+    configuration, config schema version); the language and trial id are tagged here. The run is created
+    at the trial's first result, so a trial that never reported (e.g. started just before Ctrl-C) leaves
+    no run behind.
+    """
 
     def __init__(
-        self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str
+        self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str,
+        describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None,
     ) -> None:
+        """``describe``: a trial's Tune config -> (its resolved config as nested params, its tags)."""
         self.tracking_uri = tracking_uri
         self.storage_path = storage_path
         self.parent_run_id = parent_run_id
         self.language = language
         self.metric = metric
         self.mode = mode
+        self.describe = describe or (lambda config: (dict(config), {}))
         self._runs: dict[str, str] = {}  # trial id -> run id
-        self._best: dict[str, tuple[float, str | None]] = {}  # trial id -> (score, checkpoint path)
+        self._checkpoints: dict[str, str] = {}  # trial id -> its latest (best) checkpoint
 
     @property
     def client(self) -> MlflowClient:
@@ -65,22 +75,15 @@ class MLflowTrialCallback(Callback):
             run_id = found.info.run_id
             client.update_run(run_id, status="RUNNING")
         else:
-            run = client.create_run(
-                experiment_id,
-                tags={
-                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
-                    TRIAL_TAG: trial.trial_id,
-                    LANGUAGE_TAG: self.language,
-                },
-            )
+            params, tags = self.describe(trial.config)
+            run = client.create_run(experiment_id, tags={
+                **tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
+                TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language,
+            })  # fmt: skip
             run_id = run.info.run_id
-            log_params(client, run_id, {**trial.config, "language": self.language})
+            log_params(client, run_id, {**params, "language": self.language})
         self._runs[trial.trial_id] = run_id
         return run_id
-
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         run_id = self.run_id(trial)
@@ -88,23 +91,32 @@ class MLflowTrialCallback(Callback):
         metrics = _metrics(result)
         if result.get("final"):  # the trial's summary: its test scores (validation curves are already logged)
             metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
+        elif isinstance(result.get(self.metric), (int, float)):
+            print(f"{self.language} {trial.trial_id} epoch {step}: {self.metric} {result[self.metric]:.2f}", flush=True)
         if metrics:
             now = int(1000 * result.get("timestamp", 0)) or 0
             self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-        score, path = result.get(self.metric), result.get(CHECKPOINT_PATH_KEY)
-        if isinstance(score, (int, float)) and path:
-            best = self._best.get(trial.trial_id)
-            if best is None or better(score, best[0], self.mode):
-                self._best[trial.trial_id] = (float(score), path)
+        if result.get(CHECKPOINT_PATH_KEY):  # the loop checkpoints only a new best (and last the best again)
+            self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]
 
     def _finish(self, trial: Trial, status: str) -> None:
+        if trial.trial_id not in self._runs and not find_run(
+            self.client, self.client.get_run(self.parent_run_id).info.experiment_id,
+            {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id},
+        ):
+            return  # it never reported: no run
         run_id = self.run_id(trial)
         client = self.client
-        best = self._best.get(trial.trial_id)
-        if best is not None and best[1]:
-            with local_copy(best[1], self.storage_path) as folder:
-                client.log_artifacts(run_id, folder, ADAPTER_PATH)
-            client.set_tag(run_id, CHECKPOINT_TAG, best[1])
+        path = self._checkpoints.get(trial.trial_id)
+        if path:
+            with local_copy(path, self.storage_path) as folder:
+                folder = Path(folder)
+                for item in sorted(folder.iterdir()):
+                    if item.is_file():
+                        client.log_artifact(run_id, str(item), ADAPTER_PATH)
+                if (folder / PREDICTIONS_PATH).is_dir():
+                    client.log_artifacts(run_id, str(folder / PREDICTIONS_PATH), PREDICTIONS_PATH)
+            client.set_tag(run_id, CHECKPOINT_TAG, path)
         client.set_terminated(run_id, status=status)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -112,5 +124,3 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
-
-

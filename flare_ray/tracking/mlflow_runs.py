@@ -27,7 +27,13 @@ from flare_ray.storage import local_folder
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
 LANGUAGE_TAG = "flare_ray.language"
+METHOD_TAG = "flare_ray.method"  # method.kind
+SEED_TAG = "flare_ray.seed"  # training.seed
+CELL_TAG = "flare_ray.cell"  # the grid cell, JSON {key.path: value} ({} without a grid)
+CONFIGURATION_TAG = "flare_ray.configuration"  # what the trial varied besides its seed, JSON
+SCHEMA_TAG = "flare_ray.schema_version"  # the experiment config's schema version (experiment.SCHEMA_VERSION)
 ADAPTER_PATH = "adapter"
+PREDICTIONS_PATH = "predictions"  # <split>.parquet: per-example predictions
 CHECKPOINT_TAG = "best_checkpoint"
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "bitsandbytes", "deepspeed")
@@ -90,6 +96,7 @@ def start_parent_run(
     provenance: dict[str, Any],
     resume: bool,
     artifact_location: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """The sweep's parent run id; on ``resume`` the existing one, so nothing is duplicated.
 
@@ -106,7 +113,7 @@ def start_parent_run(
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
-    run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, "git_commit": git_commit()})
+    run = client.create_run(experiment_id, run_name=sweep, tags={**(tags or {}), SWEEP_TAG: sweep, "git_commit": git_commit()})
     run_id = run.info.run_id
     log_params(client, run_id, config)
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
@@ -117,14 +124,14 @@ def start_parent_run(
     return run_id
 
 
-def register_best(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str]) -> str:
+def register_best(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str], description: str | None = None) -> str:
     """Register the adapter artifact of ``run_id``; returns the new version."""
     try:
         client.get_registered_model(model_name)
     except Exception:  # noqa: BLE001 - mlflow raises its own not-found error type
         client.create_registered_model(model_name)
     source = f"runs:/{run_id}/{ADAPTER_PATH}"
-    version = client.create_model_version(model_name, source, run_id=run_id, tags=tags)
+    version = client.create_model_version(model_name, source, run_id=run_id, tags=tags, description=description)
     return version.version
 
 
@@ -175,7 +182,8 @@ def log_scores(client: MlflowClient, run_id: str, scores: dict[str, float]) -> N
 
 
 def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
-    """Tag the best trial of a language on the parent run and register its adapter; the new version.
+    """Tag the best configuration of a language on the parent run and register its best seed's adapter;
+    the new version (None: the method trains no adapter).
 
     ``best``: a :class:`~flare_ray.search.summary.LanguageResult`.
     """
@@ -183,16 +191,26 @@ def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
     client.set_tag(parent, f"{prefix}.trial_id", best.trial_id)
     client.set_tag(parent, f"{prefix}.run_id", best.run_id)
     client.set_tag(parent, f"{prefix}.hyperparameters", json.dumps(best.hyperparameters, default=str))
-    client.log_metric(parent, f"{prefix}.validation", best.validation)
-    log_scores(client, parent, {f"{prefix}.{k.replace('/', '.')}": v for k, v in best.test.items()})
-    if ADAPTER_PATH not in [a.path for a in client.list_artifacts(best.run_id)]:
+    client.set_tag(parent, f"{prefix}.seeds", json.dumps(best.seeds))
+    log_scores(client, parent, {f"{prefix}.validation": best.validation, f"{prefix}.validation_std": best.validation_std,
+                                **{f"{prefix}.{k.replace('/', '.')}": v for k, v in best.test.items()}})  # fmt: skip
+    if "adapter_config.json" not in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(best.run_id, ADAPTER_PATH)}:
         return None
     tags = {
         "task": config.task.name, LANGUAGE_TAG: best.language, "metric": config.search.metric,
         "validation": f"{best.validation:.4f}", "hyperparameters": json.dumps(best.hyperparameters, default=str),
-        "base_model": config.model.name_or_path, "method": config.method.kind,
+        "base_model": config.model.name_or_path, "method": config.method.kind, SEED_TAG: str(best.seed),
     }
-    version = register_best(client, best.run_id, f"{config.name}-{config.task.name}-{best.language}", tags)
+    method = best.hyperparameters.get("method.kind", config.method.kind)
+    tags["method"] = str(method)
+    seeds = len(best.seeds)
+    description = (
+        f"{method} for {config.task.name}/{best.language}: the configuration {json.dumps(best.hyperparameters, default=str)}"
+        f" was selected on the mean {config.search.metric} over {seeds} seed(s), {best.validation:.2f}"
+        + (f" ± {best.validation_std:.2f} (std)" if seeds > 1 else "")
+        + f"; this adapter is its best-validation seed (training.seed {best.seed}, {best.seed_validation:.2f})."
+    )
+    version = register_best(client, best.run_id, f"{config.name}-{config.task.name}-{best.language}", tags, description)
     client.set_tag(parent, f"{prefix}.registered_version", version)
     return version
 

@@ -1,30 +1,73 @@
-"""The adapted model of a trial: FLARE, FLARE-MT, or peft's plain LoRA (the baseline)."""
+"""The methods of the paper, one ``method.kind`` each, and the adapted model each one trains.
+
+Every method runs through the same trial recipe (:mod:`flare_ray.training.loop`), with the same
+LoRA settings (``method.lora``), data, stage-1 model and selection, so a comparison is fair:
+
+============== ======== ======================================================================
+kind           trains   what the model is and reads
+============== ======== ======================================================================
+zero_shot      no       the stage-1 model (English fine-tune) scored on the gold target test
+translate_test no       the stage-1 model scored on the English side of the test set
+lora           yes      translate-train LoRA on the target side (peft's own)
+input_fusion   yes      LoRA on ``[x_S; x_T]``: the source, a separator and the target in one input
+xmixup         yes      LoRA with X-Mixup's cross-attention mixing (:mod:`flare_ray.baselines.xmixup`)
+flare          yes      FLARE: the source pass's representations fused in the LoRA bottlenecks
+flare_mt       yes      FLARE-MT: an MT encoder's latent translation of the target fused instead
+============== ======== ======================================================================
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import get_args
 
 from peft import LoraConfig, get_peft_model
 
+from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import default_task_type, get_flare_model, untrained_task_heads
 from flare_ray.models.loading import resolve_name_or_path
 
-# what each method feeds the model besides the target batch
-NEEDS_SOURCE = {"flare": True, "flare_mt": False, "lora": False}
+from .config import MethodKind
+
+
+@dataclass(frozen=True)
+class Method:
+    trains: bool  # False: the stage-1 model is only scored
+    source: bool  # the batches carry the English side (source_input_ids)
+    input_fusion: bool = False  # the model reads [x_S; x_T] as one input
+    reads_english: bool = False  # validation and test are read on their English side (translate-test)
+
+
+METHODS: dict[MethodKind, Method] = {
+    "zero_shot": Method(trains=False, source=False),
+    "translate_test": Method(trains=False, source=False, reads_english=True),
+    "lora": Method(trains=True, source=False),
+    "input_fusion": Method(trains=True, source=False, input_fusion=True),
+    "xmixup": Method(trains=True, source=True),
+    "flare": Method(trains=True, source=True),
+    "flare_mt": Method(trains=True, source=False),
+}
+assert set(METHODS) == set(get_args(MethodKind))
 
 
 def build_adapter(model, method):
-    """Wrap ``model`` (a transformers model) as the trial's ``method`` (a MethodSpec) asks.
+    """Wrap ``model`` (a transformers model, stage 1 merged in) as ``method`` (a MethodSpec) trains it.
 
     The LoRA is peft's own, with the task head trained beside it (peft's ``modules_to_save``;
     named explicitly where peft's task-type default misses it, e.g. mT5's ``classification_head``),
-    as in the paper: "only the task head and LoRA parameters are trainable" (Sec. 3.3).
+    as in the paper: "only the task head and LoRA parameters are trainable" (Sec. 3.3). Methods that
+    do not train get the model itself, frozen.
     """
+    if not METHODS[method.kind].trains:
+        return model.requires_grad_(False).eval()
     lora = LoraConfig(
         **method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=untrained_task_heads(model) or None
     )
-    if method.kind == "lora":
+    if method.kind in ("lora", "input_fusion"):
         return get_peft_model(model, lora)
+    if method.kind == "xmixup":
+        return XMixupModel(get_peft_model(model, lora), method.xmixup)
     config = method.flare_config()
     if config.mt_encoder is not None:  # FLARE-MT: a hub id, a folder, or the offline tiny:m2m_100
         config = dataclasses.replace(config, mt_encoder=resolve_name_or_path(config.mt_encoder))

@@ -21,6 +21,10 @@ _SCHEDULERS_NEEDING_ARGUMENTS = (
 )
 
 
+# The methods of the paper (flare_ray.training.adapter.METHODS says what each one is).
+MethodKind = Literal["zero_shot", "translate_test", "lora", "input_fusion", "xmixup", "flare", "flare_mt"]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

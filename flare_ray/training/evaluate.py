@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from flare_ray.tasks.encoding import TaskEncoder
+from flare_ray.tasks.predictions import predictions_frame
 
 from .setup import build_trial
 
@@ -17,21 +18,35 @@ if TYPE_CHECKING:  # the experiment config is built above this package and hande
     from flare_ray.experiment import ExperimentConfig
 
 TRIAL_CONFIG_NAME = "trial_config.json"  # beside a checkpoint's adapter: the trial's experiment and language
+PREDICTIONS_DIR = "predictions"  # in a checkpoint: <split>.parquet, the per-example predictions
 
 
-def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, float]:
-    """The task's metrics of ``model``'s predictions on ``records`` (eval mode; train mode after)."""
+def _predict(encoder: TaskEncoder, model, records, training) -> list:
+    was_training = model.training
     model.eval()
     predictions = encoder.predict(
         model, list(records), batch_size=training.eval_batch_size, max_new_tokens=training.max_new_tokens
     )
-    model.train()
-    return task.score(predictions, records)
+    model.train(was_training)
+    return predictions
+
+
+def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, float]:
+    """The task's metrics of ``model``'s predictions on ``records`` (in eval mode)."""
+    return task.score(_predict(encoder, model, records, training), records)
+
+
+def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, epoch: int | None = None):
+    """The metrics of ``model`` on ``records`` and the per-example predictions table (see
+    :mod:`flare_ray.tasks.predictions`)."""
+    predictions = _predict(encoder, model, records, training)
+    return task.score(predictions, records), predictions_frame(task, records, predictions, split, epoch)
 
 
 @torch.no_grad()
 def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> float:
     """The mean training loss (teacher-forced) over ``records``: a smooth curve beside the metric."""
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(records), batch_size):
@@ -39,11 +54,13 @@ def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> 
         inputs = {k: v.to(device) for k, v in encoder.train_batch(rows).inputs.items()}
         total += model(**inputs).loss.item() * len(rows)
         count += len(rows)
-    model.train()
+    model.train(was_training)
     return total / max(count, 1)
 
 
-def score_adapter(experiment: ExperimentConfig, language: str, folder: Path, role: str = "test") -> dict[str, float]:
-    """A saved trial adapter's scores on ``role`` (``{"test/<metric>": ...}``), loaded by the trial's own setup."""
+def score_adapter(experiment: ExperimentConfig, language: str, folder: Path, role: str = "test", epoch: int | None = None):
+    """A saved trial adapter's scores on ``role`` (``{"test/<metric>": ...}``), loaded by the trial's own setup,
+    and its predictions table."""
     run = build_trial(experiment, language, roles=(role,), adapter=folder)
-    return {f"{role}/{k}": v for k, v in score(run.task, run.encoder, run.model, run.splits[role], experiment.training).items()}
+    scores, frame = evaluate(run.task, run.encoder, run.model, run.splits[role], experiment.training, role, epoch)
+    return {f"{role}/{k}": v for k, v in scores.items()}, frame

@@ -9,7 +9,12 @@ A trial trains one adapter for one (task, target language), read top to bottom:
    checkpoint whenever the epoch is the best so far. The first step of a
    FLARE trial checks that every fusion site fused (never plain LoRA by
    accident);
-3. test: restore the best epoch's adapter and score the gold test split once.
+3. test: restore the best epoch's adapter and score the gold test split once; the last report's
+   checkpoint holds that adapter and the per-example predictions of the best epoch's validation and
+   of the test (``predictions/<split>.parquet``).
+
+Methods that train nothing (zero-shot, translate-test) skip step 2: the stage-1 model is scored on
+validation (reported as epoch 0) and test.
 
 With several workers the model is wrapped in DDP (or a DeepSpeed engine when
 the experiment names a DeepSpeed config); every rank scores the same records
@@ -30,8 +35,9 @@ import ray.train
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
+from .adapter import METHODS
 from .engine import Engine
-from .evaluate import TRIAL_CONFIG_NAME, mean_loss, score
+from .evaluate import PREDICTIONS_DIR, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
@@ -49,6 +55,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 1. setup
     trial = build_trial(experiment, language)
+    if not METHODS[experiment.method.kind].trains:  # zero-shot, translate-test: the stage-1 model, scored
+        return _score_only(trial, experiment, language, rank)
     loader = train_loader(trial.splits["train"], trial.encoder, training, rank, world)
     engine = Engine(
         trial.model, training, experiment.scaling, optimizer_steps(loader, training),
@@ -57,7 +65,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
 
     # 2. epochs
-    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
+    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
     for epoch in range(1, training.epochs + 1):
         started = time.perf_counter()
         train_loss = engine.train_epoch(loader, epoch, first_step=fusion_check if epoch == 1 else contextlib.nullcontext)
@@ -67,30 +75,61 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         # Every rank scores the same records (ZeRO-3 needs all ranks in each forward); rank 0 reports.
         validation = trial.splits["validation"]
-        scores = score(trial.task, trial.encoder, engine.unwrapped, validation, training)
+        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, validation, training, "validation", epoch)
         scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, validation, training.eval_batch_size, engine.device)
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
         checkpoint = None
         if best["score"] is None or better(metrics[metric], best["score"], mode):
-            best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state())
+            best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
             if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
-                checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch)
+                checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions})
         ray.train.report(metrics, checkpoint=checkpoint)
 
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best["state"])
-    scores = score(trial.task, trial.encoder, engine.unwrapped, trial.splits["test"], training)
-    # The best epoch's score again (Optuna learns from the last result), then the gold test scores.
-    final = {"epoch": training.epochs, "final": True, "best_epoch": best["epoch"], metric: best["score"]}
+    scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, trial.splits["test"], training, "test",
+                                   best["epoch"])  # fmt: skip
+    _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
+           {"validation": best["predictions"], "test": predictions})
+
+
+def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
+    """A method that trains nothing: validation (one result, epoch 0) and test scores of the model as it is."""
+    import ray.train.torch
+
+    model = trial.model if experiment.model.quantization != "none" else trial.model.to(ray.train.torch.get_device())
+    training, metric = experiment.training, experiment.search.metric
+    scores, validation = evaluate(trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0)
+    scores["loss"] = mean_loss(trial.encoder, model, trial.splits["validation"], training.eval_batch_size,
+                               next(model.parameters()).device)  # fmt: skip
+    metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}}
+    ray.train.report(metrics)
+    scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
+    best = {"score": metrics[metric], "epoch": 0}
+    _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
+
+
+def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch: int, best: dict, scores: dict,
+           predictions: dict):
+    """The trial's last result: the best epoch's score again (Optuna learns from the last result), the gold
+    test scores, and a checkpoint with the best adapter and every split's predictions."""
+    final = {"epoch": epoch, "final": True, "best_epoch": best["epoch"], experiment.search.metric: best["score"]}
     final.update({f"test/{k}": v for k, v in scores.items()})
-    ray.train.report(final)
+    checkpoint = _checkpoint(model, experiment, language, best["epoch"], predictions) if rank == 0 else None
+    ray.train.report(final, checkpoint=checkpoint)
 
 
-def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int) -> ray.train.Checkpoint:
-    """The adapter only (peft + FLARE weights, safetensors) and the trial's config."""
-    directory = Path(tempfile.mkdtemp(prefix=f"adapter-epoch{epoch}-"))
-    model.save_pretrained(directory)
+def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict) -> ray.train.Checkpoint:
+    """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing), the
+    trial's config and the per-example predictions (``predictions/<split>.parquet``)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
+    if model is not None:
+        model.save_pretrained(directory)
     (directory / TRIAL_CONFIG_NAME).write_text(
         json.dumps({"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}, indent=2)
     )
+    (directory / PREDICTIONS_DIR).mkdir()
+    for split, frame in predictions.items():
+        if frame is not None:
+            frame.to_parquet(directory / PREDICTIONS_DIR / f"{split}.parquet", index=False)
     return ray.train.Checkpoint.from_directory(directory)

@@ -27,13 +27,14 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
 from flare_ray.tasks.encoding import TaskEncoder
 
-from .adapter import NEEDS_SOURCE, build_adapter
+from .adapter import METHODS, build_adapter
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
     from flare_ray.experiment import ExperimentConfig
@@ -89,23 +90,28 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
 
 
 def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEncoder:
-    """The batch encoder of a run: the source side for FLARE, the MT encoder's input for FLARE-MT."""
+    """The batch encoder of a run: the source side for FLARE and X-Mixup, the MT encoder's input for FLARE-MT,
+    source and target in one input for input-level fusion."""
     method = experiment.method
     mt_tokenizer = None
     if method.kind == "flare_mt":
         mt_tokenizer = load_mt_tokenizer(method.flare.mt_encoder, task.language)
     return TaskEncoder(
         task, base.tokenizer, base.family, experiment.training.max_length,
-        source=NEEDS_SOURCE[method.kind],
+        source=METHODS[method.kind].source, input_fusion=METHODS[method.kind].input_fusion,
         mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
         answer_tokens=experiment.training.max_new_tokens,
     )
 
 
 def english_side(task: Task, records: datasets.Dataset) -> datasets.Dataset:
-    """The records with their English (source) side as the side the model reads (stage 1)."""
+    """The records with their English (source) side as the side the model reads (stage 1, translate-test).
+
+    A translated QA test split has no English answers (its contexts are translated without them): its
+    gold answers stay the target language's, which a translate-test prediction is scored against."""
     columns = list(task.text_fields) + ([] if task.labels else ["answers"])
-    return records.map(lambda r: {f"target_{c}": r[f"source_{c}"] for c in columns})
+    keep = lambda r, c: r[f"source_{c}"] or r[f"target_{c}"] if c == "answers" else r[f"source_{c}"]  # noqa: E731
+    return records.map(lambda r: {f"target_{c}": keep(r, c) for c in columns})
 
 
 @dataclass
@@ -122,8 +128,9 @@ def build_trial(
 ) -> TrialSetup:
     """Seed, data, base model (with stage 1), adapter and encoder of one run.
 
-    ``english``: the splits' English side (stage 1). ``adapter``: a saved trial adapter to score
-    (no gradient checkpointing, on the GPU when there is one) instead of a new one to train.
+    ``english``: the splits' English side (stage 1; translate-test reads its validation and test splits
+    so). ``adapter``: a saved trial adapter to score (no gradient checkpointing, on the GPU when there is
+    one) instead of a new one to train.
     """
     if experiment.model.stage1 == "auto":
         raise ValueError(
@@ -133,8 +140,10 @@ def build_trial(
     seed_everything(experiment.training.seed)
     task = get_task(experiment.task.task_config(language))
     splits = {role: task.load(role) for role in roles}  # data errors before the model
-    if english:
-        splits = {role: english_side(task, records) for role, records in splits.items()}
+    method = METHODS[experiment.method.kind]
+    if english or method.reads_english:
+        read = ROLES if english else ("validation", "test")
+        splits = {role: english_side(task, records) if role in read else records for role, records in splits.items()}
     base = load_base(experiment, task, gradient_checkpointing=False if adapter else None)
     model = build_adapter(base.model, experiment.method) if adapter is None else load_adapter(base, experiment, adapter)
     return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base)
@@ -144,8 +153,12 @@ def load_adapter(base: Base, experiment: ExperimentConfig, folder: Path) -> torc
     """A trial's saved adapter on its base model, in eval mode."""
     from peft import PeftModel
 
-    kind = PeftModel if experiment.method.kind == "lora" else FlareModel
-    adapted = kind.from_pretrained(base.model, folder)
+    kind = experiment.method.kind
+    if not METHODS[kind].trains:
+        adapted = base.model.requires_grad_(False)
+    else:
+        loader = {"lora": PeftModel, "input_fusion": PeftModel, "xmixup": XMixupModel}.get(kind, FlareModel)
+        adapted = loader.from_pretrained(base.model, folder)
     if torch.cuda.is_available() and experiment.model.quantization == "none":  # 4-bit models are placed at load
         adapted.to("cuda")
     return adapted.eval()

@@ -1,0 +1,158 @@
+"""What a sweep runs: one Tune search (a ``Tuner``) per target language, and with a grid and a space, per
+language and grid cell. Each search keeps its own searcher state, scheduler and experiment folder.
+
+* **grid, no space**: one search per language over Ray Tune's ``grid_search`` of every grid key (and
+  of ``training.seed`` over ``search.seeds``): each cell runs exactly once per seed;
+* **space** (TPE): ``num_samples`` configurations from Optuna, each run once per seed (Ray Tune's
+  ``Repeater``, which reports the mean over the seeds to Optuna); with a grid, every cell is a
+  search of its own with its own Optuna study, the cell's values fixed in its config;
+* **neither**: ``num_samples`` runs of the fixed config (per seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray.tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, Repeater
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from flare_ray.configfile import get_path, set_path
+from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, ExperimentConfig, apply_sample, build_sampler
+from flare_ray.storage import join
+from flare_ray.tracking.mlflow_runs import CELL_TAG, CONFIGURATION_TAG, METHOD_TAG, SCHEMA_TAG, SEED_TAG
+
+
+@dataclass
+class Search:
+    """One Tune search: a target language and, with a grid and a space, one grid cell."""
+
+    language: str
+    config: ExperimentConfig  # the experiment, with the cell's values written in
+    cell: dict[str, Any] = field(default_factory=dict)  # the grid values this search fixes (grid and space)
+    name: str = ""
+
+    @property
+    def expected_trials(self) -> int:
+        search = self.config.search
+        seeds = len(search.seed_list)
+        if search.space:
+            return search.num_samples * seeds
+        if search.grid:
+            return len(_cells(search.grid)) * seeds
+        return search.num_samples * seeds
+
+
+def _cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def _label(cell: dict[str, Any]) -> str:
+    text = "_".join(f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
+                    for key, value in cell.items())  # fmt: skip
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:80]
+
+
+def plan_searches(config: ExperimentConfig) -> list[Search]:
+    """Every search of a sweep, in the order they start."""
+    searches = []
+    for language in config.task.languages:
+        if config.search.grid and config.search.space:
+            for i, cell in enumerate(_cells(config.search.grid)):
+                searches.append(Search(language, apply_sample(config, cell), cell,
+                                       f"{config.name}-{language}-cell{i}-{_label(cell)}"))  # fmt: skip
+        else:
+            searches.append(Search(language, config, {}, f"{config.name}-{language}"))
+    return searches
+
+
+class SeedRepeater(Repeater):
+    """Ray Tune's ``Repeater`` (one configuration, every seed) that also saves its own groups with the
+    searcher's state, so that a resumed search knows which seeds of a configuration are still due."""
+
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)
+        with open(checkpoint_path + ".groups", "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if os.path.exists(checkpoint_path + ".groups"):
+            with open(checkpoint_path + ".groups", "rb") as f:
+                self.set_state(pickle.load(f))
+
+
+def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
+    """A trial's Tune config as key paths: the Repeater's index (``__trial_index__``) becomes ``training.seed``."""
+    sample = dict(sample)
+    index = sample.pop(TRIAL_INDEX, None)
+    if index is not None and seeds[index] is not None:
+        sample["training.seed"] = seeds[index]
+    return sample
+
+
+def describe_trial(sample: dict[str, Any], *, base: dict[str, Any], cell: dict[str, Any], grid: list[str],
+                   seeds: list[int | None]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A trial's whole resolved config (``base``, the search's config as JSON, with the trial's sample written
+    in; as nested params) and its MLflow tags: method, seed, grid cell, configuration, schema version."""
+    sample = seeded(sample, seeds)
+    data = copy.deepcopy(base)
+    for key, value in sample.items():
+        set_path(data, key.split("."), copy.deepcopy(value))
+    cell = {**cell, **{k: sample[k] for k in grid if k in sample}}
+    tags = {
+        METHOD_TAG: str(get_path(data, ["method", "kind"])), SEED_TAG: str(get_path(data, ["training", "seed"])),
+        CELL_TAG: json.dumps(cell, sort_keys=True, default=str),
+        CONFIGURATION_TAG: json.dumps(configuration(sample, cell), sort_keys=True, default=str),
+        SCHEMA_TAG: str(SCHEMA_VERSION),
+    }
+    return data, tags
+
+
+def configuration(sample: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+    """What a trial varied besides its seed: the grid cell and the sampled keys."""
+    return {k: v for k, v in {**cell, **sample}.items() if k != "training.seed"}
+
+
+def tune_config(search: Search) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
+    """The search algorithm, scheduler and budget of a search, and its ``param_space``."""
+    config, spec = search.config, search.config.search
+    seeds = spec.seed_list
+    param_space: dict[str, Any] = {}
+    searcher = None
+    if spec.space:
+        searcher = OptunaSearch(space=DefineByRun(config), sampler=build_sampler(spec.sampler), metric=spec.metric,
+                                mode=spec.mode)  # fmt: skip
+        if spec.seeds:
+            searcher = SeedRepeater(searcher, repeat=len(seeds), set_index=True)
+        if spec.max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
+        num_samples = spec.num_samples * len(seeds)
+    else:
+        param_space = {key: ray.tune.grid_search(values) for key, values in spec.grid.items()}
+        if spec.seeds:
+            param_space["training.seed"] = ray.tune.grid_search(list(spec.seeds))
+        num_samples = 1 if spec.grid else spec.num_samples
+    scheduler = None
+    if spec.scheduler is not None:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric=spec.metric, mode=spec.mode,
+            max_t=config.training.epochs + 1,  # +1: the last epoch still reports its test scores
+            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+        )
+    tune = ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                               max_concurrent_trials=spec.max_concurrent_trials)  # fmt: skip
+    return tune, param_space
+
+
+def search_path(search: Search) -> str:
+    return join(search.config.storage_path, search.name)

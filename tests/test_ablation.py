@@ -1,0 +1,111 @@
+"""Ablations end to end through ``python -m flare_ray.tune`` on a local Ray and a real MLflow store: every
+method of the paper as a grid cell, grids x seeds (each cell once per seed), selection on the mean over
+seeds, languages at once, self-describing child runs and per-example predictions that reproduce the
+logged test metric exactly. Slow (a few minutes); CI runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pandas as pd
+import pytest
+from mlflow.artifacts import download_artifacts
+
+from flare_ray.experiment import SCHEMA_VERSION
+from flare_ray.tasks import TaskConfig, get_task
+from flare_ray.tasks.predictions import score_frame
+
+from .test_platform import mlflow_runs, run_tune
+
+pytestmark = pytest.mark.slow
+
+TINY = ["task.max_records={train: 32, validation: 24, test: 24}", "training.epochs=1", "search.scheduler=null",
+        "search.space={}", "search.max_concurrent_trials=2"]  # fmt: skip
+METHODS = ["zero_shot", "translate_test", "lora", "input_fusion", "xmixup", "flare", "flare_mt"]
+
+
+def predictions(client, run, split: str, storage) -> pd.DataFrame:
+    path = download_artifacts(run_id=run.info.run_id, artifact_path=f"predictions/{split}.parquet",
+                              tracking_uri=f"sqlite:///{storage / 'mlflow.db'}", dst_path=str(storage / "downloads" / run.info.run_id))  # fmt: skip
+    return pd.read_parquet(path)
+
+
+def test_every_method_of_the_paper_runs_as_a_grid_cell(tmp_path):
+    run_tune(tmp_path, *TINY, f"search.grid={{method.kind: {json.dumps(METHODS)}}}", "model.stage1=auto",
+             "method.flare.mt_encoder=tiny:m2m_100", "method.xmixup.layer=1")  # fmt: skip
+    client, (parent,), children = mlflow_runs(tmp_path)
+    assert sorted(c.data.tags["flare_ray.method"] for c in children) == sorted(METHODS)  # each method once
+    task = get_task(TaskConfig(name="nusax", language="jav"))
+    for child in children:
+        kind = child.data.tags["flare_ray.method"]
+        assert child.info.status == "FINISHED", kind
+        assert json.loads(child.data.tags["flare_ray.cell"]) == {"method.kind": kind}
+        assert child.data.tags["flare_ray.schema_version"] == str(SCHEMA_VERSION)
+        params = child.data.params  # the whole resolved config, not only the grid key
+        assert params["method.kind"] == kind and params["training.batch_size"] == "16" and params["model.stage1"]
+        trained = client.get_metric_history(child.info.run_id, "train/loss")
+        assert len(trained) == (0 if kind in ("zero_shot", "translate_test") else 1), kind
+        # The per-example predictions reproduce the logged test metric exactly, and name their examples.
+        frame = predictions(client, child, "test", tmp_path)
+        assert set(frame["split"]) == {"test"} and set(frame["language"]) == {"jav"} and frame["id"].is_unique
+        scores = score_frame(task, frame)
+        assert scores["macro_f1"] == child.data.metrics["test/macro_f1"], kind
+        assert scores["accuracy"] == pytest.approx(100 * frame["correct"].mean())
+        assert len(predictions(client, child, "validation", tmp_path)) == 24
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "adapter")}
+        assert ("adapter/adapter_config.json" in artifacts) == (kind not in ("zero_shot", "translate_test")), kind
+    assert parent.data.tags["flare_ray.schema_version"] == str(SCHEMA_VERSION)
+    assert json.loads(parent.data.tags["best.jav.hyperparameters"])["method.kind"] in METHODS
+
+
+def test_a_grid_with_seeds_runs_every_cell_once_per_seed_and_selects_on_the_seed_mean(tmp_path):
+    grid = {"method.flare.fusion": ["add", "mul"], "method.lora.r": [4, 8]}
+    run_tune(tmp_path, *TINY, f"search.grid={json.dumps(grid)}", "search.seeds=[0, 1]", "training.epochs=2")
+    client, (parent,), children = mlflow_runs(tmp_path)
+    cells = [(json.loads(c.data.tags["flare_ray.cell"]), int(c.data.tags["flare_ray.seed"])) for c in children]
+    expected = [({"method.flare.fusion": f, "method.lora.r": r}, s) for f, r, s in itertools.product(*grid.values(), [0, 1])]
+    assert len(children) == 8 and sorted(map(str, cells)) == sorted(map(str, expected))  # each (cell, seed) once
+    for child, (cell, seed) in zip(children, cells):
+        assert child.data.params["training.seed"] == str(seed) and child.data.params["method.lora.r"] == str(cell["method.lora.r"])
+
+    # Selection: the configuration with the best mean over its seeds of the best-epoch validation score.
+    best_of = {c.info.run_id: max(m.value for m in client.get_metric_history(c.info.run_id, "validation/macro_f1"))
+               for c in children}  # fmt: skip
+    by_configuration: dict[str, list] = {}
+    for child in children:
+        by_configuration.setdefault(child.data.tags["flare_ray.configuration"], []).append(child)
+    stats = {k: (pd.Series([best_of[c.info.run_id] for c in runs]).mean(), pd.Series([best_of[c.info.run_id] for c in runs]).std())
+             for k, runs in by_configuration.items()}  # fmt: skip
+    chosen = sorted(stats, key=lambda k: (-stats[k][0], stats[k][1]))[0]
+    assert json.loads(parent.data.tags["best.jav.hyperparameters"]) == json.loads(chosen)
+    assert parent.data.metrics["best.jav.validation"] == pytest.approx(stats[chosen][0])
+    assert json.loads(parent.data.tags["best.jav.seeds"]) == [0, 1]
+    best_seed = max(by_configuration[chosen], key=lambda c: best_of[c.info.run_id])
+    (version,) = client.search_model_versions("name='quickstart-nusax-jav'")
+    assert version.run_id == best_seed.info.run_id  # the registered adapter is its best-validation seed
+    assert "over 2 seed(s)" in version.description and "best-validation seed" in version.description
+
+
+def trial_intervals(storage, search: str) -> list[tuple[float, float]]:
+    """(start, end) of every trial of a search, from Tune's result files."""
+    out = []
+    for path in (storage / search).glob("run_trial_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
+    return out
+
+
+def test_two_languages_search_at_the_same_time(tmp_path):
+    run_tune(tmp_path, "task.languages=[jav, sun]", "search.num_samples=1", "training.epochs=2", "search.scheduler=null",
+             "task.max_records={train: 32, validation: 24, test: 24}")  # fmt: skip
+    jav, sun = trial_intervals(tmp_path, "quickstart-jav"), trial_intervals(tmp_path, "quickstart-sun")
+    assert len(jav) == len(sun) == 1
+    (a_start, a_end), (b_start, b_end) = jav[0], sun[0]
+    assert a_start < b_end and b_start < a_end, (jav, sun)  # their trials ran at the same time
+    _, (parent,), children = mlflow_runs(tmp_path)
+    assert sorted(c.data.tags["flare_ray.language"] for c in children) == ["jav", "sun"]
+    for language in ("jav", "sun"):  # each selected on its own
+        (child,) = [c for c in children if c.data.tags["flare_ray.language"] == language]
+        assert parent.data.tags[f"best.{language}.run_id"] == child.info.run_id
