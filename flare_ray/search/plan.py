@@ -73,13 +73,14 @@ def dry_run_text(config: ExperimentConfig) -> str:
         "",
         f"# search: {_budget(config)} x {len(config.task.languages)} language(s) {config.task.languages}, "
         f"all languages at once; objective {search.metric} ({search.mode})",
-        f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, "
-        f"{search.sampler.n_startup_trials} random startup trials)",
+        f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, {search.sampler.n_startup_trials} random "
+        "startup trials)" if search.space else "# sampler: none (Ray Tune's grid and seeds)",
         f"# scheduler: {scheduler}",
         f"# concurrency: {search.max_concurrent_trials or 'as resources allow'}; "
         f"{config.scaling.num_workers} worker(s) per trial, {config.scaling.resources_per_worker()} each",
         f"# mlflow: {tracking}, experiment {config.tracking.experiment_name!r}",
         f"# search space ({len(search.space)} key{'s' if len(search.space) != 1 else ''}):",
     ]
-    out += [f"  {line}" for line in space_lines(config)] or ["  (empty: every trial runs the fixed config)"]
+    empty = "(empty: the grid says what varies)" if search.grid else "(empty: every trial runs the fixed config)"
+    out += [f"  {line}" for line in space_lines(config)] or [f"  {empty}"]
     return "\n".join(out) + "\n"

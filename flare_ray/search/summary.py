@@ -2,8 +2,8 @@
 
 Selection with seeds (:func:`select_best`): trials that differ only in ``training.seed`` are one
 configuration; the best configuration has the best mean over its seeds of the MT-validation metric
-(each trial's best epoch), ties broken by the lower standard deviation; its registered adapter is its
-best-validation seed.
+(each trial's best epoch), ties broken by the lower standard deviation (then by the order they ran);
+its registered adapter is its best-validation seed.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: st
     if not rows:
         raise RuntimeError(f"no trial for {language} reported {metric}; see the trial errors above")
     frame = pd.DataFrame(rows)
-    stats = frame.groupby("configuration")["validation"].agg(["mean", "std", "count"]).fillna({"std": 0.0})
+    stats = frame.groupby("configuration", sort=False)["validation"].agg(["mean", "std"]).fillna({"std": 0.0})
     stats["rank"] = -stats["mean"] if mode == "max" else stats["mean"]
-    chosen = stats.sort_values(["rank", "std"]).index[0]
+    chosen = stats.sort_values(["rank", "std"], kind="stable").index[0]  # full ties: the first configuration run
     mine = frame[frame["configuration"] == chosen]
     best = mine.loc[mine["validation"].idxmax() if mode == "max" else mine["validation"].idxmin()]
     tests = pd.DataFrame(list(mine["test"]))

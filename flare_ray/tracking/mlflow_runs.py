@@ -73,7 +73,9 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     """Nested params flattened to dotted keys (values cut at MLflow's 6000 characters)."""
     from mlflow.entities import Param
 
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per request
+        client.log_batch(run_id, params=items[start : start + 100])
 
 
 def connect(tracking_uri: str) -> MlflowClient:

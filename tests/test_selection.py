@@ -1,0 +1,72 @@
+"""Selection with seeds: the best configuration has the best mean over its seeds (ties: the lower std), and
+its registered trial is its best-validation seed; Ray Tune's Repeater keeps its seed groups across a resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray.tune.search import Searcher
+
+from flare_ray.search.searches import SeedRepeater, seeded
+from flare_ray.search.summary import select_best
+
+
+def row(trial, configuration, seed, validation, test):
+    return {"trial_id": trial, "configuration": json.dumps(configuration, sort_keys=True), "seed": seed,
+            "validation": validation, "best_epoch": 1, "test": {"test/macro_f1": test}}  # fmt: skip
+
+
+def test_the_best_mean_over_seeds_wins_not_the_best_single_trial():
+    rows = [row("a0", {"r": 8}, 0, 90.0, 70.0), row("a1", {"r": 8}, 1, 40.0, 30.0),  # best single trial, mean 65
+            row("b0", {"r": 64}, 0, 70.0, 60.0), row("b1", {"r": 64}, 1, 68.0, 50.0)]  # mean 69  # fmt: skip
+    best = select_best(rows, "validation/macro_f1", "max", "jav")
+    assert best.hyperparameters == {"r": 64} and best.validation == pytest.approx(69.0)
+    assert best.trial_id == "b0" and best.seed == 0 and best.seed_validation == 70.0  # its best-validation seed
+    assert best.test == {"test/macro_f1": pytest.approx(55.0)} and best.seeds == [0, 1] and best.trials == 4
+    assert best.validation_std == pytest.approx(2 ** 0.5)
+
+
+def test_ties_go_to_the_lower_standard_deviation_and_min_mode():
+    rows = [row("a0", {"r": 8}, 0, 0.9, 0), row("a1", {"r": 8}, 1, 0.1, 0),
+            row("b0", {"r": 64}, 0, 0.5, 0), row("b1", {"r": 64}, 1, 0.5, 0)]  # fmt: skip
+    assert select_best(rows, "validation/loss", "min", "jav").hyperparameters == {"r": 64}
+    assert select_best(rows, "validation/loss", "max", "jav").hyperparameters == {"r": 64}
+    with pytest.raises(RuntimeError, match="no trial for jav reported"):
+        select_best([], "validation/loss", "min", "jav")
+
+
+class _Fixed(Searcher):
+    def __init__(self):
+        super().__init__(metric="m", mode="max")
+        self.n, self.completed = 0, []
+
+    def suggest(self, trial_id):
+        self.n += 1
+        return {"x": self.n}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append((trial_id, result))
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump({"n": self.n}, f)
+
+    def restore(self, path):
+        with open(path) as f:
+            self.n = json.load(f)["n"]
+
+
+def test_seed_repeater_runs_each_configuration_once_per_seed_and_survives_a_resume(tmp_path):
+    repeater = SeedRepeater(_Fixed(), repeat=3)
+    configs = [repeater.suggest(f"t{i}") for i in range(4)]
+    assert [seeded(c, [5, 6, 7]) for c in configs] == [
+        {"x": 1, "training.seed": 5}, {"x": 1, "training.seed": 6}, {"x": 1, "training.seed": 7},
+        {"x": 2, "training.seed": 5}]  # fmt: skip
+    repeater.save(str(tmp_path / "state"))
+    resumed = SeedRepeater(_Fixed(), repeat=3)
+    resumed.restore(str(tmp_path / "state"))
+    for i, score in enumerate([1.0, 2.0, 3.0]):
+        resumed.on_trial_complete(f"t{i}", {"m": score})  # known after the resume: no KeyError
+    assert resumed.searcher.completed == [("t0", {"m": 2.0})]  # Optuna learns the mean over the seeds
+    assert seeded(resumed.suggest("t4"), [5, 6, 7]) == {"x": 2, "training.seed": 6}  # the group goes on
