@@ -13,9 +13,9 @@ from flare_ray.experiment import load_experiment
 from flare_ray.fusion import FlareModel
 from flare_ray.models.loading import load_model, resolve_head
 from flare_ray.search.trial import score_checkpoint
-from flare_ray.tasks.predictions import score_frame
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
+from flare_ray.tasks.predictions import score_frame
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
 

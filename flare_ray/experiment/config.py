@@ -27,7 +27,6 @@ from flare_ray.training.config import LoraSpec, MethodKind, ScalingSpec, Stage1S
 
 from .distributions import Distribution, with_float_log
 
-
 # The version of this schema, tagged on every MLflow run (flare_ray.schema_version): 1 before methods,
 # grids and seeds (issue 10), 2 since. Tools that read sweeps (the report) check it.
 SCHEMA_VERSION = 2
