@@ -11,6 +11,8 @@ from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
 from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
 
+from .searches import plan_searches
+
 
 def space_lines(config: ExperimentConfig) -> list[str]:
     """One line per search-space key: the key, its distribution and its condition."""
@@ -39,15 +41,14 @@ def _budget(config: ExperimentConfig) -> str:
     """How many trials each language runs, and how they are made."""
     search = config.search
     cells = math.prod(len(v) for v in search.grid.values()) if search.grid else 1
-    seeds = len(search.seed_list)
     grid = f"grid of {cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
     if search.space:
         per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of a {grid}" if grid else "")
-        trials = cells * search.num_samples * seeds
     else:
         per = grid or f"{search.num_samples} run(s) of the fixed config"
-        trials = (cells if grid else search.num_samples) * seeds
-    with_seeds = f" x {seeds} seeds {search.seeds}" if search.seeds else ""
+    language = config.task.languages[0]
+    trials = sum(s.expected_trials for s in plan_searches(config) if s.language == language)
+    with_seeds = f" x {len(search.seed_list)} seeds {search.seeds}" if search.seeds else ""
     return f"{per}{with_seeds} = {trials} trials per language"
 
 

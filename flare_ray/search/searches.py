@@ -44,12 +44,8 @@ class Search:
     @property
     def expected_trials(self) -> int:
         search = self.config.search
-        seeds = len(search.seed_list)
-        if search.space:
-            return search.num_samples * seeds
-        if search.grid:
-            return len(_cells(search.grid)) * seeds
-        return search.num_samples * seeds
+        runs = len(_cells(search.grid)) if search.grid and not search.space else search.num_samples
+        return runs * len(search.seed_list)
 
 
 def _cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

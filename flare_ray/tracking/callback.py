@@ -100,13 +100,14 @@ class MLflowTrialCallback(Callback):
             self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]
 
     def _finish(self, trial: Trial, status: str) -> None:
-        if trial.trial_id not in self._runs and not find_run(
-            self.client, self.client.get_run(self.parent_run_id).info.experiment_id,
-            {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id},
-        ):
-            return  # it never reported: no run
-        run_id = self.run_id(trial)
         client = self.client
+        if trial.trial_id not in self._runs:  # a run of this trial from before a resume, or none: it never reported
+            experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+            found = find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+            if found is None:
+                return
+            self._runs[trial.trial_id] = found.info.run_id
+        run_id = self._runs[trial.trial_id]
         path = self._checkpoints.get(trial.trial_id)
         if path:
             with local_copy(path, self.storage_path) as folder:
