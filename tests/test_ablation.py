@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from mlflow.artifacts import download_artifacts
@@ -60,10 +66,21 @@ def test_every_method_of_the_paper_runs_as_a_grid_cell(tmp_path):
     assert json.loads(parent.data.tags["best.jav.hyperparameters"])["method.kind"] in METHODS
 
 
-def test_a_grid_with_seeds_runs_every_cell_once_per_seed_and_selects_on_the_seed_mean(tmp_path):
-    grid = {"method.flare.fusion": ["add", "mul"], "training.learning_rate": [1.0e-4, 3.0e-2]}
-    run_tune(tmp_path, *TINY, f"search.grid={json.dumps(grid)}", "search.seeds=[0, 1]", "training.epochs=2",
-             "search.metric=validation/loss", "search.mode=min")  # the loss tells tiny random models apart; F1 ties
+GRID = {"method.flare.fusion": ["add", "mul"], "training.learning_rate": [1.0e-4, 3.0e-2]}
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """A 2 x 2 grid x 2 seeds sweep through the CLI; its storage folder and what it printed."""
+    storage = tmp_path_factory.mktemp("grid")
+    done = run_tune(storage, *TINY, f"search.grid={json.dumps(GRID)}", "search.seeds=[0, 1]", "training.epochs=2",
+                    "search.metric=validation/loss", "search.mode=min")  # the loss tells tiny random models apart
+    return storage, done.stdout
+
+
+def test_a_grid_with_seeds_runs_every_cell_once_per_seed_and_selects_on_the_seed_mean(grid_sweep):
+    tmp_path, _ = grid_sweep
+    grid = GRID
     client, (parent,), children = mlflow_runs(tmp_path)
     cells = [(json.loads(c.data.tags["flare_ray.cell"]), int(c.data.tags["flare_ray.seed"])) for c in children]
     expected = [({"method.flare.fusion": f, "training.learning_rate": lr}, s)
@@ -113,3 +130,114 @@ def test_two_languages_search_at_the_same_time(tmp_path):
     for language in ("jav", "sun"):  # each selected on its own
         (child,) = [c for c in children if c.data.tags["flare_ray.language"] == language]
         assert parent.data.tags[f"best.{language}.run_id"] == child.info.run_id
+
+
+class Cells(HTMLParser):
+    """The text of every cell of the report's HTML table, row by row."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(self._cell.strip())
+            self._cell = None
+
+
+def report_files(client, parent, storage) -> Path:
+    folder = storage / "downloads" / "report"
+    download_artifacts(run_id=parent.info.run_id, artifact_path="report", tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+                       dst_path=str(folder))  # fmt: skip
+    return folder / "report"
+
+
+def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
+    storage, printed = grid_sweep
+    client, (parent,), children = mlflow_runs(storage)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    folder = report_files(client, parent, storage)
+    names = {p.name for p in folder.iterdir()}
+    assert {"report.md", "report.csv", "report.html", "bars.png", "curves.png"} <= names
+    assert "`report/`" in parent.data.tags["mlflow.note.content"] and "report.html" in parent.data.tags["mlflow.note.content"]
+
+    # Each cell: the mean ± std over its two seeds of the test metric the child runs logged.
+    table = pd.read_csv(folder / "report.csv")
+    cells = table[table["column"] == "jav"]
+    assert len(cells) == 4 and set(cells["n"]) == {2}
+    for line in cells.itertuples():
+        runs = [c for c in children if c.info.run_id in json.loads(line.run_ids)]
+        assert len(runs) == 2 and {json.loads(c.data.tags["flare_ray.cell"])["method.flare.fusion"] for c in runs} == {
+            f"{line.row}".split(",")[0].split("=")[1]}
+        values = pd.Series([c.data.metrics["test/macro_f1"] for c in runs])
+        assert line.mean == pytest.approx(values.mean()) and line.std == pytest.approx(values.std())
+    best = cells[cells["best"]]
+    assert (best["mean"] == cells["mean"].max()).all() and cells[~cells["best"]]["p_value"].between(0, 1).all()
+
+    # The HTML shows the numbers of the CSV; the Markdown table was printed at the end of the sweep.
+    parser = Cells()
+    parser.feed((folder / "report.html").read_text())
+    header, *rows = parser.rows
+    assert header == ["row", "jav ‡", "jav p"]  # tiny model, 32 records: not the paper's setting
+    shown = {r[0]: r[1:] for r in rows}
+    for line in cells.itertuples():
+        assert shown[line.row][0].startswith(f"{line.mean:.2f} ± {line.std:.2f} (n=2)")
+        assert shown[line.row][1] == ("best" if line.best else f"{line.p_value:.3f}" + ("*" if line.p_value < 0.05 else ""))
+    assert (folder / "report.md").read_text().split("\n\n")[2] in printed
+    for png in ("bars.png", "curves.png"):
+        image = plt.imread(folder / png)
+        assert image.shape[0] > 100 and image.std() > 0.01, png
+
+    # The registered adapter's model version carries its report row.
+    (version,) = client.search_model_versions("name='quickstart-nusax-jav'")
+    own = table[table["run_ids"].str.contains(version.run_id)].iloc[0]
+    assert f"Report row {own['row']!r}, jav: {own['mean']:.2f}" in version.description
+
+    # A later process, from MLflow alone, makes the same report.
+    again = storage / "again"
+    done = subprocess.run([sys.executable, "-m", "flare_ray.report", "quickstart", "--tracking-uri",
+                           f"sqlite:///{storage / 'mlflow.db'}", "--output", str(again)],
+                          capture_output=True, text=True, timeout=300, cwd=storage)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(again / "report.csv"), table)
+    assert "jav p" in done.stdout and "Failed to load" not in done.stdout
+
+
+def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
+    """Debian's Chromium (installed by .ci/run) opens the page: the table is there and every image decoded."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    storage, _ = grid_sweep
+    client, (parent,), _ = mlflow_runs(storage)
+    page = report_files(client, parent, storage) / "report.html"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={storage / 'chromium'}", "--window-size=1280,1600"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(page.as_uri())
+        cells = driver.execute_script("return [...document.querySelectorAll('#report td')].map(td => td.innerText)")
+        assert len(cells) == 4 * 3 and "best" in cells and any(c.startswith("fusion=add") for c in cells)  # row, jav, p
+        widths = driver.execute_script("return [...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) >= 2 and min(widths) > 0, widths
+        shot = storage / "screenshot.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    image = plt.imread(shot)
+    assert image.shape[1] >= 1000 and image.std() > 0.05  # not a blank page

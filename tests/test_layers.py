@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flare_ray"
-LAYERS = ["cli", "search", "experiment", "training", "tracking", "translate", "tasks", "models", "baselines", "fusion",
+LAYERS = ["cli", "report", "search", "experiment", "training", "tracking", "translate", "tasks", "models", "baselines", "fusion",
           "configfile", "storage", "languages"]  # fmt: skip
 
 

@@ -113,6 +113,11 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
     assert version.run_id == best.info.run_id and version.source.endswith("/adapter")
     assert version.tags["flare_ray.language"] == "jav" and version.tags["method"] == "flare"
 
+    # The report: one row (a search, no grid) printed at the end, and Optuna's plots of the searched keys.
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/optuna-quickstart-jav-parallel.png", "report/optuna-quickstart-jav-importance.png"} <= report
+    assert "| flare " in done.stdout and "Report: quickstart" in done.stdout
+
 
 def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     """Two languages searched at once, interrupted (SIGINT) after the first trial ended; --resume finishes both."""

@@ -67,5 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Best trials of sweep '{summary.name}' (selected on {summary.metric}):")
     print(summary.table())
     print()
+    report_sweep(config, summary)
+    print()
     print(summary.where())
     return 0
+
+
+def report_sweep(config, summary) -> None:
+    """The sweep's report (:mod:`flare_ray.report`), written next to its trials and logged on its parent run."""
+    import tempfile
+
+    from flare_ray.cli.report import show
+    from flare_ray.report import build_report, log_report
+    from flare_ray.storage import local_folder
+    from flare_ray.tracking.mlflow_runs import connect
+
+    client = connect(summary.tracking_uri)
+    local = local_folder(config.storage_path)
+    folder = local / "reports" / config.name if local is not None else Path(tempfile.mkdtemp(prefix="flare_ray-report-"))
+    report = build_report(client, [summary.parent_run_id], folder)
+    log_report(client, report)
+    print(show(report))

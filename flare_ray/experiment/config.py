@@ -173,7 +173,9 @@ class SearchSpec(_Section):
     scheduler: SchedulerSpec | None = Field(None, description="null: every trial runs all epochs")
     num_samples: int | None = Field(None, ge=1, description="configurations sampled per target language (per grid "
                                     "cell); null: 8, or with a grid and no space 1 (each cell runs once per seed)")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many as resources allow")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many Train runs as the cluster's "
+                                                 "resources hold when the sweep starts, shared by its languages (set it "
+                                                 "on an autoscaling cluster)")
     metric: str | None = Field(None, description="'validation/<metric>'; null: the task's primary metric")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
     max_failures: int = Field(0, ge=-1, description="retries of a failed trial (-1: unlimited)")

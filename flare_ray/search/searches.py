@@ -119,8 +119,22 @@ def configuration(sample: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in {**cell, **sample}.items() if k != "training.seed"}
 
 
-def tune_config(search: Search) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
-    """The search algorithm, scheduler and budget of a search, and its ``param_space``."""
+def concurrency(search: Search, resources: dict[str, float], searches: int = 1) -> int | None:
+    """How many trials of ``search`` run at once: ``search.max_concurrent_trials``, or where that is null as
+    many Train runs (``scaling.num_workers`` workers each) as the cluster's ``resources`` hold, shared by the
+    ``searches`` that run together. (Tune alone would start every trial at once: a trial's own actor only
+    waits on its Train run and asks for almost nothing.) None: the trials ask for no resource."""
+    spec, scaling = search.config.search, search.config.scaling
+    if spec.max_concurrent_trials:
+        return spec.max_concurrent_trials
+    need = {k: v * scaling.num_workers for k, v in scaling.resources_per_worker().items() if v > 0}
+    fits = [int(resources.get(k, 0.0) // v) for k, v in need.items()]
+    return max(1, min(fits) // max(searches, 1)) if fits else None
+
+
+def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
+    """The search algorithm, scheduler and budget of a search, and its ``param_space``; ``max_concurrent``:
+    the trials at once (:func:`concurrency`)."""
     config, spec = search.config, search.config.search
     seeds = spec.seed_list
     param_space: dict[str, Any] = {}
@@ -130,8 +144,8 @@ def tune_config(search: Search) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
                                 mode=spec.mode)  # fmt: skip
         if spec.seeds:
             searcher = SeedRepeater(searcher, repeat=len(seeds), set_index=True)
-        if spec.max_concurrent_trials:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
+        if max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         num_samples = spec.num_samples * len(seeds)
     else:
         param_space = {key: ray.tune.grid_search(values) for key, values in spec.grid.items()}
@@ -146,7 +160,7 @@ def tune_config(search: Search) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
             grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
         )
     tune = ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                               max_concurrent_trials=spec.max_concurrent_trials)  # fmt: skip
+                               max_concurrent_trials=max_concurrent)  # fmt: skip
     return tune, param_space
 
 

@@ -64,14 +64,20 @@ def trial_rows(grid, search: Search, metric: str, mode: str) -> list[dict[str, A
     return rows
 
 
+def best_configuration(frame: pd.DataFrame, mode: str) -> tuple[str, pd.DataFrame]:
+    """The ``configuration`` of ``frame`` (one row per trial) with the best mean ``validation`` over its seeds,
+    ties broken by the lower std, then by the order they ran; and the mean and std of every configuration."""
+    stats = frame.groupby("configuration", sort=False)["validation"].agg(["mean", "std"]).fillna({"std": 0.0})
+    stats["rank"] = -stats["mean"] if mode == "max" else stats["mean"]
+    return stats.sort_values(["rank", "std"], kind="stable").index[0], stats
+
+
 def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: str) -> LanguageResult:
     """The configuration with the best mean validation score over its seeds (ties: lower std), and its best seed."""
     if not rows:
         raise RuntimeError(f"no trial for {language} reported {metric}; see the trial errors above")
     frame = pd.DataFrame(rows)
-    stats = frame.groupby("configuration", sort=False)["validation"].agg(["mean", "std"]).fillna({"std": 0.0})
-    stats["rank"] = -stats["mean"] if mode == "max" else stats["mean"]
-    chosen = stats.sort_values(["rank", "std"], kind="stable").index[0]  # full ties: the first configuration run
+    chosen, stats = best_configuration(frame, mode)
     mine = frame[frame["configuration"] == chosen]
     best = mine.loc[mine["validation"].idxmax() if mode == "max" else mine["validation"].idxmin()]
     tests = pd.DataFrame(list(mine["test"]))

@@ -29,7 +29,7 @@ from flare_ray.tracking.callback import MLflowTrialCallback
 
 from .concurrent import CHECKPOINT_SECONDS, SearchControl, run_concurrently
 from .plan import dry_run_text
-from .searches import Search, describe_trial, plan_searches, search_path, tune_config
+from .searches import Search, concurrency, describe_trial, plan_searches, search_path, tune_config
 from .summary import LanguageResult, SweepSummary, select_best, trial_rows
 from .trial import run_trial, score_checkpoint
 
@@ -62,7 +62,9 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
                         "(model.stage1: auto trains it)", config.model.name_or_path)
         searches = {s.name: s for s in plan_searches(config)}
         try:
-            grids = run_concurrently(list(searches), lambda name: _fit(searches[name], tracking_uri, parent, resume))
+            resources = ray.cluster_resources()
+            grids = run_concurrently(list(searches), lambda name: _fit(searches[name], tracking_uri, parent, resume,
+                                                                       concurrency(searches[name], resources, len(searches))))
         except KeyboardInterrupt:
             raise SweepInterrupted("the sweep was interrupted; the state of every search is saved: run the same "
                                    "command with --resume to continue") from None
@@ -98,7 +100,7 @@ def _with_stage1(client, parent: str, config: ExperimentConfig) -> ExperimentCon
     return config.model_copy(update={"model": config.model.model_copy(update={"stage1": folder})})
 
 
-def _fit(search: Search, tracking_uri: str, parent: str, resume: bool):
+def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concurrent: int | None):
     """Run (or resume) one search to its end; its ``ResultGrid``."""
     config, spec = search.config, search.config.search
     trainable = ray.tune.with_parameters(run_trial, experiment=config, language=search.language, seeds=spec.seed_list)
@@ -112,7 +114,7 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool):
                        seeds=spec.seed_list)  # fmt: skip
     callback = MLflowTrialCallback(tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path,
                                    describe)  # fmt: skip
-    tune, param_space = tune_config(search)
+    tune, param_space = tune_config(search, max_concurrent)
     tuner = ray.tune.Tuner(
         trainable, param_space=param_space, tune_config=tune,
         run_config=ray.tune.RunConfig(

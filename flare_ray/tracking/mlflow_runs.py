@@ -35,6 +35,10 @@ SCHEMA_TAG = "flare_ray.schema_version"  # the experiment config's schema versio
 ADAPTER_PATH = "adapter"
 PREDICTIONS_PATH = "predictions"  # <split>.parquet: per-example predictions
 CHECKPOINT_TAG = "best_checkpoint"
+REPORT_PATH = "report"  # the sweep's report on its parent run
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a model-training experiment on its runs table
+MODEL_TRAINING = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the UI
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "bitsandbytes", "deepspeed")
 
@@ -109,8 +113,11 @@ def start_parent_run(
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     else:
-        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
+        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     existing = find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
@@ -221,3 +228,17 @@ def end_sweep(client: MlflowClient, parent: str, status: str, averages: dict[str
     """The sweep's averages over languages, and its parent run's status (FINISHED, KILLED, FAILED)."""
     log_scores(client, parent, {f"average/{k}": v for k, v in (averages or {}).items()})
     client.set_terminated(parent, status)
+
+
+def log_report(client: MlflowClient, parent: str, files: list[Path], description: str) -> None:
+    """A sweep's report files under ``report/`` of its parent run, and the run's description."""
+    for path in files:
+        client.log_artifact(parent, str(path), REPORT_PATH)
+    client.set_tag(parent, DESCRIPTION_TAG, description)
+
+
+def add_to_version_description(client: MlflowClient, name: str, version: str, text: str) -> None:
+    """Append ``text`` to a registered model version's description (once)."""
+    current = client.get_model_version(name, version).description or ""
+    if text not in current:
+        client.update_model_version(name, version, description=(current + "\n\n" + text).strip())

@@ -1,0 +1,71 @@
+"""``python -m flare_ray.report SWEEP [SWEEP ...]``: the report of past sweeps, from MLflow alone.
+
+SWEEP is a sweep's name (its newest parent run) or a parent run id; several sweeps (e.g. one per task)
+join into one table. Writes report.md, report.csv, report.html and the PNG figures to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STORE = Path("outputs/mlflow.db")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flare_ray.report",
+        description="Methods (or grid cells) x languages: mean ± std over seeds of the gold-test metric, the best "
+        "marked, paired-bootstrap p-values against the best, and figures; from the sweeps' MLflow records.",
+        epilog="examples:\n"
+        "  python -m flare_ray.report quickstart\n"
+        "  python -m flare_ray.report paper-table1-xnli paper-table1-nusax --output reports/table1\n"
+        "  python -m flare_ray.report 3f2c...e1 --tracking-uri http://mlflow:5000 --log-to-mlflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep name or parent run id")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE})")
+    p.add_argument("--output", type=Path, default=None, help="folder for the report (default: reports/<sweeps>)")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=None, help="the bootstrap's random seed (default 0)")
+    p.add_argument("--log-to-mlflow", action="store_true",
+                   help="also put the report on each sweep's parent run and in its model versions' descriptions")
+    return p
+
+
+def tracking_uri(given: str | None) -> str:
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.as_posix()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    uri = tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"error: no MLflow store at {uri}; pass --tracking-uri or set MLFLOW_TRACKING_URI", file=sys.stderr)
+        return 2
+    from flare_ray.report import ReportError, build_report, log_report
+    from flare_ray.report.significance import RESAMPLES, SEED
+    from flare_ray.tracking.mlflow_runs import connect
+
+    client = connect(uri)
+    folder = args.output or Path("reports") / "+".join(args.sweeps)
+    try:
+        report = build_report(client, args.sweeps, folder, args.resamples or RESAMPLES,
+                              SEED if args.seed is None else args.seed)  # fmt: skip
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.log_to_mlflow:
+        log_report(client, report)
+    print(show(report))
+    return 0
+
+
+def show(report) -> str:
+    """The table, its notes and where the files are, for the console."""
+    return "\n".join([report.title, "", report.markdown, "", *report.notes, "",
+                      "report: " + ", ".join(str(p) for p in report.files[:3]),
+                      "figures: " + ", ".join(str(p) for p in report.figures)])  # fmt: skip

@@ -1,0 +1,121 @@
+"""A report of one or more sweeps: the table (Markdown, CSV, HTML), the significance tests and the figures.
+
+:func:`build_report` reads everything from MLflow (:mod:`~flare_ray.report.records`), so it works on any
+past sweep; :func:`log_report` puts the files on each sweep's parent run (``report/``), gives that run
+a description, and adds each registered adapter's report row to its model version's description.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from flare_ray.tracking import mlflow_runs
+
+from . import plots
+from .records import SweepRecords, load_sweep
+from .render import NOT_PAPER, html_page, markdown, p_value, score
+from .significance import LEVEL, PROCEDURE, RESAMPLES, SEED
+from .table import AVERAGE, Column, cells
+
+FILES = ("report.md", "report.csv", "report.html")
+
+
+@dataclass
+class Report:
+    title: str
+    sweeps: list[SweepRecords]
+    table: pd.DataFrame  # one line per (row, column): see :func:`~flare_ray.report.table.cells`
+    columns: list[Column]
+    markdown: str  # the table alone
+    notes: list[str]
+    folder: Path
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.folder / name for name in FILES] + self.figures
+
+    def row_of(self, run_id: str) -> pd.Series | None:
+        """The table line whose seeds include the run ``run_id``."""
+        for _, line in self.table.iterrows():
+            if isinstance(line.get("run_ids"), str) and run_id in json.loads(line["run_ids"]):
+                return line
+        return None
+
+
+def build_report(client: MlflowClient, references: Sequence[str], folder: Path, resamples: int = RESAMPLES,
+                 seed: int = SEED) -> Report:  # fmt: skip
+    """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``."""
+    sweeps = [load_sweep(client, ref) for ref in references]
+    folder.mkdir(parents=True, exist_ok=True)
+    table, columns = cells(sweeps, resamples, seed)
+    title = "Report: " + " + ".join(s.name for s in sweeps)
+    notes = _notes(sweeps, columns, resamples, seed)
+    report = Report(title, sweeps, table, columns, markdown(table, columns), notes, folder)
+
+    figures = [plots.bars(table[table["column"] != AVERAGE], folder / "bars.png", title)]
+    by_run = {row.run_id: row._asdict() for s in sweeps for row in s.trials.itertuples()}
+    figures.append(plots.curves(table[table["column"] != AVERAGE], by_run, sweeps[0].metric, folder / "curves.png"))
+    for sweep in sweeps:
+        for language in sweep.languages:
+            figures += plots.optuna_plots(sweep, language, folder)
+    report.figures = figures
+
+    table.to_csv(folder / "report.csv", index=False)
+    intro = _intro(sweeps)
+    (folder / "report.md").write_text("\n\n".join([f"# {title}", *intro, report.markdown, *notes,
+                                                   *(f"![{f.name}]({f.name})" for f in figures)]) + "\n")  # fmt: skip
+    (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures))
+    return report
+
+
+def _intro(sweeps: list[SweepRecords]) -> list[str]:
+    out = []
+    for s in sweeps:
+        out.append(f"Sweep {s.name} (MLflow parent run {s.parent_run_id}): {s.task}, model "
+                   f"{s.config['model']['name_or_path']}, {len(s.trials)} trials; each row's configuration selected on "
+                   f"the mean over seeds of {s.metric} (the validation split); cells: test/{s.test_metric} on the gold "
+                   "target-language test split, mean ± std over seeds (n seeds).")  # fmt: skip
+    return out
+
+
+def _notes(sweeps: list[SweepRecords], columns: list[Column], resamples: int, seed: int) -> list[str]:
+    notes = ["Bold: the best row of each column. Column p: " + PROCEDURE.format(resamples=resamples, seed=seed, level=LEVEL)
+             + "."]  # fmt: skip
+    for column in columns:
+        if column.deviations:
+            notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
+    return notes
+
+
+def log_report(client: MlflowClient, report: Report) -> None:
+    """The report's files on every sweep's parent run, a description there, and each registered adapter's
+    report row in its model version's description."""
+    for sweep in report.sweeps:
+        mlflow_runs.log_report(client, sweep.parent_run_id, report.files, _description(sweep, report))
+        for language in sweep.languages:
+            version, run_id = (sweep.tags.get(f"best.{language}.{k}") for k in ("registered_version", "run_id"))
+            line = report.row_of(run_id) if run_id else None
+            if version and line is not None:
+                mlflow_runs.add_to_version_description(
+                    client, f"{sweep.config['name']}-{sweep.task}-{language}", version,
+                    f"Report row {line['row']!r}, {line['column']}: {score(line)}; p against the column's best: "
+                    f"{p_value(line)}.",
+                )
+
+
+def _description(sweep: SweepRecords, report: Report) -> str:
+    mine = report.table[report.table["sweep"] == sweep.name]
+    best = mine[mine["best"]]
+    lines = [f"**{sweep.name}**: {sweep.task}, {len(sweep.languages)} language(s), {len(sweep.trials)} trials, "
+             f"selected on {sweep.metric}; the report (table, significance, figures) is under `report/` "
+             "(report.html, report.md, report.csv).", "",
+             "Best per language (test/" + sweep.test_metric + "): "
+             + ", ".join(f"{b['language']}: {b['row']} {score(b)}" for _, b in best.iterrows()), "", report.markdown]  # fmt: skip
+    return "\n".join(lines)
