@@ -69,3 +69,15 @@ def task_kwargs(family: str, tok, t) -> dict:
 
 def source_kwargs(s) -> dict:
     return {"source_input_ids": s.input_ids, "source_attention_mask": s.attention_mask}
+
+
+def help_text(main, parser, capsys) -> str:
+    """A command's ``--help``: it exits 0 and every option has a help text; what it printed."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    for action in parser._actions:
+        assert action.help, action.dest
+    return capsys.readouterr().out

@@ -155,3 +155,21 @@ def test_the_figures_are_valid_images(tmp_path):
     for path in paths:
         image = plt.imread(path)  # decodes the PNG
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, path.name  # not blank
+
+
+def test_sweeps_of_two_tasks_join_into_one_table_with_a_column_per_task_and_language():
+    flare, lora = {"method.kind": "flare"}, {"method.kind": "lora"}
+    nusax = records("a", ["jav"], [(flare, "jav", 0, 80, 70.0), (lora, "jav", 0, 70, 60.0)])
+    xnli = records("b", ["sw"], [(flare, "sw", 0, 60, 55.0), (lora, "sw", 0, 61, 57.0)])
+    xnli.config["task"]["name"] = "xnli"
+    xnli.trials = xnli.trials.rename(columns={"test/macro_f1": "test/accuracy"})
+    for f in xnli._frames.values():
+        f["correct"] = (f["gold"] == f["prediction"]).astype(float)
+    table, columns = cells([nusax, xnli], resamples=100, seed=0)
+    assert [c.name for c in columns] == ["nusax/jav", "xnli/sw"]
+    at = table.set_index(["row", "column"])
+    assert at.loc[("flare", "nusax/jav"), "metric"] == "test/macro_f1" and at.loc[("lora", "xnli/sw"), "metric"] == "test/accuracy"
+    assert at.loc[("lora", "xnli/sw"), "best"] and at.loc[("flare", "nusax/jav"), "best"]
+    assert at.loc[("flare", AVERAGE), "mean"] == pytest.approx((70 + 55) / 2)
+    header = [h.strip() for h in markdown(table, columns).splitlines()[0].split("|")[1:-1]]
+    assert header == ["row", "nusax/jav", "nusax/jav p", "xnli/sw", "xnli/sw p", "average"]

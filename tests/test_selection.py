@@ -4,11 +4,13 @@ its registered trial is its best-validation seed; Ray Tune's Repeater keeps its 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from ray.tune.search import Searcher
 
-from flare_ray.search.searches import SeedRepeater, seeded
+from flare_ray.experiment import load_experiment
+from flare_ray.search.searches import SeedRepeater, concurrency, plan_searches, seeded
 from flare_ray.search.summary import select_best
 
 
@@ -70,3 +72,15 @@ def test_seed_repeater_runs_each_configuration_once_per_seed_and_survives_a_resu
         resumed.on_trial_complete(f"t{i}", {"m": score})  # known after the resume: no KeyError
     assert resumed.searcher.completed == [("t0", {"m": 2.0})]  # Optuna learns the mean over the seeds
     assert seeded(resumed.suggest("t4"), [5, 6, 7]) == {"x": 2, "training.seed": 6}  # the group goes on
+
+
+def test_trials_at_once_default_to_the_train_runs_the_cluster_holds_shared_by_the_languages():
+    quickstart = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+    cpu = plan_searches(load_experiment(quickstart, ["search.max_concurrent_trials=null"]))[0]  # 0.5 CPU per worker
+    assert concurrency(cpu, {"CPU": 2.0}) == 4 and concurrency(cpu, {"CPU": 2.0}, searches=3) == 1
+    gpu = plan_searches(load_experiment(quickstart, ["search.max_concurrent_trials=null", "scaling.use_gpu=true",
+                                                     "scaling.num_workers=2", "scaling.cpus_per_worker=4"]))[0]  # fmt: skip
+    assert concurrency(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4  # 2 GPUs per trial
+    assert concurrency(gpu, {"CPU": 64.0, "GPU": 8.0}, searches=2) == 2
+    assert concurrency(gpu, {"CPU": 64.0}) == 1  # no GPU yet (an autoscaling cluster): one at a time, not none
+    assert concurrency(plan_searches(load_experiment(quickstart))[0], {"CPU": 64.0}) == 2  # as the YAML says

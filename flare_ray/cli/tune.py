@@ -85,6 +85,11 @@ def report_sweep(config, summary) -> None:
     client = connect(summary.tracking_uri)
     local = local_folder(config.storage_path)
     folder = local / "reports" / config.name if local is not None else Path(tempfile.mkdtemp(prefix="flare_ray-report-"))
-    report = build_report(client, [summary.parent_run_id], folder)
-    log_report(client, report)
+    try:
+        report = build_report(client, [summary.parent_run_id], folder)
+        log_report(client, report)
+    except Exception as err:  # noqa: BLE001 - the sweep itself is done and recorded; its report can be made again
+        print(f"warning: the report failed ({type(err).__name__}: {err}); make it again with "
+              f"python -m flare_ray.report {summary.parent_run_id} --tracking-uri {summary.tracking_uri}", file=sys.stderr)
+        return
     print(show(report))

@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .records import SweepRecords  # noqa: E402
 
@@ -60,6 +61,7 @@ def curves(table: pd.DataFrame, trials: dict[str, pd.DataFrame], metric: str, pa
             ax.plot(mean.index, mean.values, marker="o", label=line.row)
         ax.set_title(column)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel(metric + " (mean over seeds)")
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)

@@ -150,4 +150,5 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
         })  # fmt: skip
     columns = ["run_id", "trial_id", "status", "language", "method", "cell", "configuration", "seed", "validation",
                "best_epoch", "curve"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
+    frame = pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
+    return frame.sort_values("trial_id", kind="stable", key=lambda ids: ids.fillna("")).reset_index(drop=True)  # run order

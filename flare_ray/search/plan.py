@@ -77,7 +77,7 @@ def dry_run_text(config: ExperimentConfig) -> str:
         f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, {search.sampler.n_startup_trials} random "
         "startup trials)" if search.space else "# sampler: none (Ray Tune's grid and seeds)",
         f"# scheduler: {scheduler}",
-        f"# concurrency: {search.max_concurrent_trials or 'as resources allow'}; "
+        f"# concurrency: {search.max_concurrent_trials or 'as many Train runs as the cluster holds at the start, shared by the languages'}; "
         f"{config.scaling.num_workers} worker(s) per trial, {config.scaling.resources_per_worker()} each",
         f"# mlflow: {tracking}, experiment {config.tracking.experiment_name!r}",
         f"# search space ({len(search.space)} key{'s' if len(search.space) != 1 else ''}):",

@@ -1,0 +1,1 @@
+"""``python -m flare_ray.predict``: see :mod:`flare_ray.cli.predict`."""
