@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+from .hub_cache import fake_hub_cache
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Offline, the pre-flight checks look hub models up in the local cache: one holding the config.json of the
+# hub models the shipped YAMLs name (set before huggingface_hub is imported: it reads HF_HUB_CACHE once).
+os.environ["HF_HUB_CACHE"] = str(fake_hub_cache(Path(tempfile.mkdtemp(prefix="flare_ray-hub-cache-"))))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,13 +16,14 @@ from flare_ray.storage import join, local_folder
 
 pytestmark = pytest.mark.slow
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
 SMALL = ["training.epochs=1", "task.max_records={train: 32, validation: 16, test: 16}", "scaling.cpus_per_worker=1"]
 
 
 def test_paths_are_resolved_once_at_load_and_uris_are_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "stage1-adapter").mkdir()
+    (tmp_path / "stage1-adapter" / "adapter_config.json").write_text("{}")
     config = load_experiment(QUICKSTART, ["storage_path=runs/rel", "task.data_dir=data", "model.stage1=stage1-adapter"])
     assert config.storage_path == str(tmp_path / "runs" / "rel")
     assert config.task.data_dir == tmp_path / "data" and config.model.stage1 == tmp_path / "stage1-adapter"

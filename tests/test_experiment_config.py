@@ -20,9 +20,10 @@ from flare_ray.experiment import (
     load_experiment,
     validate_experiment,
 )
-from flare_ray.search.plan import dry_run_text
+from flare_ray.search.plan import dry_run_text, plan_searches
 from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
 
+SMALL_SEARCH = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 SHIPPED = sorted(SEARCH_SPACES.rglob("*.yaml"))
 
@@ -58,17 +59,17 @@ def test_every_shipped_search_space_validates():
         assert "ray job submit" in path.read_text() or path.stem == "quickstart"
 
 
-def test_quickstart_is_the_small_offline_run():
+def test_quickstart_is_the_papers_recipe_on_a_tiny_offline_model():
     c = load_experiment(SEARCH_SPACES / "quickstart.yaml")
     assert c.model.name_or_path == "tiny:xlm-roberta" and c.model.tiny_architecture == "xlm-roberta"
+    assert c.model.stage1 == "auto" and "word_embeddings" in c.stage1.lora.target_modules  # stage 1 on English
     assert (c.task.name, c.task.languages) == ("nusax", ["jav"])
-    assert c.task.max_records == {"train": 128, "validation": 64, "test": 64}
-    assert (c.training.epochs, c.training.batch_size, c.training.max_length) == (3, 16, 64)
-    assert c.search.num_samples == 4 and c.search.max_concurrent_trials == 2 and c.search.scheduler is not None
-    assert set(c.search.space) == {"method.flare.fusion", "training.learning_rate"}
-    assert c.scaling.num_workers == 1 and not c.scaling.use_gpu
+    assert c.search.grid == {"method.kind": ["lora", "flare"], "method.flare.fusion": ["add", "add_relu"]}
+    assert c.search.seeds == [0, 1, 2] and c.search.scheduler is None and not c.search.space
+    assert c.scaling.num_workers == 1 and not c.scaling.use_gpu and c.scaling.in_trial_process
     assert c.search.metric == "validation/macro_f1" and c.tracking.experiment_name == "quickstart"
-    assert c.task.task_config("jav").language == "jav"
+    (search,) = plan_searches(c)
+    assert search.expected_trials == 9  # LoRA reads no fusion function: 3 cells x 3 seeds
 
 
 def test_rank_file_sets_alpha_to_twice_r():
@@ -375,10 +376,10 @@ def test_when_on_a_fixed_key():
 
 
 def test_apply_sample_refuses_an_invalid_sample():
-    config = load_experiment(SEARCH_SPACES / "quickstart.yaml")
+    config = load_experiment(SMALL_SEARCH)
     assert apply_sample(config, {"method.flare.fusion": "mul"}).method.flare.fusion == "mul"
     assert config.method.flare.fusion == "add_relu"  # the original is untouched
-    with pytest.raises(ExperimentConfigError, match=r"(?s)quickstart.yaml with sample .*method.lora.r: Input should be greater than or equal to 1"):
+    with pytest.raises(ExperimentConfigError, match=r"(?s)small-flare-search.yaml with sample .*method.lora.r: Input should be greater than or equal to 1"):
         apply_sample(config, {"method.lora.r": 0})
     with pytest.raises(ExperimentConfigError, match="unknown key 'rank'"):
         apply_sample(config, {"method.lora.rank": 4})

@@ -28,7 +28,7 @@ from flare_ray.training import loop
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.setup import build_trial, english_side
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
 SMALL = ["task.max_records={train: 16, validation: 12, test: 12}", "search.space={}", "search.scheduler=null"]
 
 
@@ -48,8 +48,8 @@ def test_scoring_only_methods_change_no_parameter_and_read_their_side(tmp_path, 
     assert not any(p.requires_grad for p in trial.model.parameters())  # the stage-1 model itself, frozen
     before = {k: v.clone() for k, v in trial.model.state_dict().items()}
     reports = []
-    monkeypatch.setattr(loop.ray.train, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
-    monkeypatch.setattr("ray.train.torch.get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(loop.session, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+    monkeypatch.setattr(loop.session, "device", lambda: torch.device("cpu"))
     loop._score_only(trial, config, "jav", rank=0)
     after = trial.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained
@@ -63,11 +63,10 @@ def test_scoring_only_methods_change_no_parameter_and_read_their_side(tmp_path, 
     read = english_side(task, test) if kind == "translate_test" else test
     assert list(trial.splits["test"]["target_text"]) == list(read["target_text"])
     assert list(english_side(task, test)["target_text"]) != list(test["target_text"])  # so the check above means something
-    with checkpoint.as_directory() as folder:
-        import pandas as pd
+    import pandas as pd
 
-        frame = pd.read_parquet(Path(folder) / "predictions" / "test.parquet")
-        assert not (Path(folder) / "adapter_config.json").exists()  # nothing trained, no adapter
+    frame = pd.read_parquet(checkpoint / "predictions" / "test.parquet")  # the checkpoint's folder
+    assert not (checkpoint / "adapter_config.json").exists()  # nothing trained, no adapter
     expected = task.score(trial.encoder.predict(trial.model, list(read)), read)
     assert score_frame(task, frame) == expected == {k[5:]: v for k, v in final.items() if k.startswith("test/")}
 

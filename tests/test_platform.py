@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+QUICKSTART = REPO / "tests" / "configs" / "small-flare-search.yaml"  # a small FLARE search (TPE + ASHA)
 SEQUENTIAL = ["search.max_concurrent_trials=1"]  # deterministic ASHA decisions and trial order
 SHORT = ["training.epochs=2", "search.scheduler=null"]  # where ASHA is not under test
 
@@ -244,3 +245,37 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_a_trial_killed_from_outside_is_named_with_its_log_and_the_command_exits(tmp_path):
+    """SIGKILL to a running trial's process (as the OOM killer would): the console names the trial, what Ray
+    reported and its log file; a failed trial is no candidate for selection, so this sweep (no other trial)
+    fails as a whole, and the command exits non-zero at once."""
+    overrides = ["search.space={}", "search.num_samples=1", "search.scheduler=null", "training.epochs=40"]
+    process = subprocess.Popen(tune_command(tmp_path, *overrides), env=environment(), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # the trial has reported an epoch: its log names its process
+            logs = list(tmp_path.glob("logs/quickstart-jav/*.log"))
+            if logs and list(tmp_path.glob("quickstart-jav/run_trial_*/result.json")) and any(
+                    r.read_text().strip() for r in tmp_path.glob("quickstart-jav/run_trial_*/result.json")):
+                break
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            time.sleep(1)
+        (log,) = logs
+        pid = int(re.search(r"^--- .* pid (\d+) on ", log.read_text(), flags=re.MULTILINE).group(1))
+        os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        output, _ = process.communicate(timeout=120)
+        took = time.time() - killed
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    print(f"killed trial process {pid}; the command exited {process.returncode} after {took:.1f} s")
+    assert process.returncode == 1 and took < 30, output[-3000:]
+    (failed,) = [line for line in output.splitlines() if "FAILED:" in line]
+    trial = log.stem.removeprefix("run_trial_")
+    assert trial in failed and "jav" in failed and ("died" in failed.lower() or "killed" in failed.lower()), failed
+    assert f"its log: {log}" in output
+    assert "no trial of jav reported validation/macro_f1" in output and "1 of 1 trials of the sweep failed" in output

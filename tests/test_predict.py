@@ -33,7 +33,7 @@ from flare_ray.translate.store import provenance_path
 
 from .helpers import help_text
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
 TEST_RECORDS = 16
 MODEL = "quickstart-nusax-jav"
 

@@ -37,19 +37,17 @@ def config(tmp_path, kind: str, task: dict, **training) -> ExperimentConfig:
 
 
 def _recording_loop(loop_config):
-    """The real trial loop, with every ``ray.train.report`` also written to a file."""
-    import ray.train
-
+    """The real trial loop, with every report also written to a file."""
     from flare_ray.training import loop
 
-    report = ray.train.report
+    report = loop.session.report
 
     def recording(metrics, checkpoint=None, **kwargs):
         with open(loop_config["record"], "a") as f:
             f.write(json.dumps(metrics) + "\n")
         report(metrics, checkpoint=checkpoint, **kwargs)
 
-    loop.ray.train.report = recording
+    loop.session.report = recording
     loop.train_loop_per_worker(loop_config)
 
 

@@ -34,7 +34,7 @@ def test_ties_go_to_the_lower_standard_deviation_and_min_mode():
             row("b0", {"r": 64}, 0, 0.5, 0), row("b1", {"r": 64}, 1, 0.5, 0)]  # fmt: skip
     assert select_best(rows, "validation/loss", "min", "jav").hyperparameters == {"r": 64}
     assert select_best(rows, "validation/loss", "max", "jav").hyperparameters == {"r": 64}
-    with pytest.raises(RuntimeError, match="no trial for jav reported"):
+    with pytest.raises(RuntimeError, match="no trial of jav reported"):
         select_best([], "validation/loss", "min", "jav")
 
 
@@ -75,7 +75,7 @@ def test_seed_repeater_runs_each_configuration_once_per_seed_and_survives_a_resu
 
 
 def test_trials_at_once_default_to_the_train_runs_the_cluster_holds_shared_by_the_languages():
-    quickstart = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+    quickstart = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
     cpu = plan_searches(load_experiment(quickstart, ["search.max_concurrent_trials=null"]))[0]  # 0.5 CPU per worker
     assert concurrency(cpu, {"CPU": 2.0}) == 4 and concurrency(cpu, {"CPU": 2.0}, searches=3) == 1
     gpu = plan_searches(load_experiment(quickstart, ["search.max_concurrent_trials=null", "scaling.use_gpu=true",

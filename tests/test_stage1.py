@@ -7,7 +7,7 @@ from pathlib import Path
 from flare_ray.experiment import load_experiment
 from flare_ray.training.stage1 import fingerprint, stage1_experiment
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
 
 
 def config(*overrides):

@@ -19,7 +19,7 @@ from flare_ray.tasks.predictions import score_frame
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
 
 
 def experiment(tmp_path, *overrides):

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel
-from pydantic import ConfigDict, Field, TypeAdapter
-from pydantic.dataclasses import dataclass
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
@@ -44,25 +41,10 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput, Sequence
 
 from flare_ray.fusion import ArchitectureFamily, FlareConfig, plan_fusion
 
+from .config import XMixupConfig  # the options: in a leaf module (a config is checked without torch)
+
 CONFIG_NAME = "xmixup_config.json"
 WEIGHTS_NAME = "xmixup_model.safetensors"
-
-
-@dataclass(config=ConfigDict(extra="forbid"))
-class XMixupConfig:
-    """X-Mixup's options (the defaults are the authors' scripts for XLM-R)."""
-
-    layer: int | None = Field(None, description="block whose output is mixed; null: the authors' choice, the "
-                              "first block for classification, block 15 of 24 (scaled to the depth) for QA")
-    ratio: float = Field(0.5, gt=0, le=1, description="lambda_0: the mixing ratio is ratio * sigmoid(w H + b)")
-    alpha: float | None = Field(None, ge=0, le=1, description="weight of the source's task loss (the target's: "
-                                "1 - alpha); null: 0.4 for classification, as the authors")
-    kl_weight: float = Field(1.0, ge=0, description="weight of KL(p_source || p_target) (classification)")
-    mse_weight: float = Field(1.0, ge=0, description="weight of the MSE between source and target representations")
-    heads: int | None = Field(None, ge=1, description="cross-attention heads; null: the model's attention heads")
-
-    def to_dict(self) -> dict[str, Any]:
-        return TypeAdapter(XMixupConfig).dump_python(self, mode="json")
 
 
 def _first(output):

@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    from flare_ray.training.stage1 import run_stage1
+    from flare_ray.search.stage1 import train_stage1
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     ray.init(ignore_reinit_error=True)
-    output = run_stage1(config, args.output)
+    output = train_stage1(config, args.output)
     print(f"stage-1 checkpoint: {output}\nuse it with: --set model.stage1={output}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -31,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
         help="override a config value (YAML syntax: numbers, lists); repeatable",
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and search space; train nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show every library's and every trial's output on the console (always in the log files)")
+    p.add_argument("--status-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between the status tables of every search (default 60)")
     p.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted sweep of the same name (Tune state, searcher state, MLflow runs)",
@@ -39,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 every trial finished; 1 some trials failed (the sweep went on) or the sweep failed;
+    2 the config is invalid (nothing ran); 130 interrupted (``--resume`` continues)."""
     args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
     from flare_ray.search.plan import dry_run_text
@@ -51,18 +58,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run_text(config))
         return 0
+    from flare_ray.logs import stop_logging_to_file
 
+    try:
+        code = _sweep(config, args)
+    except Exception:  # the driver's own error: its traceback, then leave (never hang on a library's thread)
+        traceback.print_exc()
+        code = 1
+    finally:
+        stop_logging_to_file()
+        _stop_ray()
+    return code
+
+
+def _sweep(config, args) -> int:
+    from flare_ray.logs import log_to_file, quiet_libraries, timestamped
+    from flare_ray.search.trial import logs_folder
+
+    quiet_environment(args.verbose)
+    log = log_to_file(timestamped(logs_folder(config.storage_path), config.name), verbose=args.verbose)
     import ray
 
-    from flare_ray.search.sweep import SweepInterrupted, run_sweep
+    from flare_ray.search.console import Console
+    from flare_ray.search.plan import run_plan_text
+    from flare_ray.search.sweep import SweepFailed, SweepInterrupted, run_sweep
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(ignore_reinit_error=True)  # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray
+    quiet_libraries()  # Ray, MLflow and Optuna set up their console handlers when imported
+
+    # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
+    # trials' log files (and Ray's) unless --verbose.
+    ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
+    quiet_libraries()
+    console = Console(interval=args.status_interval)
+    console.print(run_plan_text(config, ray.cluster_resources(), log))
     try:
-        summary = run_sweep(config, resume=args.resume)
+        summary = run_sweep(config, resume=args.resume, console=console)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130
+    except SweepFailed as err:
+        print(f"error: {err}\n(the sweep's log: {log})", file=sys.stderr)
+        return 1
     print()
     print(f"Best trials of sweep '{summary.name}' (selected on {summary.metric}):")
     print(summary.table())
@@ -70,7 +106,43 @@ def main(argv: list[str] | None = None) -> int:
     report_sweep(config, summary)
     print()
     print(summary.where())
+    print(f"logs: {log}")
+    if summary.failed:
+        print(f"{summary.failed} of {summary.trials} trials failed (their errors and logs are above); the others "
+              "were selected from", file=sys.stderr)
+        return 1
     return 0
+
+
+def quiet_environment(verbose: bool) -> None:
+    """Settings of Ray read from the environment, before Ray starts (its workers inherit them)."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train's workers send every print to its logger, even one a library captures (dill prints a
+    # function's disassembly into a buffer to find its globals, which then reached the console).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter at verbose=0 prints nothing:
+        # the console callback prints each trial's epochs and the status table instead
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # datasets' bars for quick .map()s
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def exit_promptly(code: int) -> None:
+    """The command's exit: flush the console, and if a library left a non-daemon thread that would keep the
+    process alive after the sweep (which is over and recorded), do not wait for it."""
+    import threading
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(code)
+    sys.exit(code)
 
 
 def report_sweep(config, summary) -> None:

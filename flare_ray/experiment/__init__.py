@@ -4,7 +4,8 @@
     searcher = OptunaSearch(space=DefineByRun(config), sampler=build_sampler(config.search.sampler), ...)
     trial_config = apply_sample(config, sample)  # in the trial: one validation
 
-Imports neither Ray nor MLflow.
+Imports neither Ray nor MLflow, nor torch, transformers, peft or datasets: a config is checked (the schema,
+the search space, and what it names on disk: :mod:`.checks`) in well under a second, as ``--dry-run`` does.
 """
 
 from .config import SCHEMA_VERSION, ExperimentConfig

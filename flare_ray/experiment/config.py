@@ -22,8 +22,7 @@ from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
 from flare_ray.storage import local_path
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
-from flare_ray.training.adapter import METHODS
-from flare_ray.training.config import LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
+from flare_ray.training.config import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
 
 from .distributions import Distribution, with_float_log
 
@@ -234,6 +233,10 @@ class ExperimentConfig(_Section):
                               "a local folder or a URI (file://, s3://, gs://)")
 
     validations: ClassVar[int] = 0  # experiments validated in this process (tests count them per trial)
+    # Every key path that the checks across sections (_across_sections) read; keep it in step with them (a
+    # test records what they read). A search sample that changes none of these is valid when each section it
+    # changes is valid on its own: flare_ray.experiment.space checks the search space section by section.
+    ACROSS_KEYS: ClassVar[tuple[str, ...]] = ("name", "task.name", "training.epochs", "search", "tracking")
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
 
     @field_validator("storage_path")

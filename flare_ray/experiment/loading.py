@@ -1,4 +1,5 @@
-"""Reading an experiment YAML: syntax, ``--set`` overrides, the schema, then the search space.
+"""Reading an experiment YAML: syntax, ``--set`` overrides, the schema, the search space, then what the config
+names outside itself (:mod:`~flare_ray.experiment.checks`: model folders, the hub cache, the model's layers).
 
 Everything is checked before Ray starts; the first failing stage raises one
 :class:`~flare_ray.experiment.errors.ExperimentConfigError` naming the file
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from flare_ray.configfile import Problem, YAMLSyntaxError, parse_value, parse_yaml, set_path
 
+from .checks import preflight_problems
 from .config import ExperimentConfig
 from .errors import ExperimentConfigError, problems_of
 from .space import search_space_problems
@@ -82,7 +84,8 @@ def _not_a_mapping(data: Any) -> Problem:
 def validate_experiment(
     data: Any, source: str = "<dict>", lines: Lines | None = None, origins: dict[tuple, str] | None = None
 ) -> ExperimentConfig:
-    """Validate raw (YAML-shaped) data: the schema, then the search space against it."""
+    """Validate raw (YAML-shaped) data: the schema, then the search space against it, then what it names on
+    disk or in the hub cache (:func:`~flare_ray.experiment.checks.preflight_problems`)."""
     lines, origins = lines or {}, origins or {}
     if not isinstance(data, dict):
         raise ExperimentConfigError(source, [_not_a_mapping(data)])
@@ -90,7 +93,7 @@ def validate_experiment(
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:
         raise ExperimentConfigError(source, _attribute(problems_of(err), origins), lines) from None
-    problems = search_space_problems(config)
+    problems = search_space_problems(config) or preflight_problems(config)
     if problems:
         raise ExperimentConfigError(source, _attribute(problems, origins), lines)
     config._source = source

@@ -1,17 +1,23 @@
 """The search space at work: :func:`search_space_problems` applies every value a distribution can take
-(choices, bounds) to the config, alone and in pairs, before Ray starts; :class:`DefineByRun` samples it for
-``OptunaSearch(space=...)`` as ``{dotted.key: value}`` (a trial's Tune config); :func:`apply_sample` writes
-a sample into the config, the trial's one validation."""
+(choices, bounds) to the config, alone and in pairs, and every cell of the grid, before Ray starts;
+:class:`DefineByRun` samples it for ``OptunaSearch(space=...)`` as ``{dotted.key: value}`` (a trial's Tune
+config); :func:`apply_sample` writes a sample into the config, the trial's one validation.
+
+Checking the space validates the sections a sample changes, each distinct section once
+(:class:`SampleCheck`), and the whole config only for samples that change what the checks across sections
+read (:attr:`ExperimentConfig.ACROSS_KEYS`): a handful of validations, not one per value and pair."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 from typing import Any, Mapping
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flare_ray.configfile import Problem, format_path, get_path, set_path
+from flare_ray.configfile import problems_of as section_problems
 
 from .config import ExperimentConfig, SamplerSpec
 from .distributions import Categorical
@@ -83,9 +89,66 @@ def config_value(config: ExperimentConfig, key: str) -> Any:
 
 # -- checking before the search --------------------------------------------------------------------
 def search_space_problems(config: ExperimentConfig) -> list[Problem]:
-    """Everything wrong with ``search.space`` and ``search.grid`` (empty: every key and value is usable)."""
-    problems = _structure_problems(config)
-    return problems or _value_problems(config) or _pair_problems(config)
+    """Everything wrong with ``search.space`` and ``search.grid`` (empty: every key and value is usable, alone
+    and in pairs, and every cell of the grid)."""
+    check = SampleCheck(config)
+    problems = _structure_problems(config, check)
+    return problems or _value_problems(config, check) or _pair_problems(config, check) or _cell_problems(config, check)
+
+
+class SampleCheck:
+    """What is wrong with a config once a sample (``{dotted.key: value}``) is written in: the same problems,
+    with the same key paths, as :func:`apply_sample` would raise, found by validating only the top-level
+    sections the sample changes (each distinct section content once) and, where the sample changes a key the
+    checks across sections read (``ExperimentConfig.ACROSS_KEYS``) or no section of its own, the whole config."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config, self.base = config, config.model_dump()
+        self._sections: dict[tuple[str, str], list[Problem]] = {}
+        own = ExperimentConfig.__pydantic_decorators__.field_validators.values()
+        checked_alone = {name for d in own for name in d.info.fields}  # sections with a check of ExperimentConfig's
+        self._alone = {name: f.annotation for name, f in ExperimentConfig.model_fields.items()
+                       if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+                       and name not in checked_alone}  # fmt: skip
+
+    def problems(self, sample: Mapping[str, Any]) -> list[Problem]:
+        """Empty: the sample gives a valid config."""
+        across = ExperimentConfig.ACROSS_KEYS
+        heads = list(dict.fromkeys(key.split(".")[0] for key in sample))
+        if any(_overlap(key, a) for key in sample for a in across) or any(h not in self._alone for h in heads):
+            try:
+                apply_sample(self.config, sample)
+            except ExperimentConfigError as err:
+                return err.problems
+            return []
+        data = {head: copy.deepcopy(self.base[head]) for head in heads}
+        try:
+            for key, value in sample.items():
+                set_path(data, key.split("."), copy.deepcopy(value))
+        except ValueError as err:  # a key path through a value
+            return [Problem((), str(err))]
+        return [p for head in self._alone if head in data for p in self._section(head, data[head])]
+
+    def message(self, sample: Mapping[str, Any]) -> str | None:
+        """The problems of :meth:`problems` as one line; None: the sample gives a valid config."""
+        problems = self.problems(sample)
+        return "; ".join(f"{format_path(p.path)}: {p.message}".lstrip(": ") for p in problems) or None
+
+    def _section(self, head: str, content: Any) -> list[Problem]:
+        key = (head, json.dumps(content, sort_keys=True, default=repr))
+        if key not in self._sections:
+            model = self._alone[head]
+            try:
+                model.model_validate(content)
+                self._sections[key] = []
+            except ValidationError as err:
+                self._sections[key] = section_problems(err, model, (head,))
+        return [copy.copy(p) for p in self._sections[key]]
+
+
+def _overlap(key: str, other: str) -> bool:
+    """Does one dotted key path lie in (or hold) the other?"""
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
 
 
 def _searched(config: ExperimentConfig) -> dict[str, Any]:
@@ -98,15 +161,7 @@ def _where(config: ExperimentConfig, key: str) -> tuple:
     return ("search", "grid" if key in config.search.grid else "space", key)
 
 
-def _invalid(config: ExperimentConfig, sample: dict[str, Any]) -> str | None:
-    try:
-        apply_sample(config, sample)
-    except ExperimentConfigError as err:
-        return "; ".join(f"{format_path(p.path)}: {p.message}".lstrip(": ") for p in err.problems)
-    return None
-
-
-def _structure_problems(config: ExperimentConfig) -> list[Problem]:
+def _structure_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
     space, problems = _searched(config), []
     order = list(space)
     for key, dist in space.items():
@@ -128,8 +183,8 @@ def _structure_problems(config: ExperimentConfig) -> list[Problem]:
                 never = [v for v in dist.condition_values(ref) if v not in space[ref].values]
                 if never:
                     problems.append(Problem(at, f"{never} never sampled; expected values among {space[ref].values}"))
-            elif ref not in space and _invalid(config, {ref: config_value(config, ref)}):  # no such key
-                problems.append(Problem(at, f"unknown key in when: {_invalid(config, {ref: None})}"))
+            elif ref not in space and check.message({ref: config_value(config, ref)}):  # no such key
+                problems.append(Problem(at, f"unknown key in when: {check.message({ref: None})}"))
     return problems
 
 
@@ -147,12 +202,12 @@ def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | N
     return out
 
 
-def _value_problems(config: ExperimentConfig) -> list[Problem]:
+def _value_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
     problems = []
     for key, dist in _searched(config).items():
         base = _conditions(config, [key]) or {}
         for i, value in enumerate(dist.candidates()):
-            problem = _invalid(config, {**base, key: value})
+            problem = check.message({**base, key: value})
             if problem:
                 sub = ("values", i) if isinstance(dist, Categorical) else (("low",), ("high",), ())[i]
                 sub = (i,) if key in config.search.grid else sub
@@ -161,7 +216,7 @@ def _value_problems(config: ExperimentConfig) -> list[Problem]:
     return problems
 
 
-def _pair_problems(config: ExperimentConfig) -> list[Problem]:
+def _pair_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
     space, problems = _searched(config), []
     pairs = ((k1, k2, v1, v2) for k1, k2 in itertools.combinations(space, 2)
              for v1, v2 in itertools.product(space[k1].candidates(), space[k2].candidates())
@@ -169,8 +224,22 @@ def _pair_problems(config: ExperimentConfig) -> list[Problem]:
     failed: set[tuple[str, str]] = set()
     for k1, k2, v1, v2 in itertools.islice(pairs, PAIR_CHECK_LIMIT):
         base = _conditions(config, [k1, k2])
-        problem = None if base is None or (k1, k2) in failed else _invalid(config, {**base, k1: v1, k2: v2})
+        problem = None if base is None or (k1, k2) in failed else check.message({**base, k1: v1, k2: v2})
         if problem:
             failed.add((k1, k2))
             problems.append(Problem(("search", "space"), f"{k1} = {v1!r} with {k2} = {v2!r} gives an invalid config: {problem}"))
     return problems
+
+
+def _cell_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
+    """The first grid cell that gives an invalid config (with at most two keys the pairs were each a cell)."""
+    grid = config.search.grid
+    if len(grid) <= 2:
+        return []
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(grid, values))
+        problem = check.message(cell)
+        if problem:
+            where = ", ".join(f"{k} = {v!r}" for k, v in cell.items())
+            return [Problem(("search", "grid"), f"the cell {where} gives an invalid config: {problem}")]
+    return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -38,6 +39,9 @@ class SourceRepresentation(str, Enum):
 
 
 LAYER_GROUPS = ("all", "lower_half", "upper_half")
+# The fusion functions that flare_ray.fusion.functions registers (a test keeps this in step): a config is
+# checked against them without importing torch; once that module is imported, against its registry.
+BUILTIN_FUSIONS = ("add", "mul", "add_relu", "cross_attention")
 CROSS_ATTENTION_QUERIES = ("source", "target")
 UNALIGNED = ("fuse_zero", "lora")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
@@ -109,10 +113,8 @@ class FlareConfig:
     @field_validator("fusion")
     @classmethod
     def _registered(cls, fusion: str) -> str:
-        from .functions import FUSION_FUNCTIONS  # local: keep config importable cheaply
-
-        if fusion not in FUSION_FUNCTIONS:
-            raise ValueError(f"unknown fusion function {fusion!r}; expected one of {sorted(FUSION_FUNCTIONS)}")
+        if fusion not in (names := registered_fusions()):
+            raise ValueError(f"unknown fusion function {fusion!r}; expected one of {sorted(names)}")
         return fusion
 
     @field_validator("fusion_modules", mode="before")
@@ -161,6 +163,15 @@ class FlareConfig:
 
 # What adapters saved before an option existed were trained with (see FlareConfig.load).
 _BEFORE_OPTIONS = {"cross_attention_query": "target", "unaligned": "lora"}
+
+
+def registered_fusions() -> tuple[str, ...]:
+    """The fusion functions a config may name: the registry of :mod:`flare_ray.fusion.functions` once it is
+    imported (it holds those registered with ``@register_fusion`` too; registering one imports it), else the
+    built-in ones; so checking a config imports no torch."""
+    functions = sys.modules.get(f"{__package__}.functions")
+    registry = getattr(functions, "FUSION_FUNCTIONS", None)
+    return tuple(registry) if registry is not None else BUILTIN_FUSIONS
 
 
 def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> list[int]:

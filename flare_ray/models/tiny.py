@@ -19,9 +19,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
 CORPUS = Path(__file__).parent / "corpus" / "corpus.txt"
 VERSION = "v2"  # v2: the m2m_100 tokenizer is an NllbTokenizer with language codes
 VOCAB_SIZE = 2048
@@ -39,6 +36,9 @@ _FRAMING = {
 ARCHITECTURES = tuple(_FRAMING)
 #: The base models' architecture families (m2m_100 is FLARE-MT's MT model, not a base model).
 FAMILIES = {"xlm-roberta": "encoder", "mt5": "encoder_decoder", "llama": "decoder", "gemma2": "decoder"}
+#: The blocks of each tiny model's fused stack (the encoder's for mt5 and m2m_100): what a config's
+#: ``fusion_layers`` are checked against without building the model (torch and transformers stay unloaded).
+LAYERS = {"xlm-roberta": 4, "mt5": 4, "llama": 4, "gemma2": 4, "m2m_100": 2}
 
 
 def _config(arch: str):
@@ -53,12 +53,12 @@ def _config(arch: str):
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocab_size=VOCAB_SIZE)
     if arch == "xlm-roberta":
         return XLMRobertaConfig(
-            hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+            hidden_size=64, num_hidden_layers=LAYERS[arch], num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=514, type_vocab_size=1, **ids,
         )
     if arch == "mt5":
         return MT5Config(
-            d_model=64, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=2, num_heads=4,
+            d_model=64, d_kv=16, d_ff=128, num_layers=LAYERS[arch], num_decoder_layers=2, num_heads=4,
             relative_attention_num_buckets=16, decoder_start_token_id=PAD, tie_word_embeddings=False,
             dropout_rate=0.1, **ids,
         )
@@ -66,19 +66,20 @@ def _config(arch: str):
     # nearly uniform and no adapter can move them (the final norm caps the hidden size).
     if arch == "llama":
         return LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS[arch], num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
             initializer_range=0.1, **ids,
         )
     if arch == "gemma2":
         return Gemma2Config(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS[arch], num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, sliding_window=64,
             query_pre_attn_scalar=16, initializer_range=0.1, **ids,
         )
     if arch == "m2m_100":
         return M2M100Config(
-            d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            d_model=64, encoder_layers=LAYERS[arch], decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4,
             encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=1024,
             decoder_start_token_id=EOS, **ids,
         )
@@ -103,6 +104,7 @@ def _model_class(arch: str):
 
 def train_tokenizer(arch: str, extra_special_tokens: list[str] | None = None):
     """A byte-level BPE tokenizer trained on the shipped corpus, framed like ``arch``'s (m2m_100: :func:`nllb_tokenizer`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if arch == "m2m_100":
@@ -136,6 +138,7 @@ def nllb_tokenizer():
     language codes (``eng_Latn``, ``jav_Latn``, ...) as special tokens after the
     trained vocabulary, and the ``<lang> text </s>`` framing set by ``src_lang``.
     """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import NllbTokenizer
     from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
@@ -152,6 +155,8 @@ def nllb_tokenizer():
 
 def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build the tiny ``arch`` model with its tokenizer and save both to ``out_dir``."""
+    import torch
+
     out_dir = Path(out_dir)
     config = _config(arch)
     torch.manual_seed(seed)

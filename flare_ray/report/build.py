@@ -51,10 +51,19 @@ class Report:
 
 def build_report(client: MlflowClient, references: Sequence[str], folder: Path, resamples: int = RESAMPLES,
                  seed: int = SEED) -> Report:  # fmt: skip
-    """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``."""
+    """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``.
+    On a terminal, a progress bar on stderr follows its steps."""
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=4, desc="report", unit="step", leave=False, disable=None)
+    progress.set_postfix_str("reading the sweeps from MLflow")
     sweeps = [load_sweep(client, ref) for ref in references]
     folder.mkdir(parents=True, exist_ok=True)
+    progress.update()
+    progress.set_postfix_str(f"the table and paired bootstrap ({resamples} resamples)")
     table, columns = cells(sweeps, resamples, seed)
+    progress.update()
+    progress.set_postfix_str("figures")
     title = "Report: " + " + ".join(s.name for s in sweeps)
     notes = _notes(sweeps, columns, resamples, seed)
     report = Report(title, sweeps, table, columns, markdown(table, columns), notes, folder)
@@ -66,12 +75,16 @@ def build_report(client: MlflowClient, references: Sequence[str], folder: Path, 
         for language in sweep.languages:
             figures += plots.optuna_plots(sweep, language, folder)
     report.figures = figures
+    progress.update()
+    progress.set_postfix_str("writing")
 
     table.to_csv(folder / "report.csv", index=False)
     intro = _intro(sweeps)
     (folder / "report.md").write_text("\n\n".join([f"# {title}", *intro, report.markdown, *notes,
                                                    *(f"![{f.name}]({f.name})" for f in figures)]) + "\n")  # fmt: skip
     (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures))
+    progress.update()
+    progress.close()
     return report
 
 

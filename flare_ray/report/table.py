@@ -47,13 +47,13 @@ def row_keys(trials: pd.DataFrame) -> pd.Series:
 
 
 def row_names(keys: Sequence[dict[str, Any]]) -> list[str]:
-    """Rows named by the keys that vary between them (``r=8`` for ``method.lora.r``); the method alone if
-    nothing else varies."""
+    """Rows named by the keys that vary between them (``r=8`` for ``method.lora.r``; a key a row's cell does not
+    have is left out of its name); the method alone if nothing else varies."""
     varying = [k for k in dict.fromkeys(k for d in keys for k in d) if len({json.dumps(d.get(k)) for d in keys}) > 1]
     if not varying:
         return [str(d.get("method.kind")) for d in keys]
     short = lambda key: "" if key == "method.kind" else key.rsplit(".", 1)[-1] + "="  # noqa: E731
-    return [", ".join(f"{short(k)}{d.get(k)}" for k in varying) for d in keys]
+    return [", ".join(f"{short(k)}{d[k]}" for k in varying if k in d) for d in keys]  # a LoRA row has no fusion
 
 
 def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd.DataFrame, list[Column]]:

@@ -1,17 +1,82 @@
-"""``python -m flare_ray.tune ... --dry-run``: what would run, without starting Ray."""
+"""What a sweep runs, planned without Ray: its searches (:func:`plan_searches`, one per target language, and
+with a grid and a space per language and grid cell) and ``python -m flare_ray.tune ... --dry-run``'s text
+(:func:`dry_run_text`). Imports neither Ray nor MLflow (nor torch): the dry run is quick."""
 
 from __future__ import annotations
 
-import math
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
-from flare_ray.experiment import ExperimentConfig
+from flare_ray.experiment import ExperimentConfig, apply_sample
 from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
-from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
+from flare_ray.tracking.config import resolve_tracking_uri
+from flare_ray.training.config import method_reads
 
-from .searches import plan_searches
+
+@dataclass
+class Search:
+    """One Tune search: a target language and, with a grid and a space, one grid cell."""
+
+    language: str
+    config: ExperimentConfig  # the experiment, with the cell's values written in
+    cell: dict[str, Any] = field(default_factory=dict)  # the grid values this search fixes (grid and space)
+    name: str = ""
+
+    @property
+    def expected_trials(self) -> int:
+        search = self.config.search
+        cells = grid_cells(search.grid, self.config.method.kind)
+        runs = len(cells) if search.grid and not search.space else search.num_samples
+        return runs * len(search.seed_list)
+
+
+def grid_cells(grid: dict[str, list[Any]], kind: str = "flare") -> list[dict[str, Any]]:
+    """Every cell of a grid, ``{key: value}``, in the order Ray Tune's grid search runs them. A key the cell's
+    method does not read (``method.flare.*`` in a LoRA cell, :func:`~flare_ray.training.config.method_reads`)
+    is left out of that cell, and cells that are then the same run once: ``method.kind: [lora, flare]`` with
+    ``method.flare.fusion: [add, mul]`` is three cells, not four. ``kind``: the method outside the grid."""
+    cells: list[dict[str, Any]] = []
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(grid, values))
+        method = cell.get("method.kind", kind)
+        cell = {key: value for key, value in cell.items() if method_reads(method, key)}
+        if cell not in cells:
+            cells.append(cell)
+    return cells
+
+
+def _label(cell: dict[str, Any]) -> str:
+    text = "_".join(f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
+                    for key, value in cell.items())  # fmt: skip
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:80]
+
+
+def plan_searches(config: ExperimentConfig) -> list[Search]:
+    """Every search of a sweep, in the order they start. With a grid and a space, each cell's config is
+    validated once (every language's search of that cell shares it)."""
+    if not (config.search.grid and config.search.space):
+        return [Search(language, config, {}, f"{config.name}-{language}") for language in config.task.languages]
+    cells = [(cell, _cell_config(config, cell)) for cell in grid_cells(config.search.grid, config.method.kind)]
+    return [Search(language, cell_config, cell, f"{config.name}-{language}-cell{i}-{_label(cell)}")
+            for language in config.task.languages for i, (cell, cell_config) in enumerate(cells)]  # fmt: skip
+
+
+def _cell_config(config: ExperimentConfig, cell: dict[str, Any]) -> ExperimentConfig:
+    """A grid cell's experiment (validated once): the cell's values written in, and only the space keys
+    its method reads; a cell whose method reads none of them runs once (per seed)."""
+    cell_config = apply_sample(config, cell)
+    method = cell_config.method.kind
+    space = {key: dist for key, dist in config.search.space.items() if method_reads(method, key)}
+    if space == config.search.space:
+        return cell_config
+    search = cell_config.search.model_copy(update={"space": space, "num_samples": config.search.num_samples if space else 1})
+    return cell_config.model_copy(update={"search": search})
 
 
 def space_lines(config: ExperimentConfig) -> list[str]:
@@ -40,7 +105,7 @@ def _condition(ref: str, values: list) -> str:
 def _budget(config: ExperimentConfig) -> str:
     """How many trials each language runs, and how they are made."""
     search = config.search
-    cells = math.prod(len(v) for v in search.grid.values()) if search.grid else 1
+    cells = len(grid_cells(search.grid, config.method.kind)) if search.grid else 1
     grid = f"grid of {cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
     if search.space:
         per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of a {grid}" if grid else "")
@@ -85,3 +150,27 @@ def dry_run_text(config: ExperimentConfig) -> str:
     empty = "(empty: the grid says what varies)" if search.grid else "(empty: every trial runs the fixed config)"
     out += [f"  {line}" for line in space_lines(config)] or [f"  {empty}"]
     return "\n".join(out) + "\n"
+
+
+def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) -> str:
+    """What the sweep will run, where, and where its records go: printed when it starts."""
+    search, scaling = config.search, config.scaling
+    languages = config.task.languages
+    trials = sum(s.expected_trials for s in plan_searches(config))
+    searches = len(plan_searches(config))
+    stage1 = " after stage 1 (English)" if config.model.stage1 == "auto" else ""
+    where = "in its Tune trial's process" if scaling.in_trial_process and not search.worker_max_failures else \
+        "as a Ray Train run"  # fmt: skip
+    worker = ", ".join(f"{v:g} {k}" for k, v in scaling.resources_per_worker().items() if v)
+    cluster = ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+    at_once = search.max_concurrent_trials or "as many as fit"
+    return "\n".join([
+        f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config)} ({trials} in all, "
+        f"{searches} search(es)){stage1}; selected on {search.metric}",
+        f"  each trial: {config.model.name_or_path}, {scaling.num_workers} worker(s) of {worker}, trained {where}; "
+        f"{at_once} at once on this cluster ({cluster})",
+        f"  MLflow: {resolve_tracking_uri(config)} (experiment '{config.tracking.experiment_name}'); storage: "
+        f"{config.storage_path}",
+        f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
+        "",
+    ])

@@ -12,12 +12,9 @@ language and grid cell. Each search keeps its own searcher state, scheduler and 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import os
 import pickle
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray.tune
@@ -27,48 +24,14 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from flare_ray.configfile import get_path, set_path
-from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, ExperimentConfig, apply_sample, build_sampler
+from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, build_sampler
 from flare_ray.storage import join
 from flare_ray.tracking.mlflow_runs import CELL_TAG, CONFIGURATION_TAG, METHOD_TAG, SCHEMA_TAG, SEED_TAG
 
+# What a sweep runs is planned without Ray (the dry run shows it): flare_ray.search.plan.
+from .plan import Search, grid_cells, plan_searches  # noqa: F401 - part of this module's interface
 
-@dataclass
-class Search:
-    """One Tune search: a target language and, with a grid and a space, one grid cell."""
-
-    language: str
-    config: ExperimentConfig  # the experiment, with the cell's values written in
-    cell: dict[str, Any] = field(default_factory=dict)  # the grid values this search fixes (grid and space)
-    name: str = ""
-
-    @property
-    def expected_trials(self) -> int:
-        search = self.config.search
-        runs = len(_cells(search.grid)) if search.grid and not search.space else search.num_samples
-        return runs * len(search.seed_list)
-
-
-def _cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-
-
-def _label(cell: dict[str, Any]) -> str:
-    text = "_".join(f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
-                    for key, value in cell.items())  # fmt: skip
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:80]
-
-
-def plan_searches(config: ExperimentConfig) -> list[Search]:
-    """Every search of a sweep, in the order they start."""
-    searches = []
-    for language in config.task.languages:
-        if config.search.grid and config.search.space:
-            for i, cell in enumerate(_cells(config.search.grid)):
-                searches.append(Search(language, apply_sample(config, cell), cell,
-                                       f"{config.name}-{language}-cell{i}-{_label(cell)}"))  # fmt: skip
-        else:
-            searches.append(Search(language, config, {}, f"{config.name}-{language}"))
-    return searches
+GRID_CELL = "grid_cell"  # the Tune config key of a grid search's cell (its key paths and values)
 
 
 class SeedRepeater(Repeater):
@@ -90,6 +53,7 @@ class SeedRepeater(Repeater):
 def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
     """A trial's Tune config as key paths: the Repeater's index (``__trial_index__``) becomes ``training.seed``."""
     sample = dict(sample)
+    sample.update(sample.pop(GRID_CELL, None) or {})
     index = sample.pop(TRIAL_INDEX, None)
     if index is not None and seeds[index] is not None:
         sample["training.seed"] = seeds[index]
@@ -148,7 +112,8 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         num_samples = spec.num_samples * len(seeds)
     else:
-        param_space = {key: ray.tune.grid_search(values) for key, values in spec.grid.items()}
+        if spec.grid:  # the cells as one grid axis: cells that differ only in what their method ignores are one
+            param_space[GRID_CELL] = ray.tune.grid_search(grid_cells(spec.grid, config.method.kind))
         if spec.seeds:
             param_space["training.seed"] = ray.tune.grid_search(list(spec.seeds))
         num_samples = 1 if spec.grid else spec.num_samples
@@ -160,7 +125,7 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
             grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
         )
     tune = ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                               max_concurrent_trials=max_concurrent)  # fmt: skip
+                               max_concurrent_trials=None if searcher else max_concurrent)  # the limiter has it
     return tune, param_space
 
 

@@ -18,6 +18,10 @@ import pandas as pd
 from .searches import Search, configuration, seeded
 
 
+class NoTrialReported(RuntimeError):
+    """A language has nothing to select from."""
+
+
 @dataclass
 class LanguageResult:
     """The best configuration of one target language: its MT-validation and gold-test scores (means over its
@@ -39,10 +43,12 @@ class LanguageResult:
 
 
 def trial_rows(grid, search: Search, metric: str, mode: str) -> list[dict[str, Any]]:
-    """One row per trial of a search that reported ``metric``: its configuration, seed, best validation
-    score (over its epochs), best epoch and test scores."""
+    """One row per trial of a search that finished and reported ``metric``: its configuration, seed, best
+    validation score (over its epochs), best epoch and test scores. A trial that failed is no candidate."""
     rows = []
     for result in grid:
+        if result.error is not None:  # it did not finish its schedule (an error, a killed process): not a candidate
+            continue
         frame = result.metrics_dataframe
         if frame is None or metric not in frame:
             continue
@@ -75,7 +81,8 @@ def best_configuration(frame: pd.DataFrame, mode: str) -> tuple[str, pd.DataFram
 def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: str) -> LanguageResult:
     """The configuration with the best mean validation score over its seeds (ties: lower std), and its best seed."""
     if not rows:
-        raise RuntimeError(f"no trial for {language} reported {metric}; see the trial errors above")
+        raise NoTrialReported(f"no trial of {language} reported {metric}: every one failed or stopped before its first "
+                              "epoch (their errors and logs are above)")
     frame = pd.DataFrame(rows)
     chosen, stats = best_configuration(frame, mode)
     mine = frame[frame["configuration"] == chosen]
@@ -98,6 +105,8 @@ class SweepSummary:
     experiment_name: str
     parent_run_id: str
     languages: list[LanguageResult] = field(default_factory=list)
+    trials: int = 0  # trials of the sweep
+    failed: int = 0  # of them, trials that errored
 
     def average(self) -> dict[str, float]:
         """The mean over languages of the validation score and of each test score every language has."""
@@ -127,7 +136,8 @@ class SweepSummary:
                          *([""] if seeded else []), "", ""])  # fmt: skip
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+        failed = [f"{self.failed} of {self.trials} trials failed"] if self.failed else []
+        return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *failed])
 
     def where(self) -> str:
         return (

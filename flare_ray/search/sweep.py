@@ -28,10 +28,12 @@ from flare_ray.tracking import mlflow_runs
 from flare_ray.tracking.callback import MLflowTrialCallback
 
 from .concurrent import CHECKPOINT_SECONDS, SearchControl, run_concurrently
+from .console import Console
+from .console import describe as label_trial
 from .plan import dry_run_text
 from .searches import Search, concurrency, describe_trial, plan_searches, search_path, tune_config
-from .summary import LanguageResult, SweepSummary, select_best, trial_rows
-from .trial import run_trial, score_checkpoint
+from .summary import LanguageResult, NoTrialReported, SweepSummary, select_best, trial_rows
+from .trial import run_trial, score_checkpoint, trial_log, trial_resources
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,12 @@ class SweepInterrupted(RuntimeError):
     """The sweep stopped before all its trials ended (Ctrl-C, a lost driver); ``--resume`` continues it."""
 
 
-def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
+class SweepFailed(RuntimeError):
+    """The sweep as a whole failed (e.g. every trial of a language failed): nothing to select."""
+
+
+def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console | None = None) -> SweepSummary:
+    console = console or Console()
     folder = local_folder(config.storage_path)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -56,24 +63,32 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
     try:
         if config.model.stage1 == "auto":
-            config = _with_stage1(client, parent, config)
+            config = _with_stage1(client, parent, config, console)
         elif config.model.stage1 is None and config.model.tiny_architecture is None:
             log.warning("model.stage1 is null: %s is adapted without the paper's English stage 1 "
                         "(model.stage1: auto trains it)", config.model.name_or_path)
         searches = {s.name: s for s in plan_searches(config)}
         try:
             resources = ray.cluster_resources()
-            grids = run_concurrently(list(searches), lambda name: _fit(searches[name], tracking_uri, parent, resume,
-                                                                       concurrency(searches[name], resources, len(searches))))
+            grids = run_concurrently(list(searches), lambda name: _fit(
+                searches[name], tracking_uri, parent, resume, concurrency(searches[name], resources, len(searches)),
+                console))
         except KeyboardInterrupt:
             raise SweepInterrupted("the sweep was interrupted; the state of every search is saved: run the same "
                                    "command with --resume to continue") from None
+        summary.trials = sum(len(grid) for grid in grids.values() if grid is not None)
+        summary.failed = sum(grid.num_errors for grid in grids.values() if grid is not None)
         for language in config.task.languages:
             mine = [s for s in searches.values() if s.language == language]
             rows = [row for s in mine for row in trial_rows(grids[s.name], s, config.search.metric, config.search.mode)]
-            result = select_best(rows, config.search.metric, config.search.mode, language)
+            try:
+                result = select_best(rows, config.search.metric, config.search.mode, language)
+            except NoTrialReported as err:
+                raise SweepFailed(f"{err}; {summary.failed} of {summary.trials} trials of the sweep failed") from None
             result.run_id = mlflow_runs.child_run(client, parent, result.trial_id)
             if result.run_id and not result.test:
+                console.print(f"{language}: scoring the selected trial {result.trial_id} on the test split (ASHA stopped "
+                              "it before its own test scoring)")
                 result.test = _score_stopped_trial(client, config, result)
             if result.run_id:
                 result.registered = mlflow_runs.log_best(client, parent, config, result)
@@ -88,11 +103,22 @@ def run_sweep(config: ExperimentConfig, resume: bool = False) -> SweepSummary:
     return summary
 
 
-def _with_stage1(client, parent: str, config: ExperimentConfig) -> ExperimentConfig:
+def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console) -> ExperimentConfig:
     """Train (or reuse) the stage-1 adapter, log it on the parent run, and point the trials at it."""
     from flare_ray.training.stage1 import ensure_stage1
 
-    folder, info = ensure_stage1(config)
+    from .stage1 import train_stage1
+
+    def train(experiment: ExperimentConfig, output: Path, key: str) -> None:
+        metric = experiment.search.metric.replace("validation/", "english_validation/")
+        stage1 = experiment.stage1.training or experiment.training
+        log = trial_log(experiment.storage_path, f"{experiment.name}-stage1", key)
+        console.print(f"stage 1: training the English adapter {key} (its log: {log})")
+        callback = console.callback(f"{experiment.name}-stage1", "en", lambda _: "stage 1", metric, stage1.epochs,
+                                    lambda _: str(log))  # fmt: skip
+        train_stage1(experiment, output, key, [callback])
+
+    folder, info = ensure_stage1(config, train)
     scores = ", ".join(f"{k} {v:.2f}" for k, v in info["english_validation"].items())
     print(f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
           f"(best epoch {info['best_epoch']}, English validation: {scores})")
@@ -100,12 +126,15 @@ def _with_stage1(client, parent: str, config: ExperimentConfig) -> ExperimentCon
     return config.model_copy(update={"model": config.model.model_copy(update={"stage1": folder})})
 
 
-def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concurrent: int | None):
+def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concurrent: int | None, console: Console):
     """Run (or resume) one search to its end; its ``ResultGrid``."""
     config, spec = search.config, search.config.search
-    trainable = ray.tune.with_parameters(run_trial, experiment=config, language=search.language, seeds=spec.seed_list)
-    trainable = ray.tune.with_resources(trainable, {"CPU": 0.01})  # the driver only waits on its Train run
+    trainable = ray.tune.with_parameters(run_trial, experiment=config, language=search.language, seeds=spec.seed_list,
+                                         search=search.name)
+    trainable = ray.tune.with_resources(trainable, trial_resources(config.scaling, spec.worker_max_failures))
     path = search_path(search)
+    shown = console.callback(search.name, search.language, partial(label_trial, search), spec.metric,
+                             config.training.epochs, lambda trial: str(trial_log(config.storage_path, search.name, str(trial))))
     if resume and ray.tune.Tuner.can_restore(path):
         log.info("resuming %s from %s", search.name, path)
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -120,7 +149,7 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concu
         run_config=ray.tune.RunConfig(
             name=search.name, storage_path=config.storage_path,
             failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[SearchControl(search.name), callback], verbose=0,
+            callbacks=[SearchControl(search.name), callback, shown], verbose=0,
         ),
     )
     return _finished(tuner.fit(), search)

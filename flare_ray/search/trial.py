@@ -6,60 +6,145 @@ driver writes it into the experiment config (its one validation) and a
 the trial's workers, which receive that validated object as it is.
 ``TuneReportCallback`` forwards every epoch's report (and the checkpoint path)
 to Tune, where ASHA and the MLflow callback see it.
+
+Every worker's output (prints, library messages, a traceback at a crash) is kept in the trial's log file,
+:func:`trial_log`. This module imports nothing heavy at the top: the trial's own actor and its Train
+controller only need the config and Ray Train, and the worker imports the training code itself.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import ray.train
 import ray.tune
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from flare_ray.experiment import ExperimentConfig, apply_sample
-from flare_ray.storage import join, local_copy
-from flare_ray.training.evaluate import TRIAL_CONFIG_NAME, score_adapter
-from flare_ray.training.loop import train_loop_per_worker
+from flare_ray.logs import tee_output
+from flare_ray.storage import join, local_copy, local_folder
 
 from .searches import seeded
 
+LOG_KEY = "log_file"  # in the loop config: where the worker keeps its output
 
-def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str, seeds: list[int | None]) -> None:
+
+def logs_folder(storage_path: str) -> Path:
+    """Where a sweep's log files go: ``<storage_path>/logs`` (with remote storage, a local temporary folder)."""
+    local = local_folder(storage_path)
+    return (local if local is not None else Path(tempfile.gettempdir()) / "flare_ray") / "logs"
+
+
+def trial_log(storage_path: str, search: str, trial: str) -> Path:
+    """The log file of a trial's workers: ``<logs folder>/<search>/<trial>.log``, on the worker's node."""
+    return logs_folder(storage_path) / search / f"{trial}.log"
+
+
+def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str, seeds: list[int | None],
+              search: str = "search") -> None:
+    """The Tune trainable of a search: one trial of ``experiment`` with Tune's ``sample`` written in."""
     config = apply_sample(experiment, seeded(sample, seeds))
-    trial_trainer(config, language, ray.tune.get_context().get_trial_name(), [TuneReportCallback()]).fit()
+    name = ray.tune.get_context().get_trial_name()
+    loop_config = {"experiment": config, "language": language, LOG_KEY: str(trial_log(config.storage_path, search, name))}
+    run(config.scaling, train_entry, loop_config, name, join(config.storage_path, "train"),
+        config.search.worker_max_failures)
 
 
-def trial_trainer(
-    config: ExperimentConfig, language: str, name: str, callbacks: list | None = None,
-    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
-) -> TorchTrainer:
-    """The Ray Train run of one trial; its workers get ``{"experiment": config, "language": language}``."""
-    scaling, search = config.scaling, config.search
+def in_process(scaling, worker_max_failures: int = 0) -> bool:
+    """Whether a trial runs its recipe in its own process (``scaling.in_trial_process``; not when Ray Train
+    is to restart failed workers, ``search.worker_max_failures``) rather than as a Ray Train run."""
+    return scaling.in_trial_process and not worker_max_failures
+
+
+def trial_resources(scaling, worker_max_failures: int = 0) -> dict[str, float]:
+    """What a trial's own Tune actor asks for: the worker's resources when it trains itself, else next to
+    nothing (it only waits on its Train run, whose workers hold the resources)."""
+    if in_process(scaling, worker_max_failures):
+        return {k: v for k, v in scaling.resources_per_worker().items() if v > 0}
+    return {"CPU": 0.01}
+
+
+def run(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage_path: str,
+        worker_max_failures: int = 0) -> None:
+    """Run a recipe (``loop(loop_config)``) from within a Tune trial: in this process, or as a Ray Train run
+    whose reports reach Tune through ``TuneReportCallback``."""
+    if in_process(scaling, worker_max_failures):
+        import gc
+
+        from flare_ray.training.session import in_tune_trial
+
+        try:
+            with in_tune_trial():
+                loop(loop_config)
+        finally:  # the process may run the next trial (Tune reuses it): free this one's model
+            gc.collect()
+            _empty_cuda_cache()
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer(scaling, loop, loop_config, name, storage_path, worker_max_failures, [TuneReportCallback()]).fit()
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_entry(loop_config: dict[str, Any]) -> None:
+    """What a trial's worker runs: its output into the trial's log, then the training recipe."""
+    if loop_config.get(LOG_KEY):
+        tee_output(loop_config[LOG_KEY])
+    from flare_ray.training.loop import train_loop_per_worker
+
+    train_loop_per_worker(loop_config)
+
+
+def trainer(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str,
+            storage_path: str, worker_max_failures: int = 0, callbacks: list | None = None):
+    """The Ray Train run of a recipe on ``scaling.num_workers`` workers, each getting ``loop_config``."""
+    from ray.train.torch import TorchTrainer
+
     return TorchTrainer(
         loop,
-        train_loop_config={"experiment": config, "language": language},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=join(config.storage_path, "train"),
+            storage_path=storage_path,
             # The loop checkpoints only a new best epoch, and last the best adapter with the predictions:
             # the latest checkpoint is the one to keep.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=search.worker_max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=worker_max_failures),
             callbacks=callbacks or [],
         ),
     )
+
+
+def trial_trainer(
+    config: ExperimentConfig, language: str, name: str, callbacks: list | None = None,
+    loop: Callable[[dict[str, Any]], None] = train_entry, log: Path | None = None,
+):
+    """The Ray Train run of one trial (whatever its number of workers); its workers get
+    ``{"experiment": config, "language": language}`` (and ``log_file``, where they keep their output)."""
+    loop_config: dict[str, Any] = {"experiment": config, "language": language}
+    if log is not None:
+        loop_config[LOG_KEY] = str(log)
+    return trainer(config.scaling, loop, loop_config, name, join(config.storage_path, "train"),
+                   config.search.worker_max_failures, callbacks)
 
 
 def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test"):
     """Score a trial's checkpoint (a folder, local or on the sweep's storage) from its ``trial_config.json``:
     for the best trial of a search when ASHA stopped it before its own test scoring. The scores
     (``{"test/<metric>": ...}``) and the per-example predictions table."""
+    from flare_ray.training.evaluate import TRIAL_CONFIG_NAME, score_adapter
+
     with local_copy(checkpoint, storage_path or checkpoint) as folder:
         record = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
         experiment = ExperimentConfig.model_validate(record["experiment"])  # the checkpoint's JSON record

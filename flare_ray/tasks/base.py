@@ -26,12 +26,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .metrics import CLASSIFICATION_METRICS, QA_METRICS
+
+if TYPE_CHECKING:
+    import datasets  # imported where records are read: a task (and a config) is checked without it
 
 Role = Literal["train", "validation", "test"]
 ROLES: tuple[Role, ...] = ("train", "validation", "test")
@@ -197,6 +199,7 @@ class Task(ABC):
                 f"{path}: no translated {role} split for {self.name}/{self.language}; "
                 "run `python -m flare_ray.translate` first"
             )
+        import datasets
         import pyarrow.parquet as pq
 
         records = datasets.Dataset(pq.read_table(path))  # from_parquet refuses a zero-row file

@@ -1,4 +1,4 @@
-"""Metrics, from scikit-learn and torchmetrics (SQuAD's official normalisation and F1).
+"""Metrics, from scikit-learn and torchmetrics (SQuAD's official normalisation and F1), imported when scoring.
 
 Predictions are label strings (or answer strings for QA); ``None`` is a
 generated string that is no label: it counts as wrong and is reported as
@@ -8,8 +8,6 @@ generated string that is no label: it counts as wrong and is reported as
 from __future__ import annotations
 
 from typing import Sequence
-
-from sklearn.metrics import accuracy_score, f1_score
 
 INVALID = "<invalid>"
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "invalid")  # the keys of classification_scores
@@ -24,6 +22,8 @@ def better(score: float, best: float, mode: str) -> bool:
 def classification_scores(
     predictions: Sequence[str | None], references: Sequence[str], labels: Sequence[str]
 ) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     predicted = [INVALID if p is None else p for p in predictions]

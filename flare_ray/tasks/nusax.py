@@ -7,12 +7,13 @@ target sentence. Metric: macro-F1 (the paper's), and accuracy.
 from __future__ import annotations
 
 import csv
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from .base import Role, SplitRecipe, Task, TaskDataError
 from .metrics import classification_scores
+
+if TYPE_CHECKING:
+    import datasets  # imported where records are made: a config is checked without it
 
 LANGUAGES = {
     "ace": "acehnese", "ban": "balinese", "bbc": "toba_batak", "bjn": "banjarese", "bug": "buginese",
@@ -64,6 +65,8 @@ class NusaX(Task):
         return rows
 
     def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
+        import datasets
+
         target = self._read(self.language, role)
         english = {row["id"]: row for row in self._read("eng", role)}
         records = []
@@ -82,6 +85,8 @@ class NusaX(Task):
 
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         """``indonlp/NusaX-senti``-style: one config per language code, columns id, text, label."""
+        import datasets
+
         split = {"train": "train", "validation": "validation", "test": "test"}[role]
         target, english = (_hub_rows(self.config.hub_id, code, split) for code in (self.language, "eng"))
         by_id = {row["id"]: row for row in english}
@@ -102,6 +107,8 @@ class NusaX(Task):
 
 
 def _hub_rows(hub_id: str, config: str, split: str) -> list[dict[str, str]]:
+    import datasets
+
     data = datasets.load_dataset(hub_id, config, split=split)
     missing = {"id", "text", "label"} - set(data.column_names)
     if missing:

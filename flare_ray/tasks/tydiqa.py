@@ -17,12 +17,13 @@ same questions, whatever the recipes.
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from .base import Role, SplitRecipe, Task, TaskDataError
 from .metrics import squad_scores
+
+if TYPE_CHECKING:
+    import datasets  # imported where records are made: a config is checked without it
 
 LANGUAGES = {
     "ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish", "id": "indonesian",
@@ -106,6 +107,8 @@ class TyDiQA(Task):
     @staticmethod
     def _parallel(rows: list[dict[str, Any]]) -> datasets.Dataset:
         """Without a translation, one side serves as both target and source (see the recipes)."""
+        import datasets
+
         return datasets.Dataset.from_list(
             [
                 {
@@ -119,6 +122,8 @@ class TyDiQA(Task):
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         """``google-research-datasets/tydiqa`` ``secondary_task`` (GoldP): all languages in one
         split, told apart by the id prefix; answers as ``{text: [...], answer_start: [...]}``."""
+        import datasets
+
         language = self.language if role == "test" else "en"
         split = "train" if role == "train" else "validation"
         data = datasets.load_dataset(self.config.hub_id, "secondary_task", split=split)

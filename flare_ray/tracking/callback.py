@@ -91,13 +91,14 @@ class MLflowTrialCallback(Callback):
         metrics = _metrics(result)
         if result.get("final"):  # the trial's summary: its test scores (validation curves are already logged)
             metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
-        elif isinstance(result.get(self.metric), (int, float)):
-            print(f"{self.language} {trial.trial_id} epoch {step}: {self.metric} {result[self.metric]:.2f}", flush=True)
         if metrics:
             now = int(1000 * result.get("timestamp", 0)) or 0
             self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
         if result.get(CHECKPOINT_PATH_KEY):  # the loop checkpoints only a new best (and last the best again)
-            self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]
+            self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]  # a Ray Train run's, via Tune
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint, **info) -> None:
+        self._checkpoints[trial.trial_id] = checkpoint.path  # a trial that trained in its own process
 
     def _finish(self, trial: Trial, status: str) -> None:
         client = self.client

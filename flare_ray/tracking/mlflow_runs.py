@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from flare_ray.storage import local_folder
+
+from .config import resolve_tracking_uri  # noqa: F401 - where the sweep and the report look it up (no MLflow there)
 
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
@@ -153,17 +154,6 @@ def log_stage1(client: MlflowClient, run_id: str, info: dict[str, Any]) -> None:
     for key, value in info["english_validation"].items():
         client.log_metric(run_id, f"stage1.english_validation.{key}", value)
     client.log_dict(run_id, info, "stage1/stage1.json")
-
-
-def resolve_tracking_uri(config, environ: dict[str, str] | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``tracking.tracking_uri``, else ``sqlite:///<storage>/mlflow.db``."""
-    env = os.environ if environ is None else environ
-    if env.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri:
-        return env.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
-    folder = local_folder(config.storage_path)
-    if folder is None:
-        raise ValueError(f"storage_path {config.storage_path!r} is remote: set tracking.tracking_uri or MLFLOW_TRACKING_URI")
-    return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
 
 
 def artifact_location(tracking_uri: str, storage_path: str) -> str | None:

@@ -19,8 +19,6 @@ flare_mt       yes      FLARE-MT: an MT encoder's latent translation of the targ
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import get_args
 
 from peft import LoraConfig, get_peft_model
 
@@ -28,27 +26,9 @@ from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import default_task_type, get_flare_model, untrained_task_heads
 from flare_ray.models.loading import resolve_name_or_path
 
-from .config import MethodKind
+from .config import METHODS, Method, MethodKind  # what each method is: in the leaf config module (no torch)
 
-
-@dataclass(frozen=True)
-class Method:
-    trains: bool  # False: the stage-1 model is only scored
-    source: bool  # the batches carry the English side (source_input_ids)
-    input_fusion: bool = False  # the model reads [x_S; x_T] as one input
-    reads_english: bool = False  # validation and test are read on their English side (translate-test)
-
-
-METHODS: dict[MethodKind, Method] = {
-    "zero_shot": Method(trains=False, source=False),
-    "translate_test": Method(trains=False, source=False, reads_english=True),
-    "lora": Method(trains=True, source=False),
-    "input_fusion": Method(trains=True, source=False, input_fusion=True),
-    "xmixup": Method(trains=True, source=True),
-    "flare": Method(trains=True, source=True),
-    "flare_mt": Method(trains=True, source=False),
-}
-assert set(METHODS) == set(get_args(MethodKind))
+__all__ = ["METHODS", "Method", "MethodKind", "build_adapter"]
 
 
 def build_adapter(model, method):

@@ -1,28 +1,66 @@
-"""What a run is trained with and on: the LoRA adapter, the training loop, stage 1, the resources.
+"""What a run is trained with and on: the methods, the LoRA adapter, the training loop, stage 1, the resources.
 
 The experiment YAML's ``method.lora``, ``training``, ``stage1`` and ``scaling``
-sections (:class:`flare_ray.experiment.ExperimentConfig` embeds them); a leaf
-module that imports nothing of flare_ray but the key-path error.
+sections (:class:`flare_ray.experiment.ExperimentConfig` embeds them) and what each
+``method.kind`` is (:data:`METHODS`); a leaf module that imports nothing of flare_ray
+but the key-path error, and neither torch nor transformers (a config is checked
+without them).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flare_ray.configfile import FieldError
 
-# get_scheduler names that need arguments of their own (not offered in the YAML)
-_SCHEDULERS_NEEDING_ARGUMENTS = (
-    "reduce_lr_on_plateau", "warmup_stable_decay", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "greedy",
-)
+# transformers' get_scheduler names (SchedulerType) that need no arguments of their own: the ones the YAML
+# offers (reduce_lr_on_plateau, warmup_stable_decay, cosine_with_min_lr, cosine_warmup_with_min_lr and greedy
+# need some). Written out so that a config is checked without importing transformers; a test compares them.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")  # fmt: skip
 
 
-# The methods of the paper (flare_ray.training.adapter.METHODS says what each one is).
+# The methods of the paper; METHODS says what each one is (flare_ray.training.adapter builds their models).
 MethodKind = Literal["zero_shot", "translate_test", "lora", "input_fusion", "xmixup", "flare", "flare_mt"]
+
+
+@dataclass(frozen=True)
+class Method:
+    trains: bool  # False: the stage-1 model is only scored
+    source: bool  # the batches carry the English side (source_input_ids)
+    input_fusion: bool = False  # the model reads [x_S; x_T] as one input
+    reads_english: bool = False  # validation and test are read on their English side (translate-test)
+    sections: tuple[str, ...] = ("lora",)  # the method.* sections it reads (method.lora, method.flare, ...)
+
+
+METHODS: dict[MethodKind, Method] = {
+    "zero_shot": Method(trains=False, source=False, sections=()),
+    "translate_test": Method(trains=False, source=False, reads_english=True, sections=()),
+    "lora": Method(trains=True, source=False),
+    "input_fusion": Method(trains=True, source=False, input_fusion=True),
+    "xmixup": Method(trains=True, source=True, sections=("lora", "xmixup")),
+    "flare": Method(trains=True, source=True, sections=("lora", "flare")),
+    "flare_mt": Method(trains=True, source=False, sections=("lora", "flare")),
+}
+assert set(METHODS) == set(get_args(MethodKind))
+_METHOD_SECTIONS = {"lora", "flare", "xmixup"}
+
+
+def method_reads(kind: str, key: str) -> bool:
+    """Whether a trial of method ``kind`` reads the config value at ``key`` (a dotted path): a LoRA trial
+    reads no ``method.flare.*``, FLARE no ``method.flare.mt_encoder`` (FLARE-MT's), zero-shot no
+    ``method.lora.*``. Grid cells that differ only in values their method does not read are one cell."""
+    parts = key.split(".")
+    if parts[0] != "method" or len(parts) < 2 or parts[1] not in _METHOD_SECTIONS:
+        return True
+    if key == "method.flare.mt_encoder":
+        return kind == "flare_mt"
+    return parts[1] in METHODS[kind].sections
 
 
 class _Section(BaseModel):
@@ -84,11 +122,8 @@ class TrainingSpec(_Section):
     @field_validator("lr_scheduler")
     @classmethod
     def _scheduler(cls, value: str) -> str:
-        from transformers import SchedulerType
-
-        names = [s.value for s in SchedulerType if s.value not in _SCHEDULERS_NEEDING_ARGUMENTS]
-        if value not in names:
-            raise ValueError(f"unknown learning-rate scheduler {value!r}; expected one of {names}")
+        if value not in LR_SCHEDULERS:
+            raise ValueError(f"unknown learning-rate scheduler {value!r}; expected one of {list(LR_SCHEDULERS)}")
         return value
 
 
@@ -110,6 +145,16 @@ class ScalingSpec(_Section):
     deepspeed: dict[str, Any] | None = Field(
         None, description="null, a DeepSpeed JSON config (path, relative to the working directory), or the config inline"
     )
+    ray_train: bool | None = Field(
+        None, description="run each trial as a Ray Train run; null: only trials that need one (several workers or "
+        "DeepSpeed), a single-worker trial runs in its Tune trial's own process (no Train controller, no worker "
+        "actor; its resources are the worker's); true: always (e.g. for search.worker_max_failures)",
+    )
+
+    @property
+    def in_trial_process(self) -> bool:
+        """Whether a trial runs its recipe in its Tune trial's own process rather than as a Ray Train run."""
+        return self.num_workers == 1 and self.deepspeed is None and not self.ray_train
 
     @field_validator("deepspeed", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""The optimisation engine of a run: DDP (via Ray Train) or DeepSpeed behind one small interface.
+"""The optimisation engine of a run: DDP (via Ray Train; none with one worker) or DeepSpeed behind one small interface.
 
 AdamW on the trainable parameters, transformers' ``get_scheduler`` (``training.lr_scheduler``
 with ``warmup_ratio`` of the optimizer steps as warm-up), gradient clipping at
@@ -34,9 +34,9 @@ class Engine:
                 config=_deepspeed_config(scaling.deepspeed, training),
             )
         else:
-            import ray.train.torch
+            from .session import prepare_model
 
-            self.model = ray.train.torch.prepare_model(model, move_to_device=not quantized)
+            self.model = prepare_model(model, move_to_device=not quantized)
         self.device = next(p.device for p in self.trainable)
 
     @property

@@ -30,11 +30,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ray.train
-
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
+from . import session
 from .adapter import METHODS
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, TRIAL_CONFIG_NAME, evaluate, mean_loss
@@ -50,8 +49,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     experiment: ExperimentConfig = loop_config["experiment"]  # validated once, by the trial's driver
     language: str = loop_config["language"]
     training, metric, mode = experiment.training, experiment.search.metric, experiment.search.mode
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = session.world()
 
     # 1. setup
     trial = build_trial(experiment, language)
@@ -83,7 +81,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
             if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
                 checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions})
-        ray.train.report(metrics, checkpoint=checkpoint)
+        session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best["state"])
@@ -95,15 +93,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
     """A method that trains nothing: validation (one result, epoch 0) and test scores of the model as it is."""
-    import ray.train.torch
-
-    model = trial.model if experiment.model.quantization != "none" else trial.model.to(ray.train.torch.get_device())
+    model = trial.model if experiment.model.quantization != "none" else trial.model.to(session.device())
     training, metric = experiment.training, experiment.search.metric
     scores, validation = evaluate(trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0)
     scores["loss"] = mean_loss(trial.encoder, model, trial.splits["validation"], training.eval_batch_size,
                                next(model.parameters()).device)  # fmt: skip
     metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}}
-    ray.train.report(metrics)
+    session.report(metrics)
     scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
     best = {"score": metrics[metric], "epoch": 0}
     _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
@@ -116,10 +112,10 @@ def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch:
     final = {"epoch": epoch, "final": True, "best_epoch": best["epoch"], experiment.search.metric: best["score"]}
     final.update({f"test/{k}": v for k, v in scores.items()})
     checkpoint = _checkpoint(model, experiment, language, best["epoch"], predictions) if rank == 0 else None
-    ray.train.report(final, checkpoint=checkpoint)
+    session.report(final, checkpoint)
 
 
-def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict) -> ray.train.Checkpoint:
+def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict) -> Path:
     """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing), the
     trial's config and the per-example predictions (``predictions/<split>.parquet``)."""
     directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
@@ -132,4 +128,4 @@ def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, 
     for split, frame in predictions.items():
         if frame is not None:
             frame.to_parquet(directory / PREDICTIONS_DIR / f"{split}.parquet", index=False)
-    return ray.train.Checkpoint.from_directory(directory)
+    return directory

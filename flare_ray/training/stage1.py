@@ -23,14 +23,13 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-import ray.train
-
-from flare_ray.storage import join, local_folder
+from flare_ray.storage import local_folder
 from flare_ray.tasks import get_task
 from flare_ray.tasks.metrics import better
 
+from . import session
 from .engine import Engine
 from .evaluate import mean_loss, score
 from .setup import build_trial, english_side, optimizer_steps, train_loader
@@ -78,8 +77,7 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     output = Path(loop_config["output"])
     training = experiment.training
     metric = experiment.search.metric.split("/", 1)[1]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = session.world()
 
     run = build_trial(experiment, experiment.task.languages[0], roles=("train", "validation"), english=True)
     task, encoder, adapted, validation = run.task, run.encoder, run.model, run.splits["validation"]
@@ -93,7 +91,7 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scores["loss"] = mean_loss(encoder, adapted, validation, training.eval_batch_size, engine.device)
         if best["score"] is None or better(scores[metric], best["score"], experiment.search.mode):
             best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
-        ray.train.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
+        session.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
     engine.load_adapter_state(best["state"])
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
@@ -107,33 +105,18 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
         (output / STAGE1_INFO).write_text(json.dumps(info, indent=2, default=str))
 
 
-def run_stage1(experiment: ExperimentConfig, output: Path, fingerprint_: str | None = None) -> Path:
-    """Train stage 1 as one Ray Train run with the trials' resources; return the adapter folder."""
-    from ray.train.torch import TorchTrainer
-
-    stage1 = stage1_experiment(experiment)
-    output = output.expanduser().resolve()
-    scaling = stage1.scaling
-    trainer = TorchTrainer(
-        stage1_loop_per_worker,
-        train_loop_config={"experiment": stage1, "output": str(output), "fingerprint": fingerprint_},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{experiment.name}-stage1-{fingerprint_ or 'manual'}",
-            storage_path=join(experiment.storage_path, "train"),
-        ),
-    )
-    trainer.fit()
+def stage1_done(output: Path) -> Path:
+    """The stage-1 folder a finished run wrote; an error if it wrote none."""
     if not (output / STAGE1_INFO).is_file():
         raise RuntimeError(f"stage 1 finished but wrote no adapter to {output}")
     return output
 
 
-def ensure_stage1(experiment: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
+def ensure_stage1(experiment: ExperimentConfig, train: Callable[[ExperimentConfig, Path, str], Any]
+                  ) -> tuple[Path, dict[str, Any]]:
     """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
-    reused if it exists, else trained now. Returns the folder and its ``stage1.json`` (with ``reused``)."""
+    reused if it exists, else trained now by ``train(experiment, folder, fingerprint)`` (which runs
+    :func:`stage1_loop_per_worker`). Returns the folder and its ``stage1.json`` (with ``reused``)."""
     storage = local_folder(experiment.storage_path)
     if storage is None:
         raise ValueError(
@@ -148,7 +131,8 @@ def ensure_stage1(experiment: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
     if not reused:
         log.info("stage 1: training %s (fingerprint %s)", folder, key)
         scratch = root / f".{key}-{uuid.uuid4().hex[:8]}"  # a concurrent sweep may train the same one
-        run_stage1(experiment, scratch, key)
+        train(experiment, scratch, key)
+        stage1_done(scratch)
         try:
             scratch.rename(folder)
         except OSError:  # another sweep finished first: use its folder

@@ -1,5 +1,3 @@
-import sys
+from flare_ray.cli.tune import exit_promptly, main
 
-from flare_ray.cli.tune import main
-
-sys.exit(main())
+exit_promptly(main())

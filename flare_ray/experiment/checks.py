@@ -1,0 +1,160 @@
+"""What the schema cannot see but can be checked before Ray starts: what a config names outside itself.
+
+* ``model.name_or_path`` (and FLARE-MT's ``method.flare.mt_encoder``): a local folder must exist; a hub id
+  (``name`` or ``org/name``) that is no local folder must be in the local Hugging Face cache when the hub is
+  offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``); online it is accepted. ``tiny:<arch>`` needs
+  nothing. Every value the search space or grid gives the key is checked too.
+* ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json``).
+* ``method.flare.fusion_layers`` (the config's and every value of the space and grid): no block beyond the
+  model's, whose number is read from its ``config.json`` alone (no weights, no transformers; the tiny models'
+  from :data:`flare_ray.models.tiny.LAYERS`). Skipped where no ``config.json`` is at hand (a hub id online
+  and not cached).
+
+:func:`preflight_problems` is called once, by :func:`~flare_ray.experiment.loading.validate_experiment`
+(``load_experiment``, so the dry run and the real run alike), after the schema and the search space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from flare_ray.configfile import KeyPath, Problem
+from flare_ray.fusion.config import LAYER_GROUPS, resolve_layers
+from flare_ray.models.tiny import LAYERS as TINY_LAYERS
+
+from .config import ExperimentConfig
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # 'name' or 'org/name'
+_TRUE = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads its switches
+_FLARE = ("flare", "flare_mt")
+# Where a config.json keeps the number of blocks of the stack FLARE fuses (the encoder's for encoder-decoders).
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers")
+
+
+def preflight_problems(config: ExperimentConfig) -> list[Problem]:
+    """Everything wrong with what ``config`` names on disk or in the hub cache (empty: nothing found)."""
+    kinds = {value for _, value in _values(config, "method.kind")}
+    problems = [p for path, value in _values(config, "model.name_or_path")
+                if (p := _model_problem(path, value, "a model folder")) is not None]  # fmt: skip
+    if "flare_mt" in kinds:
+        problems += [p for path, value in _values(config, "method.flare.mt_encoder") if value
+                     if (p := _model_problem(path, value, "an MT model folder")) is not None]  # fmt: skip
+    problems += _stage1_problems(config)
+    if kinds & set(_FLARE):
+        problems += _fusion_layer_problems(config)
+    return problems
+
+
+def hub_offline() -> bool:
+    """Is the Hugging Face hub switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)?"""
+    return any(os.environ.get(name, "").strip().upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def num_layers(name_or_path: str) -> tuple[int, str] | None:
+    """The number of blocks of the model's fused stack, and where it was read; None where no ``config.json``
+    is at hand (a hub id not in the local cache) or it does not say."""
+    if name_or_path.startswith("tiny:"):
+        arch = name_or_path[5:]
+        return (TINY_LAYERS[arch], f"the tiny {arch} model") if arch in TINY_LAYERS else None
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        path = local / "config.json"
+    elif _HUB_ID.match(name_or_path):
+        path = _cached_config(name_or_path)
+    else:
+        return None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (data, data.get("text_config") or {}) if isinstance(data, dict) else ():
+        for key in _LAYER_KEYS:
+            if isinstance(section.get(key), int) and not isinstance(section.get(key), bool) and section[key] > 0:
+                return section[key], f"{key} in {path}"
+    return None
+
+
+# -- the checks --------------------------------------------------------------------------------------
+def _values(config: ExperimentConfig, key: str) -> Iterator[tuple[KeyPath, Any]]:
+    """The config's value of a dotted key, and every value the grid or the space gives it, with their key paths."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    yield tuple(key.split(".")), value
+    if key in config.search.grid:
+        for i, v in enumerate(config.search.grid[key]):
+            yield ("search", "grid", key, i), v
+    dist = config.search.space.get(key)
+    for i, v in enumerate(getattr(dist, "values", None) or []):  # categorical choices (ranges are numbers)
+        yield ("search", "space", key, "values", i), v
+
+
+def _model_problem(path: KeyPath, value: Any, what: str) -> Problem | None:
+    if not isinstance(value, str) or value.startswith("tiny:"):
+        return None  # the schema checks the type and the tiny architectures
+    if Path(value).expanduser().exists():
+        return None
+    pathlike = value.startswith(("/", ".", "~")) or ((os.sep in value or "\\" in value) and not _HUB_ID.match(value))
+    if pathlike or not _HUB_ID.match(value):
+        where = "" if Path(value).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        return Problem(path, f"{value!r} does not exist{where}; expected {what}, a Hugging Face hub id "
+                             "('org/name') or tiny:<arch>")
+    if hub_offline() and _cached_config(value) is None:
+        return Problem(path, f"hub model {value!r} is not in the local Hugging Face cache and the hub is offline "
+                             f"({_offline_switch()}); expected a cached model: download it first "
+                             f"(`hf download {value}`), name a local folder, or go online")
+    return None
+
+
+def _stage1_problems(config: ExperimentConfig) -> list[Problem]:
+    folder = config.model.stage1
+    if not isinstance(folder, Path):  # 'auto' or null
+        return []
+    path = ("model", "stage1")
+    if not folder.is_dir():
+        return [Problem(path, f"{str(folder)!r} is no folder (it does not exist); expected a stage-1 adapter "
+                              "folder (written by `python -m flare_ray.stage1`), 'auto' or null")]
+    if not (folder / "adapter_config.json").is_file():
+        return [Problem(path, f"{str(folder)!r} holds no stage-1 adapter; expected a folder with adapter_config.json "
+                              "(written by `python -m flare_ray.stage1`), 'auto' or null")]
+    return []
+
+
+def _fusion_layer_problems(config: ExperimentConfig) -> list[Problem]:
+    models = {value for _, value in _values(config, "model.name_or_path") if isinstance(value, str)}
+    counts = {model: found for model in models if (found := num_layers(model)) is not None}
+    problems = []
+    for path, spec in _values(config, "method.flare.fusion_layers"):
+        for model, (n, source) in counts.items():
+            try:
+                resolve_layers(spec, num_layers=n)
+            except ValueError as err:
+                reason = str(err).removeprefix("fusion_layers: ").replace("this model", model)
+                problems.append(Problem(path, f"{spec!r}: {reason} ({source}); expected block indices 0 to {n - 1} "
+                                              f"(negative ones count from the last), ranges of them such as "
+                                              f"'0-{n - 1}', or one of {list(LAYER_GROUPS)}"))
+                break  # one problem per value
+    return problems
+
+
+# -- the Hugging Face cache --------------------------------------------------------------------------
+def _cached_config(repo: str) -> Path | None:
+    """The cached ``config.json`` of a hub model; None if it is not in the local cache."""
+    from huggingface_hub import try_to_load_from_cache  # light, and only where a hub id is named
+
+    try:
+        found = try_to_load_from_cache(repo, "config.json")
+    except ValueError:  # not a repo id after all
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _offline_switch() -> str:
+    return ", ".join(f"{name}={os.environ[name]}" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                     if os.environ.get(name, "").strip().upper() in _TRUE)  # fmt: skip

@@ -1,0 +1,151 @@
+"""Where output goes: the console is for people, log files keep everything.
+
+* :func:`log_to_file` (the command's process): every log record at INFO and above goes to a log file;
+  the console gets flare_ray's own warnings and every library's errors, or with ``verbose`` everything
+  as the libraries print it.
+* :func:`tee_output` (a trial's worker process): everything the process writes to its stdout and
+  stderr, Python or native code, is also written to the trial's log file, which outlives the trial.
+
+Standard library only: the trial's workers call it before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", "datasets", "transformers", "peft",
+             "bitsandbytes", "torch", "py.warnings")  # fmt: skip
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _OursOrErrors(logging.Filter):
+    """The console handler: flare_ray's warnings, anyone's errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name.startswith("flare_ray") and record.levelno >= logging.WARNING
+        return ours or record.levelno >= logging.ERROR
+
+
+def log_to_file(path: Path, verbose: bool = False) -> Path:
+    """Send this process's logging to ``path`` (INFO and above) and keep the console for people."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(_FORMAT))
+    to_file.setLevel(logging.INFO)
+    root = logging.getLogger()
+    _UNDO.append(lambda level=root.level: root.setLevel(level))
+    root.setLevel(logging.INFO)
+    _add(root, to_file)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if not verbose else _FORMAT))
+        if not verbose:
+            console.addFilter(_OursOrErrors())
+        _add(root, console)
+    logging.captureWarnings(True)  # warnings.warn(...) of the libraries: to the file
+    _UNDO.append(lambda: logging.captureWarnings(False))
+    # A logger with no handler and propagation off (Ray's, while ray.init sets itself up) falls back to
+    # Python's last resort, the console: the file instead.
+    _UNDO.append(lambda last=logging.lastResort: setattr(logging, "lastResort", last))
+    logging.lastResort = to_file
+    _FILE[0], _VERBOSE[0] = to_file, verbose
+    quiet_libraries()
+    return path
+
+
+_FILE: list[logging.Handler | None] = [None]
+_VERBOSE = [False]
+
+
+def quiet_libraries() -> None:
+    """Libraries that install console handlers of their own when imported (Ray, MLflow, Optuna) log to the
+    file of :func:`log_to_file` too, and to the console only their errors. Call again after importing one."""
+    to_file = _FILE[0]
+    if to_file is None:
+        return
+    for name in LIBRARIES:
+        logger = logging.getLogger(name)
+        if not logger.propagate:  # (with no handler of its own, Python's last resort would print its warnings)
+            if to_file not in logger.handlers:
+                _add(logger, to_file)
+            for handler in logger.handlers:
+                if handler is not to_file and not _VERBOSE[0] and handler.level < logging.ERROR:
+                    _UNDO.append(lambda handler=handler, level=handler.level: handler.setLevel(level))
+                    handler.setLevel(logging.ERROR)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            _UNDO.append(lambda logger=logger, level=logger.level: logger.setLevel(level))
+            logger.setLevel(logging.INFO)
+
+
+def stop_logging_to_file() -> None:
+    """Undo :func:`log_to_file` (the command is over: e.g. called in-process, by a test or a notebook)."""
+    while _UNDO:
+        _UNDO.pop()()
+    if _FILE[0] is not None:
+        _FILE[0].close()
+    _FILE[0] = None
+
+
+_UNDO: list = []
+
+
+def _add(logger: logging.Logger, handler: logging.Handler) -> None:
+    logger.addHandler(handler)
+    _UNDO.append(lambda: logger.removeHandler(handler))
+
+
+def timestamped(folder: Path, name: str) -> Path:
+    """``folder/name-YYYYmmdd-HHMMSS.log``."""
+    return folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def tee_output(path: str | Path) -> None:
+    """From now on, everything this process writes to file descriptors 1 and 2 also goes to ``path``
+    (appended, after a line naming the process): Python's prints and logs, native libraries' messages
+    and a traceback at a crash. Called again (a process that runs one trial after another), it switches
+    to the new file.
+
+    The process's original stdout and stderr (in a Ray worker: its files under Ray's session logs, which
+    Ray streams to the driver when asked to) still get everything."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "ab", buffering=0)  # noqa: SIM115 - open for the life of the process (or the next switch)
+    log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    with _LOCK:
+        previous, _TEE[0] = _TEE[0], log
+    if previous is not None:
+        previous.close()
+        return
+    for fd in (1, 2):
+        original = os.dup(fd)
+        read, write = os.pipe()
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+        os.dup2(write, fd)
+        os.close(write)
+        threading.Thread(target=_copy, args=(read, original), daemon=True, name=f"tee-{fd}").start()
+
+
+_LOCK = threading.Lock()
+_TEE: list = [None]  # the log file the tee writes to
+
+
+def _copy(read: int, original: int) -> None:
+    while True:
+        try:
+            chunk = os.read(read, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        with _LOCK:
+            for write in (lambda: os.write(original, chunk), lambda: _TEE[0].write(chunk)):
+                try:
+                    write()
+                except (OSError, ValueError):  # ValueError: a closed file
+                    pass

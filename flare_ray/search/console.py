@@ -1,0 +1,146 @@
+"""What a person sees of a sweep while it runs (everything else is in the log files).
+
+One :class:`Console` per sweep, shared by its searches (their Tune loops run in threads of the driver),
+prints one line per trial per epoch (the trial, its language, epoch, training loss, validation metric,
+elapsed time), a line when a trial ends, a status table of every search at most every ``interval``
+seconds, and for a trial that fails, what Ray reported and where the trial's full log is.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import ray.tune
+from ray.tune.experiment import Trial
+
+from .searches import Search, configuration, seeded
+
+STATUS_INTERVAL = 60.0  # seconds between status tables
+_active: list["Console | None"] = [None]  # the console of this process's sweep (the latest made)
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def describe(search: Search, config: dict[str, Any]) -> str:
+    """A trial in a few words: its method, what it varied and its seed (``flare fusion=add seed=1``)."""
+    sample = seeded(config, search.config.search.seed_list)
+    varied = configuration(sample, search.cell)
+    kind = varied.pop("method.kind", None)
+    words = [str(kind)] if kind else []
+    words += [f"{key.rsplit('.', 1)[-1]}={_value(value)}" for key, value in sorted(varied.items())]
+    if "training.seed" in sample and search.config.search.seeds:
+        words.append(f"seed={sample['training.seed']}")
+    return " ".join(words) or search.config.method.kind
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+class Console:
+    """The sweep's console; :meth:`callback` gives each search its Tune callback."""
+
+    def __init__(self, interval: float = STATUS_INTERVAL, stream=None) -> None:
+        _active[0] = self
+        self.interval = interval
+        self.stream = stream
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._last_status = time.monotonic()
+        self._trials: dict[str, list[Trial]] = {}  # search name -> its trials
+        self._changed = False
+
+    def print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream or sys.stdout, flush=True)
+
+    def callback(self, name: str, language: str, label: Callable[[dict[str, Any]], str], metric: str, epochs: int,
+                 log: Callable[[Trial], str]) -> "SearchConsole":
+        """The Tune callback of one search (``name``): ``label`` names a trial from its Tune config,
+        ``log`` gives its log file."""
+        return SearchConsole(self, name, language, label, metric, epochs, log)
+
+    def update(self, name: str, trials: list[Trial]) -> None:
+        """A search's trials, as its Tune loop sees them; prints the status table when one is due."""
+        self._trials[name] = trials
+        now = time.monotonic()
+        if self._changed and now - self._last_status >= self.interval:
+            self._last_status, self._changed = now, False
+            self.print(self.status())
+
+    def status(self) -> str:
+        from tabulate import tabulate
+
+        rows, total = [], Counter()
+        for name, trials in self._trials.items():
+            counts = Counter(t.status for t in trials)
+            total.update(counts)
+            rows.append([name, counts["TERMINATED"], counts["RUNNING"], counts["PENDING"], counts["ERROR"]])
+        head = (f"status after {_duration(time.monotonic() - self.started)}: {total['TERMINATED']} done, "
+                f"{total['RUNNING']} running, {total['PENDING']} pending, {total['ERROR']} failed")  # fmt: skip
+        return head + "\n" + tabulate(rows, headers=["search", "done", "running", "pending", "failed"]) + "\n"
+
+
+class SearchConsole(ray.tune.Callback):
+    """A search's Tune callback; saved with the search's state (Tune pickles its callbacks), it prints to
+    the console of the process that runs it, so a resumed search prints to the resumed sweep's console."""
+
+    def __init__(self, console: Console, name: str, language: str, label: Callable[[dict[str, Any]], str],
+                 metric: str, epochs: int, log: Callable[[Trial], str]) -> None:
+        self._console, self.name, self.language, self.label = console, name, language, label
+        self.metric, self.epochs, self.log = metric, epochs, log
+        self.failed = 0
+
+    @property
+    def console(self) -> Console:
+        return self._console or _active[0] or Console()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_console": None}
+
+    def _who(self, trial: Trial) -> str:
+        return f"{self.language:<4} {self.label(trial.config):<28} ({trial.trial_id})"
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
+        self.console.update(self.name, trials)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        self.console._changed = True
+        elapsed = _duration(result.get("time_total_s", 0.0))
+        if result.get("final"):
+            tests = [f"{k} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("test/") and isinstance(v, float)]
+            self.console.print(f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  "
+                               f"{'  '.join(tests)}  {elapsed}")  # fmt: skip
+            return
+        if not isinstance(result.get(self.metric), (int, float)):
+            return
+        words = [self._who(trial), f"epoch {int(result.get('epoch', 0))}/{self.epochs}"]
+        if isinstance(result.get("train/loss"), float):
+            words.append(f"loss {result['train/loss']:.3f}")
+        words += [f"{self.metric} {result[self.metric]:.2f}", elapsed]
+        self.console.print("  ".join(words))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self.console._changed = True
+        self.failed += 1
+        self.console.print(f"{self._who(trial)}  FAILED: {reason(trial)}\n    its log: {self.log(trial)}")
+
+
+def reason(trial: Trial) -> str:
+    """What Ray reported about a failed trial, in one line."""
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 - the message is best effort; the log has the rest
+        error = None
+    if error is None:
+        return "no error was recorded"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), type(error).__name__)
+    return cause if len(cause) < 300 else cause[:297] + "..."
