@@ -96,3 +96,14 @@ def test_mt5_task_head_trial_pieces_train_a_step_and_predict(tmp_path, kind, tas
         assert set(predictions) <= set(task.labels)
     else:
         assert all(p in r["target_context"] for p, r in zip(predictions, records))
+
+
+def test_building_a_tiny_model_leaves_the_random_state_alone(tmp_path):
+    """A trial that builds the tiny model on first use (a fresh machine) trains exactly as one that finds it."""
+    from flare_ray.models.tiny import build_tiny_model
+
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    build_tiny_model("xlm-roberta", tmp_path / "tiny")
+    assert torch.equal(torch.rand(3), expected)

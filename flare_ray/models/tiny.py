@@ -154,13 +154,16 @@ def nllb_tokenizer():
 
 
 def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Build the tiny ``arch`` model with its tokenizer and save both to ``out_dir``."""
+    """Build the tiny ``arch`` model with its tokenizer and save both to ``out_dir``. The global random state
+    is left as it was: a trial that builds the model on first use draws the same LoRA initialisation and
+    dropout as one that finds it built."""
     import torch
 
     out_dir = Path(out_dir)
     config = _config(arch)
-    torch.manual_seed(seed)
-    model = _model_class(arch).from_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_class(arch).from_config(config)
     tokenizer = train_tokenizer(arch)
     assert len(tokenizer) <= config.vocab_size, (len(tokenizer), config.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)

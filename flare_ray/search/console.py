@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import ray.tune
@@ -135,11 +136,15 @@ class SearchConsole(ray.tune.Callback):
 
 def reason(trial: Trial) -> str:
     """What Ray reported about a failed trial, in one line."""
-    try:
-        error = trial.get_error()
+    error = None
+    try:  # Tune writes it in the trial's local folder first (and to its storage at the next sync)
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()
+        else:
+            error = trial.get_error()
     except Exception:  # noqa: BLE001 - the message is best effort; the log has the rest
-        error = None
-    if error is None:
+        pass
+    if not error:
         return "no error was recorded"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), type(error).__name__)
