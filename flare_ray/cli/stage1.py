@@ -11,7 +11,6 @@ sweep do all of this with ``model.stage1: auto``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True, help="folder for the merged stage-1 checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML syntax); repeatable")
+    p.add_argument("--verbose", action="store_true", help="also show every library's output on the console")
     args = p.parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
 
@@ -33,12 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     if config.model.stage1 not in (None, "auto"):
         print(f"error: model.stage1 is {config.model.stage1}: stage 1 starts from model.name_or_path", file=sys.stderr)
         return 2
+    from flare_ray.cli.tune import quiet_environment
+    from flare_ray.logs import log_to_file, quiet_libraries, stop_logging_to_file, timestamped
+    from flare_ray.search.trial import logs_folder
+
+    quiet_environment(args.verbose)
+    log = log_to_file(timestamped(logs_folder(config.storage_path), f"{config.name}-stage1"), verbose=args.verbose)
     import ray
 
     from flare_ray.search.stage1 import train_stage1
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(ignore_reinit_error=True)
-    output = train_stage1(config, args.output)
-    print(f"stage-1 checkpoint: {output}\nuse it with: --set model.stage1={output}")
+    quiet_libraries()
+    try:
+        ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
+        quiet_libraries()
+        output = train_stage1(config, args.output)
+    finally:
+        stop_logging_to_file()
+    print(f"stage-1 checkpoint: {output}\nuse it with: --set model.stage1={output}\nlogs: {log}")
     return 0

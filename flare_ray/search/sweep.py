@@ -109,16 +109,7 @@ def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console
 
     from .stage1 import train_stage1
 
-    def train(experiment: ExperimentConfig, output: Path, key: str) -> None:
-        metric = experiment.search.metric.replace("validation/", "english_validation/")
-        stage1 = experiment.stage1.training or experiment.training
-        log = trial_log(experiment.storage_path, f"{experiment.name}-stage1", key)
-        console.print(f"stage 1: training the English adapter {key} (its log: {log})")
-        callback = console.callback(f"{experiment.name}-stage1", "en", lambda _: "stage 1", metric, stage1.epochs,
-                                    lambda _: str(log))  # fmt: skip
-        train_stage1(experiment, output, key, [callback])
-
-    folder, info = ensure_stage1(config, train)
+    folder, info = ensure_stage1(config, partial(train_stage1, console=console))
     scores = ", ".join(f"{k} {v:.2f}" for k, v in info["english_validation"].items())
     print(f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
           f"(best epoch {info['best_epoch']}, English validation: {scores})")

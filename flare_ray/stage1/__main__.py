@@ -1,5 +1,4 @@
-import sys
-
 from flare_ray.cli.stage1 import main
+from flare_ray.cli.tune import exit_promptly
 
-sys.exit(main())
+exit_promptly(main())
