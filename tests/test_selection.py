@@ -84,3 +84,56 @@ def test_trials_at_once_default_to_the_train_runs_the_cluster_holds_shared_by_th
     assert concurrency(gpu, {"CPU": 64.0, "GPU": 8.0}, searches=2) == 2
     assert concurrency(gpu, {"CPU": 64.0}) == 1  # no GPU yet (an autoscaling cluster): one at a time, not none
     assert concurrency(plan_searches(load_experiment(quickstart))[0], {"CPU": 64.0}) == 2  # as the YAML says
+
+
+def test_grid_cells_leave_out_what_their_method_does_not_read():
+    from flare_ray.search.plan import grid_cells
+    from flare_ray.search.searches import GRID_CELL, tune_config
+
+    grid = {"method.kind": ["lora", "flare"], "method.flare.fusion": ["add", "mul"]}
+    assert grid_cells(grid) == [{"method.kind": "lora"}, {"method.kind": "flare", "method.flare.fusion": "add"},
+                                {"method.kind": "flare", "method.flare.fusion": "mul"}]  # fmt: skip
+    ranks = {"method.kind": ["zero_shot", "lora", "flare_mt"], "method.lora.r": [8, 16], "method.flare.mt_encoder": ["a", "b"]}
+    cells = grid_cells(ranks)
+    assert {"method.kind": "zero_shot"} in cells and len(cells) == 1 + 2 + 2 * 2  # zero-shot trains no LoRA
+    assert all("method.flare.mt_encoder" not in c for c in cells if c["method.kind"] == "lora")
+    assert len(grid_cells({"method.flare.fusion": ["add", "mul"]}, kind="lora")) == 1  # the method outside the grid
+
+    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+    config = load_experiment(small, ["search.space={}", "search.scheduler=null", "search.num_samples=null",
+                                     "search.seeds=[0, 1]", f"search.grid={grid}"])  # fmt: skip
+    (search,) = plan_searches(config)
+    assert search.expected_trials == 3 * 2
+    tune, param_space = tune_config(search)
+    assert param_space[GRID_CELL]["grid_search"] == grid_cells(grid) and tune.num_samples == 1
+    # A trial's Tune config, as key paths again: the cell's values and the seed
+    assert seeded({GRID_CELL: {"method.kind": "lora"}, "training.seed": 1}, [0, 1]) == {"method.kind": "lora",
+                                                                                       "training.seed": 1}  # fmt: skip
+
+
+def test_a_grid_cell_whose_method_reads_no_space_key_runs_once_per_seed():
+    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+    config = load_experiment(small, ["search.scheduler=null", "search.seeds=[0, 1]", "search.num_samples=3",
+                                     "search.grid={method.kind: [lora, flare]}"])  # space: fusion and learning rate
+    lora, flare = plan_searches(config)
+    assert set(flare.config.search.space) == {"method.flare.fusion", "training.learning_rate"}
+    assert set(lora.config.search.space) == {"training.learning_rate"}  # it reads no fusion function
+    assert flare.expected_trials == lora.expected_trials == 3 * 2
+    only_fusion = load_experiment(small, ["search.scheduler=null", "search.seeds=[0, 1]", "search.num_samples=3",
+                                          "search.grid={method.kind: [lora, flare]}",
+                                          "search.space={method.flare.fusion: {type: categorical, values: [add, mul]}}"])
+    lora, flare = plan_searches(only_fusion)
+    assert not lora.config.search.space and lora.expected_trials == 2 and flare.expected_trials == 6
+
+
+def test_the_console_names_a_trial_by_what_it_varied():
+    from flare_ray.search.console import describe
+
+    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+    config = load_experiment(small, ["search.space={}", "search.scheduler=null", "search.num_samples=null",
+                                     "search.seeds=[0, 1, 2]",
+                                     "search.grid={method.kind: [lora, flare], method.flare.fusion: [add, mul]}"])
+    (search,) = plan_searches(config)
+    assert describe(search, {"grid_cell": {"method.kind": "lora"}, "training.seed": 2}) == "lora seed=2"
+    assert describe(search, {"grid_cell": {"method.kind": "flare", "method.flare.fusion": "mul"}, "training.seed": 0}
+                    ) == "flare fusion=mul seed=0"

@@ -56,7 +56,7 @@ class Console:
         self._lock = threading.Lock()
         self._last_status = time.monotonic()
         self._trials: dict[str, list[Trial]] = {}  # search name -> its trials
-        self._changed = False
+        self.changed = False  # a trial reported or failed since the last status table
 
     def print(self, text: str) -> None:
         with self._lock:
@@ -72,8 +72,8 @@ class Console:
         """A search's trials, as its Tune loop sees them; prints the status table when one is due."""
         self._trials[name] = trials
         now = time.monotonic()
-        if self._changed and now - self._last_status >= self.interval:
-            self._last_status, self._changed = now, False
+        if self.changed and now - self._last_status >= self.interval:
+            self._last_status, self.changed = now, False
             self.print(self.status())
 
     def status(self) -> str:
@@ -97,7 +97,6 @@ class SearchConsole(ray.tune.Callback):
                  metric: str, epochs: int, log: Callable[[Trial], str]) -> None:
         self._console, self.name, self.language, self.label = console, name, language, label
         self.metric, self.epochs, self.log = metric, epochs, log
-        self.failed = 0
 
     @property
     def console(self) -> Console:
@@ -113,7 +112,7 @@ class SearchConsole(ray.tune.Callback):
         self.console.update(self.name, trials)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
-        self.console._changed = True
+        self.console.changed = True
         elapsed = _duration(result.get("time_total_s", 0.0))
         if result.get("final"):
             tests = [f"{k} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("test/") and isinstance(v, float)]
@@ -129,8 +128,7 @@ class SearchConsole(ray.tune.Callback):
         self.console.print("  ".join(words))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self.console._changed = True
-        self.failed += 1
+        self.console.changed = True
         self.console.print(f"{self._who(trial)}  FAILED: {reason(trial)}\n    its log: {self.log(trial)}")
 
 

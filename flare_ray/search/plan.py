@@ -75,7 +75,8 @@ def _cell_config(config: ExperimentConfig, cell: dict[str, Any]) -> ExperimentCo
     space = {key: dist for key, dist in config.search.space.items() if method_reads(method, key)}
     if space == config.search.space:
         return cell_config
-    search = cell_config.search.model_copy(update={"space": space, "num_samples": config.search.num_samples if space else 1})
+    update = {"space": space} if space else {"space": {}, "grid": {}, "num_samples": 1}  # its values are written in
+    search = cell_config.search.model_copy(update=update)
     return cell_config.model_copy(update={"search": search})
 
 

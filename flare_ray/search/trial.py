@@ -1,15 +1,18 @@
-"""A Tune trial: the driver function that builds and fits one Ray Train run (Train V2).
+"""A Tune trial: the function Tune runs for one trial, and where its recipe runs.
 
-Tune samples a flat dict of key paths (``{"method.lora.r": 16, ...}``); the
-driver writes it into the experiment config (its one validation) and a
-``TorchTrainer`` runs :func:`flare_ray.training.loop.train_loop_per_worker` on
-the trial's workers, which receive that validated object as it is.
-``TuneReportCallback`` forwards every epoch's report (and the checkpoint path)
-to Tune, where ASHA and the MLflow callback see it.
+Tune samples a flat dict of key paths (``{"method.lora.r": 16, ...}``); :func:`run_trial` writes it into
+the experiment config (its one validation) and runs the recipe,
+:func:`flare_ray.training.loop.train_loop_per_worker`, which receives that validated object as it is:
 
-Every worker's output (prints, library messages, a traceback at a crash) is kept in the trial's log file,
-:func:`trial_log`. This module imports nothing heavy at the top: the trial's own actor and its Train
-controller only need the config and Ray Train, and the worker imports the training code itself.
+* a trial with one worker (no DeepSpeed, no ``search.worker_max_failures``) runs it in this process, which
+  holds the worker's resources, and it reports to Tune itself (:mod:`flare_ray.training.session`);
+* otherwise as a Ray Train run (``TorchTrainer``) on ``scaling.num_workers`` workers, whose reports (and
+  checkpoint paths) ``TuneReportCallback`` forwards to Tune.
+
+Either way ASHA and the MLflow callback see every epoch, and everything the process running the recipe
+writes (prints, library messages, a traceback at a crash) is kept in the trial's log file,
+:func:`trial_log`. This module imports nothing heavy at the top: a Train controller only needs the config
+and Ray Train, and the process that trains imports the training code itself.
 """
 
 from __future__ import annotations
