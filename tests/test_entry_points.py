@@ -196,3 +196,21 @@ def test_make_setup_torch_spec(project):
     out, calls = setup(f"TORCH_SPEC={cuda}")  # an explicit torch build is installed even with a current stamp
     assert calls == [f"-m pip install --quiet {cuda}", "-m pip install --quiet -e .[test]"]
     assert f"installing {cuda}\n" in out  # not called the CPU build
+
+
+def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys):
+    import socket
+    import time
+
+    import ray
+
+    with socket.socket() as s:  # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    code = cli_main.main(["tune", str(QUICKSTART), "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and took < 10, (code, took, err)
+    assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in err and "mlflow server" in err
+    assert not ray.is_initialized()

@@ -107,3 +107,36 @@ def test_building_a_tiny_model_leaves_the_random_state_alone(tmp_path):
     torch.manual_seed(42)
     build_tiny_model("xlm-roberta", tmp_path / "tiny")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_loss_that_becomes_nan_stops_the_epoch_at_once(tmp_path):
+    """The trial fails at the first non-finite loss, with the step and epoch in its reason (Tune then marks it
+    errored, the MLflow callback tags its run with that reason, and selection leaves it out)."""
+    from types import SimpleNamespace
+
+    from flare_ray.training.engine import Engine, NonFiniteLoss
+    from flare_ray.training.session import in_tune_trial
+
+    class Diverging(torch.nn.Module):  # a model whose loss is finite once, then NaN
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            loss = (self.w * x).sum() * (float("nan") if self.calls > 1 else 1.0)
+            return SimpleNamespace(loss=loss)
+
+    config = experiment(tmp_path, "search.space={}")
+    model = Diverging()
+    with in_tune_trial():
+        engine = Engine(model, config.training, config.scaling, total_steps=4, quantized=False)
+        loader = [{"x": torch.ones(2)} for _ in range(4)]
+        with pytest.raises(NonFiniteLoss, match="the training loss became nan at step 2 of epoch 1"):
+            engine.train_epoch(_Loader(loader), 1)
+    assert model.calls == 2  # stopped at once, not at the end of the epoch
+
+
+class _Loader(list):
+    sampler = None

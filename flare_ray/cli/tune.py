@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 every trial finished; 1 some trials failed (the sweep went on) or the sweep failed;
-    2 the config is invalid (nothing ran); 130 interrupted (``--resume`` continues)."""
+    2 the config is invalid or the tracking server does not answer (nothing ran); 130 interrupted
+    (``--resume`` continues)."""
     args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
     from flare_ray.search.plan import dry_run_text
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(config, args) -> int:
     from flare_ray.logs import log_to_file, quiet_libraries, timestamped
     from flare_ray.search.trial import logs_folder
+    from flare_ray.tracking.config import TrackingUnreachable, check_reachable, resolve_tracking_uri
+
+    try:  # before Ray starts (and before MLflow's own retries, which take minutes)
+        check_reachable(resolve_tracking_uri(config))
+    except TrackingUnreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     quiet_environment(args.verbose)
     log = log_to_file(timestamped(logs_folder(config.storage_path), config.name), verbose=args.verbose)

@@ -12,11 +12,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 import ray.tune
 from ray.tune.experiment import Trial
+
+from flare_ray.tracking.callback import trial_error
 
 from .searches import Search, configuration, seeded
 
@@ -129,21 +130,4 @@ class SearchConsole(ray.tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self.console.changed = True
-        self.console.print(f"{self._who(trial)}  FAILED: {reason(trial)}\n    its log: {self.log(trial)}")
-
-
-def reason(trial: Trial) -> str:
-    """What Ray reported about a failed trial, in one line."""
-    error = None
-    try:  # Tune writes it in the trial's local folder first (and to its storage at the next sync)
-        if trial.error_file and Path(trial.error_file).is_file():
-            error = Path(trial.error_file).read_text()
-        else:
-            error = trial.get_error()
-    except Exception:  # noqa: BLE001 - the message is best effort; the log has the rest
-        pass
-    if not error:
-        return "no error was recorded"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    cause = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), type(error).__name__)
-    return cause if len(cause) < 300 else cause[:297] + "..."
+        self.console.print(f"{self._who(trial)}  FAILED: {trial_error(trial)}\n    its log: {self.log(trial)}")

@@ -24,6 +24,8 @@ from flare_ray.storage import local_copy
 
 from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, find_run, log_params
 
+ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
+
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
     out = {}
@@ -125,4 +127,23 @@ class MLflowTrialCallback(Callback):
         self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        if trial.trial_id in self._runs:  # why, on its MLflow run (the full trace is in the trial's error file)
+            self.client.set_tag(self._runs[trial.trial_id], ERROR_TAG, trial_error(trial)[:5000])
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
+
+
+def trial_error(trial: Trial) -> str:
+    """What Ray reported about a failed trial, in one line."""
+    error = None
+    try:  # Tune writes it in the trial's local folder first (and to its storage at the next sync)
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()
+        else:
+            error = trial.get_error()
+    except Exception:  # noqa: BLE001 - the message is best effort; the log has the rest
+        pass
+    if not error:
+        return "no error was recorded"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), type(error).__name__)
+    return cause if len(cause) < 300 else cause[:297] + "..."

@@ -28,3 +28,27 @@ def resolve_tracking_uri(config, environ: dict[str, str] | None = None) -> str:
     if folder is None:
         raise ValueError(f"storage_path {config.storage_path!r} is remote: set tracking.tracking_uri or MLFLOW_TRACKING_URI")
     return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server (``http(s)://``): raise :class:`TrackingUnreachable` unless it answers within
+    ``timeout`` seconds (any HTTP answer counts, e.g. 401 from a server with auth). Local stores pass."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnreachable(
+            f"the MLflow tracking server {tracking_uri} does not answer ({reason}); start it (e.g. `mlflow server "
+            "--host 127.0.0.1 --port 5000`), or set tracking.tracking_uri / MLFLOW_TRACKING_URI to one that runs"
+        ) from None

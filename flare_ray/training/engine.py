@@ -8,9 +8,14 @@ with ``warmup_ratio`` of the optimizer steps as warm-up), gradient clipping at
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, ContextManager
 
 import torch
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite: the trial stops, errored, with this reason."""
 
 
 class Engine:
@@ -69,7 +74,10 @@ class Engine:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):  # stop at once: the rest of the trial would train on garbage
+                raise NonFiniteLoss(f"the training loss became {value} at step {step} of epoch {epoch}")
+            total += value
             count += 1
         return total / max(count, 1)
 
