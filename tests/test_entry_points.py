@@ -214,3 +214,13 @@ def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys):
     assert code == 2 and took < 10, (code, took, err)
     assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in err and "mlflow server" in err
     assert not ray.is_initialized()
+
+
+def test_a_worker_bigger_than_this_machine_is_an_error_before_any_trial(capsys, tmp_path):
+    import ray
+
+    small = ROOT / "tests" / "configs" / "small-flare-search.yaml"
+    code = cli_main.main(["tune", str(small), "--set", "scaling.cpus_per_worker=64", "--set", f"storage_path={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "a trial's worker asks for 64 CPU, 0 GPU" in err and "no trial could ever start" in err, err
+    assert not ray.is_initialized()

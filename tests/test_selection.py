@@ -137,3 +137,17 @@ def test_the_console_names_a_trial_by_what_it_varied():
     assert describe(search, {"grid_cell": {"method.kind": "lora"}, "training.seed": 2}) == "lora seed=2"
     assert describe(search, {"grid_cell": {"method.kind": "flare", "method.flare.fusion": "mul"}, "training.seed": 0}
                     ) == "flare fusion=mul seed=0"
+
+
+def test_a_worker_no_node_can_hold_is_found_before_trials_start():
+    from flare_ray.search.plan import unplaceable
+
+    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+    gpu = load_experiment(small, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
+    cpu_nodes = [{"CPU": 2.0}, {"CPU": 16.0}]
+    assert unplaceable(gpu, cpu_nodes) == ("a trial's worker asks for 4 CPU, 1 GPU (scaling.cpus_per_worker, "
+                                           "scaling.gpus_per_worker / use_gpu), but the largest of the cluster's "
+                                           "2 node(s) has 16 CPU, 0 GPU")  # fmt: skip
+    assert unplaceable(gpu, [*cpu_nodes, {"CPU": 8.0, "GPU": 1.0}]) is None  # one node holds a whole worker
+    assert unplaceable(gpu, [{"CPU": 2.0, "GPU": 8.0}, {"CPU": 16.0}]) is not None  # not split across nodes
+    assert unplaceable(load_experiment(small), cpu_nodes) is None

@@ -9,6 +9,7 @@ MLflow.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -88,16 +89,24 @@ def _sweep(config, args) -> int:
     import ray
 
     from flare_ray.search.console import Console
-    from flare_ray.search.plan import run_plan_text
+    from flare_ray.search.plan import run_plan_text, unplaceable
     from flare_ray.search.sweep import SweepFailed, SweepInterrupted, run_sweep
 
     quiet_libraries()  # Ray, MLflow and Optuna set up their console handlers when imported
 
     # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
     # trials' log files (and Ray's) unless --verbose.
+    joined_cluster = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
     ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
     quiet_libraries()
     console = Console(interval=args.status_interval)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problem = unplaceable(config, nodes)
+    if problem and joined_cluster:  # an autoscaler may still add such a node: wait, and say so
+        logging.getLogger("flare_ray.tune").warning("%s; waiting for the cluster to add one", problem)
+    elif problem:  # the local Ray this command started never grows
+        print(f"error: {problem}: no trial could ever start on this machine", file=sys.stderr)
+        return 2
     console.print(run_plan_text(config, ray.cluster_resources(), log))
     try:
         summary = run_sweep(config, resume=args.resume, console=console)

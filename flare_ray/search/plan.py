@@ -175,3 +175,15 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
         f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
         "",
     ])
+
+
+def unplaceable(config: ExperimentConfig, nodes: list[dict[str, float]]) -> str | None:
+    """Why no trial worker of ``config`` fits on any of the cluster's ``nodes`` (their total resources), or
+    None when one does. A worker must fit on one node (its CPUs and GPUs); a trial's workers may spread."""
+    need = {k: v for k, v in config.scaling.resources_per_worker().items() if v > 0}
+    if not nodes or any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return None
+    largest = max(nodes, key=lambda node: tuple(node.get(k, 0.0) for k in ("GPU", "CPU")))
+    show = lambda resources: ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))  # noqa: E731
+    return (f"a trial's worker asks for {show(need)} (scaling.cpus_per_worker, scaling.gpus_per_worker / use_gpu), "
+            f"but the largest of the cluster's {len(nodes)} node(s) has {show(largest)}")
