@@ -118,6 +118,10 @@ class TrainingSpec(_Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (saves memory)")
     max_new_tokens: int = Field(32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers")
     grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast of training and scoring: fp32 (none), bf16 (torch.autocast; GPUs with bf16, "
+        "or the CPU), fp16 (autocast with a gradient scaler); DeepSpeed gets the matching bf16/fp16 section",
+    )
 
     @field_validator("lr_scheduler")
     @classmethod

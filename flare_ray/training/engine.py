@@ -1,14 +1,20 @@
 """The optimisation engine of a run: DDP (via Ray Train; none with one worker) or DeepSpeed behind one small interface.
 
-AdamW on the trainable parameters, transformers' ``get_scheduler`` (``training.lr_scheduler``
-with ``warmup_ratio`` of the optimizer steps as warm-up), gradient clipping at
-``training.max_grad_norm`` and gradient accumulation, the same in both engines.
+AdamW on the trainable parameters (a torch optimizer in both engines, so DeepSpeed compiles no fused op),
+transformers' ``get_scheduler`` (``training.lr_scheduler`` with ``warmup_ratio`` of the optimizer steps as
+warm-up), gradient clipping at ``training.max_grad_norm``, gradient accumulation and mixed precision
+(``training.precision``: ``torch.autocast``, a gradient scaler for fp16; DeepSpeed's own bf16/fp16 sections),
+the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded) and the peak
+memory (the GPU's, else the process's resident set).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import resource
+import sys
+import time
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -16,6 +22,29 @@ import torch
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite: the trial stops, errored, with this reason."""
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """``torch.autocast`` for ``training.precision`` on ``device`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The peak memory so far: allocated on the GPU, else this process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens a batch feeds the model, padding excluded: every attention mask's ones (target and source)."""
+    return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
 
 
 class Engine:
@@ -43,6 +72,13 @@ class Engine:
 
             self.model = prepare_model(model, move_to_device=not quantized)
         self.device = next(p.device for p in self.trainable)
+        # fp16 needs loss scaling (bf16 has fp32's range); DeepSpeed scales its own.
+        self.scaler = torch.amp.GradScaler(self.device.type) if training.precision == "fp16" and not self.deepspeed else None
+        self.throughput: dict[str, float] = {}
+
+    def autocast(self) -> ContextManager:
+        """The forward passes' precision (training and scoring); DeepSpeed's engine casts itself."""
+        return contextlib.nullcontext() if self.deepspeed else autocast(self.training.precision, self.device)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -57,42 +93,77 @@ class Engine:
             loader.sampler.set_epoch(epoch)
         self.model.train()
         accumulation, clip = self.training.grad_accumulation, self.training.max_grad_norm
-        total, count = 0.0, 0
+        total, count, seen = 0.0, 0, 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
         for step, batch in enumerate(loader, start=1):
             batch = {k: v.to(self.device) for k, v in batch.items()}
+            seen += tokens(batch)
             with first_step() if step == 1 else contextlib.nullcontext():
-                loss = self.model(**batch).loss
+                with self.autocast():
+                    loss = self.model(**batch).loss
                 if self.deepspeed:
                     self.model.backward(loss)
+                elif self.scaler is not None:
+                    self.scaler.scale(loss / accumulation).backward()
                 else:
                     (loss / accumulation).backward()
             if self.deepspeed:
                 self.model.step()
             elif step % accumulation == 0 or step == len(loader):
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.trainable, clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self._optimizer_step(clip)
             value = loss.item()
             if not math.isfinite(value):  # stop at once: the rest of the trial would train on garbage
                 raise NonFiniteLoss(f"the training loss became {value} at step {step} of epoch {epoch}")
             total += value
             count += 1
+        seconds = time.perf_counter() - started
+        self.throughput = {"tokens_per_second": seen / seconds if seconds > 0 else 0.0,
+                           "peak_memory_gb": peak_memory_gb(self.device)}
         return total / max(count, 1)
+
+    def _optimizer_step(self, clip: float | None) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable, clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     @property
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    @property
+    def zero3(self) -> bool:
+        """DeepSpeed ZeRO stage 3: every rank holds a shard of each parameter, the adapter's included."""
+        return self.deepspeed and self.model.zero_optimization_partition_weights()
+
+    def gathered(self, modifier_rank: int | None = None) -> ContextManager:
+        """Within: the adapter's parameters whole on every rank (ZeRO-3's ``GatheredParameters``, a collective:
+        every rank enters it); with ``modifier_rank``, what that rank writes is partitioned again on exit."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(self.trainable, modifier_rank=modifier_rank)
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trainable (adapter) parameters, whole and on the CPU; call it within :meth:`gathered` on every rank."""
         return {k: v.detach().cpu().clone() for k, v in self.flare.named_parameters() if v.requires_grad}
 
     def load_adapter_state(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Write an :meth:`adapter_state` back (every rank, with the same state)."""
         if state is None:
             return
         params = dict(self.flare.named_parameters())
-        with torch.no_grad():
+        with self.gathered(modifier_rank=0), torch.no_grad():
             for k, v in state.items():
                 params[k].copy_(v.to(params[k].device))
 
@@ -103,4 +174,6 @@ def _deepspeed_config(spec: dict[str, Any], training) -> dict[str, Any]:
     config.setdefault("train_micro_batch_size_per_gpu", training.batch_size)
     config.setdefault("gradient_accumulation_steps", training.grad_accumulation)
     config.setdefault("gradient_clipping", training.max_grad_norm or 0.0)
+    if training.precision != "fp32":
+        config.setdefault(training.precision, {"enabled": True})
     return config

@@ -70,25 +70,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {
             "epoch": epoch, "train/loss": train_loss, "train/seconds": time.perf_counter() - started,
             "train/learning_rate": engine.learning_rate,
+            **{f"train/{k}": v for k, v in engine.throughput.items()},
         }
         # Every rank scores the same records (ZeRO-3 needs all ranks in each forward); rank 0 reports.
         validation = trial.splits["validation"]
-        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, validation, training, "validation", epoch)
-        scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, validation, training.eval_batch_size, engine.device)
+        with engine.autocast():
+            scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, validation, training,
+                                           "validation", epoch)  # fmt: skip
+            scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, validation, training.eval_batch_size,
+                                       engine.device)  # fmt: skip
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
         checkpoint = None
         if best["score"] is None or better(metrics[metric], best["score"], mode):
-            best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
-            if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
-                checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions})
+            with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
+                best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
+                if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
+                    checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions})
         session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best["state"])
-    scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, trial.splits["test"], training, "test",
-                                   best["epoch"])  # fmt: skip
-    _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
-           {"validation": best["predictions"], "test": predictions})
+    with engine.autocast():
+        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, trial.splits["test"], training,
+                                       "test", best["epoch"])  # fmt: skip
+    with engine.gathered():
+        _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
+               {"validation": best["predictions"], "test": predictions})
 
 
 def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
