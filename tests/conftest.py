@@ -45,3 +45,54 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
+
+
+_FAULT_SUMMARIES: list[str] = []
+
+
+@pytest.fixture
+def fault_summary():
+    """``fault_summary(case, **counts)``: the fault-injection test's summary line, printed and repeated at the
+    end of the run (``pytest_terminal_summary``)."""
+
+    def record(case: str, **counts) -> str:
+        line = f"fault {case}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+        print(line)
+        _FAULT_SUMMARIES.append(line)
+        return line
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FAULT_SUMMARIES:
+        terminalreporter.section("fault injection")
+        for line in _FAULT_SUMMARIES:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster of three nodes on this machine, shared by the slow multi-node and fault tests: a head of
+    1 CPU and two worker nodes of 2 CPUs (``ray.cluster_utils.Cluster``; no autoscaler). A worker of 1.5 CPUs
+    fits on a worker node only, one per node. Sweeps join it with ``RAY_ADDRESS=cluster.address``."""
+    from ray.cluster_utils import Cluster
+
+    # The nodes' processes inherit these (the tune command sets them for a Ray it starts itself).
+    os.environ.update(RAY_TRAIN_V2_ENABLED="1", RAY_TRAIN_ENABLE_PRINT_PATCH="0", RAY_USAGE_STATS_ENABLED="0",
+                      TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def two_worker_nodes(ray_cluster):
+    """The shared cluster with its two worker nodes (a test that removed one gets a new one before the next)."""
+    while len(ray_cluster.worker_nodes) < 2:
+        ray_cluster.add_node(num_cpus=2)
+    ray_cluster.wait_for_nodes()
+    return ray_cluster

@@ -198,7 +198,7 @@ def test_make_setup_torch_spec(project):
     assert f"installing {cuda}\n" in out  # not called the CPU build
 
 
-def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys):
+def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys, fault_summary):
     import socket
     import time
 
@@ -214,6 +214,8 @@ def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys):
     assert code == 2 and took < 10, (code, took, err)
     assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in err and "mlflow server" in err
     assert not ray.is_initialized()
+    fault_summary("MLflow unreachable", failures_injected=1, trials_completed=0, mlflow_runs=0, duplicates=0,
+                  exit_status=f"2 after {took:.1f} s, before Ray started")
 
 
 def test_a_worker_bigger_than_this_machine_is_an_error_before_any_trial(capsys, tmp_path):

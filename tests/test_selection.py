@@ -151,3 +151,15 @@ def test_a_worker_no_node_can_hold_is_found_before_trials_start():
     assert unplaceable(gpu, [*cpu_nodes, {"CPU": 8.0, "GPU": 1.0}]) is None  # one node holds a whole worker
     assert unplaceable(gpu, [{"CPU": 2.0, "GPU": 8.0}, {"CPU": 16.0}]) is not None  # not split across nodes
     assert unplaceable(load_experiment(small), cpu_nodes) is None
+
+
+def test_an_autoscaler_that_can_add_a_node_holding_the_worker_makes_the_sweep_wait():
+    from flare_ray.search.plan import unplaceable
+
+    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+    gpu = load_experiment(small, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
+    head = [{"CPU": 2.0}]
+    assert not unplaceable(gpu, head).fits_a_node_type  # a fixed-size cluster: an error
+    assert not unplaceable(gpu, head, [{"CPU": 16.0}]).fits_a_node_type  # the autoscaler's nodes have no GPU
+    assert unplaceable(gpu, head, [{"CPU": 16.0}, {"CPU": 8.0, "GPU": 1.0}]).fits_a_node_type  # a GPU node type
+    assert unplaceable(gpu, head, [{}]).fits_a_node_type  # a launcher-made cluster, node types unknown

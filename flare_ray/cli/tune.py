@@ -97,15 +97,19 @@ def _sweep(config, args) -> int:
     # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
     # trials' log files (and Ray's) unless --verbose.
     joined_cluster = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
-    ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
+    ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose,
+             runtime_env=_runtime_env())
     quiet_libraries()
     console = Console(interval=args.status_interval)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    problem = unplaceable(config, nodes)
-    if problem and joined_cluster:  # an autoscaler may still add such a node: wait, and say so
-        logging.getLogger("flare_ray.tune").warning("%s; waiting for the cluster to add one", problem)
-    elif problem:  # the local Ray this command started never grows
-        print(f"error: {problem}: no trial could ever start on this machine", file=sys.stderr)
+    scalable = autoscaling_node_types() if joined_cluster else None  # the local Ray this command started never grows
+    problem = unplaceable(config, nodes, scalable)
+    if problem and scalable is not None and problem.fits_a_node_type:  # the autoscaler will add one: wait, say so
+        console.print(f"waiting: {problem}; the cluster's autoscaler can add a node that holds it")
+        logging.getLogger("flare_ray.tune").warning("%s; waiting for the autoscaler to add a node", problem)
+    elif problem:
+        where = "this machine" if not joined_cluster else "this cluster (no autoscaler can add a node that holds it)"
+        print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
         return 2
     console.print(run_plan_text(config, ray.cluster_resources(), log))
     try:
@@ -129,6 +133,33 @@ def _sweep(config, args) -> int:
               "were selected from", file=sys.stderr)
         return 1
     return 0
+
+
+def _runtime_env() -> dict | None:
+    """Environment the trials' processes need on a cluster, whose workers do not inherit this command's: the
+    injected faults of the fault-tolerance tests (:mod:`flare_ray.training.faults`), when set."""
+    from flare_ray.training.faults import ENV
+
+    return {"env_vars": {ENV: os.environ[ENV]}} if os.environ.get(ENV) else None
+
+
+def autoscaling_node_types() -> list[dict[str, float]] | None:
+    """The resources of the node types the joined cluster's autoscaler can still add (its cluster config in the
+    GCS, as Ray Data reads it); None for a fixed-size cluster. A cluster made by Ray's cluster launcher whose
+    config is not in the GCS counts as autoscaling, with node types unknown (``[{}]``: any request may fit)."""
+    try:
+        import ray._private.state
+
+        cluster_config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, assume a launcher-made cluster may grow
+        cluster_config = None
+    groups = getattr(cluster_config, "node_group_configs", None) or []
+    scalable = [dict(g.resources) for g in groups if g.resources and (g.max_count == -1 or g.max_count > g.min_count)]
+    if scalable:
+        return scalable
+    from ray.tune.execution.cluster_info import _is_ray_cluster  # the cluster launcher's bootstrap config
+
+    return [{}] if _is_ray_cluster() and not groups else None
 
 
 def quiet_environment(verbose: bool) -> None:

@@ -177,13 +177,27 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
     ])
 
 
-def unplaceable(config: ExperimentConfig, nodes: list[dict[str, float]]) -> str | None:
+class Unplaceable(str):
+    """Why no trial worker fits on a node (the message); ``fits_a_node_type``: whether a node type that an
+    autoscaler can add would hold one."""
+
+    fits_a_node_type: bool = False
+
+
+def unplaceable(config: ExperimentConfig, nodes: list[dict[str, float]],
+                node_types: list[dict[str, float]] | None = None) -> Unplaceable | None:
     """Why no trial worker of ``config`` fits on any of the cluster's ``nodes`` (their total resources), or
-    None when one does. A worker must fit on one node (its CPUs and GPUs); a trial's workers may spread."""
+    None when one does. A worker must fit on one node (its CPUs and GPUs); a trial's workers may spread.
+    ``node_types``: the resources of the nodes an autoscaler can add (``{}``: unknown, may fit anything)."""
     need = {k: v for k, v in config.scaling.resources_per_worker().items() if v > 0}
-    if not nodes or any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+    fits = lambda node: all(node.get(k, 0.0) >= v for k, v in need.items())  # noqa: E731
+    if not nodes or any(fits(node) for node in nodes):
         return None
     largest = max(nodes, key=lambda node: tuple(node.get(k, 0.0) for k in ("GPU", "CPU")))
     show = lambda resources: ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))  # noqa: E731
-    return (f"a trial's worker asks for {show(need)} (scaling.cpus_per_worker, scaling.gpus_per_worker / use_gpu), "
-            f"but the largest of the cluster's {len(nodes)} node(s) has {show(largest)}")
+    problem = Unplaceable(
+        f"a trial's worker asks for {show(need)} (scaling.cpus_per_worker, scaling.gpus_per_worker / use_gpu), "
+        f"but the largest of the cluster's {len(nodes)} node(s) has {show(largest)}"
+    )
+    problem.fits_a_node_type = any(not node_type or fits(node_type) for node_type in node_types or [])
+    return problem

@@ -101,7 +101,12 @@ def train_entry(loop_config: dict[str, Any]) -> None:
     """What a trial's worker runs: its output into the trial's log, then the training recipe."""
     if loop_config.get(LOG_KEY):
         tee_output(loop_config[LOG_KEY])
+    from flare_ray.training import session
     from flare_ray.training.loop import train_loop_per_worker
+
+    rank, world = session.world()
+    print(f"worker rank {rank} of {world} on Ray node {ray.get_runtime_context().get_node_id()} "
+          f"({ray.util.get_node_ip_address()})", flush=True)
 
     train_loop_per_worker(loop_config)
 

@@ -43,8 +43,8 @@ class MLflowTrialCallback(Callback):
     Each child run is self-describing: ``describe`` (given by the search) turns the trial's Tune config into
     its whole resolved config, logged as flattened params, and its tags (method, seed, grid cell,
     configuration, config schema version); the language and trial id are tagged here. The run is created
-    at the trial's first result, so a trial that never reported (e.g. started just before Ctrl-C) leaves
-    no run behind.
+    at the trial's first result, or when it fails: a trial that never reported and did not fail (e.g. started
+    just before Ctrl-C) leaves no run behind.
     """
 
     def __init__(
@@ -127,8 +127,9 @@ class MLflowTrialCallback(Callback):
         self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        if trial.trial_id in self._runs:  # why, on its MLflow run (the full trace is in the trial's error file)
-            self.client.set_tag(self._runs[trial.trial_id], ERROR_TAG, trial_error(trial)[:5000])
+        # Why, on its MLflow run (the full trace is in the trial's error file); a trial that failed before its
+        # first result (e.g. a NaN loss in the first epoch) gets its run here, so every failure is on record.
+        self.client.set_tag(self.run_id(trial), ERROR_TAG, trial_error(trial)[:5000])
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
+from . import faults
+
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite: the trial stops, errored, with this reason."""
@@ -48,9 +50,10 @@ def tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 class Engine:
-    def __init__(self, model: torch.nn.Module, training, scaling, total_steps: int, quantized: bool):
+    def __init__(self, model: torch.nn.Module, training, scaling, total_steps: int, quantized: bool, rank: int = 0):
         from transformers import get_scheduler
 
+        self.rank = rank
         self.flare = model
         self.training = training
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -98,11 +101,12 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         for step, batch in enumerate(loader, start=1):
+            faults.step(epoch=epoch, step=step, rank=self.rank)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             seen += tokens(batch)
             with first_step() if step == 1 else contextlib.nullcontext():
                 with self.autocast():
-                    loss = self.model(**batch).loss
+                    loss = faults.loss(self.model(**batch).loss, seed=self.training.seed, epoch=epoch, step=step)
                 if self.deepspeed:
                     self.model.backward(loss)
                 elif self.scaler is not None:
@@ -157,6 +161,23 @@ class Engine:
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trainable (adapter) parameters, whole and on the CPU; call it within :meth:`gathered` on every rank."""
         return {k: v.detach().cpu().clone() for k, v in self.flare.named_parameters() if v.requires_grad}
+
+    def training_state(self) -> dict[str, Any]:
+        """What continues training where it stopped: the optimizer's moments (not DeepSpeed's: its ZeRO
+        partitions live on every rank), the schedule's position and the fp16 loss scale. The adapter is
+        :meth:`adapter_state`."""
+        return {
+            "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if state.get("optimizer") is not None and not self.deepspeed:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
     def load_adapter_state(self, state: dict[str, torch.Tensor] | None) -> None:
         """Write an :meth:`adapter_state` back (every rank, with the same state)."""

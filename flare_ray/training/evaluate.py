@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the experiment config is built above this package and hande
 
 TRIAL_CONFIG_NAME = "trial_config.json"  # beside a checkpoint's adapter: the trial's experiment and language
 PREDICTIONS_DIR = "predictions"  # in a checkpoint: <split>.parquet, the per-example predictions
+# In a checkpoint: where a restarted run continues; in a folder of its own, so MLflow's adapter/ leaves it out.
+TRAINING_STATE_NAME = "resume/training_state.pt"
 
 
 def _predict(encoder: TaskEncoder, model, records, training) -> list:
@@ -36,16 +38,35 @@ def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, flo
     return task.score(_predict(encoder, model, records, training), records)
 
 
-def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, epoch: int | None = None):
+def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, epoch: int | None = None,
+             shard: tuple[int, int] | None = None):
     """The metrics of ``model`` on ``records`` and the per-example predictions table (see
-    :mod:`flare_ray.tasks.predictions`)."""
-    predictions = _predict(encoder, model, records, training)
+    :mod:`flare_ray.tasks.predictions`). ``shard=(rank, world)``: this rank predicts its contiguous share of
+    the records, the shares are gathered from every rank (a collective), and every rank scores them all."""
+    if shard is None:
+        predictions = _predict(encoder, model, records, training)
+    else:
+        rank, world = shard
+        mine = _predict(encoder, model, records.shard(num_shards=world, index=rank, contiguous=True), training)
+        predictions = [p for part in _all_gather(mine, world) for p in part]
     return task.score(predictions, records), predictions_frame(task, records, predictions, split, epoch)
 
 
+def _all_gather(value, world: int) -> list:
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 @torch.no_grad()
-def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> float:
-    """The mean training loss (teacher-forced) over ``records``: a smooth curve beside the metric."""
+def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device, shard: tuple[int, int] | None = None) -> float:
+    """The mean training loss (teacher-forced) over ``records``: a smooth curve beside the metric
+    (``shard``: as in :func:`evaluate`)."""
+    if shard is not None:
+        rank, world = shard
+        records = records.shard(num_shards=world, index=rank, contiguous=True)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -55,6 +76,8 @@ def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device) -> 
         total += model(**inputs).loss.item() * len(rows)
         count += len(rows)
     model.train(was_training)
+    if shard is not None:
+        total, count = (sum(x) for x in zip(*_all_gather((total, count), shard[1])))
     return total / max(count, 1)
 
 

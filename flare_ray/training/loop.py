@@ -30,13 +30,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+import torch
+
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
 from . import session
 from .adapter import METHODS
 from .engine import Engine
-from .evaluate import PREDICTIONS_DIR, TRIAL_CONFIG_NAME, evaluate, mean_loss
+from .evaluate import PREDICTIONS_DIR, TRAINING_STATE_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
@@ -58,44 +61,68 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loader = train_loader(trial.splits["train"], trial.encoder, training, rank, world)
     engine = Engine(
         trial.model, training, experiment.scaling, optimizer_steps(loader, training),
-        quantized=experiment.model.quantization != "none",
+        quantized=experiment.model.quantization != "none", rank=rank,
     )
     fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
 
-    # 2. epochs
+    # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
-    for epoch in range(1, training.epochs + 1):
+    with session.latest_checkpoint() as restored:
+        first = _restore(restored, engine, best) + 1 if restored is not None else 1
+    for epoch in range(first, training.epochs + 1):
         started = time.perf_counter()
-        train_loss = engine.train_epoch(loader, epoch, first_step=fusion_check if epoch == 1 else contextlib.nullcontext)
+        train_loss = engine.train_epoch(loader, epoch, first_step=fusion_check if epoch == first else contextlib.nullcontext)
         metrics: dict[str, Any] = {
             "epoch": epoch, "train/loss": train_loss, "train/seconds": time.perf_counter() - started,
             "train/learning_rate": engine.learning_rate,
             **{f"train/{k}": v for k, v in engine.throughput.items()},
         }
-        # Every rank scores the same records (ZeRO-3 needs all ranks in each forward); rank 0 reports.
-        validation = trial.splits["validation"]
-        with engine.autocast():
-            scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, validation, training,
-                                           "validation", epoch)  # fmt: skip
-            scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, validation, training.eval_batch_size,
-                                       engine.device)  # fmt: skip
+        if epoch == first and first > 1:
+            metrics["resumed_from_epoch"] = first - 1
+        scores, predictions = _evaluate(engine, trial, "validation", epoch, rank, world, loss=True)
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
         checkpoint = None
         if best["score"] is None or better(metrics[metric], best["score"], mode):
             with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
                 best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
                 if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
-                    checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions})
+                    checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions},
+                                             training_state={**engine.training_state(), "best": best})  # fmt: skip
         session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best["state"])
-    with engine.autocast():
-        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, trial.splits["test"], training,
-                                       "test", best["epoch"])  # fmt: skip
+    scores, predictions = _evaluate(engine, trial, "test", best["epoch"], rank, world)
     with engine.gathered():
         _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
                {"validation": best["predictions"], "test": predictions})
+
+
+def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: int, loss: bool = False):
+    """The split's scores (with its mean loss) and per-example predictions, the same on every rank. With
+    several workers each rank scores a contiguous shard and the predictions are gathered, except under ZeRO-3,
+    whose every forward pass is a collective of all ranks: there every rank scores every record."""
+    records, shard = trial.splits[split], (rank, world) if world > 1 and not engine.zero3 else None
+    with engine.autocast():
+        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, records, engine.training, split,
+                                       epoch, shard=shard)  # fmt: skip
+        if loss:
+            scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, records, engine.training.eval_batch_size,
+                                       engine.device, shard=shard)  # fmt: skip
+    return scores, predictions
+
+
+def _restore(folder: Path, engine: Engine, best: dict[str, Any]) -> int:
+    """Continue from a checkpoint: its epoch's adapter, the optimizer and schedule, the best epoch so far (and
+    its validation predictions); the epoch it holds."""
+    state = torch.load(folder / TRAINING_STATE_NAME, map_location="cpu", weights_only=False)
+    best.update(state["best"])
+    frame = folder / PREDICTIONS_DIR / "validation.parquet"
+    best["predictions"] = pd.read_parquet(frame) if frame.is_file() else None
+    engine.load_adapter_state(state["best"]["state"])
+    engine.load_training_state(state)
+    print(f"resumed from the checkpoint of epoch {best['epoch']} ({folder})", flush=True)
+    return best["epoch"]
 
 
 def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
@@ -122,12 +149,21 @@ def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch:
     session.report(final, checkpoint)
 
 
-def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict) -> Path:
-    """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing), the
-    trial's config and the per-example predictions (``predictions/<split>.parquet``)."""
+def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict,
+                training_state: dict[str, Any] | None = None) -> Path:
+    """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing; never the
+    frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's config, the
+    per-example predictions (``predictions/<split>.parquet``) and, for a restart after a failure, the
+    training state (``resume/training_state.pt``: the best epoch so far with its adapter, the optimizer and schedule).
+    """
     directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
     if model is not None:
         model.save_pretrained(directory)
+    if training_state is not None:
+        best = training_state["best"]
+        (directory / TRAINING_STATE_NAME).parent.mkdir()
+        torch.save({**training_state, "best": {k: best[k] for k in ("score", "epoch", "state")}},
+                   directory / TRAINING_STATE_NAME)
     (directory / TRIAL_CONFIG_NAME).write_text(
         json.dumps({"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}, indent=2)
     )

@@ -62,6 +62,25 @@ def prepare_model(model: torch.nn.Module, move_to_device: bool = True) -> torch.
     return ray.train.torch.prepare_model(model, move_to_device=move_to_device)
 
 
+@contextlib.contextmanager
+def latest_checkpoint() -> Iterator[Path | None]:
+    """The run's latest checkpoint as a local folder, where it restarts after a failure (Ray Train's worker
+    group, ``search.worker_max_failures``; Tune's trial, ``search.max_failures``); None on a first start."""
+    if tune_trial():
+        import ray.tune
+
+        checkpoint = ray.tune.get_checkpoint()
+    else:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
+
+
 def report(metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
     """Report one result (with a checkpoint folder, which is persisted to the run's storage and then removed)."""
     if tune_trial():
