@@ -6,6 +6,7 @@ made absolute, URIs kept as written); these helpers join and read it.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,15 +32,68 @@ def join(storage_path: str, *parts: str) -> str:
     return "/".join([storage_path.rstrip("/"), *parts])
 
 
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is a URI of a store other than the local disk (``s3://``, ``gs://``, ...)."""
+    return "://" in str(path) and local_folder(str(path)) is None
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)  # (filesystem, path within it)
+
+
 @contextmanager
-def local_copy(path: str, storage_path: str) -> Iterator[str]:
-    """A checkpoint folder on local disk: itself, or a copy from remote storage (S3, GCS, ...)."""
+def local_copy(path: str, storage_path: str | None = None) -> Iterator[str]:
+    """A folder on local disk: itself, or a copy of a remote one, given as a URI (``s3://b/x``) or as a path
+    within ``storage_path``'s filesystem (a checkpoint's path as Ray reports it)."""
     if Path(path).is_dir():
         yield path
         return
     import pyarrow.fs
 
-    filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
+    filesystem, path = _filesystem(path) if "://" in path else (_filesystem(storage_path or path)[0], path)
     with tempfile.TemporaryDirectory(prefix="adapter-") as folder:
         pyarrow.fs.copy_files(path, folder, source_filesystem=filesystem)
         yield folder
+
+
+def upload(folder: str | Path, destination: str) -> None:
+    """Copy a local folder's files to ``destination``, a local folder or a URI."""
+    import pyarrow.fs
+
+    if not is_remote(destination):
+        shutil.copytree(folder, local_folder(destination), dirs_exist_ok=True)
+        return
+    filesystem, path = _filesystem(destination)
+    pyarrow.fs.copy_files(str(folder), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=filesystem)
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a file or folder exists: a local path or a URI."""
+    if not is_remote(path):
+        return local_folder(str(path)).exists()
+    import pyarrow.fs
+
+    filesystem, inner = _filesystem(str(path))
+    return filesystem.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's content: a local path or a URI."""
+    if not is_remote(path):
+        return local_folder(str(path)).read_text()
+    filesystem, inner = _filesystem(str(path))
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read().decode()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file: a local path or a URI."""
+    if not is_remote(path):
+        local_folder(str(path)).write_text(text)
+        return
+    filesystem, inner = _filesystem(str(path))
+    with filesystem.open_output_stream(inner) as stream:
+        stream.write(text.encode())

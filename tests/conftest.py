@@ -96,3 +96,79 @@ def two_worker_nodes(ray_cluster):
         ray_cluster.add_node(num_cpus=2)
     ray_cluster.wait_for_nodes()
     return ray_cluster
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
+    """Start a local server; return its process once ``url`` answers."""
+    import subprocess
+    import time
+    import urllib.request
+
+    process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return process
+        except OSError:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{command[:3]} did not answer at {url}: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API on a free localhost port (moto's server mode) with the bucket ``flare-sweeps``; the AWS
+    variables (credentials, region, ``AWS_ENDPOINT_URL``, read by pyarrow, boto3 and so MLflow) are set in
+    this process for the session, so the sweeps and servers the tests start inherit them."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    os.environ.update(env)
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    process = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint + "/moto-api/",
+                     dict(os.environ), log)  # fmt: skip
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="flare-sweeps")
+    yield endpoint
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server):
+    """An MLflow tracking server on a free localhost port: runs in sqlite, artifacts proxied to the S3 API
+    (``s3://flare-sweeps/mlartifacts``)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+               "--artifacts-destination", "s3://flare-sweeps/mlartifacts"]  # fmt: skip
+    process = _serve(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()

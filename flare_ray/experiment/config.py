@@ -19,7 +19,7 @@ from flare_ray.baselines import XMixupConfig
 from flare_ray.configfile import FieldError
 from flare_ray.fusion import FlareConfig
 from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
-from flare_ray.storage import local_path
+from flare_ray.storage import is_remote, local_folder, local_path
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
 from flare_ray.training.config import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
@@ -47,9 +47,10 @@ class ModelSpec(_Section):
         None, description="'task': a classification or span head; 'generative': the LM head writes the answer; "
         "null: task heads for encoders and encoder-decoders, generative for decoders (the paper)",
     )
-    stage1: Literal["auto"] | Path | None = Field(
+    stage1: Literal["auto"] | Path | str | None = Field(
         "auto", description="'auto': train the English stage-1 LoRA once per fingerprint, merge it and start every "
-        "trial from it (the paper); a folder: a stage-1 adapter; null: single-stage (no English fine-tune)",
+        "trial from it (the paper); a folder or a URI (s3://...): a stage-1 adapter; null: single-stage (no "
+        "English fine-tune)",
     )
 
     @field_validator("name_or_path")
@@ -59,10 +60,15 @@ class ModelSpec(_Section):
             raise ValueError(f"unknown tiny architecture {value[5:]!r}; expected tiny:<arch> with arch in {list(TINY_FAMILIES)}")
         return local_path(value) if Path(value).expanduser().exists() else value
 
-    @field_validator("stage1")
+    @field_validator("stage1", mode="before")
     @classmethod
     def _absolute(cls, value: Any) -> Any:
-        return Path(local_path(str(value))) if isinstance(value, Path) else value
+        """A local folder (or ``file://`` URI) as an absolute Path; a remote URI as written."""
+        if value in (None, "auto") or not isinstance(value, (str, Path)):
+            return value
+        if is_remote(str(value)):
+            return str(value)
+        return Path(local_path(str(local_folder(str(value)))))
 
     @model_validator(mode="after")
     def _family(self) -> "ModelSpec":

@@ -11,7 +11,7 @@ import ray.tune
 
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.logs import tee_output
-from flare_ray.storage import join
+from flare_ray.storage import join, local_path
 
 from .console import Console
 from .trial import LOG_KEY, run, trial_log, trial_resources
@@ -30,13 +30,14 @@ def _stage1_trial(_: dict[str, Any], *, loop_config: dict[str, Any], name: str) 
     run(experiment.scaling, stage1_entry, loop_config, name, join(experiment.storage_path, "train"))
 
 
-def train_stage1(experiment: ExperimentConfig, output: Path, key: str | None = None, console: Console | None = None) -> Path:
-    """Train stage 1 of ``experiment`` into ``output`` (a local folder) as a one-trial Tune run, its epochs
-    on ``console``."""
+def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | None = None,
+                 console: Console | None = None) -> str | Path:
+    """Train stage 1 of ``experiment`` into ``output`` (a local folder, or a URI such as ``s3://...``) as a
+    one-trial Tune run, its epochs on ``console``."""
     from flare_ray.training.stage1 import stage1_done, stage1_experiment
 
     stage1 = stage1_experiment(experiment)
-    output = Path(output).expanduser().resolve()
+    output = local_path(str(output))
     name = f"{experiment.name}-stage1-{key or 'manual'}"
     log = trial_log(experiment.storage_path, f"{experiment.name}-stage1", key or "manual")
     loop_config = {"experiment": stage1, "output": str(output), "fingerprint": key, LOG_KEY: str(log)}

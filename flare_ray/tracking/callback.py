@@ -20,7 +20,7 @@ from ray.tune.integration.ray_train import (
     CHECKPOINT_PATH_KEY,  # where Train's checkpoint path reaches Tune
 )
 
-from flare_ray.storage import local_copy
+from flare_ray.storage import is_remote, local_copy
 
 from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, find_run, log_params
 
@@ -120,7 +120,7 @@ class MLflowTrialCallback(Callback):
                         client.log_artifact(run_id, str(item), ADAPTER_PATH)
                 if (folder / PREDICTIONS_PATH).is_dir():
                     client.log_artifacts(run_id, str(folder / PREDICTIONS_PATH), PREDICTIONS_PATH)
-            client.set_tag(run_id, CHECKPOINT_TAG, path)
+            client.set_tag(run_id, CHECKPOINT_TAG, checkpoint_uri(path, self.storage_path))
         client.set_terminated(run_id, status=status)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -131,6 +131,14 @@ class MLflowTrialCallback(Callback):
         # first result (e.g. a NaN loss in the first epoch) gets its run here, so every failure is on record.
         self.client.set_tag(self.run_id(trial), ERROR_TAG, trial_error(trial)[:5000])
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
+
+
+def checkpoint_uri(path: str, storage_path: str) -> str:
+    """A checkpoint's path as Ray reports it, as a URI on remote storage (``s3://bucket/...``, where Ray gives
+    the path within the bucket's filesystem); a local path as it is."""
+    if "://" in path or not is_remote(storage_path):
+        return path
+    return f"{storage_path.split('://', 1)[0]}://{path}"
 
 
 def trial_error(trial: Trial) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from flare_ray.storage import local_folder
+from flare_ray.storage import join, local_folder
 
 from .config import resolve_tracking_uri  # noqa: F401 - where the sweep and the report look it up (no MLflow there)
 
@@ -161,7 +161,9 @@ def artifact_location(tracking_uri: str, storage_path: str) -> str | None:
     ``./mlruns`` of whatever folder the sweep runs in. None: a tracking server decides."""
     folder = local_folder(storage_path)
     local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-    return (folder / "mlartifacts").as_uri() if local_store and folder is not None else None
+    if not local_store:
+        return None
+    return (folder / "mlartifacts").as_uri() if folder is not None else join(storage_path, "mlartifacts")
 
 
 def child_run(client: MlflowClient, parent: str, trial_id: str) -> str | None:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
+from flare_ray.storage import local_copy
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
 from flare_ray.tasks.encoding import TaskEncoder
@@ -74,7 +75,8 @@ def load_base(experiment: ExperimentConfig, task: Task, *, gradient_checkpointin
         dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
     )
     if spec.stage1 not in (None, "auto"):
-        model = merge_stage1(model, Path(spec.stage1))
+        with local_copy(str(spec.stage1)) as folder:  # a URI (remote storage): downloaded first
+            model = merge_stage1(model, Path(folder))
     return Base(model, tokenizer, family, head)
 
 

@@ -21,11 +21,12 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from flare_ray.storage import local_folder
+from flare_ray.storage import exists, is_remote, join, local_folder, read_text, upload, write_text
 from flare_ray.tasks import get_task
 from flare_ray.tasks.metrics import better
 
@@ -74,7 +75,7 @@ def fingerprint(experiment: ExperimentConfig) -> str:
 
 def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     experiment: ExperimentConfig = loop_config["experiment"]
-    output = Path(loop_config["output"])
+    output: str = loop_config["output"]  # a local folder or a URI (s3://...): rank 0 writes it from its node
     training = experiment.training
     metric = experiment.search.metric.split("/", 1)[1]
     rank, world = session.world()
@@ -83,55 +84,62 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     task, encoder, adapted, validation = run.task, run.encoder, run.model, run.splits["validation"]
     loader = train_loader(run.splits["train"], encoder, training, rank, world)
     engine = Engine(adapted, training, experiment.scaling, optimizer_steps(loader, training),
-                    quantized=experiment.model.quantization != "none")
+                    quantized=experiment.model.quantization != "none", rank=rank)
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "scores": {}}
     for epoch in range(1, training.epochs + 1):
         loss = engine.train_epoch(loader, epoch)
-        scores = score(task, encoder, adapted, validation, training)
-        scores["loss"] = mean_loss(encoder, adapted, validation, training.eval_batch_size, engine.device)
+        with engine.autocast():
+            scores = score(task, encoder, adapted, validation, training)
+            scores["loss"] = mean_loss(encoder, adapted, validation, training.eval_batch_size, engine.device)
         if best["score"] is None or better(scores[metric], best["score"], experiment.search.mode):
-            best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
+            with engine.gathered():
+                best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
         session.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
     engine.load_adapter_state(best["state"])
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        adapted.save_pretrained(output)
+    with engine.gathered(), tempfile.TemporaryDirectory(prefix="stage1-") as local:
+        if rank != 0:
+            return
+        Path(local, "adapter").mkdir()
+        adapted.save_pretrained(Path(local, "adapter"))
         info = {
             "base_model": experiment.model.name_or_path, "task": task.name, "lora": experiment.method.lora.peft_kwargs(),
             "training": training.model_dump(mode="json"), "best_epoch": best["epoch"],
             "english_validation": best["scores"], "data": task.provenance(),
             "fingerprint": loop_config.get("fingerprint"),
         }
-        (output / STAGE1_INFO).write_text(json.dumps(info, indent=2, default=str))
+        upload(Path(local, "adapter"), output)
+        write_text(join(output, STAGE1_INFO), json.dumps(info, indent=2, default=str))  # last: the folder is complete
 
 
-def stage1_done(output: Path) -> Path:
+def stage1_done(output: str | Path) -> str | Path:
     """The stage-1 folder a finished run wrote; an error if it wrote none."""
-    if not (output / STAGE1_INFO).is_file():
+    if not exists(join(str(output), STAGE1_INFO)):
         raise RuntimeError(f"stage 1 finished but wrote no adapter to {output}")
     return output
 
 
-def ensure_stage1(experiment: ExperimentConfig, train: Callable[[ExperimentConfig, Path, str], Any]
-                  ) -> tuple[Path, dict[str, Any]]:
+def ensure_stage1(experiment: ExperimentConfig, train: Callable[[ExperimentConfig, str, str], Any]
+                  ) -> tuple[Path | str, dict[str, Any]]:
     """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
     reused if it exists, else trained now by ``train(experiment, folder, fingerprint)`` (which runs
-    :func:`stage1_loop_per_worker`). Returns the folder and its ``stage1.json`` (with ``reused``)."""
-    storage = local_folder(experiment.storage_path)
-    if storage is None:
-        raise ValueError(
-            f"model.stage1: auto keeps the stage-1 adapter under storage_path, which must be a local folder or a "
-            f"file:// URI for now (got {experiment.storage_path!r}); train it with `python -m flare_ray.stage1` and "
-            "set model.stage1"
-        )
+    :func:`stage1_loop_per_worker`). Returns the folder (a local path, or a URI on remote storage) and its
+    ``stage1.json`` (with ``reused``)."""
     key = fingerprint(experiment)
-    root = storage / "stage1"
+    if is_remote(experiment.storage_path):  # no rename there: the folder is complete once stage1.json is in it
+        folder = join(experiment.storage_path, "stage1", key)
+        reused = exists(join(folder, STAGE1_INFO))
+        if not reused:
+            log.info("stage 1: training %s (fingerprint %s)", folder, key)
+            stage1_done(train(experiment, folder, key))
+        info = json.loads(read_text(join(folder, STAGE1_INFO)))
+        return folder, {**info, "reused": reused, "path": folder, "fingerprint": key}
+    root = local_folder(experiment.storage_path) / "stage1"
     folder = root / key
     reused = (folder / STAGE1_INFO).is_file()
     if not reused:
         log.info("stage 1: training %s (fingerprint %s)", folder, key)
         scratch = root / f".{key}-{uuid.uuid4().hex[:8]}"  # a concurrent sweep may train the same one
-        train(experiment, scratch, key)
+        train(experiment, str(scratch), key)
         stage1_done(scratch)
         try:
             scratch.rename(folder)
