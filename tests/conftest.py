@@ -42,7 +42,8 @@ def local_ray():
     import ray
 
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             ignore_reinit_error=True)  # a Ray of its own, even while a test module's cluster runs
     yield
     ray.shutdown()
 
@@ -71,11 +72,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A Ray cluster of three nodes on this machine, shared by the slow multi-node and fault tests: a head of
+    """A Ray cluster of three nodes on this machine, shared by a module's multi-node and fault tests: a head of
     1 CPU and two worker nodes of 2 CPUs (``ray.cluster_utils.Cluster``; no autoscaler). A worker of 1.5 CPUs
-    fits on a worker node only, one per node. Sweeps join it with ``RAY_ADDRESS=cluster.address``."""
+    fits on a worker node only, one per node. Sweeps join it with ``RAY_ADDRESS=cluster.address``. While it
+    runs, a plain ``ray.init()`` on this machine would join it too (Ray finds a running cluster), so it lives
+    for one module, whose tests that need no cluster run before it starts."""
     from ray.cluster_utils import Cluster
 
     # The nodes' processes inherit these (the tune command sets them for a Ray it starts itself).

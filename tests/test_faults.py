@@ -123,7 +123,7 @@ def test_a_removed_node_has_its_trial_rescheduled(tmp_path, two_worker_nodes, fa
     """The node running a trial leaves the cluster after the trial's first epoch; with search.max_failures the
     trial starts again on the other node, from its checkpoint."""
     cluster = two_worker_nodes
-    process = start(tmp_path, cluster, *ONE_TRIAL, "training.epochs=4", "search.max_failures=1", *ON_A_WORKER_NODE)
+    process = start(tmp_path, cluster, *ONE_TRIAL, "training.epochs=12", "search.max_failures=1", *ON_A_WORKER_NODE)
     log = wait_for(lambda: next(iter(tmp_path.glob("logs/quickstart-jav/*.log")), None), process)
     wait_for(lambda: any(r.get("epoch") == 1 for r in results(tmp_path)), process)
     ((_, first_node),) = worker_nodes(log)
@@ -135,7 +135,7 @@ def test_a_removed_node_has_its_trial_rescheduled(tmp_path, two_worker_nodes, fa
     assert len(starts) == 2 and starts[1][1] != first_node  # on the other node
     rows = [r for r in results(tmp_path) if "epoch" in r and not r.get("final")]
     (resumed,) = [r for r in rows if "resumed_from_epoch" in r]
-    assert resumed["resumed_from_epoch"] >= 1 and rows[-1]["epoch"] == 4
+    assert resumed["resumed_from_epoch"] >= 1 and rows[-1]["epoch"] == 12
     _, _, children = mlflow_runs(tmp_path)
     done = [c for c in children if c.info.status == "FINISHED" and "test/macro_f1" in c.data.metrics]
     assert len(done) == len(children) == 1

@@ -16,7 +16,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .test_platform import QUICKSTART, REPO, environment
+from .test_platform import QUICKSTART, environment
 
 pytestmark = pytest.mark.slow
 

@@ -96,7 +96,7 @@ def _sweep(config, args) -> int:
 
     # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
     # trials' log files (and Ray's) unless --verbose.
-    joined_cluster = bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+    joined_cluster = os.environ.get("RAY_ADDRESS", "local") != "local" or ray.is_initialized()
     ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose,
              runtime_env=_runtime_env())
     quiet_libraries()

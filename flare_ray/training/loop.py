@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from flare_ray.tasks.metrics import better
 from . import session
 from .adapter import METHODS
 from .engine import Engine
-from .evaluate import PREDICTIONS_DIR, TRAINING_STATE_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
+from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
@@ -68,10 +69,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
     with session.latest_checkpoint() as restored:
-        first = _restore(restored, engine, best) + 1 if restored is not None else 1
+        resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=False) if restored else None
+        if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
+            session.report(resume["final"], _copy(restored) if rank == 0 else None)
+            return
+        first = _restore(restored, resume, engine, best) + 1 if resume is not None else 1
     for epoch in range(first, training.epochs + 1):
         started = time.perf_counter()
-        train_loss = engine.train_epoch(loader, epoch, first_step=fusion_check if epoch == first else contextlib.nullcontext)
+        check = fusion_check if epoch == first else contextlib.nullcontext
+        train_loss = engine.train_epoch(loader, epoch, first_step=check)
         metrics: dict[str, Any] = {
             "epoch": epoch, "train/loss": train_loss, "train/seconds": time.perf_counter() - started,
             "train/learning_rate": engine.learning_rate,
@@ -86,8 +92,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
                 best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
                 if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
+                    resume = {**engine.training_state(), "best": {k: best[k] for k in ("score", "epoch", "state")}}
                     checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions},
-                                             training_state={**engine.training_state(), "best": best})  # fmt: skip
+                                             resume)  # fmt: skip
         session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
@@ -112,17 +119,23 @@ def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: i
     return scores, predictions
 
 
-def _restore(folder: Path, engine: Engine, best: dict[str, Any]) -> int:
+def _restore(folder: Path, resume: dict[str, Any], engine: Engine, best: dict[str, Any]) -> int:
     """Continue from a checkpoint: its epoch's adapter, the optimizer and schedule, the best epoch so far (and
     its validation predictions); the epoch it holds."""
-    state = torch.load(folder / TRAINING_STATE_NAME, map_location="cpu", weights_only=False)
-    best.update(state["best"])
+    best.update(resume["best"])
     frame = folder / PREDICTIONS_DIR / "validation.parquet"
     best["predictions"] = pd.read_parquet(frame) if frame.is_file() else None
-    engine.load_adapter_state(state["best"]["state"])
-    engine.load_training_state(state)
+    engine.load_adapter_state(best["state"])
+    engine.load_training_state(resume)
     print(f"resumed from the checkpoint of epoch {best['epoch']} ({folder})", flush=True)
     return best["epoch"]
+
+
+def _copy(folder: Path) -> Path:
+    """A checkpoint to report again (a report moves its folder to storage, then removes it)."""
+    copy = Path(tempfile.mkdtemp(prefix="trial-final-"))
+    shutil.copytree(folder, copy, dirs_exist_ok=True)
+    return copy
 
 
 def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
@@ -145,25 +158,26 @@ def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch:
     test scores, and a checkpoint with the best adapter and every split's predictions."""
     final = {"epoch": epoch, "final": True, "best_epoch": best["epoch"], experiment.search.metric: best["score"]}
     final.update({f"test/{k}": v for k, v in scores.items()})
-    checkpoint = _checkpoint(model, experiment, language, best["epoch"], predictions) if rank == 0 else None
+    checkpoint = None
+    if rank == 0:  # with the final result itself: a trial restarted after it (its process lost) reports it again
+        checkpoint = _checkpoint(model, experiment, language, best["epoch"], predictions, {"final": final})
     session.report(final, checkpoint)
 
 
 def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict,
-                training_state: dict[str, Any] | None = None) -> Path:
+                resume: dict[str, Any] | None = None) -> Path:
     """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing; never the
     frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's config, the
-    per-example predictions (``predictions/<split>.parquet``) and, for a restart after a failure, the
-    training state (``resume/training_state.pt``: the best epoch so far with its adapter, the optimizer and schedule).
+    per-example predictions (``predictions/<split>.parquet``) and what a restart after a failure continues
+    from (``resume/training_state.pt``: the best epoch so far with its adapter, the optimizer and schedule;
+    in the last checkpoint, the final result).
     """
     directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
     if model is not None:
         model.save_pretrained(directory)
-    if training_state is not None:
-        best = training_state["best"]
-        (directory / TRAINING_STATE_NAME).parent.mkdir()
-        torch.save({**training_state, "best": {k: best[k] for k in ("score", "epoch", "state")}},
-                   directory / TRAINING_STATE_NAME)
+    if resume is not None:
+        (directory / RESUME_NAME).parent.mkdir()
+        torch.save(resume, directory / RESUME_NAME)
     (directory / TRIAL_CONFIG_NAME).write_text(
         json.dumps({"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}, indent=2)
     )
