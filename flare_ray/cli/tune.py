@@ -144,22 +144,27 @@ def _runtime_env() -> dict | None:
 
 
 def autoscaling_node_types() -> list[dict[str, float]] | None:
-    """The resources of the node types the joined cluster's autoscaler can still add (its cluster config in the
-    GCS, as Ray Data reads it); None for a fixed-size cluster. A cluster made by Ray's cluster launcher whose
-    config is not in the GCS counts as autoscaling, with node types unknown (``[{}]``: any request may fit)."""
-    try:
-        import ray._private.state
+    """The resources of the node types the joined cluster's autoscaler can still add, or None for a fixed-size
+    cluster. From the cluster config in the GCS where the platform publishes it (as Ray Data reads it), else
+    ``[{}]`` (an autoscaler whose node types are unknown: any request may fit) where an autoscaler runs with
+    a cluster config: the autoscaler's status in the GCS names its node types (a cluster started with plain
+    ``ray start`` only has the read-only ``node_<id>`` ones), or the cluster launcher's bootstrap config is here."""
+    import json
 
-        cluster_config = ray._private.state.state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: without it, assume a launcher-made cluster may grow
-        cluster_config = None
-    groups = getattr(cluster_config, "node_group_configs", None) or []
-    scalable = [dict(g.resources) for g in groups if g.resources and (g.max_count == -1 or g.max_count > g.min_count)]
-    if scalable:
-        return scalable
-    from ray.tune.execution.cluster_info import _is_ray_cluster  # the cluster launcher's bootstrap config
+    import ray._private.state
+    from ray.experimental.internal_kv import _internal_kv_get
+    from ray.tune.execution.cluster_info import _is_ray_cluster
 
-    return [{}] if _is_ray_cluster() and not groups else None
+    try:  # private APIs: where they change, fall back to what follows
+        groups = getattr(ray._private.state.state.get_cluster_config(), "node_group_configs", None) or []
+        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")
+    except Exception:  # noqa: BLE001
+        groups, status = [], {}
+    if groups:
+        return [dict(g.resources) for g in groups if g.resources and (g.max_count == -1 or g.max_count > g.min_count)] or None
+    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    configured = any(kind != f"node_{node}" for node, kind in types.items())
+    return [{}] if configured or _is_ray_cluster() else None
 
 
 def quiet_environment(verbose: bool) -> None:
