@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -109,23 +110,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
-    """Start a local server; return its process once ``url`` answers."""
+@contextlib.contextmanager
+def _served(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
+    """A local server, started from ``command`` and returned once ``url`` answers; stopped on exit."""
     import subprocess
     import time
     import urllib.request
 
     process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.time() < deadline, f"{command[:4]}: {log.read_text()[-3000:]}"
+                time.sleep(0.3)
+        yield process
+    finally:
+        process.terminate()
         try:
-            urllib.request.urlopen(url, timeout=2)
-            return process
-        except OSError:
-            assert process.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"{command[:3]} did not answer at {url}: {log.read_text()[-3000:]}")
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +141,6 @@ def s3_server(tmp_path_factory):
     """A real S3 API on a free localhost port (moto's server mode) with the bucket ``flare-sweeps``; the AWS
     variables (credentials, region, ``AWS_ENDPOINT_URL``, read by pyarrow, boto3 and so MLflow) are set in
     this process for the session, so the sweeps and servers the tests start inherit them."""
-    import subprocess
     import sys
 
     port = free_port()
@@ -142,24 +149,18 @@ def s3_server(tmp_path_factory):
            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
     os.environ.update(env)
     log = tmp_path_factory.mktemp("s3") / "moto.log"
-    process = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint + "/moto-api/",
-                     dict(os.environ), log)  # fmt: skip
-    import boto3
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _served(command, endpoint + "/moto-api/", dict(os.environ), log):
+        import boto3
 
-    boto3.client("s3").create_bucket(Bucket="flare-sweeps")
-    yield endpoint
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        boto3.client("s3").create_bucket(Bucket="flare-sweeps")
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory, s3_server):
     """An MLflow tracking server on a free localhost port: runs in sqlite, artifacts proxied to the S3 API
     (``s3://flare-sweeps/mlartifacts``)."""
-    import subprocess
     import sys
 
     port = free_port()
@@ -168,10 +169,5 @@ def mlflow_server(tmp_path_factory, s3_server):
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                "--artifacts-destination", "s3://flare-sweeps/mlartifacts"]  # fmt: skip
-    process = _serve(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with _served(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120):
+        yield url

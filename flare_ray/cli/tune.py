@@ -161,7 +161,8 @@ def autoscaling_node_types() -> list[dict[str, float]] | None:
     except Exception:  # noqa: BLE001
         groups, status = [], {}
     if groups:
-        return [dict(g.resources) for g in groups if g.resources and (g.max_count == -1 or g.max_count > g.min_count)] or None
+        grows = lambda g: g.resources and (g.max_count == -1 or g.max_count > g.min_count)  # noqa: E731
+        return [dict(g.resources) for g in groups if grows(g)] or None
     types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
     configured = any(kind != f"node_{node}" for node, kind in types.items())
     return [{}] if configured or _is_ray_cluster() else None

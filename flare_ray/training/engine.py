@@ -76,7 +76,8 @@ class Engine:
             self.model = prepare_model(model, move_to_device=not quantized)
         self.device = next(p.device for p in self.trainable)
         # fp16 needs loss scaling (bf16 has fp32's range); DeepSpeed scales its own.
-        self.scaler = torch.amp.GradScaler(self.device.type) if training.precision == "fp16" and not self.deepspeed else None
+        fp16 = training.precision == "fp16" and not self.deepspeed
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.throughput: dict[str, float] = {}
 
     def autocast(self) -> ContextManager:

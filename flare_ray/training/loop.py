@@ -8,7 +8,9 @@ A trial trains one adapter for one (task, target language), read top to bottom:
    (model selection, as in the paper), report the metrics with an adapter-only
    checkpoint whenever the epoch is the best so far. The first step of a
    FLARE trial checks that every fusion site fused (never plain LoRA by
-   accident);
+   accident). A run restarted after a failure (Ray Train's worker group, or
+   Tune's trial) continues after its last checkpoint, whose training state
+   (``resume/training_state.pt``) it loads first;
 3. test: restore the best epoch's adapter and score the gold test split once; the last report's
    checkpoint holds that adapter and the per-example predictions of the best epoch's validation and
    of the test (``predictions/<split>.parquet``).
@@ -17,8 +19,9 @@ Methods that train nothing (zero-shot, translate-test) skip step 2: the stage-1 
 validation (reported as epoch 0) and test.
 
 With several workers the model is wrapped in DDP (or a DeepSpeed engine when
-the experiment names a DeepSpeed config); every rank scores the same records
-and rank 0 reports and checkpoints.
+the experiment names a DeepSpeed config); each rank scores a shard of the
+records and the predictions are gathered (under ZeRO-3 every rank scores them
+all), and rank 0 reports and checkpoints.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
     with session.latest_checkpoint() as restored:
-        resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=False) if restored else None
+        resume = None  # a checkpoint of an earlier version holds no training state: start again
+        if restored is not None and (restored / RESUME_NAME).is_file():
+            resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=False)
         if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
             session.report(resume["final"], _copy(restored) if rank == 0 else None)
             return
