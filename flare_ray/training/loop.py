@@ -74,7 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with session.latest_checkpoint() as restored:
         resume = None  # a checkpoint of an earlier version holds no training state: start again
         if restored is not None and (restored / RESUME_NAME).is_file():
-            resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=False)
+            resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=True)  # tensors and plain data
         if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
             session.report(resume["final"], _copy(restored) if rank == 0 else None)
             return
