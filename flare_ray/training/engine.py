@@ -77,7 +77,7 @@ class Engine:
         self.device = next(p.device for p in self.trainable)
         # fp16 needs loss scaling (bf16 has fp32's range); DeepSpeed scales its own.
         fp16 = training.precision == "fp16" and not self.deepspeed
-        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)  # disabled: every call passes through
         self.throughput: dict[str, float] = {}
 
     def autocast(self) -> ContextManager:
@@ -103,17 +103,15 @@ class Engine:
         started = time.perf_counter()
         for step, batch in enumerate(loader, start=1):
             faults.step(epoch=epoch, step=step, rank=self.rank)
+            seen += tokens(batch)  # counted on the host, before the batch moves to the device
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            seen += tokens(batch)
             with first_step() if step == 1 else contextlib.nullcontext():
                 with self.autocast():
                     loss = faults.loss(self.model(**batch).loss, seed=self.training.seed, epoch=epoch, step=step)
                 if self.deepspeed:
                     self.model.backward(loss)
-                elif self.scaler is not None:
-                    self.scaler.scale(loss / accumulation).backward()
                 else:
-                    (loss / accumulation).backward()
+                    self.scaler.scale(loss / accumulation).backward()
             if self.deepspeed:
                 self.model.step()
             elif step % accumulation == 0 or step == len(loader):
@@ -129,15 +127,11 @@ class Engine:
         return total / max(count, 1)
 
     def _optimizer_step(self, clip: float | None) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable, clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped where fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -170,14 +164,14 @@ class Engine:
         return {
             "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         if state.get("optimizer") is not None and not self.deepspeed:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") is not None and self.scaler is not None:
+        if state.get("scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
 
     def load_adapter_state(self, state: dict[str, torch.Tensor] | None) -> None:
