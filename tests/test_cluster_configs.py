@@ -1,46 +1,255 @@
-"""The cluster configs in cluster/: valid for Ray's autoscaler and KubeRay, GPU workers scale from zero."""
+"""The configs in cluster/, each checked by the validator of the tool that reads it:
+
+* Ray cluster-launcher configs (``aws-gpu.yaml``, ``gcp-gpu.yaml``): Ray's own schema for ``ray up``;
+* KubeRay manifests (``kuberay-cluster.yaml``, ``kuberay-job.yaml``): the RayCluster and RayJob CRDs' OpenAPI
+  schemas of KubeRay v1.7.0 (vendored in ``tests/schemas``), strict: an unknown field is an error, as with
+  ``kubectl apply --validate=strict``;
+* Kubernetes manifests (``mlflow.yaml``): the Kubernetes OpenAPI schemas of ``kubernetes-validate``, strict;
+* the compose file (``docker-compose.yaml``): the Compose Specification's JSON schema (vendored);
+* the DeepSpeed config: the experiment schema.
+
+And what every one of them must say: GPU workers from zero, token auth, the trial drivers' resource on the
+head, the dashboard and MLflow on loopback or behind auth, no credential in any file.
+"""
 
 from __future__ import annotations
 
+import copy
+import gzip
 import json
+import re
 from pathlib import Path
 
+import jsonschema
+import pytest
 import yaml
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+LAUNCHER = ["aws-gpu.yaml", "gcp-gpu.yaml"]
+KUBERAY = {"kuberay-cluster.yaml": "raycluster", "kuberay-job.yaml": "rayjob"}
+KUBERNETES = ["mlflow.yaml"]
+KUBERNETES_VERSION = "1.33.0"
+DRIVER_RESOURCE = "trial_driver"
 
 
-def test_aws_launcher_config_passes_rays_own_schema():
+def launcher_errors(raw: dict) -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    raw = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
-    config = prepare_config(raw)
-    validate_config(config)  # Ray's JSON schema for `ray up`
-    types = config["available_node_types"]
-    assert config["head_node_type"] == "head"
+    validate_config(prepare_config(copy.deepcopy(raw)))  # Ray's JSON schema for `ray up`
+
+
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    """The CRD's structural schema, strict: every object that lists its properties (and does not keep unknown
+    fields) refuses others, as the API server's strict field validation does."""
+    schema = json.loads(gzip.open(SCHEMAS / f"kuberay-v1.7.0-{kind}.json.gz").read())["openAPIV3Schema"]
+
+    def strict(node):
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    strict(schema)
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def crd_errors(doc: dict, kind: str) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in crd_validator(kind).iter_errors(doc)]
+
+
+def documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((CLUSTER / name).read_text()) if d]
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_config_passes_rays_own_schema(name):
+    raw = yaml.safe_load((CLUSTER / name).read_text())
+    launcher_errors(raw)
+    types = raw["available_node_types"]
+    assert raw["head_node_type"] == "head" and raw["idle_timeout_minutes"] > 0
     gpu_types = [n for n in types if n != "head"]
     assert gpu_types and all(types[n]["min_workers"] == 0 < types[n]["max_workers"] for n in gpu_types)
+    assert types["head"]["resources"].get(DRIVER_RESOURCE, 0) >= 1  # the trial drivers' place
+    assert all(DRIVER_RESOURCE not in types[n]["resources"] for n in gpu_types)
     setup = raw["setup_commands"]
     torch_step = next(i for i, c in enumerate(setup) if "torch==" in c)
     project_step = next(i for i, c in enumerate(setup) if "-e ~/flare_ray" in c)
     assert torch_step < project_step, "the pinned torch build must be installed before the project"
-    assert any("--autoscaling-config" in c for c in raw["head_start_ray_commands"])
+    head, workers = " ".join(raw["head_start_ray_commands"]), " ".join(raw["worker_start_ray_commands"])
+    assert "--autoscaling-config" in head and "--dashboard-host=127.0.0.1" in head
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in workers
+    assert raw["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"  # the user's token, no file here
+
+    broken = copy.deepcopy(raw)  # the schema is no rubber stamp: a misspelt key fails it
+    broken["idle_timeout_minute"] = broken.pop("idle_timeout_minutes")
+    with pytest.raises(Exception, match="idle_timeout_minute"):
+        launcher_errors(broken)
 
 
-def test_kuberay_cluster_autoscales_gpu_workers_from_zero():
-    spec = yaml.safe_load((CLUSTER / "kuberay.yaml").read_text())
-    assert spec["kind"] == "RayCluster" and spec["spec"]["enableInTreeAutoscaling"] is True
-    assert spec["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
-    for group in spec["spec"]["workerGroupSpecs"]:
+@pytest.mark.parametrize("name", list(KUBERAY))
+def test_kuberay_manifest_passes_the_crd_schema(name):
+    (doc,) = documents(name)
+    assert doc["apiVersion"] == "ray.io/v1" and crd_errors(doc, KUBERAY[name]) == []
+    broken = copy.deepcopy(doc)
+    broken["spec"]["entrypointt" if doc["kind"] == "RayJob" else "enableInTreeAutoscalling"] = True
+    assert crd_errors(broken, KUBERAY[name]), "the strict CRD schema must refuse an unknown field"
+
+
+def test_kuberay_cluster_autoscales_gpu_workers_from_zero_with_token_auth():
+    (spec,) = documents("kuberay-cluster.yaml")
+    spec = spec["spec"]
+    assert spec["enableInTreeAutoscaling"] is True and spec["authOptions"] == {"mode": "token"}
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0" and head.get("serviceType", "ClusterIP") == "ClusterIP"
+    assert json.loads(json.loads(head["rayStartParams"]["resources"]))[DRIVER_RESOURCE] >= 1
+    for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] == 0 < group["maxReplicas"]
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert int(limits["nvidia.com/gpu"]) >= 1
+        assert DRIVER_RESOURCE not in group["rayStartParams"].get("resources", "")
 
 
-def test_deepspeed_config_is_accepted_by_the_experiment_schema(tmp_path):
+def test_kuberay_job_runs_the_rank_sweep_on_that_cluster_with_a_deadline():
+    (job,) = documents("kuberay-job.yaml")
+    (cluster,) = documents("kuberay-cluster.yaml")
+    spec = job["spec"]
+    assert spec["entrypoint"].startswith("python -m flare_ray.tune search_spaces/rank.yaml")
+    assert (CLUSTER.parent / "search_spaces" / "rank.yaml").is_file()
+    assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert spec["activeDeadlineSeconds"] > 0
+
+
+@pytest.mark.parametrize("name", KUBERNETES)
+def test_kubernetes_manifest_passes_the_kubernetes_openapi_schema(name):
+    import kubernetes_validate
+
+    docs = documents(name)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "StatefulSet"}
+    broken = copy.deepcopy(next(d for d in docs if d["kind"] == "Deployment"))
+    broken["spec"]["template"]["spec"]["containers"][0]["enviroment"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_mlflow_on_kubernetes_uses_postgres_object_storage_and_basic_auth_from_the_secret():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in documents("mlflow.yaml")}
+    assert all(d["spec"].get("type", "ClusterIP") == "ClusterIP" for (kind, _), d in docs.items() if kind == "Service")
+    (container,) = docs["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://")
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"].startswith(("s3://", "gs://"))
+    for secret in ("PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "flare-ray-mlflow" and "value" not in env[secret]
+    assert "Secret" not in {kind for kind, _ in docs}  # made by hand (cluster/README.md), never shipped
+
+
+def test_compose_file_passes_the_compose_specification():
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    doc = yaml.safe_load((CLUSTER / "docker-compose.yaml").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    assert list(validator.iter_errors(doc)) == []
+    assert set(doc["services"]) == {"postgres", "mlflow"}
+    mlflow = doc["services"]["mlflow"]
+    assert mlflow["build"] == "./mlflow" and (CLUSTER / "mlflow" / "Dockerfile").is_file()
+    assert mlflow["ports"] == ["127.0.0.1:5000:5000"]  # the host's loopback only
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    broken = copy.deepcopy(doc)
+    broken["services"]["mlflow"]["port"] = broken["services"]["mlflow"].pop("ports")
+    assert list(validator.iter_errors(broken)), "the compose schema must refuse an unknown key"
+
+
+def test_deepspeed_config_is_accepted_by_the_experiment_schema():
     from flare_ray.training.config import ScalingSpec
 
     path = CLUSTER / "deepspeed_zero2.json"
     scaling = ScalingSpec(num_workers=2, deepspeed=str(path))
     assert scaling.deepspeed == json.loads(path.read_text())
     assert scaling.deepspeed["zero_optimization"]["stage"] == 2
+
+
+# --- secure by default -------------------------------------------------------------------------------------
+
+CONFIG_FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".json", ".ini", ".sh", ".sql"}
+                      or p.name == "Dockerfile")  # fmt: skip
+# What a credential looks like: a key or variable named like one given a literal value (not a reference to
+# the environment, a secret or a file), a URI with a password, a cloud key.
+SECRET_NAME = re.compile(r"(password|passwd|secret|token|access_key|api_key|private_key)", re.I)
+ASSIGNMENT = re.compile(r"""^\s*(export\s+)?(?P<key>[A-Za-z_][\w.-]*)\s*[:=]\s*(?P<value>[^#\n]*)""", re.M)
+REFERENCE = re.compile(r"^(\$\{?\w+|\$\(|~/|/home/|\{\}|$)")
+CLOUD_KEY = re.compile(r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|\"private_key_id\")")
+
+
+def _literal(key, value) -> bool:
+    return bool(SECRET_NAME.search(str(key))) and isinstance(value, (str, int)) and not isinstance(value, bool) \
+        and not REFERENCE.match(str(value).strip().strip("'\""))
+
+
+def _structured(node, found: list[str]) -> None:
+    """Keys named like a credential with a literal value, and Kubernetes' ``{name: X, value: literal}``."""
+    if isinstance(node, dict):
+        if "name" in node and "value" in node and _literal(node["name"], node["value"]):
+            found.append(f"{node['name']}={node['value']}")
+        for key, value in node.items():
+            if _literal(key, value):
+                found.append(f"{key}: {value}")
+            _structured(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _structured(value, found)
+
+
+def credentials_in(text: str, structured: bool = False) -> list[str]:
+    from flare_ray.secrets import has_password
+
+    found = [m.group(0) for m in CLOUD_KEY.finditer(text)]
+    found += [line for line in text.splitlines() if has_password(line)]
+    if structured:  # YAML and JSON: every value, wherever it sits (lists of env entries, flow mappings)
+        for doc in yaml.safe_load_all(text):
+            _structured(doc, found)
+    else:  # ini, shell, Dockerfile: assignments
+        found += [m.group(0).strip() for m in ASSIGNMENT.finditer(text) if _literal(m["key"], m["value"].strip())]
+    return found
+
+
+def test_no_file_in_cluster_holds_a_credential():
+    assert len(CONFIG_FILES) >= 10
+    found = {p.name: hits for p in CONFIG_FILES
+             if (hits := credentials_in(p.read_text(), structured=p.suffix in {".yaml", ".yml", ".json"}))}  # fmt: skip
+    assert found == {}
+    # the scan finds what it looks for
+    assert credentials_in("MLFLOW_TRACKING_PASSWORD: hunter2", structured=True)
+    assert credentials_in("env:\n  - {name: PGPASSWORD, value: hunter2}", structured=True)
+    assert credentials_in("export MLFLOW_TRACKING_PASSWORD=hunter2")
+    assert credentials_in("admin_password = hunter2")
+    assert credentials_in("tracking_uri: http://bob:hunter2@mlflow:5000")
+    assert credentials_in("aws_access_key_id = AKIAABCDEFGHIJKLMNOP")
+    assert not credentials_in("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it}", structured=True)
+    assert not credentials_in("- name: PGPASSWORD\n  valueFrom: {secretKeyRef: {name: s, key: k}}", structured=True)
+
+
+def test_the_dashboard_and_mlflow_listen_on_loopback_or_behind_auth():
+    for name in LAUNCHER:  # the dashboard on the head's loopback (SSH port-forward), Ray's token everywhere
+        raw = yaml.safe_load((CLUSTER / name).read_text())
+        text = json.dumps(raw)
+        assert "0.0.0.0" not in text and "--dashboard-host=127.0.0.1" in text
+    (cluster,) = documents("kuberay-cluster.yaml")  # the pod's address, for the operator: behind the token
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert cluster["spec"]["authOptions"]["mode"] == "token"
+    for doc in documents("mlflow.yaml"):  # the pod's address, behind basic auth; no LoadBalancer, no NodePort
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    serve = (CLUSTER / "mlflow" / "serve.sh").read_text()
+    assert "--app-name basic-auth" in serve and '--host "${MLFLOW_HOST:-127.0.0.1}"' in serve
+    compose = yaml.safe_load((CLUSTER / "docker-compose.yaml").read_text())
+    assert all(port.startswith("127.0.0.1:") for s in compose["services"].values() for port in s.get("ports", []))
+    assert "postgres" not in {p for s in compose["services"].values() for p in s.get("ports", [])}
+    ini = (CLUSTER / "mlflow" / "basic_auth.ini").read_text()
+    assert "authenticate_request_basic_auth" in ini and "admin_password" not in ini

@@ -3,8 +3,6 @@ the training state a restarted run continues from."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -59,15 +57,18 @@ def test_fp32_runs_no_autocast(tiny_path):
     assert set(seen) == {torch.float32} and not engine.scaler.is_enabled()
 
 
-def test_a_restarted_engine_continues_with_the_same_optimizer_and_schedule(tiny_path):
+def test_a_restarted_engine_continues_with_the_same_optimizer_and_schedule(tiny_path, tmp_path):
+    from flare_ray.training.state_files import STATE, TENSORS, load_state, save_state
+
     engine, loader, _ = setup(tiny_path, epochs=2)
     engine.train_epoch(loader, 1)
     adapter, state = engine.adapter_state(), engine.training_state()
-    buffer = io.BytesIO()  # as the checkpoint keeps it, and reads it back with torch's weights-only loader
-    torch.save({**state, "best": {"score": 0.5, "epoch": 1, "state": adapter}}, buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    # as the checkpoint keeps it: safetensors and JSON, read back without pickle
+    save_state({**state, "best": {"score": 0.5, "epoch": 1, "state": adapter}}, tmp_path / "resume")
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == sorted([STATE, TENSORS])
+    state = load_state(tmp_path / "resume")
     adapter = state["best"]["state"]
+    assert set(state["optimizer"]["state"]) == set(range(len(adapter)))  # integer parameter indices kept
     torch.manual_seed(2)  # the same dropout in both epochs 2
     engine.train_epoch(loader, 2)
     continued = engine.adapter_state()

@@ -17,7 +17,9 @@ norm() { tr 'A-Z_.' 'a-z--'; }
 norm < "$HAVE" | sort -u > "$WORK/have.txt"
 while IFS== read -r name _ version; do
     n=$(echo "$name" | norm)
-    case "$n" in torch|triton|nvidia-*|cuda-*|selenium|pytest|pip|setuptools|sympy|networkx|mpmath) continue;; esac
+    case "$n" in torch|triton|nvidia-*|cuda-*|selenium|pytest*|pip|setuptools|sympy|networkx|mpmath) continue;; esac
+    # the test and lint tools (moto and its CloudFormation linter, ruff, py-spy, virtualenv) and boto3 (S3 stores): no GPU trial needs them
+    case "$n" in moto|cfn-lint|aws-sam-translator|ruff|py-spy|virtualenv|distlib|kubernetes-validate|boto3|botocore|s3transfer) continue;; esac
     if [ "$n" != transformers ] && [ "$n" != peft ] && grep -qx "$n" "$WORK/have.txt"; then continue; fi
     echo "$name==$version"
 done < "$WORK/freeze.txt" > "$WORK/need.txt"

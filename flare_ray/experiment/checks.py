@@ -4,6 +4,7 @@
   (``name`` or ``org/name``) that is no local folder must be in the local Hugging Face cache when the hub is
   offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``); online it is accepted. ``tiny:<arch>`` needs
   nothing. Every value the search space or grid gives the key is checked too.
+* no value holds a URI with a password (:mod:`flare_ray.secrets`; credentials come from the environment).
 * ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json``).
 * ``method.flare.fusion_layers`` (the config's and every value of the space and grid): no block beyond the
   model's, whose number is read from its ``config.json`` alone (no weights, no transformers; the tiny models'
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 from flare_ray.configfile import KeyPath, Problem
 from flare_ray.fusion.config import LAYER_GROUPS, resolve_layers
 from flare_ray.models.tiny import LAYERS as TINY_LAYERS
+from flare_ray.secrets import has_password, redact
 
 from .config import ExperimentConfig
 
@@ -44,6 +46,7 @@ def preflight_problems(config: ExperimentConfig) -> list[Problem]:
         problems += [p for path, value in _values(config, "method.flare.mt_encoder") if value
                      if (p := _model_problem(path, value, "an MT model folder")) is not None]  # fmt: skip
     problems += _stage1_problems(config)
+    problems += _credential_problems(config)
     if kinds & set(_FLARE):
         problems += _fusion_layer_problems(config)
     return problems
@@ -110,6 +113,26 @@ def _model_problem(path: KeyPath, value: Any, what: str) -> Problem | None:
                              f"({_offline_switch()}); expected a cached model: download it first "
                              f"(`hf download {value}`), name a local folder, or go online")
     return None
+
+
+def _credential_problems(config: ExperimentConfig) -> list[Problem]:
+    """A URI with a password anywhere in the config (storage_path, tracking.tracking_uri, a model, a grid or
+    space value): the config is logged to MLflow and copied into every checkpoint."""
+
+    def walk(value: Any, path: KeyPath) -> Iterator[Problem]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, (*path, i))
+        elif isinstance(value, str) and has_password(value):
+            yield Problem(path, f"{redact(value)!r} holds a password; credentials never go in a config (it is "
+                                "logged to MLflow and kept in every checkpoint): give them through the "
+                                "environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, the node's "
+                                "cloud identity or AWS_* for s3://; cluster/README.md)")
+
+    return list(walk(config.model_dump(mode="json"), ()))
 
 
 def _stage1_problems(config: ExperimentConfig) -> list[Problem]:

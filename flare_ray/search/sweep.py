@@ -33,7 +33,7 @@ from .console import describe as label_trial
 from .plan import dry_run_text
 from .searches import Search, concurrency, describe_trial, plan_searches, search_path, tune_config
 from .summary import LanguageResult, NoTrialReported, SweepSummary, select_best, trial_rows
-from .trial import run_trial, score_checkpoint, trial_log, trial_resources
+from .trial import DRIVER_RESOURCE, drivers_on_head, run_trial, score_checkpoint, trial_log, trial_resources
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
         tags={mlflow_runs.SCHEMA_TAG: str(SCHEMA_VERSION)},
     )
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
+    if drivers_on_head() and config.scaling.in_trial_process:
+        console.print(f"trial drivers: on the node offering '{DRIVER_RESOURCE}' (the head), each trial's worker a Ray "
+                      "Train worker on a node that holds it")
+        config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"ray_train": True})})
     try:
         if config.model.stage1 == "auto":
             config = _with_stage1(client, parent, config, console)

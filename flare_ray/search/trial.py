@@ -32,6 +32,10 @@ from flare_ray.storage import join, local_copy, local_folder
 from .searches import seeded
 
 LOG_KEY = "log_file"  # in the loop config: where the worker keeps its output
+# A custom resource that the head node of the clusters in cluster/ offers (and no GPU node): where a cluster
+# has it, every trial's driver (Tune's trial actor, and the Train controller placed beside it) asks for one
+# unit, so it runs on the head and a preempted GPU node takes only the trial's workers with it.
+DRIVER_RESOURCE = "trial_driver"
 
 
 def logs_folder(storage_path: str) -> Path:
@@ -63,10 +67,18 @@ def in_process(scaling, worker_max_failures: int = 0) -> bool:
 
 def trial_resources(scaling, worker_max_failures: int = 0) -> dict[str, float]:
     """What a trial's own Tune actor asks for: the worker's resources when it trains itself, else next to
-    nothing (it only waits on its Train run, whose workers hold the resources)."""
+    nothing (it only waits on its Train run, whose workers hold the resources), and one unit of
+    :data:`DRIVER_RESOURCE` where the cluster offers it."""
     if in_process(scaling, worker_max_failures):
         return {k: v for k, v in scaling.resources_per_worker().items() if v > 0}
-    return {"CPU": 0.01}
+    return {"CPU": 0.01, **({DRIVER_RESOURCE: 1.0} if drivers_on_head() else {})}
+
+
+def drivers_on_head() -> bool:
+    """Whether the connected Ray cluster has a node offering :data:`DRIVER_RESOURCE` (the head of cluster/'s
+    configs). Then trials run as Ray Train runs even with one worker: the driver on the head, the worker on
+    a GPU node."""
+    return ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1
 
 
 def run(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage_path: str,

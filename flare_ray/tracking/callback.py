@@ -20,6 +20,7 @@ from ray.tune.integration.ray_train import (
     CHECKPOINT_PATH_KEY,  # where Train's checkpoint path reaches Tune
 )
 
+from flare_ray.secrets import redact
 from flare_ray.storage import is_remote, local_copy
 
 from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, find_run, log_params
@@ -79,7 +80,7 @@ class MLflowTrialCallback(Callback):
         else:
             params, tags = self.describe(trial.config)
             run = client.create_run(experiment_id, tags={
-                **tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
+                **{k: redact(v) for k, v in tags.items()}, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
                 TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language,
             })  # fmt: skip
             run_id = run.info.run_id
@@ -129,7 +130,7 @@ class MLflowTrialCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         # Why, on its MLflow run (the full trace is in the trial's error file); a trial that failed before its
         # first result (e.g. a NaN loss in the first epoch) gets its run here, so every failure is on record.
-        self.client.set_tag(self.run_id(trial), ERROR_TAG, trial_error(trial)[:5000])
+        self.client.set_tag(self.run_id(trial), ERROR_TAG, redact(trial_error(trial))[:5000])
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from flare_ray.secrets import redact
 from flare_ray.storage import join, local_folder
 
 from .config import resolve_tracking_uri  # noqa: F401 - where the sweep and the report look it up (no MLflow there)
@@ -75,10 +76,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Nested params flattened to dotted keys (values cut at MLflow's 6000 characters)."""
+    """Nested params flattened to dotted keys (values cut at MLflow's 6000 characters, URI passwords
+    blanked: the config refuses them, but nothing logged should hold one)."""
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    items = [Param(k, redact(str(v))[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per request
         client.log_batch(run_id, params=items[start : start + 100])
 

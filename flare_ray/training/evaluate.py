@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the experiment config is built above this package and hande
 TRIAL_CONFIG_NAME = "trial_config.json"  # beside a checkpoint's adapter: the trial's experiment and language
 PREDICTIONS_DIR = "predictions"  # in a checkpoint: <split>.parquet, the per-example predictions
 # In a checkpoint: where a restarted run continues; in a folder of its own, so MLflow's adapter/ leaves it out.
-RESUME_NAME = "resume/training_state.pt"
+RESUME_NAME = "resume"  # a folder: training_state.json + tensors.safetensors (training/state_files.py)
 
 
 def _predict(encoder: TaskEncoder, model, records, training) -> list:

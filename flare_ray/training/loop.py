@@ -10,7 +10,7 @@ A trial trains one adapter for one (task, target language), read top to bottom:
    FLARE trial checks that every fusion site fused (never plain LoRA by
    accident). A run restarted after a failure (Ray Train's worker group, or
    Tune's trial) continues after its last checkpoint, whose training state
-   (``resume/training_state.pt``) it loads first;
+   (``resume/``: safetensors and JSON) it loads first;
 3. test: restore the best epoch's adapter and score the gold test split once; the last report's
    checkpoint holds that adapter and the per-example predictions of the best epoch's validation and
    of the test (``predictions/<split>.parquet``).
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
@@ -45,6 +44,7 @@ from .adapter import METHODS
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
+from .state_files import has_state, load_state, save_state
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
     from flare_ray.experiment import ExperimentConfig
@@ -73,8 +73,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
     with session.latest_checkpoint() as restored:
         resume = None  # a checkpoint of an earlier version holds no training state: start again
-        if restored is not None and (restored / RESUME_NAME).is_file():
-            resume = torch.load(restored / RESUME_NAME, map_location="cpu", weights_only=True)  # tensors and plain data
+        if restored is not None and has_state(restored / RESUME_NAME):
+            resume = load_state(restored / RESUME_NAME)  # safetensors and JSON: nothing unpickled
         if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
             session.report(resume["final"], _copy(restored) if rank == 0 else None)
             return
@@ -174,15 +174,14 @@ def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, 
     """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing; never the
     frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's config, the
     per-example predictions (``predictions/<split>.parquet``) and what a restart after a failure continues
-    from (``resume/training_state.pt``: the best epoch so far with its adapter, the optimizer and schedule;
+    from (``resume/``: safetensors and JSON: the best epoch so far with its adapter, the optimizer and schedule;
     in the last checkpoint, the final result).
     """
     directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
     if model is not None:
         model.save_pretrained(directory)
     if resume is not None:
-        (directory / RESUME_NAME).parent.mkdir()
-        torch.save(resume, directory / RESUME_NAME)
+        save_state(resume, directory / RESUME_NAME)
     (directory / TRIAL_CONFIG_NAME).write_text(
         json.dumps({"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}, indent=2)
     )
