@@ -253,3 +253,27 @@ def test_the_dashboard_and_mlflow_listen_on_loopback_or_behind_auth():
     assert "postgres" not in {p for s in compose["services"].values() for p in s.get("ports", [])}
     ini = (CLUSTER / "mlflow" / "basic_auth.ini").read_text()
     assert "authenticate_request_basic_auth" in ini and "admin_password" not in ini
+
+
+def test_a_sweep_on_a_launcher_cluster_runs_as_many_trials_as_the_cluster_may_grow_to(tmp_path):
+    """The head's bootstrap config (as `ray up` writes it, node types' resources filled in from their
+    instance types): a GPU sweep runs a trial per GPU the autoscaler may add, not the one the empty
+    cluster (no GPU node yet) would allow."""
+    from flare_ray.cli.tune import autoscaling_capacity
+    from flare_ray.experiment import load_experiment
+    from flare_ray.search.searches import concurrency, plan_searches
+
+    raw = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
+    raw["available_node_types"]["gpu_1x"]["resources"] = {"CPU": 8, "GPU": 1, "memory": 3e10}
+    raw["available_node_types"]["gpu_4x"]["resources"] = {"CPU": 48, "GPU": 4, "memory": 1.8e11}
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump(raw))
+    capacity = autoscaling_capacity(bootstrap)
+    assert capacity["GPU"] == 8 * 1 + 2 * 4 and capacity["CPU"] == 8 * 8 + 2 * 48
+    config = load_experiment(CLUSTER.parent / "search_spaces" / "rank.yaml",
+                             [f"storage_path={tmp_path}", "scaling.use_gpu=true", "task.languages=[jav]"])  # fmt: skip
+    (search,) = plan_searches(config)
+    head = {"CPU": 8.0, "trial_driver": 1000.0}
+    assert concurrency(search, head) == 1  # from the current nodes alone: one trial at a time
+    merged = {k: head.get(k, 0.0) + capacity.get(k, 0.0) for k in {*head, *capacity}}
+    assert concurrency(search, merged) == 16  # a trial per GPU the autoscaler may add

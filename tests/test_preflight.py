@@ -201,3 +201,29 @@ def test_fusion_layers_in_the_grid_every_value(tmp_path, capsys):
 
 def test_fusion_layers_are_not_checked_for_methods_without_fusion(tmp_path, capsys):
     loads(write(tmp_path, BASE + "method: {kind: lora, flare: {fusion_layers: [9]}}\n"), capsys)
+
+
+# -- credentials ------------------------------------------------------------------------------------
+def test_a_uri_with_a_password_is_refused_and_the_password_never_shown(tmp_path, capsys):
+    path = write(tmp_path, BASE + "tracking: {tracking_uri: 'http://bob:hunter2@mlflow.internal:5000'}\n"
+                                  "storage_path: 's3://key:secret@bucket/x'\n")
+    for message in errors(path, capsys):
+        assert "invalid experiment config (2 problems)" in message
+        assert "line 6, tracking.tracking_uri: 'http://bob:***@mlflow.internal:5000' holds a password" in message
+        assert "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" in message
+        assert "'s3://key:***@bucket/x' holds a password" in message
+        assert "hunter2" not in message and "secret@" not in message
+
+
+def test_what_is_logged_to_mlflow_has_every_uri_password_blanked(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flare_ray.secrets import redact
+    from flare_ray.tracking.mlflow_runs import log_params
+
+    assert redact("see http://bob:hunter2@host:5000/x and s3://:k@b") == "see http://bob:***@host:5000/x and s3://:***@b"
+    assert redact("http://host:5000/a@b") == "http://host:5000/a@b"  # no user info: unchanged
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "a")))
+    log_params(client, run.info.run_id, {"tracking": {"tracking_uri": "http://bob:hunter2@host"}, "lr": 0.1})
+    assert client.get_run(run.info.run_id).data.params == {"tracking.tracking_uri": "http://bob:***@host", "lr": "0.1"}

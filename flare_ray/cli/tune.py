@@ -111,9 +111,13 @@ def _sweep(config, args) -> int:
         where = "this machine" if not joined_cluster else "this cluster (no autoscaler can add a node that holds it)"
         print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
         return 2
-    console.print(run_plan_text(config, ray.cluster_resources(), log))
+    # An autoscaling cluster holds more trials than its current nodes: as many at once as it may grow to.
+    resources = dict(ray.cluster_resources())
+    for key, value in ((autoscaling_capacity() or {}) if scalable is not None else {}).items():
+        resources[key] = resources.get(key, 0.0) + value
+    console.print(run_plan_text(config, resources, log))
     try:
-        summary = run_sweep(config, resume=args.resume, console=console)
+        summary = run_sweep(config, resume=args.resume, console=console, resources=resources)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130
@@ -166,6 +170,38 @@ def autoscaling_node_types() -> list[dict[str, float]] | None:
     types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
     configured = any(kind != f"node_{node}" for node, kind in types.items())
     return [{}] if configured or _is_ray_cluster() else None
+
+
+def autoscaling_capacity(bootstrap: Path | None = None) -> dict[str, float] | None:
+    """The resources the joined cluster's autoscaler may add at most (every worker node type at its largest
+    count), where Ray says: the cluster config in the GCS, else the cluster launcher's bootstrap config on
+    this (head) node, whose node types' resources ``ray up`` filled in from their instance types. None where
+    no node type says how many of it may come (then a sweep runs as many trials as its current nodes hold,
+    or ``search.max_concurrent_trials``)."""
+    import ray._private.state
+    import yaml
+
+    total: dict[str, float] = {}
+
+    def add(resources: dict, count: int) -> None:
+        for key, value in (resources or {}).items():
+            total[key] = total.get(key, 0.0) + float(value) * count
+
+    try:  # a private API: where it changes, read the bootstrap config
+        groups = getattr(ray._private.state.state.get_cluster_config(), "node_group_configs", None) or []
+    except Exception:  # noqa: BLE001
+        groups = []
+    for group in groups:
+        if group.max_count > 0:
+            add(dict(group.resources), group.max_count - group.min_count)
+    path = bootstrap or Path("~/ray_bootstrap_config.yaml").expanduser()
+    if not groups and path.is_file():
+        config = yaml.safe_load(path.read_text()) or {}
+        head = config.get("head_node_type")
+        for name, kind in (config.get("available_node_types") or {}).items():
+            if name != head:
+                add(kind.get("resources"), int(kind.get("max_workers", 0)) - int(kind.get("min_workers", 0)))
+    return total or None
 
 
 def quiet_environment(verbose: bool) -> None:

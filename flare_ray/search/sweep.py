@@ -46,7 +46,10 @@ class SweepFailed(RuntimeError):
     """The sweep as a whole failed (e.g. every trial of a language failed): nothing to select."""
 
 
-def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console | None = None) -> SweepSummary:
+def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console | None = None,
+              resources: dict[str, float] | None = None) -> SweepSummary:
+    """``resources``: what the cluster holds at most (an autoscaling cluster's, as it may grow), which sets how
+    many trials run at once; None: its current resources."""
     console = console or Console()
     folder = local_folder(config.storage_path)
     if folder is not None:
@@ -73,7 +76,7 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
                         "(model.stage1: auto trains it)", config.model.name_or_path)
         searches = {s.name: s for s in plan_searches(config)}
         try:
-            resources = ray.cluster_resources()
+            resources = resources or ray.cluster_resources()
             grids = run_concurrently(list(searches), lambda name: _fit(
                 searches[name], tracking_uri, parent, resume, concurrency(searches[name], resources, len(searches)),
                 console))
