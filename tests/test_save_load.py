@@ -97,3 +97,16 @@ def test_flare_mt_trains_its_projection_and_round_trips(tiny_path, tmp_path):
     loaded = FlareModel.from_pretrained(base, tmp_path).eval()  # loads the MT encoder named in the config
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, expected)
+
+
+def test_a_checkpoint_is_loaded_from_safetensors_only(tmp_path):
+    """peft falls back to a pickled adapter_model.bin where no safetensors file is: a trial's adapter and
+    stage 1 are loaded only from safetensors, so a pickle in a (shared) checkpoint folder is never run."""
+    from flare_ray.training.setup import safetensors_only
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="holds no adapter_model.safetensors .it has adapter_model.bin, a pickle"):
+        safetensors_only(tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert safetensors_only(tmp_path) == tmp_path

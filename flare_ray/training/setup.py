@@ -88,7 +88,18 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
             f"model.stage1: {folder} holds no stage-1 adapter (adapter_config.json); "
             "write one with `python -m flare_ray.stage1` or use model.stage1: auto"
         )
-    return PeftModel.from_pretrained(model, folder).merge_and_unload()
+    return PeftModel.from_pretrained(model, safetensors_only(folder)).merge_and_unload()
+
+
+def safetensors_only(folder: Path) -> Path:
+    """``folder`` when its adapter weights are safetensors; a checkpoint's pickled weights (peft's
+    ``adapter_model.bin``, which peft would otherwise fall back to) are never loaded."""
+    if not (Path(folder) / "adapter_model.safetensors").is_file():
+        pickled = " (it has adapter_model.bin, a pickle: convert it to safetensors)" if \
+            (Path(folder) / "adapter_model.bin").is_file() else ""  # fmt: skip
+        raise FileNotFoundError(f"{folder} holds no adapter_model.safetensors{pickled}; only safetensors "
+                                "weights are loaded")
+    return Path(folder)
 
 
 def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEncoder:
@@ -160,7 +171,7 @@ def load_adapter(base: Base, experiment: ExperimentConfig, folder: Path) -> torc
         adapted = base.model.requires_grad_(False)
     else:
         loader = {"lora": PeftModel, "input_fusion": PeftModel, "xmixup": XMixupModel}.get(kind, FlareModel)
-        adapted = loader.from_pretrained(base.model, folder)
+        adapted = loader.from_pretrained(base.model, safetensors_only(folder))
     if torch.cuda.is_available() and experiment.model.quantization == "none":  # 4-bit models are placed at load
         adapted.to("cuda")
     return adapted.eval()
