@@ -277,3 +277,13 @@ def test_a_sweep_on_a_launcher_cluster_runs_as_many_trials_as_the_cluster_may_gr
     assert concurrency(search, head) == 1  # from the current nodes alone: one trial at a time
     merged = {k: head.get(k, 0.0) + capacity.get(k, 0.0) for k in {*head, *capacity}}
     assert concurrency(search, merged) == 16  # a trial per GPU the autoscaler may add
+
+
+def test_the_mlflow_entry_script_names_the_first_missing_setting_before_starting(tmp_path):
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/m.db",
+           "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path}/a.db", "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path)}
+    done = subprocess.run(["sh", str(CLUSTER / "mlflow" / "serve.sh")], env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr and "from a secret" in done.stderr

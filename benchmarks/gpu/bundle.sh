@@ -12,7 +12,8 @@ OUT=.devbundle; WORK=/tmp/flare_ray-devbundle
 rm -rf "$OUT" "$WORK"; mkdir -p "$OUT" "$WORK/wheels" "$WORK/site"
 norm() { tr 'A-Z_.' 'a-z--'; }
 # What flare_ray's venv holds, less what the GPU machine has (torch, CUDA, numpy, pandas, pyarrow, ...).
-# transformers and peft travel anyway: the versions the project is tested with.
+# The Hugging Face stack travels anyway, at the versions the project is tested with (transformers 5 needs a
+# newer huggingface-hub than the GPU machine's, 2026-12-04).
 .venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/ @ .*//' > "$WORK/freeze.txt"
 norm < "$HAVE" | sort -u > "$WORK/have.txt"
 while IFS== read -r name _ version; do
@@ -20,7 +21,8 @@ while IFS== read -r name _ version; do
     case "$n" in torch|triton|nvidia-*|cuda-*|selenium|pytest*|pip|setuptools|sympy|networkx|mpmath) continue;; esac
     # the test and lint tools (moto and its CloudFormation linter, ruff, py-spy, virtualenv) and boto3 (S3 stores): no GPU trial needs them
     case "$n" in moto|cfn-lint|aws-sam-translator|ruff|py-spy|virtualenv|distlib|kubernetes-validate|boto3|botocore|s3transfer) continue;; esac
-    if [ "$n" != transformers ] && [ "$n" != peft ] && grep -qx "$n" "$WORK/have.txt"; then continue; fi
+    case "$n" in transformers|peft|huggingface-hub|hf-xet|tokenizers|safetensors|accelerate) always=1;; *) always=0;; esac
+    if [ "$always" = 0 ] && grep -qx "$n" "$WORK/have.txt"; then continue; fi
     echo "$name==$version"
 done < "$WORK/freeze.txt" > "$WORK/need.txt"
 echo "packages to carry: $(wc -l < "$WORK/need.txt")"
