@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flare_ray"
 LAYERS = ["cli", "report", "search", "experiment", "training", "tracking", "translate", "tasks", "models", "baselines", "fusion",
-          "configfile", "logs", "storage", "languages"]  # fmt: skip
+          "configfile", "logs", "storage", "secrets", "languages"]  # fmt: skip
 
 
 def runtime_imports(path: Path) -> list[str]:
