@@ -15,6 +15,7 @@ from .config import FlareConfig, SourceRepresentation, resolve_layers
 
 if TYPE_CHECKING:
     from .alignment import Alignment, align
+    from .cache import CachedSource, SourceCache
     from .functions import FUSION_FUNCTIONS, FusionFunction, register_fusion
     from .model import (
         FlareModel,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 # name -> the submodule that defines it (imported on first access)
 _LAZY = {
-    "Alignment": "alignment", "align": "alignment",
+    "Alignment": "alignment", "align": "alignment", "CachedSource": "cache", "SourceCache": "cache",
     "FUSION_FUNCTIONS": "functions", "FusionFunction": "functions", "register_fusion": "functions",
     "FlareModel": "model", "FusionContext": "model", "FusionNotAppliedError": "model",
     "default_task_type": "model", "get_flare_model": "model", "untrained_task_heads": "model",
@@ -56,6 +57,7 @@ __all__ = [
     "FUSION_FUNCTIONS",
     "Alignment",
     "ArchitectureFamily",
+    "CachedSource",
     "FlareConfig",
     "FlareModel",
     "FusionContext",
@@ -63,6 +65,7 @@ __all__ = [
     "FusionNotAppliedError",
     "FusionPlan",
     "FusionSite",
+    "SourceCache",
     "SourceRepresentation",
     "SourceStates",
     "align",

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .alignment import Alignment, align, mask_or_ones, step_alignment
+from .cache import CachedSource, SourceCache
 from .config import FlareConfig
 from .functions import FUSION_FUNCTIONS, FusionFunction
 from .mt import MTSource
@@ -284,6 +285,12 @@ class FlareModel(nn.Module):
             if handle is not None:
                 handle.remove()
             self._active = None
+
+    def cache_source(self, cache: SourceCache | None) -> None:
+        """From now on, read the source representations through ``cache`` (:mod:`~flare_ray.fusion.cache`:
+        each example's computed once, then read back); ``None``: compute them every call again."""
+        inner = self.source.inner if isinstance(self.source, CachedSource) else self.source
+        self.source = inner if cache is None else CachedSource(inner, cache, mt=isinstance(inner, MTSource))
 
     @contextmanager
     def fusion_disabled(self) -> Iterator[None]:

@@ -1,0 +1,122 @@
+"""The source cache: each source example's representations, computed once and reused.
+
+The source pass runs the frozen base model (or FLARE-MT's frozen MT encoder) on fixed text with dropout
+off, so an example's representations are the same in every epoch and every trial on the same model. A
+:class:`SourceCache` keeps them per example, keyed by the example's own source token ids (which already
+say the text, the tokenizer and the truncation), in half precision and only its real tokens. One cache
+serves one model state: the owner keys it by the base model, stage 1, the source representation and the
+fused sites (:mod:`flare_ray.training.source_cache`).
+
+:class:`CachedSource` is a source provider (see :mod:`~flare_ray.fusion.provider`) around the model's own
+one: rows it holds are read back, the others computed by the inner provider in one sub-batch and stored,
+until the cache reaches its size limit; past it, missing rows are computed every time (and the cache says
+so in :attr:`SourceCache.full`). Positions that are padding get zeros instead of the pass's values there,
+which no fusion reads (they are masked), so a cached step equals an uncached one up to the half precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .provider import SourceBatch, SourceProvider
+from .sites import FusionSite
+from .source import SourceStates
+
+
+@dataclass
+class SourceCache:
+    """Per-example source representations, at most ``max_bytes`` of them, stored as ``dtype`` on ``device``."""
+
+    max_bytes: int
+    dtype: torch.dtype = torch.float16
+    device: torch.device | str = "cpu"
+    hits: int = 0  # rows read back
+    misses: int = 0  # rows computed (stored, or not once full)
+    full: bool = False  # a row was not stored: the limit is reached
+    rows: dict[bytes, list[torch.Tensor]] = field(default_factory=dict)
+    layout: dict[str, int] | None = None  # fused module -> its tensor among a row's (sites of a block share one)
+    nbytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def stats(self) -> dict[str, float]:
+        looked = self.hits + self.misses
+        return {"source_cache_hit_rate": self.hits / looked if looked else 0.0, "source_cache_rows": float(len(self)),
+                "source_cache_gb": self.nbytes / 2**30}  # fmt: skip
+
+    def store(self, key: bytes, tensors: list[torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.nbytes + size > self.max_bytes:
+            self.full = True
+            return
+        self.rows[key] = tensors
+        self.nbytes += size
+
+
+def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
+    """One key per row: a digest of its real tokens' ids (padding, on either side, does not count)."""
+    ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()
+    return [hashlib.blake2b(ids[i][mask[i]].numpy().tobytes(), digest_size=16).digest() for i in range(ids.shape[0])]
+
+
+class CachedSource:
+    """Source provider: ``inner``'s representations through ``cache`` (``mt``: the inputs are FLARE-MT's)."""
+
+    def __init__(self, inner: SourceProvider, cache: SourceCache, mt: bool = False) -> None:
+        self.inner, self.cache, self.mt = inner, cache, mt
+
+    def site_input(self, states: SourceStates, site: FusionSite) -> torch.Tensor:
+        return self.inner.site_input(states, site)
+
+    def states(self, batch: SourceBatch) -> SourceStates | None:
+        inputs = batch.inputs(mt=self.mt)
+        if inputs is None:
+            return None
+        ids, mask = inputs
+        cache, real = self.cache, mask.bool()
+        keys = row_keys(ids, mask)
+        missing = [i for i, key in enumerate(keys) if key not in cache.rows]
+        computed: dict[int, list[torch.Tensor]] = {}
+        if missing:
+            index = torch.tensor(missing, device=ids.device)
+            sub = {"mt_input_ids" if self.mt else "source_input_ids": ids[index],
+                   "mt_attention_mask" if self.mt else "source_attention_mask": mask[index]}  # fmt: skip
+            states = self.inner.states(SourceBatch(**sub))
+            tensors, layout = _unique(states.hidden)
+            if cache.layout is None:
+                cache.layout = layout
+            for j, i in enumerate(missing):
+                row = [t[j][real[i]].to(cache.dtype) for t in tensors]
+                computed[i] = row
+                cache.store(keys[i], [t.to(cache.device) for t in row])
+        cache.misses += len(missing)
+        cache.hits += len(keys) - len(missing)
+        layout = cache.layout
+        rows = [computed[i] if i in computed else cache.rows[key] for i, key in enumerate(keys)]
+        hidden = []  # in the cache's half precision: each fusion site casts what it reads to its LoRA's dtype
+        for slot in range(len(rows[0])):
+            out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=cache.dtype, device=ids.device)
+            out[real] = torch.cat([row[slot] for row in rows]).to(ids.device)
+            hidden.append(out)
+        if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)
+            return SourceStates(hidden=hidden[0], attention_mask=mask)
+        return SourceStates(hidden={name: hidden[slot] for name, slot in layout.items()}, attention_mask=mask)
+
+
+def _unique(hidden: dict[str, torch.Tensor] | torch.Tensor) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """The distinct tensors of a pass's output, and which one each fused module reads (``{}``: one for all)."""
+    if isinstance(hidden, torch.Tensor):
+        return [hidden], {}
+    tensors: list[torch.Tensor] = []
+    slots: dict[int, int] = {}
+    layout = {}
+    for name, tensor in hidden.items():
+        if id(tensor) not in slots:
+            slots[id(tensor)] = len(tensors)
+            tensors.append(tensor)
+        layout[name] = slots[id(tensor)]
+    return tensors, layout
