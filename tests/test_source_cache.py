@@ -133,3 +133,60 @@ def test_past_its_size_limit_the_cache_computes_rows_on_the_fly(tiny_path):
     assert len(small) == 1 and small.full and small.nbytes <= small.max_bytes
     assert (small.misses, small.hits) == (3, 1)  # the row that did not fit is computed again
     assert_same_step(second, first)
+
+
+def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
+    """What the training loop attaches: the same cache for the next trial on the same model state (another
+    seed, learning rate or fusion function), a new one where the base model, stage 1, the source
+    representation, the fused sites or FLARE-MT's encoder change; none for LoRA or with the cache off."""
+    from flare_ray.experiment import validate_experiment
+    from flare_ray.training.source_cache import attach_source_cache
+
+    def config(**changes):
+        data = {"name": "c", "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
+                "task": {"name": "nusax", "languages": ["jav"]}, "storage_path": str(tmp_path),
+                "method": {"kind": "flare", "flare": {"fusion": "add"}}, "training": {"seed": 0}}  # fmt: skip
+        for key, value in changes.items():
+            section, name = key.split("__")
+            data.setdefault(section, {})[name] = value
+        return validate_experiment(data)
+
+    model, _ = flare(tiny_path, "encoder", fusion="add")
+    first = attach_source_cache(model, config())
+    assert first is not None and model.source.cache is first
+    assert attach_source_cache(model, config(training__seed=1, training__learning_rate=1e-3)) is first
+    assert attach_source_cache(model, config(method__flare={"fusion": "mul"})) is first
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    (stage1 / "adapter_config.json").write_text("{}")
+    changed = [config(model__name_or_path="tiny:mt5"), config(model__stage1=str(stage1)),
+               config(method__flare={"fusion": "add", "source_representation": "block_input"})]  # fmt: skip
+    for other in changed:
+        assert attach_source_cache(model, other) is not first
+        assert attach_source_cache(model, config()) is not first  # replaced: one cache per process
+        first = attach_source_cache(model, config())
+    fewer, _ = flare(tiny_path, "encoder", fusion="add", fusion_layers=[0])  # other fused sites
+    assert attach_source_cache(fewer, config()) is not first
+    assert attach_source_cache(model, config(training__source_cache_gb=0)) is None
+    lora = fewer.peft_model  # a plain LoRA model: nothing to cache
+    assert attach_source_cache(lora, config()) is None
+
+
+@pytest.mark.slow
+def test_in_a_sweep_the_second_epoch_and_the_next_trial_read_the_cache(tmp_path):
+    """Through `python -m flare_ray.tune`: two FLARE trials one after the other (Tune reuses the first one's
+    process for the second): the first trial's second epoch and the second trial's first epoch read every
+    source row back; every trial logs its start-up time."""
+    from .test_platform import mlflow_runs, run_tune
+
+    run_tune(tmp_path, "search.space={}", "search.num_samples=2", "search.max_concurrent_trials=1",
+             "search.scheduler=null", "training.epochs=2")  # fmt: skip
+    client, _, children = mlflow_runs(tmp_path)
+    children.sort(key=lambda r: r.info.start_time)
+    rates = [[m.value for m in sorted(client.get_metric_history(c.info.run_id, "train/source_cache_hit_rate"),
+                                      key=lambda m: m.step)] for c in children]  # fmt: skip
+    assert rates[0][0] < 0.5 and rates[0][1] == 1.0, rates  # computed in epoch 1, read back in epoch 2
+    assert rates[1] == [1.0, 1.0], rates  # the next trial, in the same process: every row read back
+    rows = [c.data.metrics["train/source_cache_rows"] for c in children]
+    assert rows[1] >= rows[0] > 0  # the first trial's rows (and after its last epoch, its test split's) are kept
+    assert all(c.data.metrics["startup/trial_seconds"] > 0 for c in children)

@@ -43,10 +43,12 @@ class SourceCache:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def stats(self) -> dict[str, float]:
-        looked = self.hits + self.misses
-        return {"source_cache_hit_rate": self.hits / looked if looked else 0.0, "source_cache_rows": float(len(self)),
-                "source_cache_gb": self.nbytes / 2**30}  # fmt: skip
+    def stats(self, since: tuple[int, int] = (0, 0)) -> dict[str, float]:
+        """The share of rows read back among those looked up after ``since`` (``(hits, misses)`` then), the
+        rows held and their size."""
+        hits, misses = self.hits - since[0], self.misses - since[1]
+        return {"source_cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+                "source_cache_rows": float(len(self)), "source_cache_gb": self.nbytes / 2**30}  # fmt: skip
 
     def store(self, key: bytes, tensors: list[torch.Tensor]) -> None:
         size = sum(t.numel() * t.element_size() for t in tensors)

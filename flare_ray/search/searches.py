@@ -124,8 +124,12 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
             max_t=config.training.epochs + 1,  # +1: the last epoch still reports its test scores
             grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
         )
+    # reuse_actors: a trial's process runs the next trial of its search (imports and the process start are
+    # paid once; FLARE's source cache carries over, flare_ray.training.source_cache); Tune starts a new one
+    # where the last trial's thread does not end within seconds (ASHA stopped it mid-epoch).
     tune = ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                               max_concurrent_trials=None if searcher else max_concurrent)  # the limiter has it
+                               max_concurrent_trials=None if searcher else max_concurrent,  # the limiter has it
+                               reuse_actors=True)  # fmt: skip
     return tune, param_space
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from flare_ray.storage import join, local_copy, local_folder
 from .searches import seeded
 
 LOG_KEY = "log_file"  # in the loop config: where the worker keeps its output
+STARTED_KEY = "trial_started"  # in the loop config: when Tune started the trial (its first step is timed from it)
 # A custom resource that the head node of the clusters in cluster/ offers (and no GPU node): where a cluster
 # has it, every trial's driver (Tune's trial actor, and the Train controller placed beside it) asks for one
 # unit, so it runs on the head and a preempted GPU node takes only the trial's workers with it.
@@ -54,7 +56,8 @@ def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language:
     """The Tune trainable of a search: one trial of ``experiment`` with Tune's ``sample`` written in."""
     config = apply_sample(experiment, seeded(sample, seeds))
     name = ray.tune.get_context().get_trial_name()
-    loop_config = {"experiment": config, "language": language, LOG_KEY: str(trial_log(config.storage_path, search, name))}
+    loop_config = {"experiment": config, "language": language, LOG_KEY: str(trial_log(config.storage_path, search, name)),
+                   STARTED_KEY: time.time()}  # fmt: skip
     run(config.scaling, train_entry, loop_config, name, join(config.storage_path, "train"),
         config.search.worker_max_failures)
 

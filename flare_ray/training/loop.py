@@ -44,6 +44,7 @@ from .adapter import METHODS
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
+from .source_cache import attach_source_cache
 from .state_files import has_state, load_state, save_state
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
@@ -68,6 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         quantized=experiment.model.quantization != "none", rank=rank,
     )
     fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
+    cache = attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: each source pass once
 
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
@@ -79,6 +81,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             session.report(resume["final"], _copy(restored) if rank == 0 else None)
             return
         first = _restore(restored, resume, engine, best) + 1 if resume is not None else 1
+    startup = _startup(loop_config, started_training=time.time())
+    warned_full, looked = False, (cache.hits, cache.misses) if cache is not None else (0, 0)
     for epoch in range(first, training.epochs + 1):
         started = time.perf_counter()
         check = fusion_check if epoch == first else contextlib.nullcontext
@@ -90,8 +94,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         if epoch == first and first > 1:
             metrics["resumed_from_epoch"] = first - 1
+        if epoch == first:  # what the trial paid before its first step: from Tune's start, and its process's
+            metrics.update(startup)
         scores, predictions = _evaluate(engine, trial, "validation", epoch, rank, world, loss=True)
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
+        if cache is not None:  # this epoch's lookups (training and validation), and what the cache holds
+            metrics.update({f"train/{k}": v for k, v in cache.stats(since=looked).items()})
+            looked = (cache.hits, cache.misses)
+            if cache.full and not warned_full:
+                warned_full = True
+                print(f"source cache full at {cache.nbytes / 2**30:.2f} GB ({len(cache)} examples; "
+                      "training.source_cache_gb): the others' source pass runs every step", flush=True)
         checkpoint = None
         if best["score"] is None or better(metrics[metric], best["score"], mode):
             with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
@@ -108,6 +121,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with engine.gathered():
         _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
                {"validation": best["predictions"], "test": predictions})
+
+
+def _startup(loop_config: dict[str, Any], started_training: float) -> dict[str, float]:
+    """Seconds from the trial's start (``trial_started``, set where Tune runs it) and from its process's start
+    to the first training step: setup, model load, imports; what a sweep pays again for every trial."""
+    import psutil
+
+    out = {"startup/process_seconds": started_training - psutil.Process().create_time()}
+    if loop_config.get("trial_started"):
+        out["startup/trial_seconds"] = started_training - loop_config["trial_started"]
+    return out
 
 
 def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: int, loss: bool = False):

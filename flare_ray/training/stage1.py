@@ -66,7 +66,7 @@ def fingerprint(experiment: ExperimentConfig) -> str:
         "model": stage1.model.model_dump(mode="json", exclude={"stage1"}),
         "task": task.name,
         "lora": stage1.method.lora.model_dump(mode="json"),
-        "training": stage1.training.model_dump(mode="json", exclude={"eval_batch_size"}),
+        "training": stage1.training.model_dump(mode="json", exclude={"eval_batch_size", "source_cache_gb"}),
         "metric": [stage1.search.metric, stage1.search.mode],
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())

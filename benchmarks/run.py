@@ -1,0 +1,131 @@
+"""The benchmarks of issue 15 in one run, on this machine, with ratios to LoRA (targets are benchmarks, not
+tests: nothing here asserts a time).
+
+    python benchmarks/run.py                 # everything; appends the results to benchmarks/RESULTS.md
+    python benchmarks/run.py --small         # tiny models and a short sweep: a smoke run (the suite runs it)
+
+1. step time of LoRA, FLARE (source pass every step), FLARE with the source cache, FLARE-MT (both ways) and
+   input-level fusion on one model and the same batches (``benchmarks/steps.py``);
+2. trial start-up: seconds from a trial's start (and from its process's start) to its first training step,
+   for the first trial of a sweep and the later ones (``startup/*`` metrics of a real sweep's MLflow runs);
+3. ``--dry-run`` of the quickstart, in a fresh process; 4. the quickstart's wall time (not with --small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+TARGETS = {"flare_cached": 1.10, "flare": 1.5}  # step time ÷ LoRA's, at most
+
+
+def tune(storage: Path, *overrides: str, yaml: Path = QUICKSTART, dry_run: bool = False) -> float:
+    """Seconds of one `python -m flare_ray.tune` in a fresh process (it must succeed)."""
+    command = [sys.executable, "-m", "flare_ray.tune", str(yaml), "--set", f"storage_path={storage}"]
+    command += [x for o in overrides for x in ("--set", o)] + (["--dry-run"] if dry_run else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "local"}
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def startup(storage: Path, trials: int) -> dict[str, float]:
+    """A FLARE sweep of ``trials`` one-epoch trials, one at a time; their start-up metrics, in start order."""
+    from mlflow.tracking import MlflowClient
+
+    tune(storage, "search.grid={}", "search.seeds=null", f"search.num_samples={trials}", "search.max_concurrent_trials=1",
+         "training.epochs=1", "model.stage1=null", "name=startup")  # fmt: skip
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("startup")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    runs.sort(key=lambda r: r.info.start_time)
+    trial = [r.data.metrics["startup/trial_seconds"] for r in runs]
+    process = [r.data.metrics["startup/process_seconds"] for r in runs]
+    return {"first_trial_s": trial[0], "later_trials_s": statistics.median(trial[1:]),
+            "first_process_s": process[0], "later_processes_s": statistics.median(process[1:]), "trials": len(runs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="tiny models, few steps, a 3-trial sweep (smoke run)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the median is reported)")
+    parser.add_argument("--trials", type=int, default=4, help="trials of the start-up sweep")
+    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "flare_ray-bench-models",
+                        help="where the benchmark models are built (once)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
+                        help="the Markdown file the results are appended to ('-': none)")  # fmt: skip
+    args = parser.parse_args(argv)
+    import steps
+    import torch
+    import transformers
+
+    from flare_ray.logs import quiet_libraries
+
+    quiet_libraries()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    batch, length = (8, 64) if args.small else (16, 128)
+    print(f"1. step time, batch {batch} x {length} tokens, {'tiny models' if args.small else 'XLM-R base shape'} "
+          f"({torch.get_num_threads()} threads)", flush=True)  # fmt: skip
+    times = steps.run(args.models, small=args.small, warmup=2, steps=2 if args.small else args.steps,
+                      batch_size=batch, max_length=length)  # fmt: skip
+    lora = times["lora"]["seconds"]
+    with tempfile.TemporaryDirectory() as tmp:
+        print("2. trial start-up (a FLARE sweep, one trial at a time)", flush=True)
+        start = startup(Path(tmp) / "startup", 3 if args.small else args.trials)
+        print("3. --dry-run of the quickstart", flush=True)
+        dry = tune(Path(tmp) / "dry", dry_run=True)
+        wall = None
+        if not args.small:
+            print("4. the quickstart", flush=True)
+            wall = tune(Path(tmp) / "quickstart")
+    lines = [
+        f"## {datetime.date.today()} · {platform.node()} · {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}",
+        "",
+        f"torch {torch.__version__}, transformers {transformers.__version__}; batch {batch} x {length}"
+        f"{' (--small: tiny models)' if args.small else ', XLM-R base shape (12 x 768), MT encoder NLLB-600M shape'}",
+        "",
+        "| method | step (s) | ÷ LoRA | target | source cache hits |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for kind, row in times.items():
+        target = f"≤ {TARGETS[kind]:.2f}×" if kind in TARGETS else ""
+        if kind == "input_fusion":
+            target = f"≥ 2× FLARE cached ({row['seconds'] / times['flare_cached']['seconds']:.2f}×)"
+        hits = "" if row["hit_rate"] is None else f"{row['hit_rate']:.0%}"
+        lines.append(f"| {kind} | {row['seconds']:.3f} | {row['seconds'] / lora:.2f} | {target} | {hits} |")
+    lines += [
+        "",
+        f"- trial start-up to the first step: first trial {start['first_trial_s']:.1f} s "
+        f"(its process {start['first_process_s']:.1f} s), later trials {start['later_trials_s']:.1f} s "
+        f"(their processes {start['later_processes_s']:.1f} s); median of {start['trials'] - 1}; target ≤ 5 s",
+        f"- `--dry-run` of the quickstart: {dry:.1f} s",
+    ]
+    if wall is not None:
+        lines.append(f"- the quickstart (`python -m flare_ray.tune search_spaces/quickstart.yaml`): {wall:.0f} s")
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if str(args.results) != "-":
+        with args.results.open("a") as f:
+            f.write("\n" + text)
+        print(f"appended to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
