@@ -15,6 +15,16 @@ from .helpers import FAMILIES, TARGET, batches, flare, randomize_lora, source_kw
 MiB = 2**20
 
 
+def training_setup(tiny_path, family: str, fusion: str, randomize: bool = True, **config):
+    """A FLARE model in training mode (its LoRA randomised) and the fixed batch with its labels."""
+    fm, tok = flare(tiny_path, family, fusion=fusion, **config)
+    if randomize:
+        randomize_lora(fm, scale=0.05)
+    fm.train()
+    t, s = batches(tok)
+    return fm, tok, t, s, task_kwargs(family, tok, t)
+
+
 def step(fm, t, s, labels):
     """Loss and every trainable gradient of one training step (dropout drawn from seed 0)."""
     fm.zero_grad(set_to_none=True)
@@ -38,11 +48,7 @@ def assert_same_step(cached, uncached, tolerance=2e-3):
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("representation", ["next_block_output", "block_input", "module_input"])
 def test_a_cached_step_equals_the_uncached_one(tiny_path, family, representation):
-    fm, tok = flare(tiny_path, family, fusion="add_relu", source_representation=representation)
-    randomize_lora(fm, scale=0.05)
-    fm.train()
-    t, s = batches(tok)
-    labels = task_kwargs(family, tok, t)
+    fm, _, t, s, labels = training_setup(tiny_path, family, "add_relu", source_representation=representation)
     uncached = step(fm, t, s, labels)
     cache = SourceCache(max_bytes=64 * MiB)
     fm.cache_source(cache)
@@ -59,11 +65,7 @@ def test_a_cached_step_equals_the_uncached_one(tiny_path, family, representation
 
 
 def test_the_cache_reads_rows_back_in_any_batch_and_padding(tiny_path):
-    fm, tok = flare(tiny_path, "decoder", fusion="add")
-    randomize_lora(fm, scale=0.05)
-    fm.train()
-    t, s = batches(tok)
-    labels = task_kwargs("decoder", tok, t)
+    fm, tok, t, s, labels = training_setup(tiny_path, "decoder", "add")
     cache = SourceCache(max_bytes=64 * MiB)
     fm.cache_source(cache)
     step(fm, t, s, labels)
@@ -118,10 +120,7 @@ def test_a_second_model_on_the_same_base_reads_the_first_ones_rows(tiny_path):
 
 
 def test_past_its_size_limit_the_cache_computes_rows_on_the_fly(tiny_path):
-    fm, tok = flare(tiny_path, "encoder", fusion="add")
-    fm.train()
-    t, s = batches(tok)
-    labels = task_kwargs("encoder", tok, t)
+    fm, _, t, s, labels = training_setup(tiny_path, "encoder", "add", randomize=False)
     one_row = SourceCache(max_bytes=64 * MiB)
     fm.cache_source(one_row)
     step(fm, t, s, labels)
