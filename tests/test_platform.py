@@ -137,7 +137,7 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
             if any('"final": true' in r.read_text() for r in results):
                 break
             assert process.poll() is None, process.stdout.read()[-3000:]
-            time.sleep(2)
+            time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=300)
     finally:
@@ -145,7 +145,10 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, output[-3000:]
     _, parents, children = mlflow_runs(tmp_path)
-    assert parents[0].info.status == "KILLED" and len(children) < samples * len(languages)
+    # Stopped part-way: the later trials (which start at once in the reused trial processes) may have begun,
+    # but not all finished.
+    assert parents[0].info.status == "KILLED"
+    assert sum(c.info.status == "FINISHED" for c in children) < samples * len(languages)
 
     run_tune(tmp_path, *overrides, resume=True)
     client, parents, children = mlflow_runs(tmp_path)
