@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flare_ray.fusion import SourceCache
+from flare_ray.fusion.provider import SourceBatch
 
 from .helpers import FAMILIES, TARGET, batches, flare, randomize_lora, source_kwargs, task_kwargs
 
@@ -189,3 +190,13 @@ def test_in_a_sweep_the_second_epoch_and_the_next_trial_read_the_cache(tmp_path)
     rows = [c.data.metrics["train/source_cache_rows"] for c in children]
     assert rows[1] >= rows[0] > 0  # the first trial's rows (and after its last epoch, its test split's) are kept
     assert all(c.data.metrics["startup/trial_seconds"] > 0 for c in children)
+
+
+def test_the_cache_under_bf16_autocast_on_the_cpu(tiny_path):
+    """CPU autocast refuses float16 in some kernels: a cached step under bf16 autocast runs, in bf16."""
+    fm, _, t, s, labels = training_setup(tiny_path, "decoder", "add_relu")
+    fm.cache_source(SourceCache(max_bytes=64 * MiB))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step(fm, t, s, labels)
+        states = fm.source.states(SourceBatch(**source_kwargs(s)))
+    assert fm.source.cache.hits == 2 and {h.dtype for h in states.hidden.values()} == {torch.bfloat16}

@@ -56,7 +56,8 @@ def test_each_trial_driver_runs_on_the_head_and_its_worker_on_a_worker_node(tmp_
     for actor in actors:
         by_class.setdefault(actor.class_name, set()).add(actor.node_id)
     drivers = [a for a in actors if a.class_name == "ImplicitFunc"]
-    assert len(drivers) == 2, by_class  # Tune's trial actors: one per trial
+    assert 1 <= len(drivers) <= 2, by_class  # Tune's trial actors (the second trial may reuse the first's)
+    assert len([a for a in actors if a.class_name == "TrainController"]) == 2, by_class  # one Train run per trial
     assert by_class["ImplicitFunc"] == {head} and by_class["TrainController"] == {head}, by_class
     assert by_class["RayTrainWorker"] == {worker_node}, by_class
     for log in tmp_path.glob("logs/quickstart-jav/*.log"):  # the worker says so in the trial's log too

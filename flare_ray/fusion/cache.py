@@ -99,11 +99,16 @@ class CachedSource:
         cache.hits += len(keys) - len(missing)
         layout = cache.layout
         rows = [computed[i] if i in computed else cache.rows[key] for i, key in enumerate(keys)]
-        hidden = []  # in the cache's half precision: each fusion site casts what it reads to its LoRA's dtype
-        for slot in range(len(rows[0])):
-            out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=cache.dtype, device=ids.device)
-            out[real] = torch.cat([row[slot] for row in rows]).to(ids.device)
-            hidden.append(out)
+        # In the precision the source pass would give: autocast's, else float32 (a float16 tensor beside a
+        # bfloat16 autocast region is refused by some CPU kernels).
+        device = ids.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        hidden = []
+        with torch.autocast(device, enabled=False):  # CPU autocast refuses to promote float16 (torch.cat)
+            for slot in range(len(rows[0])):
+                out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=dtype, device=ids.device)
+                out[real] = torch.cat([row[slot].to(ids.device, dtype) for row in rows])
+                hidden.append(out)
         if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)
             return SourceStates(hidden=hidden[0], attention_mask=mask)
         return SourceStates(hidden={name: hidden[slot] for name, slot in layout.items()}, attention_mask=mask)
