@@ -57,46 +57,66 @@ def build_models(root: Path, small: bool) -> tuple[str, str]:
     return str(base), str(mt)
 
 
-def experiment(base: str, mt: str, kind: str, batch_size: int, max_length: int) -> ExperimentConfig:
+def experiment(base: str, mt: str | None, kind: str, batch_size: int, max_length: int,
+               target_modules: tuple[str, ...] = ("query", "value"), precision: str = "fp32",
+               dtype: str = "float32") -> ExperimentConfig:
     from flare_ray.experiment import validate_experiment
 
     return validate_experiment({
-        "name": "steps", "model": {"name_or_path": base, "stage1": None},
+        "name": "steps", "model": {"name_or_path": base, "stage1": None, "dtype": dtype},
         "task": {"name": "nusax", "languages": ["jav"]},
         "method": {"kind": "flare_mt" if kind.startswith("flare_mt") else kind.removesuffix("_cached"),
-                   "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
+                   "lora": {"r": 8, "alpha": 16, "target_modules": list(target_modules)},
                    "flare": {"fusion": "add_relu", "fusion_layers": "all",
                              **({"mt_encoder": mt} if kind.startswith("flare_mt") else {})}},
-        "training": {"batch_size": batch_size, "max_length": max_length, "seed": 0,
+        "training": {"batch_size": batch_size, "max_length": max_length, "seed": 0, "precision": precision,
                      "source_cache_gb": 4.0 if kind.endswith("_cached") else 0.0},
     }, source=f"benchmark {kind}")  # fmt: skip
 
 
 def time_steps(config: ExperimentConfig, warmup: int, steps: int) -> dict[str, Any]:
-    """The median seconds of ``steps`` training steps after ``warmup`` (and the tokens of a batch)."""
+    """The median seconds of ``steps`` training steps after ``warmup``, the real and the computed (padded)
+    tokens of a batch, and on a GPU (where the model runs when there is one) the peak memory."""
+    from flare_ray.training.engine import autocast
     from flare_ray.training.setup import build_trial, train_loader
     from flare_ray.training.source_cache import attach_source_cache
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trial = build_trial(config, "jav", roles=("train",))
     loader = train_loader(trial.splits["train"], trial.encoder, config.training, 0, 1)
-    batches = [batch for batch, _ in zip(loader, range(max(warmup, 1)))]
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch, _ in zip(loader, range(max(warmup, 1)))]
     cache = attach_source_cache(trial.model, config)
-    model = trial.model.train()
+    model = trial.model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, looked = [], (0, 0)
     for i in range(warmup + steps):
-        if i == warmup and cache is not None:
-            looked = (cache.hits, cache.misses)
+        if i == warmup:
+            looked = (cache.hits, cache.misses) if cache is not None else looked
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
         batch = batches[i % len(batches)]
+        sync()
         started = time.perf_counter()
-        model(**batch).loss.backward()
+        with autocast(config.training.precision, device):
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - started)
-    tokens = int(sum(v.sum() for k, v in batches[0].items() if k.endswith("attention_mask")))
-    return {"seconds": statistics.median(times), "tokens": tokens,
-            "hit_rate": cache.stats(since=looked)["source_cache_hit_rate"] if cache is not None else None}  # fmt: skip
+    first = batches[0]
+    result = {"seconds": statistics.median(times),
+              # the weights every token goes through as a matrix product (the base's, LoRA's, the heads')
+              "matmul_params": sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
+              "tokens": int(first["attention_mask"].sum()),  # the target side's real tokens
+              "positions": int(first["input_ids"].numel()),
+              "source_positions": int(next((v.numel() for k, v in first.items() if k.endswith("input_ids")
+                                            and k != "input_ids"), 0)),
+              "hit_rate": cache.stats(since=looked)["source_cache_hit_rate"] if cache is not None else None,
+              "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+    return result
 
 
 def run(root: Path, small: bool = False, warmup: int = 2, steps: int = 5, batch_size: int = 16,

@@ -2,6 +2,7 @@
 # The GPU checks of issue 13, as one script for a lent GPU machine (run in the repository root there):
 #  1. the packages the machine lacks, from .devbundle (benchmarks/gpu/bundle.sh) into /tmp/site;
 #  2. a decoder of Llama 3.2 1B's shape (benchmarks/gpu/decoder.py);
+#  2b. LoRA and FLARE (cached and not) step time, tokens/s, peak memory and MFU in bf16 (benchmarks/gpu/mfu.py, issue 15);
 #  3. QLoRA LoRA and FLARE trials through the sweep command (benchmarks/gpu/qlora-flare.yaml), then their
 #     per-epoch tokens/s and peak GPU memory from MLflow;
 #  4. a DeepSpeed ZeRO-3 trial (one GPU, NCCL) whose adapter-only checkpoint must load back.
@@ -12,6 +13,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STAT
 if ls .devbundle/part-* >/dev/null 2>&1 && [ ! -e /tmp/site/.unpacked ]; then
     cat .devbundle/part-* | xz -d | tar -x -C /tmp/site && touch /tmp/site/.unpacked || { echo "bundle: unpack failed"; exit 3; }
 fi
+chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet  # wheels unzipped without modes
+# Offline: transformers would fetch hub kernels (kernels-community/rotary) for Llama on CUDA, and fail.
+export USE_HUB_KERNELS=NO
 export PYTHONPATH=/tmp/site:$PWD
 PY=python3
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -22,16 +26,20 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
 step "decoder"
 [ -d /tmp/llama-1b ] || $PY benchmarks/gpu/decoder.py /tmp/llama-1b --layers "${LAYERS:-16}" 2>&1 | tail -2
 
+step "bf16 step time and MFU: LoRA, FLARE, FLARE cached (benchmarks/gpu/mfu.py)"
+timeout "${MFU_TIMEOUT:-150}" $PY benchmarks/gpu/mfu.py /tmp/llama-1b --json "$OUT/mfu.json" > "$OUT/mfu.txt" 2>&1
+echo "exit status $?"; grep -v -E "Warning|warn|Loading" "$OUT/mfu.txt" | tail -12
+
 step "QLoRA LoRA vs FLARE through python -m flare_ray.tune"
 rm -rf /tmp/flare-gpu/out /tmp/flare-gpu/mlflow.db
-timeout "${TUNE_TIMEOUT:-300}" $PY -m flare_ray.tune benchmarks/gpu/qlora-flare.yaml \
+timeout "${TUNE_TIMEOUT:-220}" $PY -m flare_ray.tune benchmarks/gpu/qlora-flare.yaml \
     --set model.name_or_path=/tmp/llama-1b ${TUNE_SET:-} > "$OUT/tune-console.txt" 2>&1
 echo "exit status $?"; grep -E "epoch|done|FAILED|error" "$OUT/tune-console.txt" | head -20
 $PY benchmarks/gpu/summary.py sqlite:////tmp/flare-gpu/mlflow.db gpu-qlora-flare 2>&1 | tee "$OUT/qlora-summary.txt"
 
 if [ "${ZERO3:-1}" = 1 ]; then
     step "DeepSpeed ZeRO-3 (1 GPU) through python -m flare_ray.tune"
-    timeout "${ZERO3_TIMEOUT:-200}" $PY -m flare_ray.tune benchmarks/gpu/qlora-flare.yaml \
+    timeout "${ZERO3_TIMEOUT:-150}" $PY -m flare_ray.tune benchmarks/gpu/qlora-flare.yaml \
         --set model.name_or_path=/tmp/llama-1b --set model.quantization=none --set name=gpu-zero3 \
         --set 'search.grid={method.kind: [flare]}' --set training.epochs=1 \
         --set 'scaling.deepspeed={zero_optimization: {stage: 3}}' > "$OUT/zero3-console.txt" 2>&1

@@ -3,7 +3,8 @@
 The source pass runs the frozen base model (or FLARE-MT's frozen MT encoder) on fixed text with dropout
 off, so an example's representations are the same in every epoch and every trial on the same model. A
 :class:`SourceCache` keeps them per example, keyed by the example's own source token ids (which already
-say the text, the tokenizer and the truncation), in half precision and only its real tokens. One cache
+say the text, the tokenizer and the truncation), in half precision and only its real tokens, where the
+source pass ran (the GPU on a GPU). One cache
 serves one model state: the owner keys it by the base model, stage 1, the source representation and the
 fused sites (:mod:`flare_ray.training.source_cache`).
 
@@ -28,11 +29,15 @@ from .source import SourceStates
 
 @dataclass
 class SourceCache:
-    """Per-example source representations, at most ``max_bytes`` of them, stored as ``dtype`` on ``device``."""
+    """Per-example source representations, at most ``max_bytes`` of them, stored as ``dtype`` on ``device``.
+
+    By default (``None``) rows stay where the source pass ran (a GPU's memory on a GPU: reading them back
+    then costs no host transfer, so ``max_bytes`` is GPU memory there) in the pass's precision when it is
+    bfloat16, else float16."""
 
     max_bytes: int
-    dtype: torch.dtype = torch.float16
-    device: torch.device | str = "cpu"
+    dtype: torch.dtype | None = None
+    device: torch.device | str | None = None
     hits: int = 0  # rows read back
     misses: int = 0  # rows computed (stored, or not once full)
     full: bool = False  # a row was not stored: the limit is reached
@@ -91,23 +96,26 @@ class CachedSource:
             tensors, layout = _unique(states.hidden)
             if cache.layout is None:
                 cache.layout = layout
+            if cache.device is None:
+                cache.device = ids.device
+            if cache.dtype is None:
+                cache.dtype = torch.bfloat16 if tensors[0].dtype == torch.bfloat16 else torch.float16
             for j, i in enumerate(missing):
-                row = [t[j][real[i]].to(cache.dtype) for t in tensors]
-                computed[i] = row
-                cache.store(keys[i], [t.to(cache.device) for t in row])
+                computed[i] = [t[j][real[i]].to(cache.device, cache.dtype) for t in tensors]
+                cache.store(keys[i], computed[i])
         cache.misses += len(missing)
         cache.hits += len(keys) - len(missing)
         layout = cache.layout
         rows = [computed[i] if i in computed else cache.rows[key] for i, key in enumerate(keys)]
         # In the precision the source pass would give: autocast's, else float32 (a float16 tensor beside a
-        # bfloat16 autocast region is refused by some CPU kernels).
+        # bfloat16 autocast region is refused by some CPU kernels). One copy per tensor, not per row.
         device = ids.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
         hidden = []
         with torch.autocast(device, enabled=False):  # CPU autocast refuses to promote float16 (torch.cat)
             for slot in range(len(rows[0])):
                 out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=dtype, device=ids.device)
-                out[real] = torch.cat([row[slot].to(ids.device, dtype) for row in rows])
+                out[real] = torch.cat([row[slot] for row in rows]).to(ids.device, dtype, non_blocking=True)
                 hidden.append(out)
         if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)
             return SourceStates(hidden=hidden[0], attention_mask=mask)

@@ -15,6 +15,7 @@ read the target language.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 import torch
@@ -142,6 +143,10 @@ def load_model(
     head = resolve_head(family, head)
     path = resolve_name_or_path(name_or_path)
     kwargs: dict = {"dtype": DTYPES[dtype]}
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # where `kernels` is installed, Llama on CUDA would fetch a hub kernel, and fail
+        os.environ.setdefault("USE_HUB_KERNELS", "NO")
     if head == "generative":
         auto = AutoModelForSeq2SeqLM if family is ArchitectureFamily.ENCODER_DECODER else AutoModelForCausalLM
     elif labels is None:
