@@ -18,6 +18,7 @@ and Ray Train, and the process that trains imports the training code itself.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ STARTED_KEY = "trial_started"  # in the loop config: when Tune started the trial
 # has it, every trial's driver (Tune's trial actor, and the Train controller placed beside it) asks for one
 # unit, so it runs on the head and a preempted GPU node takes only the trial's workers with it.
 DRIVER_RESOURCE = "trial_driver"
+REUSE_WAIT_SECONDS = 120  # how long a reused trial process waits for its previous trial to unwind
 
 
 def logs_folder(storage_path: str) -> Path:
@@ -54,6 +56,11 @@ def trial_log(storage_path: str, search: str, trial: str) -> Path:
 def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str, seeds: list[int | None],
               search: str = "search") -> None:
     """The Tune trainable of a search: one trial of ``experiment`` with Tune's ``sample`` written in."""
+    # Tune reuses this process for a later trial once this one ended or ASHA stopped it, and waits for this
+    # function to return first: 2 s by default, after which it fails the *later* trial ("Trainable runner
+    # reuse requires reset_config() ..."). Unwinding a stopped trial (its epoch's report, freeing its model)
+    # takes longer on a busy node.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_SECONDS))
     config = apply_sample(experiment, seeded(sample, seeds))
     name = ray.tune.get_context().get_trial_name()
     loop_config = {"experiment": config, "language": language, LOG_KEY: str(trial_log(config.storage_path, search, name)),
