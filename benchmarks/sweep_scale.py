@@ -10,10 +10,11 @@ localhost port, sqlite behind it). Only the training recipe is replaced, in ever
 reports, per epoch (loss, validation score, throughput) and at the end (test scores), and writes a small
 checkpoint (an adapter of a few KB, the trial config, predictions) whenever the epoch is the best.
 
-The driver's overhead per trial is the sweep's wall time divided by its trials: the trials themselves
-take ~0 s and run ``--concurrent`` at once, so the driver (searcher, Tune's loop, the MLflow callback,
-checkpoint registration) is what the sweep waits on. The MLflow callback's and the searcher's own time
-is measured beside it.
+The driver's overhead per trial: the CPU time of the driver process (Tune's loop, the searcher, the MLflow
+callback and its writer threads, Ray's core worker) over the sweep, divided by its trials; beside it the
+wall time per trial (the trials take ~0 s and run ``--concurrent`` at once, but share this machine's cores
+with the simulated nodes and the MLflow server), and the time spent in the MLflow callback's hooks and the
+searcher's calls (in Tune's loop, which they hold up).
 
     python benchmarks/sweep_scale.py                       # 100, 300 and 1,000 trials; appends to RESULTS.md
     python benchmarks/sweep_scale.py --trials 50 --results -
@@ -56,7 +57,7 @@ def quality(sample: dict[str, Any]) -> float:
 def stand_in(loop_config: dict[str, Any]) -> None:
     """In place of ``train_loop_per_worker``: the recipe's reports and checkpoints, without training."""
     from flare_ray.training import session
-    from flare_ray.training.loop import _checkpoint, _final
+    from flare_ray.training.loop import _checkpoint
 
     experiment, language = loop_config["experiment"], loop_config["language"]
     metric = experiment.search.metric
@@ -74,8 +75,13 @@ def stand_in(loop_config: dict[str, Any]) -> None:
             checkpoint = _checkpoint(None, experiment, language, epoch, {"validation": _predictions()})
             _adapter(checkpoint)
         session.report(metrics, checkpoint)
-    _final(experiment, language, 0, None, experiment.training.epochs, best, {"macro_f1": top - 5.0, "accuracy": top},
-           {"validation": _predictions(), "test": _predictions()})  # fmt: skip
+    # the recipe's last result (loop._final): the best score again, the test scores, the best adapter
+    final = {"epoch": experiment.training.epochs, "final": True, "best_epoch": best["epoch"], metric: best["score"],
+             "test/macro_f1": top - 5.0, "test/accuracy": top}  # fmt: skip
+    checkpoint = _checkpoint(None, experiment, language, best["epoch"], {"validation": _predictions(),
+                             "test": _predictions()}, {"final": final})  # fmt: skip
+    _adapter(checkpoint)
+    session.report(final, checkpoint)
 
 
 def _predictions():
@@ -181,7 +187,7 @@ def experiment(name: str, trials: int, concurrent: int, storage: Path, tracking_
 
 @contextlib.contextmanager
 def timed(owner: type, names: list[str], seconds: dict[str, float]) -> Iterator[None]:
-    """Add the time spent in ``owner``'s methods ``names`` (on this process's threads) to ``seconds``."""
+    """Add the time spent in ``owner``'s methods ``names`` to ``seconds["<owner>.<name>"]``."""
     saved = {name: getattr(owner, name) for name in names}
 
     def wrap(name, method):
@@ -190,7 +196,7 @@ def timed(owner: type, names: list[str], seconds: dict[str, float]) -> Iterator[
             try:
                 return method(*args, **kwargs)
             finally:
-                seconds[name] += time.perf_counter() - started
+                seconds[f"{owner.__name__}.{name}"] += time.perf_counter() - started
         return timed_method
 
     for name, method in saved.items():
@@ -214,13 +220,24 @@ def sweep(trials: int, concurrent: int, root: Path, tracking_uri: str, cpus: flo
     name = f"scale-{trials}"
     config = experiment(name, trials, concurrent, root / name, tracking_uri, cpus)
     seconds: dict[str, float] = defaultdict(float)
+    callbacks: list[MLflowTrialCallback] = []  # the sweep's, to count their failed writes
+    made = MLflowTrialCallback.__init__
+
+    def init(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        callbacks.append(self)
+
     callback_methods = ["on_trial_result", "on_checkpoint", "on_trial_complete", "on_trial_error"]
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
             timed(MLflowTrialCallback, callback_methods, seconds), \
             timed(OptunaSearch, ["suggest", "on_trial_result", "on_trial_complete"], seconds):  # fmt: skip
-        started = time.perf_counter()
-        summary = run_sweep(config, console=Console(stream=quiet))
-        wall = time.perf_counter() - started
+        MLflowTrialCallback.__init__ = init
+        try:
+            started, cpu = time.perf_counter(), time.process_time()
+            summary = run_sweep(config, console=Console(stream=quiet))
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            MLflowTrialCallback.__init__ = made
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(config.tracking.experiment_name).experiment_id
     parent = summary.parent_run_id
@@ -233,12 +250,13 @@ def sweep(trials: int, concurrent: int, root: Path, tracking_uri: str, cpus: flo
     metric = config.search.metric
     best_run = max(runs, key=lambda r: r.data.metrics.get(metric, -math.inf))
     selected = summary.languages[0]
-    callback = sum(seconds[n] for n in callback_methods)
-    searcher = seconds["suggest"] + seconds["on_trial_result"] + seconds["on_trial_complete"]
+    callback = sum(seconds[f"MLflowTrialCallback.{n}"] for n in callback_methods)
+    searcher = sum(seconds[f"OptunaSearch.{n}"] for n in ("suggest", "on_trial_result", "on_trial_complete"))
     return {
-        "trials": trials, "wall_s": wall, "per_trial_ms": 1000 * wall / trials,
+        "trials": trials, "wall_s": wall, "per_trial_ms": 1000 * wall / trials, "driver_cpu_ms": 1000 * cpu / trials,
         "mlflow_callback_ms": 1000 * callback / trials, "searcher_ms": 1000 * searcher / trials,
-        "failed_trials": summary.failed, "runs": len(runs), "trials_with_runs": len(per_trial),
+        "failed_writes": sum(len(c.writers.errors) for c in callbacks),
+        "failed_trials": summary.failed, "tune_trials": summary.trials, "runs": len(runs), "trials_with_runs": len(per_trial),
         "duplicate_runs": sum(n - 1 for n in per_trial.values() if n > 1),
         "finished_runs": sum(r.info.status == "FINISHED" for r in runs),
         "best_reported": best_run.data.metrics[metric], "best_trial": best_run.data.tags[TRIAL_TAG],
@@ -256,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs each node offers")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
                         help="the Markdown file the results are appended to ('-': none)")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write each sweep's row here")
     args = parser.parse_args(argv)
     from flare_ray.logs import log_to_file, quiet_libraries
 
@@ -270,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         for trials in args.trials:
             row = sweep(trials, args.concurrent, root, url, cpus)
             rows.append(row)
-            print(f"  {trials:>5} trials: {row['wall_s']:.0f} s, {row['per_trial_ms']:.0f} ms/trial (MLflow callback "
+            print(f"  {trials:>5} trials: {row['wall_s']:.0f} s, {row['per_trial_ms']:.0f} ms/trial, driver CPU "
+                  f"{row['driver_cpu_ms']:.0f} ms/trial (MLflow callback "
                   f"{row['mlflow_callback_ms']:.0f} ms, searcher {row['searcher_ms']:.1f} ms); {row['runs']} runs, "
                   f"{row['duplicate_runs']} duplicates, {row['failed_trials']} failed; selected {row['selected_trial']} "
                   f"({row['selected_validation']:.2f}), best reported {row['best_trial']} ({row['best_reported']:.2f})",
@@ -281,15 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/sweep_scale.py`: {args.nodes} Ray nodes x {args.cpus_per_node} CPUs on this machine, "
         f"{args.concurrent} trials at once, {EPOCHS} epochs each, Optuna TPE + ASHA, MLflow server (sqlite).",
         "",
-        "| trials | wall (s) | driver ms / trial | MLflow callback ms / trial | searcher ms / trial | MLflow runs | duplicates | failed | selection = best reported |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| trials | wall (s) | wall ms / trial | driver CPU ms / trial | MLflow callback ms / trial | searcher ms / trial | MLflow runs | duplicates | failed trials | failed MLflow writes | selection = best reported |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         same = row["selected_trial"] == row["best_trial"]
-        lines.append(f"| {row['trials']} | {row['wall_s']:.0f} | {row['per_trial_ms']:.0f} | {row['mlflow_callback_ms']:.0f} | "
-                     f"{row['searcher_ms']:.1f} | {row['runs']} | {row['duplicate_runs']} | {row['failed_trials']} | "
+        lines.append(f"| {row['trials']} | {row['wall_s']:.0f} | {row['per_trial_ms']:.0f} | {row['driver_cpu_ms']:.0f} | {row['mlflow_callback_ms']:.0f} | "
+                     f"{row['searcher_ms']:.1f} | {row['runs']} | {row['duplicate_runs']} | {row['failed_trials']} | {row['failed_writes']} | "
                      f"{'yes' if same else 'NO'} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     print()
     print(text)
     if str(args.results) != "-":

@@ -70,6 +70,19 @@ def upload(folder: str | Path, destination: str) -> None:
                           destination_filesystem=filesystem)
 
 
+def download(source: str, folder: str | Path) -> None:
+    """Copy the files under ``source`` (a local folder or a URI) into the local ``folder``."""
+    import pyarrow.fs
+
+    if not is_remote(source):
+        shutil.copytree(local_folder(source), folder, dirs_exist_ok=True)
+        return
+    filesystem, path = _filesystem(source)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(path, str(folder), source_filesystem=filesystem,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
 def exists(path: str | Path) -> bool:
     """Whether a file or folder exists: a local path or a URI."""
     if not is_remote(path):

@@ -173,23 +173,48 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_in_a_sweep_the_second_epoch_and_the_next_trial_read_the_cache(tmp_path):
-    """Through `python -m flare_ray.tune`: two FLARE trials one after the other (Tune reuses the first one's
-    process for the second): the first trial's second epoch and the second trial's first epoch read every
-    source row back; every trial logs its start-up time."""
+def test_in_a_sweep_one_trial_builds_the_shared_cache_and_the_other_reads_it(tmp_path):
+    """Through `python -m flare_ray.tune`: two FLARE trials at once, in two processes. One builds the sweep's
+    shared rows before its first step, the other waits for them and reads them by memory map; both read
+    every source row back in every epoch, and log their start-up time."""
     from .test_platform import mlflow_runs, run_tune
 
-    run_tune(tmp_path, "search.space={}", "search.num_samples=2", "search.max_concurrent_trials=1",
+    run_tune(tmp_path, "search.space={}", "search.num_samples=2", "search.max_concurrent_trials=2",
              "search.scheduler=null", "training.epochs=2")  # fmt: skip
     client, _, children = mlflow_runs(tmp_path)
-    children.sort(key=lambda r: r.info.start_time)
+    assert len(children) == 2
     rates = [[m.value for m in sorted(client.get_metric_history(c.info.run_id, "train/source_cache_hit_rate"),
                                       key=lambda m: m.step)] for c in children]  # fmt: skip
-    assert rates[0][0] < 0.5 and rates[0][1] == 1.0, rates  # computed in epoch 1, read back in epoch 2
-    assert rates[1] == [1.0, 1.0], rates  # the next trial, in the same process: every row read back
-    rows = [c.data.metrics["train/source_cache_rows"] for c in children]
-    assert rows[1] >= rows[0] > 0  # the first trial's rows (and after its last epoch, its test split's) are kept
+    assert rates == [[1.0, 1.0], [1.0, 1.0]], rates  # the rows were there before the first step
+    logs = [f.read_text() for f in (tmp_path / "logs").rglob("run_trial_*.log")]
+    built = [line for text in logs for line in text.splitlines() if line.startswith("source cache: built")]
+    read = [line for text in logs for line in text.splitlines() if line.startswith("source cache: read")]
+    assert len(built) == 1 and len(read) == 1, logs  # built once, never twice
+    [folder] = (tmp_path / "source_cache").iterdir()
+    assert (folder / "complete").is_file() and (folder / "rows.safetensors").stat().st_size > 0
     assert all(c.data.metrics["startup/trial_seconds"] > 0 for c in children)
+    assert all("startup/source_cache_seconds" in c.data.metrics for c in children)
+
+
+def test_saved_rows_are_read_back_by_another_cache_and_give_the_same_step(tiny_path, tmp_path):
+    """A cache written to a folder (as the sweep's shared copy is) and opened by a new cache (another
+    process's): every row is read from the memory-mapped shards, none computed, and the step equals the
+    uncached one within half precision."""
+    from flare_ray.fusion import SourceShards
+
+    fm, _, t, s, labels = training_setup(tiny_path, "encoder", "add_relu")
+    uncached = step(fm, t, s, labels)
+    writer = SourceCache(max_bytes=64 * MiB)
+    fm.cache_source(writer)
+    step(fm, t, s, labels)
+    writer.save(tmp_path / "rows")
+    reader = SourceCache(max_bytes=64 * MiB, shards=SourceShards(tmp_path / "rows"))
+    fm.cache_source(reader)
+    shared = step(fm, t, s, labels)
+    assert len(reader.shards) == len(writer) == 2
+    assert (reader.hits, reader.misses, len(reader)) == (2, 0, 2)  # read from the shards, then held in memory
+    assert_same_step(shared, uncached)
+    assert step(fm, t, s, labels) and (reader.hits, reader.misses) == (4, 0)
 
 
 def test_the_cache_under_bf16_autocast_on_the_cpu(tiny_path):

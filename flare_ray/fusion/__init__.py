@@ -15,7 +15,7 @@ from .config import FlareConfig, SourceRepresentation, resolve_layers
 
 if TYPE_CHECKING:
     from .alignment import Alignment, align
-    from .cache import CachedSource, SourceCache
+    from .cache import CachedSource, SourceCache, SourceShards
     from .functions import FUSION_FUNCTIONS, FusionFunction, register_fusion
     from .model import (
         FlareModel,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # name -> the submodule that defines it (imported on first access)
 _LAZY = {
     "Alignment": "alignment", "align": "alignment", "CachedSource": "cache", "SourceCache": "cache",
+    "SourceShards": "cache",
     "FUSION_FUNCTIONS": "functions", "FusionFunction": "functions", "register_fusion": "functions",
     "FlareModel": "model", "FusionContext": "model", "FusionNotAppliedError": "model",
     "default_task_type": "model", "get_flare_model": "model", "untrained_task_heads": "model",
@@ -66,6 +67,7 @@ __all__ = [
     "FusionPlan",
     "FusionSite",
     "SourceCache",
+    "SourceShards",
     "SourceRepresentation",
     "SourceStates",
     "align",

@@ -11,14 +11,19 @@ fused sites (:mod:`flare_ray.training.source_cache`).
 :class:`CachedSource` is a source provider (see :mod:`~flare_ray.fusion.provider`) around the model's own
 one: rows it holds are read back, the others computed by the inner provider in one sub-batch and stored,
 until the cache reaches its size limit; past it, missing rows are computed every time (and the cache says
-so in :attr:`SourceCache.full`). Positions that are padding get zeros instead of the pass's values there,
+so in :attr:`SourceCache.full`). A cache can be written to a folder (:meth:`SourceCache.save`: one
+safetensors file per stored tensor of a row, rows end to end, and a JSON index) and another process, on
+any node, reads it back by memory map (:class:`SourceShards`, given as ``SourceCache.shards``): rows it
+holds are copied into the cache when first read. Positions that are padding get zeros instead of the pass's values there,
 which no fusion reads (they are masked), so a cached step equals an uncached one up to the half precision.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -44,9 +49,38 @@ class SourceCache:
     rows: dict[bytes, list[torch.Tensor]] = field(default_factory=dict)
     layout: dict[str, int] | None = None  # fused module -> its tensor among a row's (sites of a block share one)
     nbytes: int = 0
+    shards: "SourceShards | None" = None  # rows written by another process (read-only), read when not in ``rows``
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def get(self, key: bytes) -> list[torch.Tensor] | None:
+        """The row of ``key``: from memory, else from the shards (then kept in memory, room permitting)."""
+        row = self.rows.get(key)
+        if row is None and self.shards is not None:
+            row = self.shards.get(key)
+            if row is not None:
+                if self.layout is None:
+                    self.layout = self.shards.layout
+                row = [t.to(self.device or "cpu") for t in row]
+                self.store(key, row)
+        return row
+
+    def save(self, folder: Path) -> None:
+        """Write the rows held in memory to ``folder`` (made; read back with :class:`SourceShards`)."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = list(self.rows)
+        slots = len(self.rows[keys[0]]) if keys else 0
+        index, start = {}, 0
+        for key in keys:
+            length = self.rows[key][0].shape[0]
+            index[key.hex()] = [start, length]
+            start += length
+        tensors = {f"slot{i}": torch.cat([self.rows[k][i].cpu() for k in keys]) for i in range(slots)}
+        save_file(tensors, str(folder / SHARDS_FILE))
+        (folder / INDEX_FILE).write_text(json.dumps({"layout": self.layout, "rows": index}))
 
     def stats(self, since: tuple[int, int] = (0, 0)) -> dict[str, float]:
         """The share of rows read back among those looked up after ``since`` (``(hits, misses)`` then), the
@@ -85,8 +119,11 @@ class CachedSource:
             return None
         ids, mask = inputs
         cache, real = self.cache, mask.bool()
+        if cache.device is None:
+            cache.device = ids.device
         keys = row_keys(ids, mask)
-        missing = [i for i, key in enumerate(keys) if key not in cache.rows]
+        found = {i: row for i, key in enumerate(keys) if (row := cache.get(key)) is not None}
+        missing = [i for i in range(len(keys)) if i not in found]
         computed: dict[int, list[torch.Tensor]] = {}
         if missing:
             index = torch.tensor(missing, device=ids.device)
@@ -96,8 +133,6 @@ class CachedSource:
             tensors, layout = _unique(states.hidden)
             if cache.layout is None:
                 cache.layout = layout
-            if cache.device is None:
-                cache.device = ids.device
             if cache.dtype is None:
                 cache.dtype = torch.bfloat16 if tensors[0].dtype == torch.bfloat16 else torch.float16
             for j, i in enumerate(missing):
@@ -106,7 +141,7 @@ class CachedSource:
         cache.misses += len(missing)
         cache.hits += len(keys) - len(missing)
         layout = cache.layout
-        rows = [computed[i] if i in computed else cache.rows[key] for i, key in enumerate(keys)]
+        rows = [computed[i] if i in computed else found[i] for i in range(len(keys))]
         # In the precision the source pass would give: autocast's, else float32 (a float16 tensor beside a
         # bfloat16 autocast region is refused by some CPU kernels). One copy per tensor, not per row.
         device = ids.device.type
@@ -115,7 +150,7 @@ class CachedSource:
         with torch.autocast(device, enabled=False):  # CPU autocast refuses to promote float16 (torch.cat)
             for slot in range(len(rows[0])):
                 out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=dtype, device=ids.device)
-                out[real] = torch.cat([row[slot] for row in rows]).to(ids.device, dtype, non_blocking=True)
+                out[real] = torch.cat([row[slot].to(cache.device) for row in rows]).to(ids.device, dtype, non_blocking=True)
                 hidden.append(out)
         if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)
             return SourceStates(hidden=hidden[0], attention_mask=mask)
@@ -135,3 +170,30 @@ def _unique(hidden: dict[str, torch.Tensor] | torch.Tensor) -> tuple[list[torch.
             tensors.append(tensor)
         layout[name] = slots[id(tensor)]
     return tensors, layout
+
+
+SHARDS_FILE, INDEX_FILE = "rows.safetensors", "index.json"
+
+
+class SourceShards:
+    """Rows a :class:`SourceCache` saved to ``folder``, read by index from a memory map (nothing is loaded
+    until a row is asked for)."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        index = json.loads((Path(folder) / INDEX_FILE).read_text())
+        self.layout: dict[str, int] | None = index["layout"]
+        self.index = {bytes.fromhex(k): v for k, v in index["rows"].items()}
+        self._file = safe_open(str(Path(folder) / SHARDS_FILE), framework="pt")
+        self._slots = [self._file.get_slice(name) for name in sorted(self._file.keys(), key=lambda n: int(n[4:]))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, key: bytes) -> list[torch.Tensor] | None:
+        where = self.index.get(key)
+        if where is None:
+            return None
+        start, length = where
+        return [slot[start : start + length] for slot in self._slots]

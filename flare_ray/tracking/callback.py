@@ -3,11 +3,20 @@
 :class:`MLflowTrialCallback` (a Ray Tune callback, on the Tune RunConfig) opens
 a nested child run per trial, found again by the trial id on resume, so a
 resumed sweep never duplicates runs.
+
+Tune calls its callbacks in the loop that drives every trial, so only what must be there is: creating a
+trial's run (one request). Its params, each epoch's metrics, the artifacts and its end go to background
+writers, in order per run (:class:`OrderedWriters`), and the search waits for them at its end
+(:meth:`MLflowTrialCallback.flush`) before anything reads the runs back.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +32,10 @@ from ray.tune.integration.ray_train import (
 from flare_ray.secrets import redact
 from flare_ray.storage import is_remote, local_copy
 
-from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, find_run, log_params
+from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, child_runs, log_params
 
 ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
+log = logging.getLogger(__name__)
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -36,6 +46,38 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
         if "/" in key or key in {"epoch", "best_epoch"}:
             out[key] = float(value)
     return out
+
+
+class OrderedWriters:
+    """A few writer threads; the writes of one run go to the same thread, so they happen in order. A write
+    that fails (after the MLflow client's own retries) is logged and counted in :attr:`errors`."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") for _ in range(threads)]
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def submit(self, run_id: str, what: str, write: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                write()
+            except Exception as err:  # noqa: BLE001 - one lost write must not stop the others, nor the sweep
+                message = f"MLflow run {run_id}: {what} failed: {redact(str(err))[:500]}"
+                log.error(message)
+                with self._lock:
+                    self.errors.append(message)
+
+        future = self._pools[zlib.crc32(run_id.encode()) % len(self._pools)].submit(guarded)
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()] + [future]
+
+    def wait(self) -> None:
+        """Until every write submitted so far is done."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
 
 class MLflowTrialCallback(Callback):
@@ -60,31 +102,46 @@ class MLflowTrialCallback(Callback):
         self.metric = metric
         self.mode = mode
         self.describe = describe or (lambda config: (dict(config), {}))
+        self.client = MlflowClient(tracking_uri)
+        self.writers = OrderedWriters()
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self._earlier: dict[str, str] | None = None  # the parent's child runs from before a resume, read once
+        self._experiment_id: str | None = None
         self._checkpoints: dict[str, str] = {}  # trial id -> its latest (best) checkpoint
 
-    @property
-    def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+    def __getstate__(self) -> dict[str, Any]:  # Tune keeps its callbacks in the experiment state (--resume)
+        state = self.__dict__.copy()
+        for live in ("client", "writers", "_earlier"):
+            state.pop(live)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None)
+
+    def _existing(self, trial_id: str) -> str | None:
+        """The run of ``trial_id`` made before a resume: all of the parent's child runs are read once (one
+        paged search), not looked up by tag for every trial."""
+        if self._earlier is None:
+            self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+            self._earlier = {run.data.tags.get(TRIAL_TAG): run.info.run_id
+                             for run in child_runs(self.client, self._experiment_id, self.parent_run_id)}  # fmt: skip
+        return self._earlier.get(trial_id)
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        client = self.client
-        parent = client.get_run(self.parent_run_id)
-        experiment_id = parent.info.experiment_id
-        found = find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+        found = self._existing(trial.trial_id)
         if found is not None:
-            run_id = found.info.run_id
-            client.update_run(run_id, status="RUNNING")
+            run_id = found
+            self.writers.submit(run_id, "status", lambda: self.client.update_run(run_id, status="RUNNING"))
         else:
             params, tags = self.describe(trial.config)
-            run = client.create_run(experiment_id, tags={
+            run = self.client.create_run(self._experiment_id, tags={
                 **{k: redact(v) for k, v in tags.items()}, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
                 TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language,
             })  # fmt: skip
             run_id = run.info.run_id
-            log_params(client, run_id, {**params, "language": self.language})
+            self.writers.submit(run_id, "params", lambda: log_params(self.client, run_id, {**params, "language": self.language}))
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -96,7 +153,8 @@ class MLflowTrialCallback(Callback):
             metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
         if metrics:
             now = int(1000 * result.get("timestamp", 0)) or 0
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+            batch = [Metric(k, v, now, step) for k, v in metrics.items()]
+            self.writers.submit(run_id, f"metrics of step {step}", lambda: self.client.log_batch(run_id, metrics=batch))
         if result.get(CHECKPOINT_PATH_KEY):  # the loop checkpoints only a new best (and last the best again)
             self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]  # a Ray Train run's, via Tune
 
@@ -104,15 +162,18 @@ class MLflowTrialCallback(Callback):
         self._checkpoints[trial.trial_id] = checkpoint.path  # a trial that trained in its own process
 
     def _finish(self, trial: Trial, status: str) -> None:
-        client = self.client
         if trial.trial_id not in self._runs:  # a run of this trial from before a resume, or none: it never reported
-            experiment_id = client.get_run(self.parent_run_id).info.experiment_id
-            found = find_run(client, experiment_id, {TRIAL_TAG: trial.trial_id, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+            found = self._existing(trial.trial_id)
             if found is None:
                 return
-            self._runs[trial.trial_id] = found.info.run_id
+            self._runs[trial.trial_id] = found
         run_id = self._runs[trial.trial_id]
         path = self._checkpoints.get(trial.trial_id)
+        self.writers.submit(run_id, "artifacts and end", lambda: self._end_run(run_id, path, status))
+
+    def _end_run(self, run_id: str, path: str | None, status: str) -> None:
+        """The best checkpoint's adapter and predictions as artifacts, where it is, and the run's end."""
+        client = self.client
         if path:
             with local_copy(path, self.storage_path) as folder:
                 folder = Path(folder)
@@ -130,8 +191,18 @@ class MLflowTrialCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         # Why, on its MLflow run (the full trace is in the trial's error file); a trial that failed before its
         # first result (e.g. a NaN loss in the first epoch) gets its run here, so every failure is on record.
-        self.client.set_tag(self.run_id(trial), ERROR_TAG, redact(trial_error(trial))[:5000])
+        run_id, error = self.run_id(trial), redact(trial_error(trial))[:5000]
+        self.writers.submit(run_id, "error tag", lambda: self.client.set_tag(run_id, ERROR_TAG, error))
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for every write so far (the sweep reads the runs back next); say how many failed."""
+        self.writers.wait()
+        if self.writers.errors:
+            log.warning("%d MLflow write(s) of %s's trials failed (see above)", len(self.writers.errors), self.language)
 
 
 def checkpoint_uri(path: str, storage_path: str) -> str:

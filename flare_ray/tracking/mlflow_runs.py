@@ -96,6 +96,18 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]):
     return runs[0] if runs else None
 
 
+def child_runs(client: MlflowClient, experiment_id: str, parent: str) -> list:
+    """Every child run of ``parent`` (all pages of the search)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+                                  max_results=1000, page_token=token)  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def start_parent_run(
     client: MlflowClient,
     experiment_name: str,

@@ -44,7 +44,7 @@ from .adapter import METHODS
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .setup import build_trial, optimizer_steps, train_loader
-from .source_cache import attach_source_cache
+from .source_cache import attach_source_cache, share_source_cache
 from .state_files import has_state, load_state, save_state
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
@@ -70,6 +70,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
     cache = attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: each source pass once
+    shared = None
+    if cache is not None:  # the sweep's rows of this model state, built by the first trial that needs them
+        records = [r for role in ("train", "validation", "test") for r in trial.splits[role]]
+        shared = share_source_cache(cache, trial.model, experiment, trial.encoder, records, engine.device, engine.autocast())
+        if shared["source_cache"] != "in memory":
+            print(f"source cache: {shared['source_cache']} {shared['where']} in {shared['seconds']:.1f} s "
+                  f"({len(cache.shards) if cache.shards is not None else 0} rows there)", flush=True)
 
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
@@ -96,6 +103,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["resumed_from_epoch"] = first - 1
         if epoch == first:  # what the trial paid before its first step: from Tune's start, and its process's
             metrics.update(startup)
+            if shared is not None:
+                metrics["startup/source_cache_seconds"] = shared["seconds"]
         scores, predictions = _evaluate(engine, trial, "validation", epoch, rank, world, loss=True)
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
         if cache is not None:  # this epoch's lookups (training and validation), and what the cache holds

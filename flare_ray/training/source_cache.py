@@ -1,37 +1,154 @@
-"""Which source cache a trial's FLARE model reads through (:mod:`flare_ray.fusion.cache`).
+"""Which source cache a trial's FLARE model reads through (:mod:`flare_ray.fusion.cache`), and the sweep's
+shared copy of it.
 
 One cache per trial process, for one model state: the base model, its stage-1 merge, quantization and
-dtype, the source representation, the fused sites and FLARE-MT's encoder. Rows are keyed by their source
-token ids, so the tokenizer, the text and the truncation need no key of their own. Tune runs the next
-trial of a search in the same process where it can, so a later trial on the same model state reads the
-rows the earlier ones computed; a trial on another state replaces the cache (one at a time, so its size
-limit holds per process).
+dtype, the precision, the source representation, the fused sites and FLARE-MT's encoder. Rows are keyed
+by their source token ids, so the tokenizer, the text and the truncation need no key of their own. Tune
+runs the next trial of a search in the same process where it can, so a later trial on the same model
+state reads the rows the earlier ones computed; a trial on another state replaces the cache (one at a
+time, so its size limit holds per process).
+
+Shared by every process and node of the sweep (:func:`share_source_cache`): the first trial of a model
+state builds it before its first step, with the source pass over its training and validation records
+(the pass it would otherwise run during its first epoch), and writes it to the sweep's storage,
+``<storage_path>/source_cache/<state>/`` (safetensors rows and a JSON index; ``complete`` last). A named
+Ray actor lets one trial build a state at a time; the others wait for ``complete``, then read the rows by
+memory map (after one download per node where the storage is remote). A builder that fails gives its claim
+back and a waiting trial builds instead; one that dies leaves the others to compute their own rows after
+:data:`WAIT_SECONDS`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable
 
-from flare_ray.fusion import FlareModel, SourceCache
+import ray
+import torch
+
+from flare_ray.fusion import FlareModel, SourceCache, SourceShards
+from flare_ray.fusion.provider import SourceBatch
+from flare_ray.storage import download, exists, join, local_folder, upload, write_text
 
 if TYPE_CHECKING:
     from flare_ray.experiment import ExperimentConfig
 
 _CURRENT: dict[tuple, SourceCache] = {}
+BUILDS_ACTOR = "flare_ray.source_cache_builds"
+COMPLETE = "complete"
+WAIT_SECONDS = 1800.0  # how long a trial waits for another's build before computing its own rows
+POLL_SECONDS = 1.0
 
 
-def attach_source_cache(model, experiment: "ExperimentConfig", zero3: bool = False) -> SourceCache | None:
+def state_key(model: FlareModel, experiment: ExperimentConfig) -> tuple:
+    flare, spec = experiment.method.flare, experiment.model
+    return (spec.name_or_path, str(spec.stage1), spec.quantization, spec.dtype, experiment.training.precision,
+            str(flare.source_representation), flare.mt_encoder, tuple(site.name for site in model.plan.sites))  # fmt: skip
+
+
+def attach_source_cache(model, experiment: ExperimentConfig, zero3: bool = False) -> SourceCache | None:
     """Give a FLARE ``model`` this process's cache for its model state (a new one where the state changed);
     None where there is nothing to cache (another method), it is off (``training.source_cache_gb: 0``), or
     under ZeRO-3 (a rank that read its rows back would skip a collective pass that the others run)."""
     if not isinstance(model, FlareModel) or experiment.training.source_cache_gb <= 0 or zero3:
         return None
-    flare, spec = experiment.method.flare, experiment.model
-    key = (spec.name_or_path, str(spec.stage1), spec.quantization, spec.dtype,
-           str(flare.source_representation), flare.mt_encoder, tuple(site.name for site in model.plan.sites))  # fmt: skip
+    key = state_key(model, experiment)
     if key not in _CURRENT:
         _CURRENT.clear()
         _CURRENT[key] = SourceCache(max_bytes=int(experiment.training.source_cache_gb * 2**30))
     cache = _CURRENT[key]
     model.cache_source(cache)
     return cache
+
+
+def share_source_cache(cache: SourceCache, model: FlareModel, experiment: ExperimentConfig, encoder,
+                       records: Iterable[Any], device: torch.device, autocast: ContextManager) -> dict[str, Any]:
+    """Point ``cache`` at the sweep's shared rows of the model's state, building them first where no trial
+    has (``records``: the examples whose source rows to build). What happened, for the trial's log and
+    metrics: ``{"source_cache": "read" | "built" | "in memory" | "own", "seconds": ..., "where": ...}``."""
+    if cache.shards is not None:
+        return {"source_cache": "in memory", "seconds": 0.0, "where": ""}
+    digest = hashlib.blake2b(repr(state_key(model, experiment)).encode(), digest_size=12).hexdigest()
+    where = join(experiment.storage_path, "source_cache", digest)
+    started = time.perf_counter()
+    outcome = "read"
+    with _builds() as claim:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not exists(join(where, COMPLETE)):
+            if claim(digest, True):
+                try:  # ``complete`` is written before a claim is given back: look again, now that it is ours
+                    if not exists(join(where, COMPLETE)):
+                        _build(cache, model, encoder, records, experiment.training.eval_batch_size, device, autocast,
+                               where)  # fmt: skip
+                        outcome = "built"
+                finally:
+                    claim(digest, False)  # built, or failed: another trial may build it
+                break
+            if time.monotonic() > deadline:
+                return {"source_cache": "own", "seconds": time.perf_counter() - started, "where": where}
+            time.sleep(POLL_SECONDS)
+    cache.shards = SourceShards(_local(where, digest))
+    return {"source_cache": outcome, "seconds": time.perf_counter() - started, "where": where}
+
+
+def _build(cache: SourceCache, model: FlareModel, encoder, records: Iterable[Any], batch_size: int,
+           device: torch.device, autocast: ContextManager, where: str) -> None:
+    """The source pass over ``records`` into ``cache`` (as the training steps would fill it), then written
+    to ``where`` with ``complete`` last."""
+    rows = list(records)
+    with torch.no_grad(), autocast:
+        for start in range(0, len(rows), batch_size):
+            inputs = encoder.train_batch(rows[start : start + batch_size]).inputs
+            model.source.states(SourceBatch.pop_from({k: v.to(device) for k, v in inputs.items()}))
+    with tempfile.TemporaryDirectory(prefix="flare_ray-source-cache-") as tmp:
+        cache.save(Path(tmp) / "rows")
+        upload(Path(tmp) / "rows", where)
+    write_text(join(where, COMPLETE), f"{len(cache)} rows, {cache.nbytes / 2**30:.3f} GB\n")
+
+
+def _local(where: str, digest: str) -> Path:
+    """A local folder holding the shared rows: the storage's own, or one download per node."""
+    folder = local_folder(where)
+    if folder is not None:
+        return folder
+    copy = Path(tempfile.gettempdir()) / "flare_ray-source-cache" / digest
+    if not (copy / COMPLETE).is_file():
+        partial = copy.with_name(f"{digest}.{os.getpid()}")
+        download(where, partial)
+        with contextlib.suppress(OSError):  # another process of this node may have put its copy there first
+            partial.replace(copy)
+    return copy
+
+
+@contextlib.contextmanager
+def _builds():
+    """``claim(digest, True)``: whether this process may build that state now (no one else is);
+    ``claim(digest, False)``: give it back. Across the Ray cluster, through a named actor; without Ray,
+    always."""
+    if not ray.is_initialized():
+        yield lambda digest, take: True
+        return
+    actor = _Builds.options(name=BUILDS_ACTOR, get_if_exists=True).remote()
+    me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
+    yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
+
+
+@ray.remote(num_cpus=0)
+class _Builds:
+    """Who builds which state now (the named actor behind :func:`_builds`)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+
+    def claim(self, digest: str, owner: str) -> bool:
+        return self.owners.setdefault(digest, owner) == owner
+
+    def release(self, digest: str, owner: str) -> bool:
+        if self.owners.get(digest) == owner:
+            del self.owners[digest]
+        return True
