@@ -27,8 +27,13 @@ step "decoder"
 [ -d /tmp/llama-1b ] || $PY benchmarks/gpu/decoder.py /tmp/llama-1b --layers "${LAYERS:-16}" 2>&1 | tail -2
 
 step "bf16 step time and MFU: LoRA, FLARE, FLARE cached (benchmarks/gpu/mfu.py)"
-timeout "${MFU_TIMEOUT:-150}" $PY benchmarks/gpu/mfu.py /tmp/llama-1b --json "$OUT/mfu.json" > "$OUT/mfu.txt" 2>&1
-echo "exit status $?"; grep -v -E "Warning|warn|Loading" "$OUT/mfu.txt" | tail -12
+for batch in ${MFU_BATCHES:-32}; do
+    timeout "${MFU_TIMEOUT:-150}" $PY benchmarks/gpu/mfu.py /tmp/llama-1b --batch "$batch" --json "$OUT/mfu-$batch.json" \
+        > "$OUT/mfu-$batch.txt" 2>&1
+    echo "exit status $?"; grep -v -E "Warning|warn|Loading" "$OUT/mfu-$batch.txt" | tail -8
+done
+
+[ "${ONLY:-}" = mfu ] && exit 0  # ONLY=mfu: the step-time check alone
 
 step "QLoRA LoRA vs FLARE through python -m flare_ray.tune"
 rm -rf /tmp/flare-gpu/out /tmp/flare-gpu/mlflow.db

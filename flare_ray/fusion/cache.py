@@ -100,7 +100,7 @@ class SourceCache:
 
 def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
     """One key per row: a digest of its real tokens' ids (padding, on either side, does not count)."""
-    ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()
+    ids, mask = input_ids.detach().cpu(), attention_mask.detach().cpu().bool()  # no copy when on the host
     return [hashlib.blake2b(ids[i][mask[i]].numpy().tobytes(), digest_size=16).digest() for i in range(ids.shape[0])]
 
 
@@ -118,10 +118,13 @@ class CachedSource:
         if inputs is None:
             return None
         ids, mask = inputs
-        cache, real = self.cache, mask.bool()
+        cache = self.cache
         if cache.device is None:
             cache.device = ids.device
-        keys = row_keys(ids, mask)
+        # Where the real tokens are, worked out once on the host (one copy; boolean indexing on a GPU would
+        # wait for the device at every use) and sent back as indices.
+        host_ids, real = ids.detach().cpu(), mask.detach().cpu().bool()
+        keys = row_keys(host_ids, real)
         found = {i: row for i, key in enumerate(keys) if (row := cache.get(key)) is not None}
         missing = [i for i in range(len(keys)) if i not in found]
         computed: dict[int, list[torch.Tensor]] = {}
@@ -136,7 +139,8 @@ class CachedSource:
             if cache.dtype is None:
                 cache.dtype = torch.bfloat16 if tensors[0].dtype == torch.bfloat16 else torch.float16
             for j, i in enumerate(missing):
-                computed[i] = [t[j][real[i]].to(cache.device, cache.dtype) for t in tensors]
+                positions = real[i].nonzero().squeeze(1).to(ids.device, non_blocking=True)
+                computed[i] = [t[j].index_select(0, positions).to(cache.device, cache.dtype) for t in tensors]
                 cache.store(keys[i], computed[i])
         cache.misses += len(missing)
         cache.hits += len(keys) - len(missing)
@@ -146,12 +150,14 @@ class CachedSource:
         # bfloat16 autocast region is refused by some CPU kernels). One copy per tensor, not per row.
         device = ids.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        flat = real.flatten().nonzero().squeeze(1).to(ids.device, non_blocking=True)
         hidden = []
         with torch.autocast(device, enabled=False):  # CPU autocast refuses to promote float16 (torch.cat)
             for slot in range(len(rows[0])):
-                out = torch.zeros(*ids.shape, rows[0][slot].shape[-1], dtype=dtype, device=ids.device)
-                out[real] = torch.cat([row[slot].to(cache.device) for row in rows]).to(ids.device, dtype, non_blocking=True)
-                hidden.append(out)
+                width = rows[0][slot].shape[-1]
+                values = torch.cat([row[slot].to(cache.device) for row in rows]).to(ids.device, dtype, non_blocking=True)
+                out = torch.zeros(ids.numel(), width, dtype=dtype, device=ids.device).index_copy_(0, flat, values)
+                hidden.append(out.view(*ids.shape, width))
         if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)
             return SourceStates(hidden=hidden[0], attention_mask=mask)
         return SourceStates(hidden={name: hidden[slot] for name, slot in layout.items()}, attention_mask=mask)

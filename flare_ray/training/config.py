@@ -123,10 +123,11 @@ class TrainingSpec(_Section):
         "or the CPU), fp16 (autocast with a gradient scaler); DeepSpeed gets the matching bf16/fp16 section",
     )
     source_cache_gb: float = Field(
-        2.0, ge=0, description="FLARE and FLARE-MT: keep each source example's representations (float16) after its "
-        "first source pass, up to this many GB per trial process (shared by the trials Tune runs in it); past "
-        "that, the rest is computed every step. 0: no cache (not under DeepSpeed ZeRO-3, whose passes are "
-        "collective)",
+        2.0, ge=0, description="FLARE and FLARE-MT: keep each source example's representations (half precision, "
+        "where the source pass ran) after its first source pass, up to this many GB per trial process (shared "
+        "by the trials Tune runs in it; the first trial of a model state also writes them to the sweep's storage "
+        "for the other processes and nodes); past that, the rest is computed every step. 0: no cache (not under "
+        "DeepSpeed ZeRO-3, whose passes are collective)",
     )
 
     @field_validator("lr_scheduler")
