@@ -14,7 +14,6 @@ registered in the MLflow model registry.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,7 @@ from flare_ray.tasks import get_task
 from flare_ray.tracking import mlflow_runs
 from flare_ray.tracking.callback import MLflowTrialCallback
 
-from .concurrent import CHECKPOINT_SECONDS, SearchControl, run_concurrently
+from .concurrent import SearchControl, run_concurrently, set_checkpoint_period
 from .console import Console
 from .console import describe as label_trial
 from .plan import dry_run_text
@@ -54,7 +53,6 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
     folder = local_folder(config.storage_path)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(CHECKPOINT_SECONDS))  # Ctrl-C waits for one save
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
     client = mlflow_runs.connect(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
@@ -75,6 +73,8 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
             log.warning("model.stage1 is null: %s is adapted without the paper's English stage 1 "
                         "(model.stage1: auto trains it)", config.model.name_or_path)
         searches = {s.name: s for s in plan_searches(config)}
+        if folder is not None:  # Ctrl-C waits for one save of each search's state
+            set_checkpoint_period(max(s.expected_trials for s in searches.values()))
         try:
             resources = resources or ray.cluster_resources()
             grids = run_concurrently(list(searches), lambda name: _fit(
