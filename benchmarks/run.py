@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import steps
     import torch
     import transformers
+    from common import report
 
     from flare_ray.logs import log_to_file, quiet_libraries
 
@@ -121,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if wall is not None:
         lines.append(f"- the quickstart (`python -m flare_ray.tune search_spaces/quickstart.yaml`): {wall:.0f} s")
-    text = "\n".join(lines) + "\n"
-    print()
-    print(text)
-    if str(args.results) != "-":
-        with args.results.open("a") as f:
-            f.write("\n" + text)
-        print(f"appended to {args.results}")
+    report("\n".join(lines) + "\n", args.results)
     return 0
 
 

@@ -30,16 +30,17 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from common import report, served  # noqa: E402
+
 EPOCHS = 3
 ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0",
        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}  # fmt: skip
@@ -120,25 +121,8 @@ def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
-    with (folder / "server.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.3)
+    with served(command, url + "/health", None, folder / "server.log", timeout):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @contextlib.contextmanager
@@ -309,15 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['trials']} | {row['wall_s']:.0f} | {row['per_trial_ms']:.0f} | {row['driver_cpu_ms']:.0f} | {row['mlflow_callback_ms']:.0f} | "
                      f"{row['searcher_ms']:.1f} | {row['runs']} | {row['duplicate_runs']} | {row['failed_trials']} | {row['failed_writes']} | "
                      f"{'yes' if same else 'NO'} |")  # fmt: skip
-    text = "\n".join(lines) + "\n"
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print()
-    print(text)
-    if str(args.results) != "-":
-        with args.results.open("a") as f:
-            f.write("\n" + text)
-        print(f"appended to {args.results}")
+    report("\n".join(lines) + "\n", args.results)
     return 0
 
 

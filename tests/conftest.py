@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -110,30 +109,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def _served(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
-    """A local server, started from ``command`` and returned once ``url`` answers; stopped on exit."""
-    import subprocess
-    import time
-    import urllib.request
+    """A local server, started from ``command`` and returned once ``url`` answers; stopped on exit
+    (``benchmarks/common.py``'s, which the benchmarks start theirs with)."""
+    import sys
 
-    process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None and time.time() < deadline, f"{command[:4]}: {log.read_text()[-3000:]}"
-                time.sleep(0.3)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from common import served
+
+    return served(command, url, env, log, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ def _build(cache: SourceCache, model: FlareModel, encoder, records: Iterable[Any
     rows = list(records)
     with torch.no_grad(), autocast:
         for start in range(0, len(rows), batch_size):
-            inputs = encoder.train_batch(rows[start : start + batch_size]).inputs
+            inputs = encoder.predict_batch(rows[start : start + batch_size]).inputs  # no labels needed
             model.source.states(SourceBatch.pop_from({k: v.to(device) for k, v in inputs.items()}))
     with tempfile.TemporaryDirectory(prefix="flare_ray-source-cache-") as tmp:
         cache.save(Path(tmp) / "rows")
