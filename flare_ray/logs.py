@@ -78,7 +78,9 @@ def quiet_libraries() -> None:
                 if handler is not to_file and not _VERBOSE[0] and handler.level < logging.ERROR:
                     _UNDO.append(lambda handler=handler, level=handler.level: handler.setLevel(level))
                     handler.setLevel(logging.ERROR)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        # torch keeps its loggers' levels itself (TORCH_LOGS) and adds a console handler of its own when a part
+        # of it (inductor) is first imported, which would then print every INFO record: its level stays.
+        if name != "torch" and (logger.level == logging.NOTSET or logger.level > logging.INFO):
             _UNDO.append(lambda logger=logger, level=logger.level: logger.setLevel(level))
             logger.setLevel(logging.INFO)
 
