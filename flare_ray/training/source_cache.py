@@ -9,8 +9,8 @@ state reads the rows the earlier ones computed; a trial on another state replace
 time, so its size limit holds per process).
 
 Shared by every process and node of the sweep (:func:`share_source_cache`): the first trial of a model
-state builds it before its first step, with the source pass over its training and validation records
-(the pass it would otherwise run during its first epoch), and writes it to the sweep's storage,
+state builds it before its first step, with the source pass over its training, validation and test
+records (the passes its first epoch and its scoring would otherwise run), and writes it to the sweep's storage,
 ``<storage_path>/source_cache/<state>/`` (safetensors rows and a JSON index; ``complete`` last). A named
 Ray actor lets one trial build a state at a time; the others wait for ``complete``, then read the rows by
 memory map (after one download per node where the storage is remote). A builder that fails gives its claim
