@@ -172,7 +172,7 @@ def test_the_builtin_fusions_are_those_registered():
     assert registered_fusions() == tuple(FUSION_FUNCTIONS)  # once imported, the registry (with any of yours)
 
 
-@pytest.mark.parametrize("arch", ["xlm-roberta", "mt5", "llama", "gemma2", "m2m_100"])
+@pytest.mark.parametrize("arch", ["xlm-roberta", "bert", "mt5", "llama", "gemma2", "m2m_100"])
 def test_the_tiny_layer_counts_are_the_tiny_models(arch, tmp_path):
     import json
 

@@ -66,8 +66,9 @@ def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[d
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-def minimal_peft_loop(experiment: ExperimentConfig) -> tuple[list[float], float]:
-    """A plain peft LoRA loop: transformers + peft + torch only. Per-epoch training losses, final validation macro-F1."""
+def minimal_peft_loop(experiment: ExperimentConfig, modules_to_save: list[str] | None = None) -> tuple[list[float], float]:
+    """A plain peft LoRA loop: transformers + peft + torch only. Per-epoch training losses, final validation macro-F1.
+    ``modules_to_save``: what the loop trains beside the LoRA and peft's classifier (a missing pooler)."""
     from peft import LoraConfig, TaskType, get_peft_model
     from sklearn.metrics import f1_score
     from torch.utils.data import DataLoader, DistributedSampler
@@ -81,13 +82,13 @@ def minimal_peft_loop(experiment: ExperimentConfig) -> tuple[list[float], float]
     t, labels = experiment.training, ["positive", "neutral", "negative"]
     task = get_task(experiment.task.task_config("jav"))
     train, validation = list(task.load("train")), list(task.load("validation"))
-    path = resolve_name_or_path("tiny:xlm-roberta")
+    path = resolve_name_or_path(experiment.model.name_or_path)
 
     set_seed(t.seed)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                             task_type=TaskType.SEQ_CLS))
+                                             task_type=TaskType.SEQ_CLS, modules_to_save=modules_to_save))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.0)
     encode = lambda rows: tok([r["target_text"] for r in rows], truncation=True, max_length=t.max_length,  # noqa: E731
                               padding=True, return_tensors="pt")

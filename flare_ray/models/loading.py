@@ -109,6 +109,36 @@ def infer_family(name_or_path: str, family: str | None = None) -> ArchitectureFa
     return ArchitectureFamily.ENCODER
 
 
+def initialised_modules(model: torch.nn.Module, missing_keys) -> tuple[str, ...]:
+    """The modules of ``model`` that transformers initialised at random because the checkpoint lacks their
+    weights (``missing_keys`` of its loading info), each named at its outermost such module: a BERT-style
+    sentence encoder read as ``BertForSequenceClassification`` gives ``("bert.pooler", "classifier")``.
+
+    A module counts when all its parameters are missing; one of whose parameters some were loaded is named
+    by the module that holds the missing ones.
+    """
+    missing = set(missing_keys)
+
+    def all_missing(name: str) -> bool:
+        prefix = f"{name}." if name else ""
+        return all(prefix + key in missing for key, _ in model.get_submodule(name).named_parameters())
+
+    names = set()
+    for key in missing:
+        name = key.rpartition(".")[0]
+        while name and all_missing(parent := name.rpartition(".")[0]):
+            name = parent
+        names.add(name or key)  # a parameter of the model itself: named by itself
+    return tuple(sorted(names))
+
+
+def newly_initialised(model: torch.nn.Module) -> tuple[str, ...]:
+    """What :func:`load_model` found missing from the checkpoint (:func:`initialised_modules`); () for a model
+    loaded otherwise. Kept on the model object, so a stage-1 merge (peft's ``merge_and_unload`` returns the
+    same object) keeps it too."""
+    return getattr(model, "newly_initialised_modules", ())
+
+
 def load_model(
     name_or_path: str,
     family: ArchitectureFamily | str,
@@ -170,7 +200,11 @@ def load_model(
         raise ValueError(f"model.quantization: {quantization!r}; expected 'none' or '4bit'")
     elif device_map is not None:
         kwargs["device_map"] = device_map
-    model = auto.from_pretrained(path, **kwargs)
+    model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
+    model.newly_initialised_modules = initialised_modules(model, info["missing_keys"])
+    if model.newly_initialised_modules:
+        log.info("%s: not in the checkpoint, initialised at random (trained as the task head): %s",
+                 name_or_path, ", ".join(model.newly_initialised_modules))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # Llama ships without one
         tokenizer.pad_token = tokenizer.eos_token

@@ -28,6 +28,7 @@ PAD, BOS, EOS = 0, 1, 2
 # How each architecture frames a sequence with special tokens, and where it pads.
 _FRAMING = {
     "xlm-roberta": ("<s> $A </s>", "<s> $A </s> </s> $B </s>", "right"),
+    "bert": ("<s> $A </s>", "<s> $A </s> $B </s>", "right"),
     "mt5": ("$A </s>", "$A </s> $B </s>", "right"),
     "m2m_100": ("$A </s>", "$A </s> $B </s>", "right"),
     "llama": ("<s> $A", "<s> $A $B", "left"),
@@ -35,14 +36,15 @@ _FRAMING = {
 }
 ARCHITECTURES = tuple(_FRAMING)
 #: The base models' architecture families (m2m_100 is FLARE-MT's MT model, not a base model).
-FAMILIES = {"xlm-roberta": "encoder", "mt5": "encoder_decoder", "llama": "decoder", "gemma2": "decoder"}
+FAMILIES = {"xlm-roberta": "encoder", "bert": "encoder", "mt5": "encoder_decoder", "llama": "decoder", "gemma2": "decoder"}
 #: The blocks of each tiny model's fused stack (the encoder's for mt5 and m2m_100): what a config's
 #: ``fusion_layers`` are checked against without building the model (torch and transformers stay unloaded).
-LAYERS = {"xlm-roberta": 4, "mt5": 4, "llama": 4, "gemma2": 4, "m2m_100": 2}
+LAYERS = {"xlm-roberta": 4, "bert": 4, "mt5": 4, "llama": 4, "gemma2": 4, "m2m_100": 2}
 
 
 def _config(arch: str):
     from transformers import (
+        BertConfig,
         Gemma2Config,
         LlamaConfig,
         M2M100Config,
@@ -55,6 +57,11 @@ def _config(arch: str):
         return XLMRobertaConfig(
             hidden_size=64, num_hidden_layers=LAYERS[arch], num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=514, type_vocab_size=1, **ids,
+        )
+    if arch == "bert":  # saved as a sentence encoder (multilingual-e5's shape): no pooler, no task head
+        return BertConfig(
+            hidden_size=64, num_hidden_layers=LAYERS[arch], num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=512, type_vocab_size=2, initializer_range=0.1, **ids,
         )
     if arch == "mt5":
         return MT5Config(
@@ -88,6 +95,7 @@ def _config(arch: str):
 
 def _model_class(arch: str):
     from transformers import (
+        AutoModel,
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
         AutoModelForSeq2SeqLM,
@@ -95,6 +103,7 @@ def _model_class(arch: str):
 
     return {
         "xlm-roberta": AutoModelForMaskedLM,
+        "bert": AutoModel,  # the bare encoder, as sentence-embedding checkpoints ship
         "mt5": AutoModelForSeq2SeqLM,
         "m2m_100": AutoModelForSeq2SeqLM,
         "llama": AutoModelForCausalLM,
@@ -163,7 +172,7 @@ def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     config = _config(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(arch).from_config(config)
+        model = _model_class(arch).from_config(config, **({"add_pooling_layer": False} if arch == "bert" else {}))
     tokenizer = train_tokenizer(arch)
     assert len(tokenizer) <= config.vocab_size, (len(tokenizer), config.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)

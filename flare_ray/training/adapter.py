@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model
 
 from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import default_task_type, get_flare_model, untrained_task_heads
-from flare_ray.models.loading import resolve_name_or_path
+from flare_ray.models.loading import newly_initialised, resolve_name_or_path
 
 from .config import METHODS, Method, MethodKind  # what each method is: in the leaf config module (no torch)
 
@@ -34,16 +34,23 @@ __all__ = ["METHODS", "Method", "MethodKind", "build_adapter"]
 def build_adapter(model, method):
     """Wrap ``model`` (a transformers model, stage 1 merged in) as ``method`` (a MethodSpec) trains it.
 
-    The LoRA is peft's own, with the task head trained beside it (peft's ``modules_to_save``;
-    named explicitly where peft's task-type default misses it, e.g. mT5's ``classification_head``),
-    as in the paper: "only the task head and LoRA parameters are trainable" (Sec. 3.3). Methods that
-    do not train get the model itself, frozen.
+    The LoRA is peft's own, with the task head trained beside it (peft's ``modules_to_save``), as in
+    the paper: "only the task head and LoRA parameters are trainable" (Sec. 3.3). Methods that do not
+    train get the model itself, frozen.
+
+    The task head is every module the checkpoint lacked (:func:`~flare_ray.models.loading.newly_initialised`:
+    transformers drew it at random when the model loaded), plus the heads peft's task type names
+    (``classifier``, ``score``, ``qa_outputs``) or misses (mT5's ``classification_head``). So a BERT-style
+    sentence encoder's missing pooler (a dense layer and tanh over the first token) trains with the
+    classifier on it: together they are what XLM-R's ``classifier`` is (dense, tanh, projection), which
+    peft trains whole. A module the checkpoint holds (a pretrained pooler) stays frozen. Trained, such a
+    module is saved with the adapter, so stage 1, every trial, the methods that only score, ``predict`` and
+    a restarted trial all read the same weights, whatever the random state when the base model loaded.
     """
     if not METHODS[method.kind].trains:
         return model.requires_grad_(False).eval()
-    lora = LoraConfig(
-        **method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=untrained_task_heads(model) or None
-    )
+    heads = list(dict.fromkeys([*untrained_task_heads(model), *newly_initialised(model)]))
+    lora = LoraConfig(**method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=heads or None)
     if method.kind in ("lora", "input_fusion"):
         return get_peft_model(model, lora)
     if method.kind == "xmixup":
