@@ -88,7 +88,9 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
             f"model.stage1: {folder} holds no stage-1 adapter (adapter_config.json); "
             "write one with `python -m flare_ray.stage1` or use model.stage1: auto"
         )
-    return PeftModel.from_pretrained(model, safetensors_only(folder)).merge_and_unload()
+    # low_cpu_mem_usage: the adapter's layers are made empty and filled from the file, not initialised at random
+    # first; so merging stage 1 draws nothing from the random state, and a trial's LoRA is the one its seed draws
+    return PeftModel.from_pretrained(model, safetensors_only(folder), low_cpu_mem_usage=True).merge_and_unload()
 
 
 def safetensors_only(folder: Path) -> Path:
