@@ -299,9 +299,8 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="recipe-e5-"))
     out.mkdir(parents=True, exist_ok=True)
     import torch
-    from transformers.utils import logging
-
     from common import report
+    from transformers.utils import logging
 
     logging.set_verbosity_error()
     torch.set_num_threads(2)

@@ -102,6 +102,15 @@ def test_stage1_trials_predict_and_restarts_see_the_same_weights(tmp_path):
             params[key].copy_(value)
     assert torch.equal(logits(restarted.model, batch), trained)
 
+    # merging stage 1 draws nothing from the random state: a trial's LoRA is the one its seed draws, as in a
+    # plain loop that seeds, loads the model and adds the LoRA (peft initialised the stage-1 adapter's layers
+    # at random before filling them from the file, so every trial with a stage 1 drew another LoRA)
+    alone = build_trial(experiment(tmp_path, seed=0), "jav").model
+    lora_a = lambda model: {k: v for k, v in model.named_parameters() if "lora_A" in k}  # noqa: E731
+    assert lora_a(alone).keys() == lora_a(restarted.model).keys()
+    assert all(torch.equal(v, lora_a(alone)[k]) for k, v in lora_a(build_trial(
+        experiment(tmp_path, stage1=tmp_path / "stage1", seed=0), "jav").model).items())
+
 
 @pytest.mark.slow
 def test_lora_trial_on_a_checkpoint_without_pooler_matches_a_plain_peft_loop(tmp_path, local_ray):
