@@ -125,3 +125,16 @@ def test_lora_trial_on_a_checkpoint_without_pooler_matches_a_plain_peft_loop(tmp
     assert epochs[-1]["train/loss"] < 0.9 * epochs[0]["train/loss"], "the trial must learn"
     assert abs(epochs[-1]["train/loss"] - losses[-1]) <= 0.02 * losses[-1]
     assert abs(epochs[-1]["validation/macro_f1"] - f1) <= 2.0
+
+
+def test_an_adapter_without_the_missing_modules_is_refused(tmp_path):
+    """An adapter written before such modules were saved (here: peft's default, the classifier only) would
+    score on a random pooler: stage 1 and a trial's adapter are refused, naming what they lack."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model, _ = load_model("tiny:bert", "encoder", labels=LABELS)
+    get_peft_model(model, LoraConfig(r=4, task_type=TaskType.SEQ_CLS)).save_pretrained(tmp_path / "old")
+    with pytest.raises(ValueError, match=r"model.stage1: .*does not hold \['bert.pooler'\].*train it again"):
+        build_trial(experiment(tmp_path, stage1=tmp_path / "old"), "jav", roles=())
+    with pytest.raises(ValueError, match=r"the trial's adapter: .*does not hold \['bert.pooler'\]"):
+        build_trial(experiment(tmp_path), "jav", roles=(), adapter=tmp_path / "old")

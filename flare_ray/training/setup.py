@@ -18,6 +18,7 @@ everywhere:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import ArchitectureFamily, FlareModel
-from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, resolve_head
+from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, newly_initialised, resolve_head
 from flare_ray.storage import local_copy
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
@@ -88,9 +89,24 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
             f"model.stage1: {folder} holds no stage-1 adapter (adapter_config.json); "
             "write one with `python -m flare_ray.stage1` or use model.stage1: auto"
         )
+    holds_initialised(model, folder, "model.stage1")
     # low_cpu_mem_usage: the adapter's layers are made empty and filled from the file, not initialised at random
     # first; so merging stage 1 draws nothing from the random state, and a trial's LoRA is the one its seed draws
     return PeftModel.from_pretrained(model, safetensors_only(folder), low_cpu_mem_usage=True).merge_and_unload()
+
+
+def holds_initialised(model: torch.nn.Module, folder: Path, what: str) -> None:
+    """ValueError unless the adapter in ``folder`` saves every module the base checkpoint lacks
+    (:func:`~flare_ray.models.loading.newly_initialised`, trained as the task head): without them, what the
+    adapter scores would depend on the random state when the model loaded."""
+    saved = json.loads((Path(folder) / "adapter_config.json").read_text()).get("modules_to_save") or []
+    lacking = [name for name in newly_initialised(model) if not any(name.endswith(s) for s in saved)]
+    if lacking:
+        raise ValueError(
+            f"{what}: the adapter in {folder} does not hold {lacking}, which the base model's checkpoint lacks "
+            "(transformers draws them at random on every load); it was written before flare_ray saved such "
+            "modules with the adapter: train it again (with model.stage1: auto the sweep does, once)"
+        )
 
 
 def safetensors_only(folder: Path) -> Path:
@@ -172,8 +188,9 @@ def load_adapter(base: Base, experiment: ExperimentConfig, folder: Path) -> torc
     if not METHODS[kind].trains:
         adapted = base.model.requires_grad_(False)
     else:
+        holds_initialised(base.model, safetensors_only(folder), "the trial's adapter")
         loader = {"lora": PeftModel, "input_fusion": PeftModel, "xmixup": XMixupModel}.get(kind, FlareModel)
-        adapted = loader.from_pretrained(base.model, safetensors_only(folder))
+        adapted = loader.from_pretrained(base.model, folder)
     if torch.cuda.is_available() and experiment.model.quantization == "none":  # 4-bit models are placed at load
         adapted.to("cuda")
     return adapted.eval()

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # the experiment config is built above this package and hande
     from flare_ray.experiment import ExperimentConfig
 
 STAGE1_INFO = "stage1.json"
+# What a stage-1 folder holds, in the fingerprint: 2 saves every module the base checkpoint lacks (a missing
+# pooler with the classifier), where 1 left them to the random state of each load
+STAGE1_VERSION = 2
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +71,7 @@ def fingerprint(experiment: ExperimentConfig) -> str:
         "lora": stage1.method.lora.model_dump(mode="json"),
         "training": stage1.training.model_dump(mode="json", exclude={"eval_batch_size", "source_cache_gb"}),
         "metric": [stage1.search.metric, stage1.search.mode],
+        "version": STAGE1_VERSION,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
