@@ -284,7 +284,49 @@ def steps(out: Path) -> list[str]:
         if stage == "stage 1":  # the trials below start from this model, as a trial merges it
             run.model.save_pretrained(stage1_folder)
         print("\n".join(lines[-6:]), flush=True)
+    lines += data_order(experiment, plain)
+    lines.append(merged_stage1(experiment, stage1_folder))
+    print("\n".join(lines[-2:]), flush=True)
     return lines
+
+
+def data_order(experiment, plain: Plain) -> list[str]:
+    """The ids of every training batch of every epoch, the project's loader against the plain loop's."""
+    from flare_ray.tasks import get_task
+    from flare_ray.training.setup import train_loader
+
+    task = get_task(experiment.task.task_config("jav"))
+    rows = list(task.load("train"))
+    ids = lambda loader: [[str(r["id"]) for r in batch] for batch in loader]  # noqa: E731
+    lines = []
+    for seed in (0, 1, 2):
+        training = experiment.training.model_copy(update={"seed": seed})
+        project = train_loader(rows, None, training, 0, 1)
+        project.collate_fn = lambda batch: batch  # the records themselves, not the encoded batch
+        theirs = plain.loader(records("javanese", "train"), seed)
+        same = []
+        for epoch in range(1, experiment.training.epochs + 1):
+            project.sampler.set_epoch(epoch)
+            theirs.sampler.set_epoch(epoch)
+            same.append(ids(project) == ids(theirs))
+        lines.append(f"data order, seed {seed}: every batch of epochs 1-{len(same)} the same ids: {same}")
+    return lines
+
+
+def merged_stage1(experiment, folder: Path) -> str:
+    """The stage-1 model as a trial merges it (every weight) against plain peft's merge of the same adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from flare_ray.training.setup import build_trial
+
+    config = experiment.model_copy(update={"model": experiment.model.model_copy(update={"stage1": str(folder)}),
+                                           "method": experiment.method.model_copy(update={"kind": "zero_shot"})})
+    project = build_trial(config, "jav", roles=()).model.state_dict()
+    base = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(LABELS))
+    plain = PeftModel.from_pretrained(base, folder).merge_and_unload().state_dict()
+    dtypes = sorted({str(v.dtype) for v in project.values()})
+    return compare(f"stage 1 merged, every weight (dtypes {dtypes})", project, plain)
 
 
 def main() -> None:
