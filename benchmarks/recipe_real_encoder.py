@@ -274,6 +274,8 @@ def steps(out: Path) -> list[str]:
         lines.append(f"{label} first-batch loss: project {project_loss.item():.6f}, plain {plain_loss.item():.6f}")
         grads = lambda m: {k: v.grad.clone() for k, v in m.named_parameters() if v.requires_grad}  # noqa: E731
         lines.append(compare(f"{label} gradients", grads(run.model), grads(plain_model)))
+        if kind == "flare":  # as a trial runs: the source side read back from the source cache (half precision)
+            lines.append(cached_step(config, project_batch, project_loss.item(), grads(run.model)))
         engine._optimizer_step(config.training.max_grad_norm)
         optimizer = plain.optimizer(plain_model)
         torch.nn.utils.clip_grad_norm_([p for p in plain_model.parameters() if p.requires_grad], RECIPE["max_grad_norm"])
@@ -288,6 +290,32 @@ def steps(out: Path) -> list[str]:
     lines.append(merged_stage1(experiment, stage1_folder))
     print("\n".join(lines[-2:]), flush=True)
     return lines
+
+
+def cached_step(config, batch: dict, loss: float, grads: dict) -> str:
+    """The first step of the same FLARE trial with its source rows read from the source cache (filled by a
+    pass over the batch first, as a sweep's first trial builds it before its first step), against the step
+    that ran the source pass."""
+    import torch
+
+    from flare_ray.training.setup import build_trial
+    from flare_ray.training.source_cache import attach_source_cache
+
+    model = build_trial(config, "jav", roles=()).model
+    cache = attach_source_cache(model, config)
+    with torch.no_grad():
+        model.eval()(**batch)
+    misses = cache.misses
+    model.train()
+    torch.manual_seed(1)
+    cached = model(**batch).loss
+    cached.backward()
+    diff = max((v.grad - grads[k]).abs().max().item() for k, v in model.named_parameters() if v.requires_grad)
+    relative = max(((v.grad - grads[k]).norm() / grads[k].norm().clamp_min(1e-12)).item()
+                   for k, v in model.named_parameters() if v.requires_grad and "lora_B" in k)
+    return (f"trial (flare) from the source cache ({cache.hits} hits, {misses} misses): loss {cached.item():.6f} "
+            f"(source pass: {loss:.6f}); gradients: max |cached - source pass| = {diff:.3g}, largest relative "
+            f"difference of a LoRA B gradient {relative:.2%}")
 
 
 def data_order(experiment, plain: Plain) -> list[str]:
