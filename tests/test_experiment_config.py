@@ -215,8 +215,8 @@ BAD = {
         "method.flare.mt_encoder", "method.kind flare_mt needs an MT model here",
     ),
     "unknown tiny architecture": (
-        BASE.replace("tiny:xlm-roberta", "tiny:bert"),
-        "model.name_or_path", "unknown tiny architecture 'bert'; expected tiny:<arch> with arch in ['xlm-roberta', 'mt5', 'llama', 'gemma2']",
+        BASE.replace("tiny:xlm-roberta", "tiny:gpt2"),
+        "model.name_or_path", "unknown tiny architecture 'gpt2'; expected tiny:<arch> with arch in ['xlm-roberta', 'bert', 'mt5', 'llama', 'gemma2']",
     ),
     "mt split without mt_dir": (
         BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}"),
