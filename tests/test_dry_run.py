@@ -82,7 +82,7 @@ SAMPLES = [
     {"training.learning_rate": -1.0, "method.lora.dropout": 1.5},
     {"training.epochs": 1},
     {"training.learning_rate.low": 1.0},
-    {"model.name_or_path": "tiny:bert"},
+    {"model.name_or_path": "tiny:gpt2"},
     {"model.family": "decoder"},
     {"task.splits": {"validation": "mt"}},
     {"task.languages": ["jav", "sw"]},
