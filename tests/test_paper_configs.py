@@ -29,7 +29,7 @@ LANGUAGES = {
 METRIC = {"xnli": "validation/accuracy", "tydiqa": "validation/exact_match", "nusax": "validation/macro_f1"}
 # What the toy command of every header sets (the rest of the file stays the paper's)
 TOY_KEYS = {"model.name_or_path", "method.flare.mt_encoder", "task.languages", "task.max_records", "training.epochs",
-            "search.seeds", "scaling.use_gpu", "scaling.cpus_per_worker", "storage_path"}
+            "search.seeds", "scaling.use_gpu", "training.precision", "scaling.cpus_per_worker", "storage_path"}
 
 
 def header(path: Path) -> str:
@@ -63,6 +63,34 @@ def test_paper_yaml_follows_table5(path):
     assert config.method.lora.r == 64 and config.method.lora.lora_alpha == 128
     assert config.model.stage1 == "auto"
     assert "Table 5" in header(path) and "stage1: auto" in header(path)
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=lambda p: str(p.relative_to(SPACES)))
+def test_paper_yaml_has_the_authors_dropout_and_the_papers_precision(path):
+    """LoRA dropout 0 in both stages, as in the authors' code; half precision (bf16) on the GPU, as the paper
+    trained every model (Appendix B); the header says both."""
+    config = load_experiment(path)
+    assert config.method.lora.dropout == 0.0 and (config.stage1.lora or config.method.lora).dropout == 0.0
+    assert config.scaling.use_gpu and config.training.precision == "bf16"
+    assert "LoRA dropout 0" in header(path) and "Appendix B" in header(path)
+    if "method.lora.dropout" not in config.search.space:  # full.yaml searches the dropout itself
+        assert "dropout" not in str(config.search.grid)
+
+
+def test_the_lr_header_names_the_rank_it_sets():
+    config = load_experiment(SPACES / "lr.yaml")
+    first = header(SPACES / "lr.yaml").splitlines()[0]
+    assert f"r {config.method.lora.r}," in first and f"alpha {config.method.lora.lora_alpha}" in first
+
+
+def test_appendix_e_trains_with_fusion_on_half_and_reads_no_source_at_inference():
+    path = SPACES / "paper" / "appendix-e-train-only.yaml"
+    config = load_experiment(path)
+    assert config.search.grid == {"method.flare.fusion_probability": [1.0, 0.5],
+                                  "method.flare.source_at_inference": [True, False]}
+    assert config.method.kind == "flare" and config.search.seeds == [0, 1, 2, 3, 4] and config.search.scheduler is None
+    assert config.task.name == "nusax" and config.task.languages == LANGUAGES["nusax"]
+    assert config.model.name_or_path == "FacebookAI/xlm-roberta-large" and "Appendix E" in header(path)
 
 
 @pytest.mark.parametrize("name", ["rank.yaml", "paper/table3-tydiqa.yaml"])
@@ -133,6 +161,7 @@ def test_every_paper_header_shows_the_toy_overrides(path):
     assert overrides["model.name_or_path"] == "tiny:xlm-roberta" and overrides["method.flare.mt_encoder"] == "tiny:m2m_100"
     assert overrides["search.seeds"] == [0, 1] and overrides["training.epochs"] <= 2
     assert overrides["scaling.use_gpu"] is False and overrides["scaling.cpus_per_worker"] == 0.5
+    assert overrides["training.precision"] == "fp32"  # no bf16 autocast on a laptop's CPU
     assert str(overrides["storage_path"]).startswith("outputs/")
 
 
