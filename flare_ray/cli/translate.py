@@ -38,7 +38,7 @@ the task's 'mt' recipe (TaskConfig(splits={"train": "mt", ...}, mt_dir=<mt_dir>)
 def _languages_help() -> str:
     lines = ["languages (task code: NLLB-200 code; * marks a fallback):"]
     for name, task in TASKS.items():
-        codes = [nllb_language(lang) for lang in sorted(task.languages)]
+        codes = [nllb_language(lang) for lang in sorted({*task.languages, *(task.hub_languages or {})})]
         lines.append(f"  {name}: " + ", ".join(f"{c.language} {c.code}{'*' if c.fallback else ''}" for c in codes))
     lines += [f"  * {lang}: {reason}" for lang, (_, reason) in FALLBACKS.items()]
     return "\n".join(lines)

@@ -101,14 +101,25 @@ class Task(ABC):
         """The names :meth:`score` reports."""
         return CLASSIFICATION_METRICS if cls.labels else QA_METRICS
     languages: ClassVar[dict[str, str]]  # language code -> name used by the data files
+    hub_languages: ClassVar[dict[str, str] | None] = None  # a hub copy's (config.hub_id); None: the same
     recipes: ClassVar[dict[Role, dict[str, SplitRecipe]]]  # role -> recipe name -> recipe
     defaults: ClassVar[dict[Role, str]]  # the offline default recipe per role
     hub_recipes: ClassVar[dict[Role, SplitRecipe]] = {}  # what a hub copy gives, where it differs
 
+    @classmethod
+    def source_languages(cls, hub_id: str | None) -> dict[str, str]:
+        """The target languages the task's data source has: the hub copy's where ``hub_id`` names one."""
+        return cls.hub_languages if hub_id and cls.hub_languages is not None else cls.languages
+
     def __init__(self, config: TaskConfig) -> None:
-        if config.language not in self.languages:
+        known = self.source_languages(config.hub_id)
+        if config.language not in known:
+            where = ""
+            if self.hub_languages is not None:
+                where = f" (the hub copy {config.hub_id}'s)" if config.hub_id else \
+                    f" (the offline copy's; a hub copy, task.hub_id, has {sorted(self.hub_languages)})"
             raise TaskDataError(
-                f"task {self.name}: unknown language {config.language!r}; expected one of {sorted(self.languages)}"
+                f"task {self.name}: unknown language {config.language!r}; expected one of {sorted(known)}{where}"
             )
         for role, recipe in config.splits.items():
             if recipe not in self.recipes[role]:

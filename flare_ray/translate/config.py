@@ -82,7 +82,7 @@ class TranslateConfig(BaseModel):
     def _language_known(cls, task: TaskConfig) -> TaskConfig:
         from flare_ray.tasks import TASKS
 
-        languages = TASKS[task.name].languages
+        languages = TASKS[task.name].source_languages(task.hub_id)
         if task.language not in languages:
             raise ValueError(f"language {task.language!r} is not a language of {task.name}; expected one of {sorted(languages)}")
         if any(getattr(task, key) for key in NOT_HERE):
