@@ -183,6 +183,39 @@ def test_the_tiny_layer_counts_are_the_tiny_models(arch, tmp_path):
     assert num_layers(str(tmp_path))[0] == LAYERS[arch] == num_layers(f"tiny:{arch}")[0]
 
 
+@pytest.mark.parametrize("arch", ["xlm-roberta", "bert", "mt5", "llama", "gemma2", "m2m_100"])
+def test_the_tiny_position_counts_are_the_tiny_models(arch, tmp_path):
+    import json
+
+    from flare_ray.experiment.checks import num_positions
+    from flare_ray.models.positions import max_input_positions
+    from flare_ray.models.tiny import POSITIONS, _config
+
+    (tmp_path / "config.json").write_text(json.dumps(_config(arch).to_dict()))
+    assert max_input_positions(_config(arch)) == POSITIONS[arch]
+    assert [n and n[0] for n in (num_positions(str(tmp_path)), num_positions(f"tiny:{arch}"))] == [POSITIONS[arch]] * 2
+
+
+def test_a_max_length_the_model_cannot_read_is_refused_before_anything_runs(tmp_path):
+    """Every value of training.max_length (the config's, the grid's, the space's upper bound), against the
+    positions in the model's config.json."""
+    import json
+
+    from flare_ray.experiment import ExperimentConfigError
+
+    model = tmp_path / "xlmr"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "max_position_embeddings": 514,
+                                                   "pad_token_id": 1, "num_hidden_layers": 24}))
+    text = BASE.replace("tiny:xlm-roberta", str(model)) + "search: {grid: {training.max_length: [128, 1024]}}\n"
+    with pytest.raises(ExperimentConfigError) as err:
+        load_experiment(_write(tmp_path, text))
+    messages = [f"{'.'.join(map(str, p.path))}: {p.message}" for p in err.value.problems]
+    assert messages == [f"search.grid.training.max_length.1: 1024 tokens is more than {model} reads (512 positions, "
+                        f"max_position_embeddings in {model / 'config.json'}); expected at most 512"]
+    load_experiment(_write(tmp_path, text.replace("1024", "512")))  # 512 fits
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "exp.yaml"
     path.write_text(text)

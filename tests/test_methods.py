@@ -99,6 +99,36 @@ def test_input_fusion_reads_source_then_target_each_within_its_budget():
     assert isinstance(lora, PeftModel) and lora(**batch).loss.isfinite()
 
 
+def test_input_fusion_fits_a_model_that_reads_fewer_than_twice_max_length(tiny_path):
+    """max_length 512 on the tiny XLM-R (513 positions, like XLM-R's 512): the two sides split the model's
+    positions, so the joined input fits and the model runs on it (cut to max_length each, it would not)."""
+    from flare_ray.models.positions import max_input_positions
+
+    task = nusax()
+    model, tok = load_model("tiny:xlm-roberta", "encoder", labels=task.labels)
+    positions = max_input_positions(model.config)
+    assert positions == 513 < 2 * 512
+    records = list(task.load("train"))[:2]
+    long = dict(records[0], source_text=records[0]["source_text"] * 60, target_text=records[0]["target_text"] * 60)
+    assert len(tok(long["source_text"]).input_ids) > 512 and len(tok(long["target_text"]).input_ids) > 512
+    fused = TaskEncoder(task, tok, "encoder", 512, source=False, input_fusion=True, max_positions=positions)
+    batch = fused.train_batch([long, records[1]]).inputs
+    assert batch["input_ids"].shape[1] == 2 * (positions // 2) <= positions  # each side its half
+    lora = build_adapter(model, experiment_method("input_fusion"))
+    assert lora(**batch).loss.isfinite()
+    unsplit = TaskEncoder(task, tok, "encoder", 512, source=False, input_fusion=True).train_batch([long]).inputs
+    assert unsplit["input_ids"].shape[1] > positions  # what the model could not read
+    with pytest.raises((IndexError, RuntimeError), match="out of"):  # the position embeddings' index
+        lora(**unsplit)
+    # the other methods read one side cut to max_length, which must fit on its own
+    assert TaskEncoder(task, tok, "encoder", 512, source=True, max_positions=positions).side_length == 512
+    with pytest.raises(ValueError, match=r"training.max_length: 600 tokens is more than the model reads \(513"):
+        TaskEncoder(task, tok, "encoder", 600, source=True, max_positions=positions)
+    _, llama = load_model("tiny:llama", "decoder", labels=task.labels)  # a decoder: the answer's budget first
+    fused = TaskEncoder(task, llama, "decoder", 1024, source=False, input_fusion=True, max_positions=1024)
+    assert 2 * fused.prompt_budget + fused.answer_budget <= 1024
+
+
 def test_input_fusion_spans_point_into_the_target_part():
     task = get_task(TaskConfig(name="tydiqa", language="sw", max_records={"train": 6}))
     _, tok = load_model("tiny:xlm-roberta", "encoder", labels=None)

@@ -10,6 +10,9 @@
   model's, whose number is read from its ``config.json`` alone (no weights, no transformers; the tiny models'
   from :data:`flare_ray.models.tiny.LAYERS`). Skipped where no ``config.json`` is at hand (a hub id online
   and not cached).
+* ``training.max_length`` (every value): no more tokens than the model reads, read from its ``config.json``
+  the same way (:func:`flare_ray.models.positions.max_input_positions`). Input-level fusion's joined input
+  fits by construction: its two sides split what the model reads (:class:`flare_ray.tasks.encoding.TaskEncoder`).
 
 :func:`preflight_problems` is called once, by :func:`~flare_ray.experiment.loading.validate_experiment`
 (``load_experiment``, so the dry run and the real run alike), after the schema and the search space.
@@ -25,7 +28,9 @@ from typing import Any, Iterator
 
 from flare_ray.configfile import KeyPath, Problem
 from flare_ray.fusion.config import LAYER_GROUPS, resolve_layers
+from flare_ray.models.positions import max_input_positions
 from flare_ray.models.tiny import LAYERS as TINY_LAYERS
+from flare_ray.models.tiny import POSITIONS as TINY_POSITIONS
 from flare_ray.secrets import has_password, redact
 
 from .config import ExperimentConfig
@@ -49,6 +54,7 @@ def preflight_problems(config: ExperimentConfig) -> list[Problem]:
     problems += _credential_problems(config)
     if kinds & set(_FLARE):
         problems += _fusion_layer_problems(config)
+    problems += _length_problems(config)
     return problems
 
 
@@ -63,6 +69,31 @@ def num_layers(name_or_path: str) -> tuple[int, str] | None:
     if name_or_path.startswith("tiny:"):
         arch = name_or_path[5:]
         return (TINY_LAYERS[arch], f"the tiny {arch} model") if arch in TINY_LAYERS else None
+    found = _config_json(name_or_path)
+    if found is None:
+        return None
+    data, path = found
+    for section in (data, data.get("text_config") or {}):
+        for key in _LAYER_KEYS:
+            if isinstance(section.get(key), int) and not isinstance(section.get(key), bool) and section[key] > 0:
+                return section[key], f"{key} in {path}"
+    return None
+
+
+def num_positions(name_or_path: str) -> tuple[int, str] | None:
+    """The tokens the model reads in one input, and where it was read; None where nothing bounds them (relative
+    positions) or no ``config.json`` is at hand."""
+    if name_or_path.startswith("tiny:"):
+        arch = name_or_path[5:]
+        positions = TINY_POSITIONS.get(arch)
+        return (positions, f"the tiny {arch} model") if positions is not None else None
+    found = _config_json(name_or_path)
+    positions = max_input_positions(found[0]) if found is not None else None
+    return (positions, f"max_position_embeddings in {found[1]}") if positions is not None else None
+
+
+def _config_json(name_or_path: str) -> tuple[dict, Path] | None:
+    """A model's ``config.json`` (a local folder's, or a hub id's in the local cache) and its path."""
     local = Path(name_or_path).expanduser()
     if local.exists():
         path = local / "config.json"
@@ -76,11 +107,7 @@ def num_layers(name_or_path: str) -> tuple[int, str] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    for section in (data, data.get("text_config") or {}) if isinstance(data, dict) else ():
-        for key in _LAYER_KEYS:
-            if isinstance(section.get(key), int) and not isinstance(section.get(key), bool) and section[key] > 0:
-                return section[key], f"{key} in {path}"
-    return None
+    return (data, path) if isinstance(data, dict) else None
 
 
 # -- the checks --------------------------------------------------------------------------------------
@@ -113,6 +140,25 @@ def _model_problem(path: KeyPath, value: Any, what: str) -> Problem | None:
                              f"({_offline_switch()}); expected a cached model: download it first "
                              f"(`hf download {value}`), name a local folder, or go online")
     return None
+
+
+def _length_problems(config: ExperimentConfig) -> list[Problem]:
+    """``training.max_length`` (the config's, the grid's, the space's choices and upper bound) longer than a
+    model of ``model.name_or_path`` reads."""
+    lengths = list(_values(config, "training.max_length"))
+    high = getattr(config.search.space.get("training.max_length"), "high", None)
+    if high is not None:
+        lengths.append((("search", "space", "training.max_length", "high"), high))
+    problems = []
+    for _, model in _values(config, "model.name_or_path"):
+        found = num_positions(model) if isinstance(model, str) else None
+        if found is None:
+            continue
+        positions, where = found
+        problems += [Problem(path, f"{length} tokens is more than {model} reads ({positions} positions, {where}); "
+                                   f"expected at most {positions}")
+                     for path, length in lengths if isinstance(length, int) and length > positions]  # fmt: skip
+    return problems
 
 
 def _credential_problems(config: ExperimentConfig) -> list[Problem]:

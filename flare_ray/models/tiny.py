@@ -42,6 +42,11 @@ FAMILIES = {"xlm-roberta": "encoder", "bert": "encoder", "mt5": "encoder_decoder
 LAYERS = {"xlm-roberta": 4, "bert": 4, "mt5": 4, "llama": 4, "gemma2": 4, "m2m_100": 2}
 
 
+#: The tokens each tiny model reads in one input (:func:`flare_ray.models.positions.max_input_positions` of its
+#: config; None: relative positions), for the same checks.
+POSITIONS = {"xlm-roberta": 513, "bert": 512, "mt5": None, "llama": 1024, "gemma2": 1024, "m2m_100": 1024}
+
+
 def _config(arch: str):
     from transformers import (
         BertConfig,

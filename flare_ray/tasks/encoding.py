@@ -37,6 +37,9 @@ other (the sequence is up to twice as long): for task heads each side is tokenis
 ``max_length`` and the target's leading special token becomes the separator (XLM-R:
 ``<s> x_S </s></s> x_T </s>``; mT5: ``x_S </s> x_T </s>``), span labels and offsets point into the target
 part; for generative heads the source prompt and the target prompt, each cut to the prompt budget.
+Where the joined input would be longer than the model reads (``max_positions``: XLM-R's 512, so with
+``max_length`` 512), the two sides split it: each side gets at most half of the model's positions (a
+decoder's: half of what the answer leaves), the authors' per-side budget otherwise.
 
 Every batch carries the source side (``source_input_ids``/``source_attention_mask``), framed
 the same way as the target side (the English prompt for generative heads, the English
@@ -86,6 +89,7 @@ class TaskEncoder:
         generative: bool | None = None,
         answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         input_fusion: bool = False,
+        max_positions: int | None = None,
     ):
         """``source``: add the English side (FLARE). ``mt_tokenizer``: add the text the model reads in the
         MT model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target), from
@@ -93,7 +97,10 @@ class TaskEncoder:
         head that writes the answer, False for a task head, None for the family's default
         (:func:`~flare_ray.models.loading.resolve_head`); it must match the model ``load_model`` loaded.
         ``answer_tokens``: the answer budget reserved in decoder sequences (pass the generation budget,
-        ``training.max_new_tokens``). ``input_fusion``: source and target in one input (see the module docstring)."""
+        ``training.max_new_tokens``). ``input_fusion``: source and target in one input (see the module docstring).
+        ``max_positions``: the longest input the model reads
+        (:func:`~flare_ray.models.positions.max_input_positions`; None: unbounded); ``max_length`` must fit in
+        it, and input fusion's two sides share it."""
         self.task = task
         self.tokenizer = tokenizer
         self.family = ArchitectureFamily(family)
@@ -115,6 +122,17 @@ class TaskEncoder:
             self.answer_budget = min(self.answer_budget, longest + 1)
         # The one prompt budget of every prompt (target in training and at inference, source).
         self.prompt_budget = max_length - self.answer_budget if self.family is ArchitectureFamily.DECODER else max_length
+        self.side_length = max_length  # what a task head's input (each side of input fusion) is cut to
+        if max_positions is not None:
+            if max_length > max_positions:
+                raise ValueError(f"training.max_length: {max_length} tokens is more than the model reads "
+                                 f"({max_positions} positions); expected at most {max_positions}")
+            if input_fusion:  # the joined input must fit too: each side at most half of what the model reads
+                self.side_length = min(max_length, max_positions // 2)
+                if self.family is ArchitectureFamily.DECODER:
+                    self.prompt_budget = min(self.prompt_budget, (max_positions - self.answer_budget) // 2)
+                else:
+                    self.prompt_budget = min(self.prompt_budget, max_positions // 2)
         if mt_tokenizer is not None:
             _check_mt_language(mt_tokenizer, task.language)
             if not getattr(tokenizer, "is_fast", False):
@@ -161,7 +179,7 @@ class TaskEncoder:
 
     def _tokenize(self, texts: list[list[str]], **kwargs):
         return self.tokenizer(
-            *texts, truncation=self._truncation(len(texts)), max_length=self.max_length, padding=True,
+            *texts, truncation=self._truncation(len(texts)), max_length=self.side_length, padding=True,
             return_tensors="pt", **kwargs,
         )
 

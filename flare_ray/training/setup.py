@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from flare_ray.baselines import XMixupModel
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, newly_initialised, resolve_head
+from flare_ray.models.positions import max_input_positions
 from flare_ray.storage import local_copy
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES
@@ -131,7 +132,7 @@ def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEn
         task, base.tokenizer, base.family, experiment.training.max_length,
         source=METHODS[method.kind].source, input_fusion=METHODS[method.kind].input_fusion,
         mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
-        answer_tokens=experiment.training.max_new_tokens,
+        answer_tokens=experiment.training.max_new_tokens, max_positions=max_input_positions(base.model.config),
     )
 
 
