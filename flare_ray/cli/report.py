@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def show(report) -> str:
     """The table, its notes and where the files are, for the console."""
-    return "\n".join([report.title, "", report.markdown, "", *report.notes, "",
+    published = ["The paper's numbers:", "", report.published, ""] if report.published else []
+    return "\n".join([report.title, "", report.markdown, "", *published, *report.notes, "",
                       "report: " + ", ".join(str(p) for p in report.files[:3]),
                       "figures: " + ", ".join(str(p) for p in report.figures)])  # fmt: skip

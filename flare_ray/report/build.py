@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flare_ray.tracking import mlflow_runs
 
-from . import plots
+from . import paper, plots
 from .records import SweepRecords, load_sweep
 from .render import NOT_PAPER, html_page, markdown, p_value, score
 from .significance import LEVEL, PROCEDURE, RESAMPLES, SEED
@@ -36,6 +36,7 @@ class Report:
     notes: list[str]
     folder: Path
     figures: list[Path] = field(default_factory=list)
+    published: str = ""  # the paper's matching cells as a Markdown table ("" where none matches)
 
     @property
     def files(self) -> list[Path]:
@@ -65,7 +66,7 @@ def build_report(client: MlflowClient, references: Sequence[str], folder: Path, 
     progress.update()
     progress.set_postfix_str("figures")
     title = "Report: " + " + ".join(s.name for s in sweeps)
-    notes = _notes(sweeps, columns, resamples, seed)
+    notes = _notes(sweeps, table, columns, resamples, seed)
     report = Report(title, sweeps, table, columns, markdown(table, columns), notes, folder)
 
     figures = [plots.bars(table[table["column"] != AVERAGE], folder / "bars.png", title)]
@@ -80,9 +81,12 @@ def build_report(client: MlflowClient, references: Sequence[str], folder: Path, 
 
     table.to_csv(folder / "report.csv", index=False)
     intro = _intro(sweeps)
-    (folder / "report.md").write_text("\n\n".join([f"# {title}", *intro, report.markdown, *notes,
+    published = paper.paper_frame(table, columns, list(dict.fromkeys(table["row"])))
+    report.published = "" if published is None else published.to_markdown(index=False)
+    beside = [] if published is None else ["## The paper's numbers", report.published]
+    (folder / "report.md").write_text("\n\n".join([f"# {title}", *intro, report.markdown, *beside, *notes,
                                                    *(f"![{f.name}]({f.name})" for f in figures)]) + "\n")  # fmt: skip
-    (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures))
+    (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures, published))
     progress.update()
     progress.close()
     return report
@@ -98,12 +102,14 @@ def _intro(sweeps: list[SweepRecords]) -> list[str]:
     return out
 
 
-def _notes(sweeps: list[SweepRecords], columns: list[Column], resamples: int, seed: int) -> list[str]:
+def _notes(sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column], resamples: int, seed: int
+           ) -> list[str]:  # fmt: skip
     notes = ["Bold: the best row of each column. Column p: " + PROCEDURE.format(resamples=resamples, seed=seed, level=LEVEL)
              + "."]  # fmt: skip
     for column in columns:
         if column.deviations:
             notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
+    notes.append(paper.note(table))
     return notes
 
 

@@ -81,7 +81,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 <h1>{title}</h1>
 {intro}
 <table id="report">{table}</table>
-<div class="note">{notes}</div>
+{paper}<div class="note">{notes}</div>
 <h2>Figures</h2>
 {figures}
 </body></html>
@@ -89,7 +89,8 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 
 
 def html_page(title: str, intro: list[str], table: pd.DataFrame, columns: list[Column], notes: list[str],
-              figures: list[Path]) -> str:  # fmt: skip
+              figures: list[Path], paper: pd.DataFrame | None = None) -> str:  # fmt: skip
+    """The report as one HTML page; ``paper``: the paper's matching cells (rows × columns), as a second table."""
     frame = wide(table, columns, ("\x00b", "\x00/b"))  # placeholders survive escaping, then become <b>
     body = frame.to_html(escape=True, border=0, index=False)
     body = body.replace("\x00b", "<b>").replace("\x00/b", "</b>")
@@ -97,4 +98,6 @@ def html_page(title: str, intro: list[str], table: pd.DataFrame, columns: list[C
     return PAGE.format(
         title=html.escape(title), intro="\n".join(f"<p>{html.escape(p)}</p>" for p in intro), table=body,
         notes="".join(f"<p>{html.escape(n)}</p>" for n in notes), figures="\n".join(image_tag(f) for f in figures),
+        paper="" if paper is None else "<h2>The paper's numbers</h2>\n<table id=\"paper\">"
+        + paper.to_html(escape=True, border=0, index=False).split(">", 1)[1].rsplit("</table>", 1)[0] + "</table>\n",
     )

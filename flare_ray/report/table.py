@@ -9,6 +9,8 @@
   best per column is marked, and each other row carries the p-value of the best row against it
   (:mod:`~flare_ray.report.significance`).
 * The **average** of a row is over its languages, per seed (seeds scored on every language), then mean ± std.
+* The **paper's cell**, where a published one matches (:mod:`~flare_ray.report.paper`): its table, mean, std
+  and the difference, yours - paper's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 from flare_ray.search.summary import best_configuration
 from flare_ray.tasks import TASKS
 
+from .paper import paper_cells, row_keys_of
 from .records import ReportError, SweepRecords
 from .significance import LEVEL, paired_bootstrap
 
@@ -99,7 +102,8 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
     table = table.sort_values(["row"], kind="stable").reset_index(drop=True)
     table["row"] = table["row"].astype(str)
     _mark_best_and_test(table, columns, resamples, seed)
-    return pd.concat([table, _averages(table, trials, columns)], ignore_index=True), columns
+    table = pd.concat([table, _averages(table, trials, columns)], ignore_index=True)
+    return paper_cells(table, columns, row_keys_of(trials)), columns
 
 
 def _mark_best_and_test(table: pd.DataFrame, columns: list[Column], resamples: int, seed: int) -> None:

@@ -50,7 +50,8 @@ class SplitRecipe:
 
     target: str
     source: str
-    paper: bool  # is this what the paper uses?
+    paper: bool  # is this what the paper uses? (Table 1's setting: NLLB translations)
+    gold_source: bool = False  # a test split whose source side is a gold English translation (Table 4's setting)
 
     def describe(self) -> str:
         return f"target: {self.target}; source: {self.source}"
@@ -179,7 +180,8 @@ class Task(ABC):
             recipe = self.recipes[role][name]
             if self.config.hub_id and name != "mt":
                 name, recipe = "hub", self.hub_recipes.get(role, recipe)
-            out[role] = {"recipe": name, "made_of": recipe.describe(), "as_in_paper": recipe.paper}
+            out[role] = {"recipe": name, "made_of": recipe.describe(), "as_in_paper": recipe.paper,
+                         "gold_source": recipe.gold_source}
         return out
 
     def load(self, role: Role) -> datasets.Dataset:

@@ -39,7 +39,7 @@ class NusaX(Task):
             "mt": SplitRecipe("NLLB translation of the English validation set", "English validation", paper=True),
         },
         "test": {
-            "gold": SplitRecipe("gold test set", "its human English translation", paper=False),
+            "gold": SplitRecipe("gold test set", "its human English translation", paper=False, gold_source=True),
             "mt": SplitRecipe("gold test set", "its NLLB translation into English", paper=True),
         },
     }

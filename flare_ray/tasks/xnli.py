@@ -67,7 +67,7 @@ class XNLI(Task):
     hub_recipes = {
         "train": SplitRecipe("MultiNLI machine-translated by the XNLI authors (not NLLB)", "English MultiNLI", paper=False),
         "validation": SplitRecipe("human-translated XNLI dev set", "English dev set", paper=False),
-        "test": SplitRecipe("gold XNLI test set", "gold English test set", paper=False),
+        "test": SplitRecipe("gold XNLI test set", "gold English test set", paper=False, gold_source=True),
     }
 
     def split_rows(self, role: Role, recipe: str) -> str:
