@@ -5,7 +5,6 @@ a tiny model's sweep, or one on data that are not the paper's, says that no publ
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
