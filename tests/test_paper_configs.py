@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "search_spaces"
 PAPER_FILES = sorted(p for p in SPACES.rglob("*.yaml") if p.name != "quickstart.yaml")
 TOY_FILES = sorted((SPACES / "paper").glob("*.yaml")) + [SPACES / "rank.yaml"]  # the files with a toy command
-# Table 5 (XLM-R Large, mT5-XL): epochs, batch size, sequence length, learning rate
+# Table 5 (XLM-R Large, mT5-XL): epochs, batch size, sequence length, learning rate; the decoders (Llama 3.1 8B,
+# Gemma 2 9B) train 3, 3 and 5 epochs with the same rest
 TABLE5 = {"xnli": (10, 64, 128, 2e-5), "tydiqa": (10, 64, 512, 2e-4), "nusax": (20, 64, 128, 2e-4)}
+DECODER_EPOCHS = {"xnli": 3, "tydiqa": 3, "nusax": 5}
+DECODERS = {"meta-llama/Llama-3.1-8B": "tiny:llama", "google/gemma-2-9b": "tiny:gemma2"}
+TINY = {"FacebookAI/xlm-roberta-large": "tiny:xlm-roberta", "google/mt5-xl": "tiny:mt5", **DECODERS}
+# The Table 1 files of the other models: (task, model) by file
+OTHER_MODELS = {f"paper/table1-{task}-{name}.yaml": (task, model) for task in ("xnli", "tydiqa", "nusax")
+                for name, model in (("mt5-xl", "google/mt5-xl"), ("llama-3.1-8b", "meta-llama/Llama-3.1-8B"),
+                                    ("gemma-2-9b", "google/gemma-2-9b"))}
 # The paper's target languages, the columns of Tables 6-8 (en is the source; NusaX's bbc is excluded in the paper,
 # Sec. 4.3): XNLI's fourteen come from the hub copy (the offline one has sw, ur and myXNLI's my)
 LANGUAGES = {
@@ -55,6 +63,8 @@ def test_paper_yaml_follows_table5(path):
     config = load_experiment(path)
     space = config.search.space
     epochs, batch, length, lr = TABLE5[config.task.name]
+    if config.model.name_or_path in DECODERS:
+        epochs = DECODER_EPOCHS[config.task.name]
     t = config.training
     assert (t.epochs, t.max_length) == (epochs, length)
     assert t.batch_size == batch or "training.batch_size" in space
@@ -117,7 +127,8 @@ def _a_seeded_grid_over(config, grid: dict) -> None:
 TABLES = {"paper/table1-xnli.yaml": 6, "paper/table1-tydiqa.yaml": 7, "paper/table1-nusax.yaml": 8,
           "paper/table2-tydiqa.yaml": 7, "paper/table2-nusax.yaml": 8, "paper/table3-tydiqa.yaml": 7, "rank.yaml": 8,
           "fusion.yaml": 8, "paper/table4-xnli.yaml": 6, "paper/table4-nusax.yaml": 8,
-          "paper/appendix-e-train-only.yaml": 8}
+          "paper/appendix-e-train-only.yaml": 8,
+          **{name: {"xnli": 6, "tydiqa": 7, "nusax": 8}[task] for name, (task, _) in OTHER_MODELS.items()}}
 PER_LANGUAGE = {6: "xnli", 7: "tydiqa", 8: "nusax"}  # the per-language table of each task
 
 
@@ -154,6 +165,29 @@ def test_table1_is_the_grid_it_claims_to_be(task):
     assert "Table 1" in header(path)
 
 
+@pytest.mark.parametrize("name", sorted(OTHER_MODELS))
+def test_table1_of_mt5_llama_and_gemma_is_the_authors_recipe(name):
+    """mT5-XL with task heads; the decoders in 4 bit (QLoRA, bf16 compute), LoRA on every linear layer, the LM head
+    (and Llama's embeddings) trained beside it (the default of method.lora.modules_to_save); every method the
+    platform has for the model (X-Mixup refuses decoders: the paper's decoder variant is not built yet)."""
+    task, model = OTHER_MODELS[name]
+    config = load_experiment(SPACES / name)
+    assert config.model.name_or_path == model and config.task.name == task
+    search, lora = config.search, config.method.lora
+    assert search.seeds == [0, 1, 2, 3, 4] and search.scheduler is None and not search.space
+    decoder = model in DECODERS
+    methods = [m for m in METHODS if not (decoder and m == "xmixup")]
+    assert search.grid == {"method.kind": methods} and search.metric == METRIC[task]
+    assert (lora.r, lora.lora_alpha, lora.dropout, lora.modules_to_save) == (64, 128, 0.0, None)
+    assert config.training.precision == "bf16" and config.method.flare.fusion == "add_relu"
+    if decoder:
+        assert (config.model.quantization, config.model.dtype, lora.target_modules) == ("4bit", "bfloat16", "all-linear")
+        assert "X-Mixup is left out" in header(SPACES / name)
+    else:
+        assert (config.model.quantization, lora.target_modules) == ("none", None) and config.model.head in (None, "task")
+    assert "Table 1" in header(SPACES / name) and "Table 5" in header(SPACES / name)
+
+
 @pytest.mark.parametrize("task", ["tydiqa", "nusax"])
 def test_table2_is_the_grid_it_claims_to_be(task):
     path = SPACES / "paper" / f"table2-{task}.yaml"
@@ -187,7 +221,9 @@ def test_every_paper_header_shows_the_toy_overrides(path):
     assert words[:4] == ["python", "-m", "flare_ray.tune", str(path.relative_to(ROOT))]  # its own file
     overrides = dict(parse_override(o) for o in toy_overrides(path))
     assert TOY_KEYS <= set(overrides), f"missing {sorted(TOY_KEYS - set(overrides))}"
-    assert overrides["model.name_or_path"] == "tiny:xlm-roberta" and overrides["method.flare.mt_encoder"] == "tiny:m2m_100"
+    paper = load_experiment(path)
+    assert overrides["model.name_or_path"] == TINY[paper.model.name_or_path]  # the tiny model of the same family
+    assert overrides["method.flare.mt_encoder"] == "tiny:m2m_100"
     assert overrides["search.seeds"] == [0, 1] and overrides["training.epochs"] <= 2
     assert overrides["scaling.use_gpu"] is False and overrides["scaling.cpus_per_worker"] == 0.5
     assert overrides["training.precision"] == "fp32"  # no bf16 autocast on a laptop's CPU
@@ -197,7 +233,8 @@ def test_every_paper_header_shows_the_toy_overrides(path):
 @pytest.mark.parametrize("path", TOY_FILES, ids=lambda p: str(p.relative_to(SPACES)))
 def test_the_toy_overrides_of_every_header_load(path):
     paper, toy = load_experiment(path), load_experiment(path, toy_overrides(path))
-    assert toy.model.name_or_path == "tiny:xlm-roberta" and len(toy.task.languages) == 1
+    assert toy.model.name_or_path == TINY[paper.model.name_or_path] and len(toy.task.languages) == 1
+    assert toy.model.quantization == "none"  # bitsandbytes' 4-bit layers need a GPU
     assert toy.task.languages[0] in paper.task.languages
     assert toy.task.hub_id is None and "mt" not in toy.task.splits.values()  # offline: no hub, no translations
     records = toy.task.max_records

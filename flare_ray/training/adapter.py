@@ -20,15 +20,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model
 
 from flare_ray.baselines import XMixupModel
-from flare_ray.fusion import default_task_type, get_flare_model, untrained_task_heads
+from flare_ray.fusion import ArchitectureFamily, default_task_type, get_flare_model, untrained_task_heads
 from flare_ray.models.loading import newly_initialised, resolve_name_or_path
 
 from .config import METHODS, Method, MethodKind  # what each method is: in the leaf config module (no torch)
 
-__all__ = ["METHODS", "Method", "MethodKind", "build_adapter"]
+__all__ = ["METHODS", "Method", "MethodKind", "authors_modules", "build_adapter"]
+
+
+def authors_modules(model) -> list[str]:
+    """What the authors train whole beside the LoRA (pnborchert/FLARE, ``run.py``): a decoder's LM head, which
+    writes the answer, and for Llama also the input embeddings; nothing else for encoders and encoder-decoders
+    (their task heads train anyway). Where the LM head is tied to the embeddings (Gemma 2), it is one matrix:
+    training the head trains the embeddings."""
+    if ArchitectureFamily.of(model) is not ArchitectureFamily.DECODER or default_task_type(model) != TaskType.CAUSAL_LM:
+        return []
+    return ["lm_head"] + (["embed_tokens"] if model.config.model_type == "llama" else [])
 
 
 def build_adapter(model, method):
@@ -49,8 +59,11 @@ def build_adapter(model, method):
     """
     if not METHODS[method.kind].trains:
         return model.requires_grad_(False).eval()
-    heads = list(dict.fromkeys([*untrained_task_heads(model), *newly_initialised(model)]))
-    lora = LoraConfig(**method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=heads or None)
+    whole = authors_modules(model) if method.lora.modules_to_save is None else method.lora.modules_to_save
+    heads = list(dict.fromkeys([*untrained_task_heads(model), *newly_initialised(model), *whole]))
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) and bool({"lm_head", "embed_tokens"} & set(heads))
+    lora = LoraConfig(**method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=heads or None,
+                      ensure_weight_tying=tied)  # a tied LM head and embeddings stay one matrix, trained once
     if method.kind in ("lora", "input_fusion"):
         return get_peft_model(model, lora)
     if method.kind == "xmixup":

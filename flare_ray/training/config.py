@@ -77,6 +77,11 @@ class LoraSpec(_Section):
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None, description="module names to adapt, 'all-linear', or null (peft's default: attention query and value)"
     )
+    modules_to_save: list[str] | None = Field(
+        None, description="modules trained whole beside the LoRA and saved with it (peft's modules_to_save), besides "
+        "the task head; null: the authors' (decoders that generate: the LM head, and Llama's input embeddings; none "
+        "for encoders and encoder-decoders); []: none",
+    )
 
     @field_validator("target_modules", mode="before")
     @classmethod

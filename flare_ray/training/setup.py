@@ -93,7 +93,12 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
     holds_initialised(model, folder, "model.stage1")
     # low_cpu_mem_usage: the adapter's layers are made empty and filled from the file, not initialised at random
     # first; so merging stage 1 draws nothing from the random state, and a trial's LoRA is the one its seed draws
-    return PeftModel.from_pretrained(model, safetensors_only(folder), low_cpu_mem_usage=True).merge_and_unload()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    merged = PeftModel.from_pretrained(model, safetensors_only(folder), low_cpu_mem_usage=True).merge_and_unload()
+    if tied and not merged.config.tie_word_embeddings:  # a trained tied LM head (Gemma 2) comes back as two copies
+        merged.config.tie_word_embeddings = True  # of one matrix: one again, as the checkpoint ties them
+        merged.tie_weights()
+    return merged
 
 
 def holds_initialised(model: torch.nn.Module, folder: Path, what: str) -> None:
