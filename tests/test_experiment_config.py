@@ -218,9 +218,9 @@ BAD = {
         BASE.replace("tiny:xlm-roberta", "tiny:gpt2"),
         "model.name_or_path", "unknown tiny architecture 'gpt2'; expected tiny:<arch> with arch in ['xlm-roberta', 'bert', 'mt5', 'llama', 'gemma2']",
     ),
-    "mt split without mt_dir": (
-        BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}"),
-        "task.splits.validation", "'mt' needs mt_dir",
+    "mt split on remote storage without mt_dir": (  # locally, the sweep translates into <storage_path>/mt
+        BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}") + "storage_path: s3://bucket/sweeps\n",
+        "task.mt_dir", "storage_path is remote (s3://bucket/sweeps): the sweep translates into a local or shared folder",
     ),
     "both alpha and alpha_ratio": (
         BASE + "method: {lora: {alpha: 16, alpha_ratio: 2}}\n",

@@ -183,7 +183,7 @@ def edit_csv(path, old, new, count=1):
         ("wrong_column", r"javanese/train\.csv: missing columns \['label'\]"),
         ("bad_label", r"javanese/train\.csv: line 2: label 'happy' is not one of"),
         ("unknown_language", r"task: language 'xx' is not a language of nusax; expected one of"),
-        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['task', 'mt_dir'"),
+        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['model', 'batch_size', .*'task', 'mt_dir', 'roles'\]"),
         ("unknown_task_key", r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'"),
         ("splits_given", r"task: task\.splits and task\.mt_dir do not apply"),
         ("missing_config", r"nope\.yaml: configuration file not found"),

@@ -23,6 +23,7 @@ from flare_ray.storage import is_remote, local_folder, local_path
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
 from flare_ray.training.config import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
+from flare_ray.translate.config import TranslationSpec
 
 from .distributions import Distribution, with_float_log
 
@@ -83,6 +84,10 @@ class ModelSpec(_Section):
         return self.name_or_path[5:] if self.name_or_path.startswith("tiny:") else None
 
 
+MADE_BY_THE_SWEEP = Path("/made-by-the-sweep")  # a stand-in mt_dir while the task section is checked alone
+MT_FOLDER = "mt"  # the sweep's translations: <storage_path>/mt/<task>/<language>/<role>.parquet
+
+
 class TaskSpec(TaskConfig):
     """:class:`flare_ray.tasks.TaskConfig` with a list of target languages: one search per language."""
 
@@ -100,12 +105,18 @@ class TaskSpec(TaskConfig):
         for i, lang in enumerate(self.languages):
             if lang in self.languages[:i]:
                 raise FieldError(("languages", i), f"language {lang!r} is listed twice")
-            try:
-                TASKS[self.name](self.task_config(lang))  # the language and split recipes, checked by the task
+            try:  # the language and split recipes, checked by the task (where the sweep will translate: a stand-in mt_dir)
+                made_here = self.needs_mt and self.mt_dir is None
+                TASKS[self.name](self.task_config(lang).model_copy(update={"mt_dir": MADE_BY_THE_SWEEP} if made_here else {}))
             except TaskDataError as err:
                 role = next((r for r in self.splits if f"splits.{r}" in str(err)), None)
                 raise FieldError(("splits", role) if role else ("languages", i), str(err)) from None
         return self
+
+    @property
+    def needs_mt(self) -> bool:
+        """Does a split read machine translations (``splits.<role>: mt``)?"""
+        return "mt" in self.splits.values()
 
     def task_config(self, language: str) -> TaskConfig:
         """The :class:`~flare_ray.tasks.TaskConfig` of one target language."""
@@ -235,6 +246,9 @@ class ExperimentConfig(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="resources of a trial")
     search: SearchSpec = Field(default_factory=SearchSpec, description="the search space and how it is searched")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking")
+    translation: TranslationSpec = Field(
+        default_factory=TranslationSpec, description="the sweep's translation stage (task.splits: mt without task.mt_dir): "
+        "the NLLB-200 model and how to run it")  # fmt: skip
     storage_path: str = Field("outputs", min_length=1, description="Ray Tune storage (trial folders, checkpoints): "
                               "a local folder or a URI (file://, s3://, gs://)")
 
@@ -242,7 +256,8 @@ class ExperimentConfig(_Section):
     # Every key path that the checks across sections (_across_sections) read; keep it in step with them (a
     # test records what they read). A search sample that changes none of these is valid when each section it
     # changes is valid on its own: flare_ray.experiment.space checks the search space section by section.
-    ACROSS_KEYS: ClassVar[tuple[str, ...]] = ("name", "task.name", "training.epochs", "search", "tracking")
+    ACROSS_KEYS: ClassVar[tuple[str, ...]] = ("name", "task.name", "task.splits", "task.mt_dir", "training.epochs",
+                                              "search", "tracking", "storage_path")
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
 
     @field_validator("storage_path")
@@ -266,7 +281,20 @@ class ExperimentConfig(_Section):
                              f"longer than training.epochs ({self.training.epochs})")
         if self.tracking.experiment_name is None:
             self.tracking.experiment_name = self.name
+        if "mt" in self.task.splits.values() and self.task.mt_dir is None:  # the sweep translates into its storage
+            if is_remote(self.storage_path):
+                raise FieldError(("task", "mt_dir"), f"task.splits reads machine translations and storage_path is "
+                                 f"remote ({self.storage_path}): the sweep translates into a local or shared folder; "
+                                 "expected task.mt_dir (a folder every node reads), or a local storage_path")
+            self.task.mt_dir = local_folder(self.storage_path) / MT_FOLDER
         return self
+
+    @property
+    def translates(self) -> bool:
+        """Does the sweep make its translations (its own folder, ``<storage_path>/mt``)? A ``task.mt_dir``
+        elsewhere holds translations made elsewhere, read as they are."""
+        folder = local_folder(self.storage_path)
+        return self.task.needs_mt and folder is not None and self.task.mt_dir == folder / MT_FOLDER
 
     @property
     def source(self) -> str | None:  # the YAML file this config was loaded from (None if built in code)

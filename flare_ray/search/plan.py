@@ -18,6 +18,8 @@ from flare_ray.experiment.space import config_value
 from flare_ray.tracking.config import resolve_tracking_uri
 from flare_ray.training.config import method_reads
 
+from .translation import plan_line
+
 
 @dataclass
 class Search:
@@ -150,6 +152,9 @@ def dry_run_text(config: ExperimentConfig) -> str:
     ]
     empty = "(empty: the grid says what varies)" if search.grid else "(empty: every trial runs the fixed config)"
     out += [f"  {line}" for line in space_lines(config)] or [f"  {empty}"]
+    translation = plan_line(config)
+    if translation is not None:
+        out.insert(out.index("# scheduler: " + scheduler), f"# {translation}")
     return "\n".join(out) + "\n"
 
 
@@ -165,9 +170,11 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
     worker = ", ".join(f"{v:g} {k}" for k, v in scaling.resources_per_worker().items() if v)
     cluster = ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     at_once = search.max_concurrent_trials or "as many as fit"
+    translation = plan_line(config)
     return "\n".join([
         f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config)} ({trials} in all, "
         f"{searches} search(es)){stage1}; selected on {search.metric}",
+        *([f"  {translation}"] if translation else []),
         f"  each trial: {config.model.name_or_path}, {scaling.num_workers} worker(s) of {worker}, trained {where}; "
         f"{at_once} at once on this cluster ({cluster})",
         f"  MLflow: {resolve_tracking_uri(config)} (experiment '{config.tracking.experiment_name}'); storage: "

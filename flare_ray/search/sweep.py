@@ -67,6 +67,7 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
                       "Train worker on a node that holds it")
         config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"ray_train": True})})
     try:
+        _with_translations(client, parent, config, console)  # stage 1 reads the English side of the mt splits
         if config.model.stage1 == "auto":
             config = _with_stage1(client, parent, config, console)
         elif config.model.stage1 is None and config.model.tiny_architecture is None:
@@ -108,6 +109,21 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
         mlflow_runs.end_sweep(client, parent, "FAILED")
         raise
     return summary
+
+
+def _with_translations(client, parent: str, config: ExperimentConfig, console: Console) -> None:
+    """Make (or reuse) the machine-translated splits the trials read, and log what was made on the parent run."""
+    from .translation import ensure_translations
+
+    stage = ensure_translations(config)
+    if stage is None:
+        return
+    console.print(f"{stage.line()} in {stage.seconds:.0f} s, under {config.task.mt_dir}")
+    client.set_tag(parent, "translation.model", stage.model)
+    client.log_metric(parent, "translation.cached", stage.cached)
+    client.log_metric(parent, "translation.made", stage.made)
+    client.log_dict(parent, {"model": stage.model, "mt_dir": str(config.task.mt_dir), "roles": stage.roles,
+                             "seconds": stage.seconds, "splits": stage.splits}, "translation/translation.json")  # fmt: skip
 
 
 def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console) -> ExperimentConfig:

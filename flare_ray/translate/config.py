@@ -42,19 +42,14 @@ class ConfigError(ConfigFileError):
 NOT_HERE = ("splits", "mt_dir")  # task keys that do not apply: each role is translated from its default recipe
 
 
-class TranslateConfig(BaseModel):
-    """What to translate, with which NLLB-200 model, where to, and how to run it."""
+class TranslationSpec(BaseModel):
+    """How to translate: the NLLB-200 model and how to run it. The experiment's ``translation`` section (the
+    sweep's translation stage), and the settings of ``python -m flare_ray.translate``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    task: TaskConfig = Field(description="which task's splits to translate (each role with the task's default recipe)")
-    mt_dir: Path = Field(description="output folder: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json")
-    roles: list[Role] = Field(
-        default_factory=lambda: list(ROLES),
-        description="roles to translate: train and validation from English into the language, test from the language into English",
-    )
     model: str = Field(
-        DEFAULT_MODEL, description=f"NLLB-200 checkpoint: a hub id ({', '.join(MODELS)}) or a local folder"
+        DEFAULT_MODEL, description=f"NLLB-200 checkpoint: a hub id ({', '.join(MODELS)}), a local folder or tiny:m2m_100"
     )
     batch_size: PositiveInt = Field(16, description="segments per translation batch (per actor)")
     max_length: PositiveInt = Field(
@@ -75,6 +70,36 @@ class TranslateConfig(BaseModel):
         description="QA train and validation: the pair wrapped around the answer in the English context to carry it "
         "through translation (records whose markers are lost are dropped); test contexts are translated without "
         "markers, so the test input does not depend on the gold answer, and keep empty source_answers",
+    )
+
+    @field_validator("markers")
+    @classmethod
+    def _markers_usable(cls, markers: tuple[str, str]) -> tuple[str, str]:
+        Markers(*markers)
+        return markers
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_exists(cls, model: str) -> str:
+        path = Path(model).expanduser()
+        if path.exists():
+            return str(path.resolve())
+        if model.startswith(("/", "./", "../", "~")):
+            raise ValueError(f"local model folder {model!r} not found")
+        return model  # a hub id, or tiny:m2m_100
+
+    def answer_markers(self) -> Markers:
+        return Markers(*self.markers)
+
+
+class TranslateConfig(TranslationSpec):
+    """What to translate (a task's language, which roles, where to), and how (:class:`TranslationSpec`)."""
+
+    task: TaskConfig = Field(description="which task's splits to translate (each role with the task's default recipe)")
+    mt_dir: Path = Field(description="output folder: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json")
+    roles: list[Role] = Field(
+        default_factory=lambda: list(ROLES),
+        description="roles to translate: train and validation from English into the language, test from the language into English",
     )
 
     @field_validator("task")
@@ -98,27 +123,8 @@ class TranslateConfig(BaseModel):
             raise ValueError(f"expected a non-empty list of distinct roles from {list(ROLES)}, got {roles}")
         return roles
 
-    @field_validator("markers")
-    @classmethod
-    def _markers_usable(cls, markers: tuple[str, str]) -> tuple[str, str]:
-        Markers(*markers)
-        return markers
-
-    @field_validator("model")
-    @classmethod
-    def _local_model_exists(cls, model: str) -> str:
-        path = Path(model).expanduser()
-        if path.exists():
-            return str(path.resolve())
-        if model.startswith(("/", "./", "../", "~")):
-            raise ValueError(f"local model folder {model!r} not found")
-        return model  # a hub id
-
     def task_config(self) -> TaskConfig:
         return self.task
-
-    def answer_markers(self) -> Markers:
-        return Markers(*self.markers)
 
 
 def parse_config(data: Any, source: str = "config", lines: dict | None = None) -> TranslateConfig:

@@ -52,7 +52,10 @@ class NllbTranslator:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+        from flare_ray.models.loading import resolve_name_or_path
+
         _log_to_stderr()
+        model = resolve_name_or_path(model)  # tiny:m2m_100, the offline test model, built on first use
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("this translation actor was given a GPU, but torch sees no CUDA device")
         self.device = torch.device("cuda" if use_gpu else "cpu")

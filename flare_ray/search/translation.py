@@ -1,0 +1,100 @@
+"""Translation as a stage of the sweep, like stage 1: the NLLB-200 splits its trials read, made once.
+
+Where ``task.splits`` reads machine translations (``mt``) and ``task.mt_dir`` is not set, the sweep
+translates into its storage (``<storage_path>/mt/<task>/<language>/<role>.parquet``) before stage 1 and the
+trials, with :func:`flare_ray.translate.pipeline.run` (one Ray Data job per language; each actor loads the
+model once): train and validation from English into the language, test from the language into English.
+Each split is kept with its provenance and a cache key of everything it depends on (task, language, role,
+NLLB model, directions, decoding, the input records, the pipeline's version), so a later sweep with the same
+key reuses it and translates nothing; a split whose key changed is made again. A sweep killed while
+translating keeps the languages it finished. A ``task.mt_dir`` elsewhere holds translations made elsewhere
+(``python -m flare_ray.translate``), read as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flare_ray.experiment import ExperimentConfig
+from flare_ray.tasks import ROLES, TaskConfig
+from flare_ray.translate.config import TranslateConfig
+
+log = logging.getLogger(__name__)
+
+
+def mt_roles(config: ExperimentConfig) -> list[str]:
+    """The roles whose split is a machine translation, in role order."""
+    return [role for role in ROLES if config.task.splits.get(role) == "mt"]
+
+
+def translate_configs(config: ExperimentConfig) -> list[TranslateConfig]:
+    """One translation job per target language: its ``mt`` roles from the task's own data, into ``task.mt_dir``."""
+    task = config.task.model_dump(exclude={"language", "languages", "splits", "mt_dir"})
+    return [TranslateConfig(**config.translation.model_dump(), task=TaskConfig(**task, language=language),
+                            mt_dir=config.task.mt_dir, roles=mt_roles(config))  # fmt: skip
+            for language in config.task.languages]
+
+
+@dataclass
+class TranslationStage:
+    """What the stage found or made: per (language, role), whether it was reused, and its provenance."""
+
+    model: str
+    languages: int
+    roles: list[str]
+    splits: dict[str, dict[str, Any]]  # "<language>/<role>" -> {"path", "cached", "records", "segments", ...}
+    seconds: float = 0.0
+
+    @property
+    def cached(self) -> int:
+        return sum(s["cached"] for s in self.splits.values())
+
+    @property
+    def made(self) -> int:
+        return len(self.splits) - self.cached
+
+    def line(self) -> str:
+        return (f"translation: {self.languages} language(s) x {len(self.roles)} role(s) ({', '.join(self.roles)}), "
+                f"{self.model}: cached {self.cached} / made {self.made}")
+
+
+def plan_line(config: ExperimentConfig) -> str | None:
+    """The dry run's line: what the stage would reuse and make, checked without loading a model; None where the
+    sweep translates nothing."""
+    if not config.translates:
+        return None
+    from flare_ray.translate import pipeline
+
+    total, cached = len(config.task.languages) * len(mt_roles(config)), 0
+    try:
+        for job in translate_configs(config):
+            cached += len(pipeline.run(job, check=True))
+    except Exception as err:  # noqa: BLE001 - the data may be on the hub (offline here): say so, do not fail the plan
+        return (f"translation: {len(config.task.languages)} language(s) x {len(mt_roles(config))} role(s), "
+                f"{config.translation.model}, into {config.task.mt_dir} (not checked: {type(err).__name__}: {err})")
+    return (f"translation: {len(config.task.languages)} language(s) x {len(mt_roles(config))} role(s) "
+            f"({', '.join(mt_roles(config))}), {config.translation.model}, into {config.task.mt_dir}: "
+            f"cached {cached} / to make {total - cached}")
+
+
+def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
+    """Make (or reuse) every split the sweep's trials read as machine translations; None where there is none
+    to make here."""
+    if not config.translates:
+        return None
+    from flare_ray.translate import pipeline
+
+    started, splits = time.perf_counter(), {}
+    for job in translate_configs(config):
+        for result in pipeline.run(job):
+            provenance = result.provenance
+            splits[f"{job.task.language}/{result.role}"] = {
+                "path": str(result.path), "cached": result.cached, "records": provenance.get("records_out"),
+                "dropped": len(provenance.get("dropped") or []), "segments": (provenance.get("run") or {}).get("segments"),
+                "created": provenance.get("created"), "cache_key": provenance.get("cache_key"),
+            }  # fmt: skip
+    return TranslationStage(config.translation.model, len(config.task.languages), mt_roles(config), splits,
+                            round(time.perf_counter() - started, 1))  # fmt: skip
