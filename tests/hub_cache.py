@@ -20,6 +20,8 @@ SHIPPED_MODELS = {
                           "architectures": ["Gemma2ForCausalLM"]},
     "facebook/nllb-200-distilled-600M": {"model_type": "m2m_100", "encoder_layers": 12, "decoder_layers": 12,
                                          "is_encoder_decoder": True},
+    "facebook/nllb-200-3.3B": {"model_type": "m2m_100", "encoder_layers": 24, "decoder_layers": 24,
+                               "is_encoder_decoder": True},  # the translation stage's
 }
 COMMIT = "0" * 40
 

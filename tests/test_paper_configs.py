@@ -37,7 +37,8 @@ LANGUAGES = {
 METRIC = {"xnli": "validation/accuracy", "tydiqa": "validation/exact_match", "nusax": "validation/macro_f1"}
 # What the toy command of every header sets (the rest of the file stays the paper's)
 TOY_KEYS = {"model.name_or_path", "method.flare.mt_encoder", "task.languages", "task.max_records", "training.epochs",
-            "search.seeds", "scaling.use_gpu", "training.precision", "scaling.cpus_per_worker", "storage_path"}
+            "search.seeds", "scaling.use_gpu", "training.precision", "scaling.cpus_per_worker", "storage_path",
+            "translation.model"}
 
 
 def header(path: Path) -> str:
@@ -130,6 +131,21 @@ TABLES = {"paper/table1-xnli.yaml": 6, "paper/table1-tydiqa.yaml": 7, "paper/tab
           "paper/appendix-e-train-only.yaml": 8,
           **{name: {"xnli": 6, "tydiqa": 7, "nusax": 8}[task] for name, (task, _) in OTHER_MODELS.items()}}
 PER_LANGUAGE = {6: "xnli", 7: "tydiqa", 8: "nusax"}  # the per-language table of each task
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=lambda p: str(p.relative_to(SPACES)))
+def test_each_paper_yaml_reads_its_tables_data_by_default(path):
+    """The paper's data (Sec. 4): NLLB translate-train and the NLLB English test side, made by the sweep's translation
+    stage (NLLB 3.3B); Table 4's files: NLLB translate-train and the gold English test side. The header says so."""
+    from flare_ray.report.paper import setting
+
+    config = load_experiment(path)
+    table4 = path.name.startswith("table4-")
+    assert config.translates and config.translation.model == "facebook/nllb-200-3.3B"
+    for language in config.task.languages:
+        provenance = get_task(config.task.task_config(language)).provenance()
+        assert setting(provenance) == ("gold" if table4 else "mt"), (language, provenance)
+    assert ("Table 4's setting" if table4 else "the paper's (Sec. 4, translate-train)") in header(path)
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -227,6 +243,7 @@ def test_every_paper_header_shows_the_toy_overrides(path):
     assert overrides["search.seeds"] == [0, 1] and overrides["training.epochs"] <= 2
     assert overrides["scaling.use_gpu"] is False and overrides["scaling.cpus_per_worker"] == 0.5
     assert overrides["training.precision"] == "fp32"  # no bf16 autocast on a laptop's CPU
+    assert overrides["translation.model"] == "tiny:m2m_100"  # the translation stage, offline
     assert str(overrides["storage_path"]).startswith("outputs/")
 
 
@@ -236,7 +253,8 @@ def test_the_toy_overrides_of_every_header_load(path):
     assert toy.model.name_or_path == TINY[paper.model.name_or_path] and len(toy.task.languages) == 1
     assert toy.model.quantization == "none"  # bitsandbytes' 4-bit layers need a GPU
     assert toy.task.languages[0] in paper.task.languages
-    assert toy.task.hub_id is None and "mt" not in toy.task.splits.values()  # offline: no hub, no translations
+    assert toy.task.hub_id is None and toy.task.splits == paper.task.splits  # offline: no hub; the paper's data...
+    assert toy.translation.model == "tiny:m2m_100" and toy.translates  # ...translated by the tiny NLLB-shaped model
     records = toy.task.max_records
     assert set(records) == {"train", "validation", "test"} and all(0 < n <= 64 for n in records.values())
     assert not toy.scaling.use_gpu and toy.search.seeds == [0, 1]

@@ -1,6 +1,7 @@
 """What the schema cannot see but can be checked before Ray starts: what a config names outside itself.
 
-* ``model.name_or_path`` (and FLARE-MT's ``method.flare.mt_encoder``): a local folder must exist; a hub id
+* ``model.name_or_path`` (and FLARE-MT's ``method.flare.mt_encoder``, and the translation stage's
+  ``translation.model`` where the sweep translates): a local folder must exist; a hub id
   (``name`` or ``org/name``) that is no local folder must be in the local Hugging Face cache when the hub is
   offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``); online it is accepted. ``tiny:<arch>`` needs
   nothing. Every value the search space or grid gives the key is checked too.
@@ -50,6 +51,9 @@ def preflight_problems(config: ExperimentConfig) -> list[Problem]:
     if "flare_mt" in kinds:
         problems += [p for path, value in _values(config, "method.flare.mt_encoder") if value
                      if (p := _model_problem(path, value, "an MT model folder")) is not None]  # fmt: skip
+    if config.translates:  # the sweep's translation stage loads it
+        problems += [p for p in [_model_problem(("translation", "model"), config.translation.model,
+                                                "an NLLB-200 model folder")] if p is not None]  # fmt: skip
     problems += _stage1_problems(config)
     problems += _credential_problems(config)
     if kinds & set(_FLARE):

@@ -62,22 +62,28 @@ class TranslationStage:
 
 
 def plan_line(config: ExperimentConfig) -> str | None:
-    """The dry run's line: what the stage would reuse and make, checked without loading a model; None where the
-    sweep translates nothing."""
+    """The dry run's and the plan's line: how many splits are already made with this model (their provenance,
+    read without loading any data or model: the inputs are checked by their cache key when the sweep runs) and
+    how many to make; None where the sweep translates nothing."""
     if not config.translates:
         return None
-    from flare_ray.translate import pipeline
+    import json
 
-    total, cached = len(config.task.languages) * len(mt_roles(config)), 0
-    try:
-        for job in translate_configs(config):
-            cached += len(pipeline.run(job, check=True))
-    except Exception as err:  # noqa: BLE001 - the data may be on the hub (offline here): say so, do not fail the plan
-        return (f"translation: {len(config.task.languages)} language(s) x {len(mt_roles(config))} role(s), "
-                f"{config.translation.model}, into {config.task.mt_dir} (not checked: {type(err).__name__}: {err})")
-    return (f"translation: {len(config.task.languages)} language(s) x {len(mt_roles(config))} role(s) "
-            f"({', '.join(mt_roles(config))}), {config.translation.model}, into {config.task.mt_dir}: "
-            f"cached {cached} / to make {total - cached}")
+    from flare_ray.tasks.base import mt_split_path
+    from flare_ray.translate.store import provenance_path
+
+    roles, model, made = mt_roles(config), config.translation.model, 0
+    for language in config.task.languages:
+        for role in roles:
+            path = provenance_path(mt_split_path(config.task.mt_dir, config.task.name, language, role))
+            try:
+                known = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            made += known.get("mt_model") == model
+    total = len(config.task.languages) * len(roles)
+    return (f"translation: {len(config.task.languages)} language(s) x {len(roles)} role(s) ({', '.join(roles)}), "
+            f"{model}, into {config.task.mt_dir}: cached {made} / to make {total - made}")
 
 
 def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
