@@ -165,6 +165,11 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
         assert attach_source_cache(model, other) is not first
         assert attach_source_cache(model, config()) is not first  # replaced: one cache per process
         first = attach_source_cache(model, config())
+    # a FLARE trial of a grid whose FLARE-MT cells set the MT encoder: the source pass, not FLARE-MT's cache
+    with_mt = {"fusion": "add", "mt_encoder": "tiny:m2m_100"}
+    assert attach_source_cache(model, config(method__flare=with_mt)) is first
+    assert attach_source_cache(model, config(method__flare=with_mt, method__kind="flare_mt")) is not first
+    first = attach_source_cache(model, config())
     fewer, _ = flare(tiny_path, "encoder", fusion="add", fusion_layers=[0])  # other fused sites
     assert attach_source_cache(fewer, config()) is not first
     assert attach_source_cache(model, config(training__source_cache_gb=0)) is None

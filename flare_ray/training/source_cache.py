@@ -46,9 +46,13 @@ POLL_SECONDS = 1.0
 
 
 def state_key(model: FlareModel, experiment: ExperimentConfig) -> tuple:
+    """What a cached row depends on. The MT encoder counts for FLARE-MT only: a FLARE trial of a grid that sets
+    ``method.flare.mt_encoder`` for its FLARE-MT cells runs the source pass (another source, another layout of
+    rows), and must not share FLARE-MT's cache."""
     flare, spec = experiment.method.flare, experiment.model
+    mt_encoder = flare.mt_encoder if experiment.method.kind == "flare_mt" else None
     return (spec.name_or_path, str(spec.stage1), spec.quantization, spec.dtype, experiment.training.precision,
-            str(flare.source_representation), flare.mt_encoder, tuple(site.name for site in model.plan.sites))  # fmt: skip
+            str(flare.source_representation), mt_encoder, tuple(site.name for site in model.plan.sites))  # fmt: skip
 
 
 def attach_source_cache(model, experiment: ExperimentConfig, zero3: bool = False) -> SourceCache | None:
