@@ -56,6 +56,8 @@ def test_the_sweep_translates_once_and_a_later_sweep_reuses_every_split(tmp_path
 def test_translations_made_elsewhere_are_read_as_they_are_and_remote_storage_needs_a_folder(tmp_path):
     elsewhere = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", *MT, f"task.mt_dir={tmp_path / 'theirs'}"])
     assert not elsewhere.translates and elsewhere.task.mt_dir == tmp_path / "theirs"
+    named = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", *MT, f"task.mt_dir={tmp_path / 'mt'}"])
+    assert not named.translates  # named by the config, even where the sweep would put its own: read as it is
     assert not load_experiment(QUICKSTART, [f"storage_path={tmp_path}"]).translates  # nothing read from MT
     with pytest.raises(ExperimentConfigError, match=r"task.mt_dir.*storage_path is remote"):
         load_experiment(QUICKSTART, ["storage_path=s3://bucket/sweeps", *MT])

@@ -259,6 +259,7 @@ class ExperimentConfig(_Section):
     ACROSS_KEYS: ClassVar[tuple[str, ...]] = ("name", "task.name", "task.splits", "task.mt_dir", "training.epochs",
                                               "search", "tracking", "storage_path")
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
+    _translates: bool = PrivateAttr(False)  # task.mt_dir was not given: the sweep makes the translations there
 
     @field_validator("storage_path")
     @classmethod
@@ -287,14 +288,14 @@ class ExperimentConfig(_Section):
                                  f"remote ({self.storage_path}): the sweep translates into a local or shared folder; "
                                  "expected task.mt_dir (a folder every node reads), or a local storage_path")
             self.task.mt_dir = local_folder(self.storage_path) / MT_FOLDER
+            self._translates = True
         return self
 
     @property
     def translates(self) -> bool:
-        """Does the sweep make its translations (its own folder, ``<storage_path>/mt``)? A ``task.mt_dir``
-        elsewhere holds translations made elsewhere, read as they are."""
-        folder = local_folder(self.storage_path)
-        return self.task.needs_mt and folder is not None and self.task.mt_dir == folder / MT_FOLDER
+        """Does the sweep make its translations (into ``<storage_path>/mt``, where ``task.mt_dir`` was not
+        given)? A ``task.mt_dir`` the config names holds translations made elsewhere, read as they are."""
+        return self._translates
 
     @property
     def source(self) -> str | None:  # the YAML file this config was loaded from (None if built in code)

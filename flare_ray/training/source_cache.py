@@ -137,7 +137,9 @@ def _builds():
     if not ray.is_initialized():
         yield lambda digest, take: True
         return
-    actor = _Builds.options(name=BUILDS_ACTOR, get_if_exists=True).remote()
+    # detached: owned by no trial process (a trial that made it and ended would take it along while another one
+    # still asks it); it ends with the cluster, holding no resources
+    actor = _Builds.options(name=BUILDS_ACTOR, get_if_exists=True, lifetime="detached").remote()
     me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
     yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
 
