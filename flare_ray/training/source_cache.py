@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 _CURRENT: dict[tuple, SourceCache] = {}
 BUILDS_ACTOR = "flare_ray.source_cache_builds"
+BUILDS_NAMESPACE = "flare_ray"
 COMPLETE = "complete"
 WAIT_SECONDS = 1800.0  # how long a trial waits for another's build before computing its own rows
 POLL_SECONDS = 1.0
@@ -138,8 +139,9 @@ def _builds():
         yield lambda digest, take: True
         return
     # detached: owned by no trial process (a trial that made it and ended would take it along while another one
-    # still asks it); it ends with the cluster, holding no resources
-    actor = _Builds.options(name=BUILDS_ACTOR, get_if_exists=True, lifetime="detached").remote()
+    # still asks it); it ends with the cluster, holding no resources. Detached actors live in a named namespace.
+    actor = _Builds.options(name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True,
+                            lifetime="detached").remote()
     me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
     yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
 
