@@ -71,10 +71,9 @@ def records(language: str, split: str) -> list[dict]:
 class Plain:
     """A plain two-stage peft loop of the recipe."""
 
-    def __init__(self, kind: str = "lora"):
+    def __init__(self):
         from transformers import AutoTokenizer
 
-        self.kind = kind
         self.tokenizer = AutoTokenizer.from_pretrained(MODEL)
 
     def model(self, seed: int, stage1_state: dict | None, kind: str):
