@@ -7,7 +7,9 @@ Two things Tune does not do for Tuners in threads, done here:
   search starts after the previous one has set up (:class:`SearchControl`'s ``setup``);
 * **Ctrl-C**: Tune catches SIGINT only in the main thread. The driver's handler asks every search to
   stop; each one keeps running until Tune has saved its experiment state once more (at most
-  ``TUNE_GLOBAL_CHECKPOINT_S`` + 1 seconds), then stops, and ``--resume`` continues all of them.
+  ``TUNE_GLOBAL_CHECKPOINT_S`` seconds), stops in the step of that save, and ``--resume`` continues all
+  of them (the MLflow callback deletes the runs of trials that started after the last state that
+  reached storage).
 """
 
 from __future__ import annotations
@@ -51,17 +53,27 @@ def _checkpoint_period() -> float:
 
 
 class SearchControl(ray.tune.Callback):
-    """In every search's Tune loop: says when it has started, and stops it after Ctrl-C."""
+    """In every search's Tune loop: says when it has started, and stops it after Ctrl-C, at the end of the
+    first step that saved the experiment state after the interrupt (nothing starts between that save and
+    the stop)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._saved_at = 0.0
 
     def setup(self, **info) -> None:
         if self.name in _STARTED:
             _STARTED[self.name].set()
 
-    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        if _INTERRUPT.is_set() and time.time() - _interrupted_at[0] > _checkpoint_period() + 1:
+    def get_state(self) -> None:
+        """Tune asks every callback for its state as it saves the experiment state: note when."""
+        self._saved_at = time.time()
+        return None  # nothing to save
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if not _INTERRUPT.is_set():
+            return
+        if self._saved_at > _interrupted_at[0] or time.time() - _interrupted_at[0] > _checkpoint_period() + 1:
             raise Interrupted(f"search {self.name} interrupted; its state is saved")
 
 

@@ -156,7 +156,7 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concu
     describe = partial(describe_trial, base=config.model_dump(mode="json"), cell=search.cell, grid=list(spec.grid),
                        seeds=spec.seed_list)  # fmt: skip
     callback = MLflowTrialCallback(tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path,
-                                   describe)  # fmt: skip
+                                   describe, search=search.name)  # fmt: skip
     tune, param_space = tune_config(search, max_concurrent)
     tuner = ray.tune.Tuner(
         trainable, param_space=param_space, tune_config=tune,

@@ -2,7 +2,9 @@
 
 :class:`MLflowTrialCallback` (a Ray Tune callback, on the Tune RunConfig) opens
 a nested child run per trial, found again by the trial id on resume, so a
-resumed sweep never duplicates runs.
+resumed sweep never duplicates runs: the runs of trials that started after the
+search's last saved state (Tune does not know them on resume, and its searcher
+suggests others in their place) are deleted when the search resumes.
 
 Tune calls its callbacks in the loop that drives every trial, so only what must be there is: creating a
 trial's run (one request). Its params, each epoch's metrics, the artifacts and its end go to background
@@ -32,7 +34,16 @@ from ray.tune.integration.ray_train import (
 from flare_ray.secrets import redact
 from flare_ray.storage import is_remote, local_copy
 
-from .mlflow_runs import ADAPTER_PATH, CHECKPOINT_TAG, LANGUAGE_TAG, PREDICTIONS_PATH, TRIAL_TAG, child_runs, log_params
+from .mlflow_runs import (
+    ADAPTER_PATH,
+    CHECKPOINT_TAG,
+    LANGUAGE_TAG,
+    PREDICTIONS_PATH,
+    SEARCH_TAG,
+    TRIAL_TAG,
+    child_runs,
+    log_params,
+)
 
 ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
 log = logging.getLogger(__name__)
@@ -92,10 +103,12 @@ class MLflowTrialCallback(Callback):
 
     def __init__(
         self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str,
-        describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None,
+        describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None, search: str = "",
     ) -> None:
-        """``describe``: a trial's Tune config -> (its resolved config as nested params, its tags)."""
+        """``describe``: a trial's Tune config -> (its resolved config as nested params, its tags); ``search``:
+        the search's name, tagged on its runs."""
         self.tracking_uri = tracking_uri
+        self.search = search
         self.storage_path = storage_path
         self.parent_run_id = parent_run_id
         self.language = language
@@ -108,6 +121,7 @@ class MLflowTrialCallback(Callback):
         self._earlier: dict[str, str] | None = None  # the parent's child runs from before a resume, read once
         self._experiment_id: str | None = None
         self._checkpoints: dict[str, str] = {}  # trial id -> its latest (best) checkpoint
+        self._restored = False  # set when Tune restores this callback (--resume): the search reconciles its runs
 
     def __getstate__(self) -> dict[str, Any]:  # Tune keeps its callbacks in the experiment state (--resume)
         state = self.__dict__.copy()
@@ -116,16 +130,42 @@ class MLflowTrialCallback(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None)
+        self.__dict__.update(state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None,
+                             _restored=True)
 
-    def _existing(self, trial_id: str) -> str | None:
-        """The run of ``trial_id`` made before a resume: all of the parent's child runs are read once (one
-        paged search), not looked up by tag for every trial."""
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
+        if self._restored:  # the first step of a resumed search: Tune's ``trials`` are the ones it saved
+            self._restored = False
+            self._forget_unsaved(trials)
+
+    def _forget_unsaved(self, trials: list[Trial]) -> None:
+        """Delete this search's runs whose trials Tune did not save before the interrupt: their progress is
+        lost (the searcher suggests other trials in their place), and a run left behind would duplicate one."""
+        known = {trial.trial_id for trial in trials}
+        earlier = self._earlier_runs()
+        unsaved = [run for trial_id, run in earlier.items()
+                   if self.search and run.data.tags.get(SEARCH_TAG) == self.search and trial_id not in known]  # fmt: skip
+        for run in unsaved:
+            self.client.delete_run(run.info.run_id)
+            earlier.pop(run.data.tags.get(TRIAL_TAG))
+        if unsaved:
+            log.warning("search %s: deleted the MLflow runs of %d trial(s) that started after its last saved state "
+                        "(%s); Tune runs other trials in their place", self.search, len(unsaved),
+                        ", ".join(run.data.tags.get(TRIAL_TAG, "?") for run in unsaved))  # fmt: skip
+
+    def _earlier_runs(self) -> dict[str, Any]:
+        """The parent's child runs made before a resume, by trial id: read once (one paged search), not looked
+        up by tag for every trial."""
         if self._earlier is None:
             self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-            self._earlier = {run.data.tags.get(TRIAL_TAG): run.info.run_id
+            self._earlier = {run.data.tags.get(TRIAL_TAG): run
                              for run in child_runs(self.client, self._experiment_id, self.parent_run_id)}  # fmt: skip
-        return self._earlier.get(trial_id)
+        return self._earlier
+
+    def _existing(self, trial_id: str) -> str | None:
+        """The run of ``trial_id`` made before a resume, if any."""
+        run = self._earlier_runs().get(trial_id)
+        return run.info.run_id if run is not None else None
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id in self._runs:
@@ -138,7 +178,7 @@ class MLflowTrialCallback(Callback):
             params, tags = self.describe(trial.config)
             run = self.client.create_run(self._experiment_id, tags={
                 **{k: redact(v) for k, v in tags.items()}, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
-                TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language,
+                TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language, **({SEARCH_TAG: self.search} if self.search else {}),
             })  # fmt: skip
             run_id = run.info.run_id
             self.writers.submit(run_id, "params", lambda: log_params(self.client, run_id, {**params, "language": self.language}))

@@ -29,6 +29,7 @@ from .config import resolve_tracking_uri  # noqa: F401 - where the sweep and the
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
 LANGUAGE_TAG = "flare_ray.language"
+SEARCH_TAG = "flare_ray.search"  # the search (one Tuner: a language and grid cell) a trial belongs to
 METHOD_TAG = "flare_ray.method"  # method.kind
 SEED_TAG = "flare_ray.seed"  # training.seed
 CELL_TAG = "flare_ray.cell"  # the grid cell, JSON {key.path: value} ({} without a grid)
