@@ -1,8 +1,7 @@
 """Every method of the paper on the tiny offline models, without Ray: what each one reads, trains and scores.
 
 zero-shot and translate-test change no parameter (and translate-test reads the English side); input-level
-fusion reads both texts, each within its budget; X-Mixup's extra losses are present, finite and change the
-gradient; FLARE train-only (``fusion_probability``, ``source_at_inference``) fuses only some instances and
+fusion reads both texts, each within its budget (X-Mixup: ``test_xmixup.py``); FLARE train-only (``fusion_probability``, ``source_at_inference``) fuses only some instances and
 never runs the source pass at test time (counted). The same methods end to end through
 ``python -m flare_ray.tune`` are in ``test_ablation.py``.
 """
@@ -15,7 +14,6 @@ import pytest
 import torch
 from peft import PeftModel
 
-from flare_ray.baselines import XMixupConfig, XMixupModel
 from flare_ray.experiment import load_experiment
 from flare_ray.fusion import FlareModel
 from flare_ray.fusion.provider import SourceBatch
@@ -159,58 +157,6 @@ def experiment_method(kind: str, **flare):
     from flare_ray.experiment.config import MethodSpec
 
     return MethodSpec(kind=kind, lora={"r": 4}, flare=flare or {})
-
-
-# -- X-Mixup ------------------------------------------------------------------------------------------
-def xmixup_batch(task, tok):
-    records = list(task.load("train"))[:4]
-    return TaskEncoder(task, tok, "encoder", 32, source=True).train_batch(records).inputs
-
-
-@pytest.mark.parametrize("name", ["nusax", "tydiqa"])
-def test_xmixup_losses_are_present_finite_and_change_the_gradient(name):
-    task = nusax() if name == "nusax" else get_task(TaskConfig(name="tydiqa", language="sw", max_records={"train": 4}))
-
-    def grads(weights: dict) -> tuple[dict, XMixupModel]:
-        torch.manual_seed(0)
-        model, tok = load_model("tiny:xlm-roberta", "encoder", labels=task.labels)
-        mixup = build_adapter(model, experiment_method("xmixup").model_copy(update={"xmixup": XMixupConfig(**weights)}))
-        mixup.train()
-        batch = xmixup_batch(task, tok)
-        mixup(**batch).loss.backward()
-        return {n: p.grad.clone() for n, p in mixup.named_parameters() if p.grad is not None}, mixup
-
-    with_terms, model = grads({"layer": 1})
-    assert isinstance(model, XMixupModel) and model.layer == 1
-    expected = {"task", "mse", "ratio"} | ({"kl"} if task.labels else set())
-    assert set(model.losses) == expected and all(torch.isfinite(v) for v in model.losses.values())
-    assert all(float(model.losses[k]) > 0 for k in expected - {"task"})
-    assert 0 < float(model.losses["ratio"]) <= 0.5  # ratio * sigmoid(...), ratio 0.5
-    without, _ = grads({"layer": 1, "kl_weight": 0.0, "mse_weight": 0.0})
-    assert any(not torch.allclose(with_terms[n], without[n]) for n in with_terms)  # the extra losses reach the LoRA
-
-
-def test_xmixup_mixes_the_chosen_block_and_saves_and_loads(tmp_path):
-    task = nusax()
-    model, tok = load_model("tiny:xlm-roberta", "encoder", labels=task.labels)
-    mixup = build_adapter(model, experiment_method("xmixup")).eval()
-    batch = xmixup_batch(task, tok)
-    target_only = {k: v for k, v in batch.items() if not k.startswith("source_")}
-    with torch.no_grad():
-        mixed = mixup(**batch).logits
-        plain = mixup(**target_only).logits
-    assert not torch.allclose(mixed, plain)  # the source changes the prediction
-    mixup.save_pretrained(tmp_path)
-    again = XMixupModel.from_pretrained(load_model("tiny:xlm-roberta", "encoder", labels=task.labels)[0], tmp_path).eval()
-    with torch.no_grad():
-        assert torch.allclose(again(**batch).logits, mixed, atol=1e-6)
-    assert not any(p.requires_grad for p in again.parameters())
-
-
-def test_xmixup_refuses_decoders():
-    model, _ = load_model("tiny:llama", "decoder", labels=None)
-    with pytest.raises(ValueError, match="X-Mixup is implemented for task heads"):
-        build_adapter(model, experiment_method("xmixup"))
 
 
 # -- FLARE train-only (Appendix E) --------------------------------------------------------------------

@@ -1,35 +1,57 @@
 """X-Mixup (Yang et al., ICLR 2022, "Enhancing Cross-lingual Transfer by Manifold Mixup"), the paper's
-representation-mixing baseline, on a peft LoRA model with a task head.
+representation-mixing baseline, on a peft LoRA model with a task head, as its authors built it
+(github yhy1117/X-Mixup: ``xmixup/tasks/layer_mixup.py``, ``models/bert.py``, the trainers).
 
 The source (English) and the target run through the same adapted model (the source with gradients:
-X-Mixup trains on both). In one chosen block the target's hidden states are mixed with the source's
-by cross-attention (target queries, source keys and values, source padding masked)::
+X-Mixup trains on both). In one block (``layer``) the target is mixed with the source **inside the
+attention sub-layer, with the block's own (pretrained, LoRA-adapted) attention**: after the target's
+self-attention sub-layer (``h_t``) and the source's (``h_s``), the same attention runs once more with the
+target's queries and the source's keys and values (source padding masked), and its output projection
+and LayerNorm mix (post-LN encoders: XLM-R, BERT)::
 
-    h_mix = LayerNorm(lam * CrossAttention(h_t, h_s, h_s) + (1 - lam) * h_t)
-    lam   = ratio * sigmoid(w * H + b)
+    h_mix = LayerNorm(lam * Dropout(Dense(CrossAttention(h_t, h_s))) + (1 - lam) * h_t)
+    lam   = ratio * sigmoid(w * H + b)            (w, b per model; initialised 1 and 0, as the authors)
+    H     = H(A) + H(A^T)                         (the pair entropy of the cross-attention scores A)
 
-where ``H`` is the mean entropy of the cross-attention rows of an example (normalised by the log of
-the source length; ``w``, ``b`` trained, initialised to 1 and 0 as in the authors' code) and ``ratio``
-the authors' ``lambda_0`` (0.5). The blocks after it read ``h_mix``. The loss (classification):
+then the block's feed-forward sub-layer reads ``h_mix``. ``H(A)`` is the authors' entropy of the
+attention rows: with scores ``s`` (scaled, before the mask) and the keys' mask ``m``,
+``-sum_j softmax(s + mask)_j * log_softmax(s * m)_j``, averaged over heads and query positions;
+``H(A^T)`` the same of the transposed scores (each source position over the target's). ``ratio`` is
+the authors' ``lambda_0`` (0.5). For mT5's pre-LN encoder blocks the mix is of the residual stream,
+``(1 - lam) * h_t + lam * Dropout(O(CrossAttention(LN(h_t), LN(h_s))))`` (no LayerNorm follows a T5
+sub-layer; T5's relative position bias, which relates positions of one sequence, is left out).
+
+The loss (classification; the authors' ``run_classifier``)::
 
     alpha * CE(source) + (1 - alpha) * CE(mixed target) + kl_weight * KL(p_source || p_target)
         + mse_weight * MSE(r_source, r_target)
 
 with ``r`` the last block's output at the first token (encoders) or averaged over real tokens
-(encoder-decoders; QA). For extractive QA the target's span loss and the MSE term are used (the
-English span is not encoded). At inference the source is the test set's English side (translate-test,
-as in the authors' ``--mixup_inference``); classification predicts from the mean of the source and
-target logits, QA from the target's.
+(encoder-decoders; QA: the authors average the tokens between the first and the last). Extractive QA
+(``run_squad``): ``alpha * span loss(source) + (1 - alpha) * span loss(target)`` with ``alpha`` 0.2 when the
+source is the gold English with its answer span (``source_start_positions``), the target's span loss
+alone otherwise, plus the MSE term.
 
-Not implemented, and why: the authors' scheduled sampling between gold English and back-translations
-(no back-translations here), soft labels for tagging (no tagging task), decoders (the authors' code is
-for encoders; the paper applies X-Mixup to decoders without saying how). Its own cross-attention module
-is new parameters (the authors reuse the block's attention weights), as the FLARE paper describes it.
+**The source is scheduled** (the authors' scheduled sampling): at training step ``t`` the source is the
+gold English with probability ``k / (k + exp(t / k))`` (``k``: ``schedule_k``; the authors' 1000 for
+classification, 2000 for QA), else the back-translation of the target into English
+(``back_translation_input_ids``, when the batch has it: the translation stage makes it for X-Mixup), so
+that training moves towards the inference condition, where the source is a machine translation. The
+draws come from a generator seeded by ``seed``. Without back-translations the source is always the gold one.
+
+At inference the source is the test set's English side (translate-test, as in the authors'
+``--mixup_inference``); classification predicts from the mean of the source and target logits, QA
+from the target's.
+
+Not implemented: soft labels for tagging (no tagging task); decoders (the paper reports X-Mixup for
+Llama and Gemma without saying how; :class:`XMixupModel` refuses them).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,8 +77,82 @@ def _replace_first(output, value):
     return value if isinstance(output, torch.Tensor) else (value, *output[1:])
 
 
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[batch, length, heads * dim] -> [batch, heads, length, dim]."""
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def row_entropy(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """The authors' attention entropy (``get_attention_entropy``): per example, the mean over heads and query
+    positions of ``-sum_j softmax(s + mask)_j * log_softmax(s * m)_j`` (``scores`` [batch, heads, q, k], scaled
+    and unmasked; ``key_mask`` [batch, k], 1 at real keys)."""
+    m = key_mask[:, None, None, :].to(scores.dtype)
+    attention = torch.softmax(scores + (1.0 - m) * -10000.0, dim=-1)
+    return -(attention * torch.log_softmax(scores * m, dim=-1)).sum(-1).mean((1, 2))
+
+
+def pair_entropy(scores: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """``H(A) + H(A^T)`` (the authors' ``get_pair_entropy``): the entropy of the target's attention over the
+    source plus that of each source position over the target's."""
+    return row_entropy(scores, key_mask) + row_entropy(scores.transpose(-1, -2), query_mask)
+
+
+def _span_loss(output, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(output.start_logits.float(), starts) + F.cross_entropy(output.end_logits.float(), ends)) / 2
+
+
+@dataclass
+class _Sublayer:
+    """Where a block's attention sub-layer is and how its pretrained attention runs across two sequences."""
+
+    module: nn.Module  # its output (first item) is the sub-layer's output, h
+    post_ln: bool  # XLM-R/BERT: the sub-layer ends in Dense, Dropout, LayerNorm(x + h); else pre-LN (T5)
+
+    @staticmethod
+    def of(block: nn.Module) -> "_Sublayer":
+        if hasattr(block, "attention") and hasattr(block.attention, "self"):  # BERT, XLM-R
+            return _Sublayer(block.attention, post_ln=True)
+        if hasattr(block, "layer") and hasattr(block.layer[0], "SelfAttention"):  # T5, mT5
+            return _Sublayer(block.layer[0], post_ln=False)
+        raise ValueError(f"X-Mixup: no attention sub-layer known in {type(block).__name__} (BERT/XLM-R or T5 blocks)")
+
+    def scores_and_values(self, h_t: torch.Tensor, h_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention's scores (scaled, unmasked) of the target's queries on the source's keys, and the
+        source's values, [batch, heads, length, dim]."""
+        if self.post_ln:
+            attention = self.module.self
+            heads, scale = attention.num_attention_heads, attention.attention_head_size**-0.5
+            q, k, v = attention.query(h_t), attention.key(h_s), attention.value(h_s)
+        else:
+            attention, norm = self.module.SelfAttention, self.module.layer_norm
+            heads, scale = attention.n_heads, 1.0  # T5 does not scale its scores
+            q, k, v = attention.q(norm(h_t)), attention.k(norm(h_s)), attention.v(norm(h_s))
+        q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+        return (q @ k.transpose(-1, -2)) * scale, v
+
+    def attend(self, scores: torch.Tensor, values: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        """The attention's output projection of the source's values weighted by ``scores`` (source padding
+        masked; the attention's dropout), [batch, target length, width]."""
+        m = source_mask[:, None, None, :].to(scores.dtype)
+        weights = torch.softmax(scores + (1.0 - m) * torch.finfo(scores.dtype).min, dim=-1)
+        if self.post_ln:
+            weights = self.module.self.dropout(weights)
+        else:
+            weights = F.dropout(weights, p=self.module.SelfAttention.dropout, training=self.module.training)
+        context = (weights @ values).transpose(1, 2).flatten(2)
+        if self.post_ln:
+            return self.module.output.dropout(self.module.output.dense(context))
+        return self.module.dropout(self.module.SelfAttention.o(context))
+
+    def mix(self, h_t: torch.Tensor, attended: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        lam = lam.view(-1, 1, 1).to(h_t.dtype)
+        if self.post_ln:
+            return self.module.output.LayerNorm(lam * attended + (1 - lam) * h_t)
+        return lam * attended + (1 - lam) * h_t
+
+
 class XMixupModel(nn.Module):
-    """A peft LoRA model with X-Mixup's cross-attention mixing in one block (see the module docstring)."""
+    """A peft LoRA model with X-Mixup's mixing in one block's attention sub-layer (see the module docstring)."""
 
     def __init__(self, peft_model: PeftModel, config: XMixupConfig | None = None) -> None:
         super().__init__()
@@ -74,45 +170,39 @@ class XMixupModel(nn.Module):
         if not -depth <= layer < depth:
             raise ValueError(f"X-Mixup: layer {layer} is outside the {depth} blocks of this model")
         self.layer = layer % depth
-        text = base.config.get_text_config()
-        width = getattr(text, "hidden_size", None) or text.d_model
-        heads = self.config.heads or getattr(text, "num_attention_heads", None) or text.num_heads
-        if width % heads:
-            raise ValueError(f"X-Mixup: {heads} heads do not divide the model width {width}")
-        self.cross_attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm = nn.LayerNorm(width)
-        self.gate = nn.Linear(1, 1)
+        self.sublayer = _Sublayer.of(self.blocks[self.layer])
+        self.gate = nn.Linear(1, 1)  # lam = ratio * sigmoid(w * H + b)
         with torch.no_grad():
             self.gate.weight.fill_(1.0)
             self.gate.bias.zero_()
-        device = next(p.device for p in base.parameters())
-        for module in (self.cross_attention, self.norm, self.gate):
-            module.to(device)
-        self.losses: dict[str, torch.Tensor] = {}  # the last forward's loss terms (weighted), and the mean ratio
+        self.gate.to(next(p.device for p in base.parameters()))
+        self.alpha = self.config.alpha if self.config.alpha is not None else (0.2 if self.qa else 0.4)
+        self.schedule_k = self.config.schedule_k or (2000 if self.qa else 1000)
+        self.steps = 0  # training forwards so far (the schedule's t)
+        self._draws = torch.Generator().manual_seed(self.config.seed)
+        self.losses: dict[str, torch.Tensor] = {}  # the last forward's loss terms (weighted), the ratio, the source
 
     # -- the mixing ---------------------------------------------------------------
+    def ratio(self, scores: torch.Tensor, target_mask: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        """``lam = ratio * sigmoid(w * H + b)`` per example, ``H`` the pair entropy of ``scores``."""
+        entropy = pair_entropy(scores.float(), target_mask.to(scores.device), source_mask.to(scores.device))
+        return self.config.ratio * torch.sigmoid(self.gate(entropy.unsqueeze(-1).to(self.gate.weight.dtype)))[:, 0]
+
     def mix(self, h_t: torch.Tensor, target_mask: torch.Tensor, h_s: torch.Tensor, source_mask: torch.Tensor):
-        """``LayerNorm(lam * CrossAttention(h_t, h_s, h_s) + (1 - lam) * h_t)`` at real target tokens; and lam."""
-        dtype = h_t.dtype
-        h_t32, h_s32 = h_t.float(), h_s.to(h_t.device).float()
-        attended, weights = self.cross_attention(
-            h_t32, h_s32, h_s32, key_padding_mask=~source_mask.bool(), need_weights=True, average_attn_weights=True
-        )
-        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # [batch, target_len]
-        entropy = entropy / source_mask.sum(-1, keepdim=True).clamp_min(2).float().log()
-        real = target_mask.bool()
-        mean_entropy = (entropy * real).sum(-1) / real.sum(-1).clamp_min(1)
-        lam = self.config.ratio * torch.sigmoid(self.gate(mean_entropy.unsqueeze(-1)))  # [batch, 1]
-        mixed = self.norm(lam.unsqueeze(-1) * attended + (1 - lam.unsqueeze(-1)) * h_t32)
-        return torch.where(real.unsqueeze(-1), mixed, h_t32).to(dtype), lam
+        """The attention sub-layer's mixed output for the target (``h_t``: its own sub-layer output) and lam."""
+        h_s = h_s.to(h_t.device)
+        scores, values = self.sublayer.scores_and_values(h_t, h_s)
+        lam = self.ratio(scores, target_mask, source_mask)
+        attended = self.sublayer.attend(scores, values, source_mask.to(h_t.device))
+        return self.sublayer.mix(h_t, attended, lam), lam
 
     def _pass(self, inputs: dict[str, torch.Tensor], mix_with: tuple[torch.Tensor, torch.Tensor] | None):
-        """One pass of the adapted model; the output of the mixing block and the last block's output."""
+        """One pass of the adapted model; the chosen block's attention sub-layer output and the last block's."""
         kept: dict[str, torch.Tensor] = {}
 
-        def at_layer(_module, _args, output):
+        def at_sublayer(_module, _args, output):
             if mix_with is None:
-                kept["layer"] = _first(output)
+                kept["sublayer"] = _first(output)
                 return None
             mixed, kept["lam"] = self.mix(_first(output), inputs["attention_mask"], *mix_with)
             return _replace_first(output, mixed)
@@ -120,7 +210,7 @@ class XMixupModel(nn.Module):
         def at_last(_module, _args, output):
             kept["last"] = _first(output)
 
-        handles = [self.blocks[self.layer].register_forward_hook(at_layer),
+        handles = [self.sublayer.module.register_forward_hook(at_sublayer),
                    self.blocks[-1].register_forward_hook(at_last)]  # fmt: skip
         try:
             outputs = self.peft_model(**inputs)
@@ -135,32 +225,55 @@ class XMixupModel(nn.Module):
         mask = mask.unsqueeze(-1).to(last.dtype)
         return (last * mask).sum(1) / mask.sum(1).clamp_min(1)
 
+    def gold_probability(self) -> float:
+        """The schedule: the probability that the source of the next training step is the gold English."""
+        k = self.schedule_k
+        return k / (k + math.exp(min(self.steps / k, 700.0)))
+
+    def _source(self, gold: dict[str, torch.Tensor], back: dict[str, torch.Tensor] | None) -> tuple[dict, bool]:
+        """The source of this forward (the gold one, or in training the back-translation by the schedule)."""
+        if not self.training:
+            return gold, True
+        draw = torch.rand((), generator=self._draws).item()
+        use_gold = back is None or draw <= self.gold_probability()
+        self.steps += 1
+        return (gold if use_gold else back), use_gold
+
     # -- the forward --------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, *, source_input_ids=None, source_attention_mask=None,
-                labels=None, start_positions=None, end_positions=None, **kwargs):
+                back_translation_input_ids=None, back_translation_attention_mask=None, labels=None,
+                start_positions=None, end_positions=None, source_start_positions=None, source_end_positions=None,
+                **kwargs):
         target = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
         if source_input_ids is None:  # no source: the plain LoRA model
             target.update({k: v for k, v in (("labels", labels), ("start_positions", start_positions),
                                               ("end_positions", end_positions)) if v is not None})  # fmt: skip
             return self.peft_model(**target)
-        source = {"input_ids": source_input_ids, "attention_mask": source_attention_mask, **kwargs}
+        gold = {"input_ids": source_input_ids, "attention_mask": source_attention_mask, **kwargs}
+        back = None
+        if back_translation_input_ids is not None:
+            back = {"input_ids": back_translation_input_ids, "attention_mask": back_translation_attention_mask, **kwargs}
+        source, is_gold = self._source(gold, back)
         src, src_kept = self._pass(source, None)
-        trg, trg_kept = self._pass(target, (src_kept["layer"], source_attention_mask))
-        r_src = self._representation(src_kept["last"], source_attention_mask)
+        trg, trg_kept = self._pass(target, (src_kept["sublayer"], source["attention_mask"]))
+        r_src = self._representation(src_kept["last"], source["attention_mask"])
         r_trg = self._representation(trg_kept["last"], attention_mask)
         consistency = self.config.mse_weight * F.mse_loss(r_trg.float(), r_src.float())
-        self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean()}
+        self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean(),
+                       "gold_source": torch.tensor(float(is_gold))}  # fmt: skip
         if self.qa:
             loss = None
             if start_positions is not None:
-                task = (F.cross_entropy(trg.start_logits.float(), start_positions)
-                        + F.cross_entropy(trg.end_logits.float(), end_positions)) / 2  # fmt: skip
+                task = _span_loss(trg, start_positions, end_positions)
+                if is_gold and source_start_positions is not None:  # the English span is known
+                    source_task = _span_loss(src, source_start_positions, source_end_positions)
+                    task = self.alpha * source_task + (1 - self.alpha) * task
                 loss = task + consistency
                 self.losses["task"] = task.detach()
             return QuestionAnsweringModelOutput(loss=loss, start_logits=trg.start_logits, end_logits=trg.end_logits)
         loss = None
         if labels is not None:
-            alpha = 0.4 if self.config.alpha is None else self.config.alpha
+            alpha = self.alpha
             task = alpha * F.cross_entropy(src.logits.float(), labels) + (1 - alpha) * F.cross_entropy(trg.logits.float(), labels)
             kl = F.kl_div(F.log_softmax(trg.logits.float(), -1), F.log_softmax(src.logits.float(), -1),
                           log_target=True, reduction="batchmean")  # KL(p_source || p_target)
@@ -171,7 +284,7 @@ class XMixupModel(nn.Module):
 
     # -- saving and loading -------------------------------------------------------------
     def mixup_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("cross_attention.", "norm.", "gate."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith("gate.")}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -184,7 +297,12 @@ class XMixupModel(nn.Module):
     def from_pretrained(cls, model: nn.Module, directory: str | Path) -> "XMixupModel":
         """A saved X-Mixup adapter on ``model`` (the base model it was trained on), frozen."""
         directory = Path(directory)
+        weights = load_file(directory / WEIGHTS_NAME)
+        if set(weights) != {"gate.weight", "gate.bias"}:
+            raise ValueError(f"{directory / WEIGHTS_NAME}: an X-Mixup adapter of an earlier version (its own "
+                             f"cross-attention: {sorted(weights)[:3]}...); this version reuses the model's "
+                             "attention and saves only the gate (gate.weight, gate.bias): train it again")  # fmt: skip
         config = XMixupConfig(**json.loads((directory / CONFIG_NAME).read_text()))
-        mixup = cls(PeftModel.from_pretrained(model, directory), config)
-        mixup.load_state_dict(load_file(directory / WEIGHTS_NAME), strict=False)
+        mixup = cls(PeftModel.from_pretrained(model, directory, low_cpu_mem_usage=True), config)
+        mixup.load_state_dict(weights, strict=False)
         return mixup.requires_grad_(False)

@@ -90,6 +90,7 @@ class TaskEncoder:
         answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         input_fusion: bool = False,
         max_positions: int | None = None,
+        xmixup: bool = False,
     ):
         """``source``: add the English side (FLARE). ``mt_tokenizer``: add the text the model reads in the
         MT model's tokenization as ``mt_input_ids`` (FLARE-MT, whose MT encoder reads the target), from
@@ -100,8 +101,12 @@ class TaskEncoder:
         ``training.max_new_tokens``). ``input_fusion``: source and target in one input (see the module docstring).
         ``max_positions``: the longest input the model reads
         (:func:`~flare_ray.models.positions.max_input_positions`; None: unbounded); ``max_length`` must fit in
-        it, and input fusion's two sides share it."""
+        it, and input fusion's two sides share it. ``xmixup``: X-Mixup's inputs besides the source, where the
+        records have them: the English answer span (``source_start_positions``/``source_end_positions``, QA
+        training) and the back-translation of the target into English (``back_translation_input_ids``/
+        ``back_translation_attention_mask``, from ``back_translation_<field>`` columns)."""
         self.task = task
+        self.xmixup = xmixup
         self.tokenizer = tokenizer
         self.family = ArchitectureFamily(family)
         self.max_length = max_length
@@ -209,8 +214,13 @@ class TaskEncoder:
         elif with_labels:
             inputs["labels"] = torch.tensor([self.task.labels.index(r["label"]) for r in records])
         if self.with_source:
-            source = self._tokenize(self._sides(records, "source"))
+            source = self._tokenize(self._sides(records, "source"), return_offsets_mapping=qa and self.xmixup)
             inputs.update(source_input_ids=source.input_ids, source_attention_mask=source.attention_mask)
+            if qa and self.xmixup:
+                inputs.update(self._source_spans(records, source) if with_labels else {})
+        if self.xmixup and all(f"back_translation_{f}" in records[0] for f in self.task.text_fields):
+            back = self._tokenize(self._sides(records, "back_translation"))
+            inputs.update(back_translation_input_ids=back.input_ids, back_translation_attention_mask=back.attention_mask)
         if self.mt_tokenizer is not None:
             read = [
                 [_kept_text(text, offsets[i], target.sequence_ids(i), k) for i, text in enumerate(texts)]
@@ -218,6 +228,16 @@ class TaskEncoder:
             ]
             inputs.update(self._mt_inputs(read))
         return Batch(inputs, meta)
+
+    @staticmethod
+    def _source_spans(records, source) -> dict[str, torch.Tensor]:
+        """The English answers' token spans (X-Mixup's source span loss), where every record has one."""
+        offsets = source.pop("offset_mapping").tolist()
+        if not all(r.get("source_answers") for r in records):
+            return {}
+        spans = [_answer_tokens(r["source_answers"][0], offsets[i], source.sequence_ids(i)) for i, r in enumerate(records)]
+        return {"source_start_positions": torch.tensor([a for a, _ in spans]),
+                "source_end_positions": torch.tensor([b for _, b in spans])}  # fmt: skip
 
     def _fused_encoder_batch(self, records, with_labels: bool) -> Batch:
         """Input-level fusion for task heads: ``[x_S; sep; x_T]``, each side truncated on its own."""
