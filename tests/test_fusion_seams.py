@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flare_ray.fusion.alignment import align, step_alignment
-from flare_ray.fusion.model import _step_span
+from flare_ray.fusion.model import step_span
 from flare_ray.fusion.mt import MTSource
 from flare_ray.fusion.provider import SourceBatch
 from flare_ray.fusion.source import SourcePass, SourceStates
@@ -36,14 +36,14 @@ def test_step_alignment_is_the_prompt_only_alignment_of_the_whole_sequence(sourc
 
 def test_step_span_reads_the_mask_or_the_cache():
     ids = torch.zeros(2, 1, dtype=torch.long)
-    assert _step_span({"input_ids": ids, "attention_mask": torch.ones(2, 7)}) == (7, 1)
+    assert step_span({"input_ids": ids, "attention_mask": torch.ones(2, 7)}) == (7, 1)
 
     class Cache:
         def get_seq_length(self):
             return 6
 
-    assert _step_span({"input_ids": ids, "cache": Cache()}) == (7, 1)
-    assert _step_span({"input_ids": None, "inputs_embeds": torch.zeros(2, 4, 3), "past_key_values": None}) == (4, 4)
+    assert step_span({"input_ids": ids, "cache": Cache()}) == (7, 1)
+    assert step_span({"input_ids": None, "inputs_embeds": torch.zeros(2, 4, 3), "past_key_values": None}) == (4, 4)
 
 
 def test_source_batch_takes_states_or_inputs_not_both():

@@ -211,10 +211,7 @@ def test_the_source_is_scheduled_between_the_gold_english_and_the_back_translati
     assert bool(mixup.losses["gold_source"])  # at inference: the source the test set has
 
 
-def test_xmixup_refuses_decoders_and_adapters_of_the_earlier_version(tmp_path):
-    model, _ = load_model("tiny:llama", "decoder", labels=None)
-    with pytest.raises(ValueError, match="X-Mixup is implemented for task heads"):
-        build_adapter(model, MethodSpec(kind="xmixup", lora={"r": 4}))
+def test_adapters_of_the_earlier_version_are_refused(tmp_path):
     task = nusax()
     mixup, _ = mixup_model("tiny:xlm-roberta", task)
     mixup.save_pretrained(tmp_path)
@@ -224,6 +221,100 @@ def test_xmixup_refuses_decoders_and_adapters_of_the_earlier_version(tmp_path):
               tmp_path / "xmixup_model.safetensors")  # fmt: skip
     with pytest.raises(ValueError, match="earlier version"):
         XMixupModel.from_pretrained(load_model("tiny:xlm-roberta", "encoder", labels=task.labels)[0], tmp_path)
+
+
+# -- decoders (the paper reports X-Mixup for Llama and Gemma without saying how: this project's variant) ------
+def decoder_mixup(name: str, task, **options):
+    torch.manual_seed(0)
+    model, tok = load_model(name, "decoder", labels=task.labels)
+    mixup = build_adapter(model, MethodSpec(kind="xmixup", lora={"r": 4}, xmixup=XMixupConfig(**options)))
+    with torch.no_grad():
+        for n, p in mixup.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return mixup, tok
+
+
+def _residual_after_attention(mixup, block, inputs: dict, mixed: bool) -> tuple[torch.Tensor, dict]:
+    """The residual stream after the attention sub-layer of ``block`` (what the feed-forward norm reads), and the
+    block's rotary positions."""
+    norm = block.pre_feedforward_layernorm if hasattr(block, "pre_feedforward_layernorm") else block.post_attention_layernorm
+    kept = {}
+    handles = [norm.register_forward_pre_hook(lambda m, args: kept.update(h=args[0])),
+               block.register_forward_pre_hook(lambda m, a, kw: kept.update(rotary=kw["position_embeddings"]),
+                                               with_kwargs=True)]  # fmt: skip
+    try:
+        (mixup if mixed else mixup.peft_model)(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept["h"], kept
+
+
+@pytest.mark.parametrize("name", ["tiny:llama", "tiny:gemma2"])
+def test_decoders_mix_the_prompt_inside_the_attention_sublayer_by_hand(name):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    task = nusax()
+    mixup, tok = decoder_mixup(name, task, layer=1)
+    mixup.eval()
+    inputs = TaskEncoder(task, tok, "decoder", 48, source=True).train_batch(list(task.load("train"))[:3]).inputs
+    target = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
+    source = {"input_ids": inputs["source_input_ids"], "attention_mask": inputs["source_attention_mask"]}
+    block = mixup.blocks[1]
+    attention, norm = block.self_attn, block.input_layernorm
+    post = block.post_attention_layernorm if hasattr(block, "pre_feedforward_layernorm") else (lambda x: x)
+    with torch.no_grad():
+        h_t, t = _residual_after_attention(mixup, block, target, mixed=False)
+        h_s, s = _residual_after_attention(mixup, block, source, mixed=False)
+        split = lambda x: x.view(x.shape[0], x.shape[1], -1, attention.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(attention.q_proj(norm(h_t))), split(attention.k_proj(norm(h_s))), split(attention.v_proj(norm(h_s)))
+        q, _ = apply_rotary_pos_emb(q, q, *t["rotary"])
+        k, _ = apply_rotary_pos_emb(k, k, *s["rotary"])
+        k, v = repeat_kv(k, attention.num_key_value_groups), repeat_kv(v, attention.num_key_value_groups)
+        scores = q @ k.transpose(-1, -2) * attention.scaling
+        cap = getattr(attention.config, "attn_logit_softcapping", None)
+        if cap:
+            scores = torch.tanh(scores / cap) * cap
+        prompt = target["attention_mask"].bool() & (target["labels"] == -100)
+        s_mask = source["attention_mask"]
+        lam = 0.5 * torch.sigmoid(pair_entropy(scores, prompt, s_mask, queries_only=True)).view(-1, 1, 1)
+        weights = torch.softmax(scores.masked_fill(~s_mask.bool()[:, None, None, :], float("-inf")), -1)
+        attended = post(attention.o_proj((weights @ v).transpose(1, 2).flatten(2)))
+        expected = torch.where(prompt.unsqueeze(-1), lam * attended + (1 - lam) * h_t, h_t)
+        mixed, _ = _residual_after_attention(mixup, block, inputs, mixed=True)
+    assert prompt.any() and (~prompt).any()
+    assert torch.allclose(mixed, expected, atol=1e-5)
+    assert not torch.allclose(mixed[prompt], h_t[prompt], atol=1e-4)  # the prompt mixed
+    assert torch.equal(mixed[~prompt], h_t[~prompt])  # the answer and the padding did not
+
+
+def test_decoders_train_on_the_answer_and_the_prompt_consistency_and_mix_at_prefill_only():
+    task = nusax()
+    mixup, tok = decoder_mixup("tiny:llama", task, layer=1)
+    mixup.train()
+    inputs = TaskEncoder(task, tok, "decoder", 48, source=True).train_batch(list(task.load("train"))[:3]).inputs
+    out = mixup(**inputs)
+    assert set(mixup.losses) == {"task", "mse", "ratio", "gold_source"}
+    assert torch.allclose(out.loss.detach(), mixup.losses["task"] + mixup.losses["mse"])
+    out.loss.backward()
+    assert mixup.gate.weight.grad.abs().item() > 0
+    mixup.eval()
+    prompts = TaskEncoder(task, tok, "decoder", 48, source=True).predict_batch(list(task.load("test"))[:2]).inputs
+    widths, mix = [], mixup.mix
+
+    def counted(h_t, target, mask, source):
+        widths.append((h_t.shape[1], int(mask.sum())))
+        return mix(h_t, target, mask, source)
+
+    mixup.mix = counted
+    prompt_length, real = prompts["input_ids"].shape[1], int(prompts["attention_mask"].sum())
+    mixup.generate(**prompts, max_new_tokens=3, do_sample=False)
+    assert widths == [(prompt_length, real)]  # with the KV cache: the prefill mixes, the steps do not
+    widths.clear()
+    mixup.generate(**prompts, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert [w for w, _ in widths] == [prompt_length, prompt_length + 1, prompt_length + 2]
+    assert {m for _, m in widths} == {real}  # without it every step recomputes, and mixes the prompt alone
 
 
 def test_an_xmixup_adapter_saves_and_loads(tmp_path):

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from peft import PeftModel
@@ -62,93 +62,17 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
 from flare_ray.fusion import ArchitectureFamily, FlareConfig, plan_fusion
+from flare_ray.fusion.model import step_span
 
 from .config import XMixupConfig  # the options: in a leaf module (a config is checked without torch)
+from .mixing import pair_entropy, sublayer_of
 
 CONFIG_NAME = "xmixup_config.json"
 WEIGHTS_NAME = "xmixup_model.safetensors"
 
 
-def _first(output):
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-def _replace_first(output, value):
-    return value if isinstance(output, torch.Tensor) else (value, *output[1:])
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[batch, length, heads * dim] -> [batch, heads, length, dim]."""
-    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-
-
-def row_entropy(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """The authors' attention entropy (``get_attention_entropy``): per example, the mean over heads and query
-    positions of ``-sum_j softmax(s + mask)_j * log_softmax(s * m)_j`` (``scores`` [batch, heads, q, k], scaled
-    and unmasked; ``key_mask`` [batch, k], 1 at real keys)."""
-    m = key_mask[:, None, None, :].to(scores.dtype)
-    attention = torch.softmax(scores + (1.0 - m) * -10000.0, dim=-1)
-    return -(attention * torch.log_softmax(scores * m, dim=-1)).sum(-1).mean((1, 2))
-
-
-def pair_entropy(scores: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """``H(A) + H(A^T)`` (the authors' ``get_pair_entropy``): the entropy of the target's attention over the
-    source plus that of each source position over the target's."""
-    return row_entropy(scores, key_mask) + row_entropy(scores.transpose(-1, -2), query_mask)
-
-
 def _span_loss(output, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(output.start_logits.float(), starts) + F.cross_entropy(output.end_logits.float(), ends)) / 2
-
-
-@dataclass
-class _Sublayer:
-    """Where a block's attention sub-layer is and how its pretrained attention runs across two sequences."""
-
-    module: nn.Module  # its output (first item) is the sub-layer's output, h
-    post_ln: bool  # XLM-R/BERT: the sub-layer ends in Dense, Dropout, LayerNorm(x + h); else pre-LN (T5)
-
-    @staticmethod
-    def of(block: nn.Module) -> "_Sublayer":
-        if hasattr(block, "attention") and hasattr(block.attention, "self"):  # BERT, XLM-R
-            return _Sublayer(block.attention, post_ln=True)
-        if hasattr(block, "layer") and hasattr(block.layer[0], "SelfAttention"):  # T5, mT5
-            return _Sublayer(block.layer[0], post_ln=False)
-        raise ValueError(f"X-Mixup: no attention sub-layer known in {type(block).__name__} (BERT/XLM-R or T5 blocks)")
-
-    def scores_and_values(self, h_t: torch.Tensor, h_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention's scores (scaled, unmasked) of the target's queries on the source's keys, and the
-        source's values, [batch, heads, length, dim]."""
-        if self.post_ln:
-            attention = self.module.self
-            heads, scale = attention.num_attention_heads, attention.attention_head_size**-0.5
-            q, k, v = attention.query(h_t), attention.key(h_s), attention.value(h_s)
-        else:
-            attention, norm = self.module.SelfAttention, self.module.layer_norm
-            heads, scale = attention.n_heads, 1.0  # T5 does not scale its scores
-            q, k, v = attention.q(norm(h_t)), attention.k(norm(h_s)), attention.v(norm(h_s))
-        q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
-        return (q @ k.transpose(-1, -2)) * scale, v
-
-    def attend(self, scores: torch.Tensor, values: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-        """The attention's output projection of the source's values weighted by ``scores`` (source padding
-        masked; the attention's dropout), [batch, target length, width]."""
-        m = source_mask[:, None, None, :].to(scores.dtype)
-        weights = torch.softmax(scores + (1.0 - m) * torch.finfo(scores.dtype).min, dim=-1)
-        if self.post_ln:
-            weights = self.module.self.dropout(weights)
-        else:
-            weights = F.dropout(weights, p=self.module.SelfAttention.dropout, training=self.module.training)
-        context = (weights @ values).transpose(1, 2).flatten(2)
-        if self.post_ln:
-            return self.module.output.dropout(self.module.output.dense(context))
-        return self.module.dropout(self.module.SelfAttention.o(context))
-
-    def mix(self, h_t: torch.Tensor, attended: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        lam = lam.view(-1, 1, 1).to(h_t.dtype)
-        if self.post_ln:
-            return self.module.output.LayerNorm(lam * attended + (1 - lam) * h_t)
-        return lam * attended + (1 - lam) * h_t
 
 
 class XMixupModel(nn.Module):
@@ -158,19 +82,17 @@ class XMixupModel(nn.Module):
         super().__init__()
         self.peft_model, self.config = peft_model, config or XMixupConfig()
         base = peft_model.get_base_model()
-        family = ArchitectureFamily.of(base)
-        if family is ArchitectureFamily.DECODER:
-            raise ValueError("X-Mixup is implemented for task heads (encoders; mT5 with model.head: task), not for "
-                             f"decoders ({type(base).__name__})")
+        self.family = ArchitectureFamily.of(base)
+        self.decoder = self.family is ArchitectureFamily.DECODER
         self.blocks = plan_fusion(base, FlareConfig()).blocks  # the (encoder's) stack of blocks
         self.qa = "QuestionAnswering" in type(base).__name__
-        self.pool_mean = self.qa or family is ArchitectureFamily.ENCODER_DECODER
+        self.pool_mean = self.qa or self.family is not ArchitectureFamily.ENCODER
         depth = len(self.blocks)
         layer = self.config.layer if self.config.layer is not None else (round(15 * depth / 24) if self.qa else 0)
         if not -depth <= layer < depth:
             raise ValueError(f"X-Mixup: layer {layer} is outside the {depth} blocks of this model")
         self.layer = layer % depth
-        self.sublayer = _Sublayer.of(self.blocks[self.layer])
+        self.sublayer = sublayer_of(self.blocks[self.layer])
         self.gate = nn.Linear(1, 1)  # lam = ratio * sigmoid(w * H + b)
         with torch.no_grad():
             self.gate.weight.fill_(1.0)
@@ -185,33 +107,48 @@ class XMixupModel(nn.Module):
     # -- the mixing ---------------------------------------------------------------
     def ratio(self, scores: torch.Tensor, target_mask: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
         """``lam = ratio * sigmoid(w * H + b)`` per example, ``H`` the pair entropy of ``scores``."""
-        entropy = pair_entropy(scores.float(), target_mask.to(scores.device), source_mask.to(scores.device))
+        entropy = pair_entropy(scores.float(), target_mask.to(scores.device), source_mask.to(scores.device),
+                               queries_only=self.decoder)  # fmt: skip
         return self.config.ratio * torch.sigmoid(self.gate(entropy.unsqueeze(-1).to(self.gate.weight.dtype)))[:, 0]
 
-    def mix(self, h_t: torch.Tensor, target_mask: torch.Tensor, h_s: torch.Tensor, source_mask: torch.Tensor):
-        """The attention sub-layer's mixed output for the target (``h_t``: its own sub-layer output) and lam."""
-        h_s = h_s.to(h_t.device)
-        scores, values = self.sublayer.scores_and_values(h_t, h_s)
-        lam = self.ratio(scores, target_mask, source_mask)
-        attended = self.sublayer.attend(scores, values, source_mask.to(h_t.device))
-        return self.sublayer.mix(h_t, attended, lam), lam
+    def mix(self, h_t: torch.Tensor, target: dict[str, Any], mix_mask: torch.Tensor, source: dict[str, Any]):
+        """The attention sub-layer's mixed output for the target (``h_t``: its own sub-layer output; ``mix_mask``:
+        the positions that mix, [batch, length]) with the source's (``source``: its sub-layer output ``h``, mask
+        and state); and lam."""
+        h_s, source_mask = source["h"].to(h_t.device), source["mask"].to(h_t.device)
+        scores, values = self.sublayer.scores_and_values(h_t, h_s, target, source["state"])
+        lam = self.ratio(scores, mix_mask, source_mask)
+        mixed = self.sublayer.mix(h_t, self.sublayer.attend(scores, values, source_mask), lam)
+        if self.decoder:  # the prompt mixes; the answer, as the generated tokens, does not
+            mixed = torch.where(mix_mask.to(h_t.device).bool().unsqueeze(-1), mixed, h_t)
+        return mixed, lam
 
-    def _pass(self, inputs: dict[str, torch.Tensor], mix_with: tuple[torch.Tensor, torch.Tensor] | None):
-        """One pass of the adapted model; the chosen block's attention sub-layer output and the last block's."""
-        kept: dict[str, torch.Tensor] = {}
+    def _hooks(self, kept: dict[str, Any], source: dict[str, Any] | None, mix_mask: Callable[[], torch.Tensor | None]):
+        """Hooks for one pass: without ``source`` the sub-layer's output and state are kept (a source pass),
+        with it the positions ``mix_mask()`` names are mixed (a target pass); the last block's output is kept."""
 
-        def at_sublayer(_module, _args, output):
-            if mix_with is None:
-                kept["sublayer"] = _first(output)
+        def on_output(h: torch.Tensor, state: dict[str, Any]) -> torch.Tensor | None:
+            if source is None:
+                kept.update(sublayer=h, state=state)
                 return None
-            mixed, kept["lam"] = self.mix(_first(output), inputs["attention_mask"], *mix_with)
-            return _replace_first(output, mixed)
+            mask = mix_mask()
+            if mask is None or not mask.any():
+                return None
+            mixed, kept["lam"] = self.mix(h, state, mask, source)
+            return mixed
 
         def at_last(_module, _args, output):
-            kept["last"] = _first(output)
+            kept["last"] = output if isinstance(output, torch.Tensor) else output[0]
 
-        handles = [self.sublayer.module.register_forward_hook(at_sublayer),
-                   self.blocks[-1].register_forward_hook(at_last)]  # fmt: skip
+        return [*self.sublayer.hooks(on_output), self.blocks[-1].register_forward_hook(at_last)]
+
+    def _pass(self, inputs: dict[str, torch.Tensor], source: dict[str, Any] | None, mix_mask: torch.Tensor | None = None):
+        """One pass of the adapted model (a source pass without ``source``, else a target pass that mixes)."""
+        kept: dict[str, Any] = {}
+        # The mixing block runs once, not again under gradient checkpointing (its hooks are gone by then).
+        self.blocks[self.layer].gradient_checkpointing = False
+        mask = mix_mask if mix_mask is not None else inputs["attention_mask"]
+        handles = self._hooks(kept, source, lambda: mask)
         try:
             outputs = self.peft_model(**inputs)
         finally:
@@ -239,6 +176,10 @@ class XMixupModel(nn.Module):
         self.steps += 1
         return (gold if use_gold else back), use_gold
 
+    def _source_pass(self, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[Any, dict[str, Any]]:
+        out, kept = self._pass(inputs, None)
+        return out, {"h": kept["sublayer"], "state": kept["state"], "mask": inputs["attention_mask"], "last": kept["last"]}
+
     # -- the forward --------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, *, source_input_ids=None, source_attention_mask=None,
                 back_translation_input_ids=None, back_translation_attention_mask=None, labels=None,
@@ -253,10 +194,12 @@ class XMixupModel(nn.Module):
         back = None
         if back_translation_input_ids is not None:
             back = {"input_ids": back_translation_input_ids, "attention_mask": back_translation_attention_mask, **kwargs}
-        source, is_gold = self._source(gold, back)
-        src, src_kept = self._pass(source, None)
-        trg, trg_kept = self._pass(target, (src_kept["sublayer"], source["attention_mask"]))
-        r_src = self._representation(src_kept["last"], source["attention_mask"])
+        source_inputs, is_gold = self._source(gold, back)
+        src, source = self._source_pass(source_inputs)
+        if self.decoder:
+            return self._decoder_forward(target, labels, source, is_gold)
+        trg, trg_kept = self._pass(target, source)
+        r_src = self._representation(source["last"], source["mask"])
         r_trg = self._representation(trg_kept["last"], attention_mask)
         consistency = self.config.mse_weight * F.mse_loss(r_trg.float(), r_src.float())
         self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean(),
@@ -281,6 +224,53 @@ class XMixupModel(nn.Module):
             self.losses.update(task=task.detach(), kl=(self.config.kl_weight * kl).detach())
         logits = trg.logits if self.training else (src.logits + trg.logits) / 2  # the authors' test-time average
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _decoder_forward(self, target: dict, labels: torch.Tensor | None, source: dict[str, Any], is_gold: bool):
+        """Decoders (this project's choice, see the module docstring): the prompt mixes; the loss is the target's
+        language-model loss on the answer plus the MSE of the mean prompt representations."""
+        prompt = target["attention_mask"].bool() & (labels == -100) if labels is not None else target["attention_mask"].bool()
+        trg, trg_kept = self._pass({**target, **({"labels": labels} if labels is not None else {})}, source, prompt)
+        r_src = self._representation(source["last"], source["mask"])
+        r_trg = self._representation(trg_kept["last"], prompt)
+        consistency = self.config.mse_weight * F.mse_loss(r_trg.float(), r_src.float())
+        self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean(),
+                       "gold_source": torch.tensor(float(is_gold))}  # fmt: skip
+        if trg.loss is not None:
+            self.losses["task"] = trg.loss.detach()
+            trg.loss = trg.loss + consistency
+        return trg
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, source_input_ids=None,
+                 source_attention_mask=None, **generate_kwargs):  # fmt: skip
+        """Generate (decoders): the prompt mixes with the source at prefill; generated tokens do not (as the
+        answer does not in training), with or without the KV cache."""
+        attention_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        if source_input_ids is None or not self.decoder:
+            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        _, source = self._source_pass({"input_ids": source_input_ids, "attention_mask": source_attention_mask})
+        prompt_length, step = input_ids.shape[1], {}
+
+        def see_step(_module, _args, kwargs):  # the positions [total - new, total) this call sees
+            step["span"] = step_span(kwargs)
+
+        def mix_mask() -> torch.Tensor | None:
+            total, new = step["span"]
+            start = total - new
+            if start >= prompt_length:
+                return None
+            return attention_mask[:, start : min(total, prompt_length)].bool() if total <= prompt_length else \
+                torch.cat([attention_mask[:, start:], attention_mask.new_zeros(attention_mask.shape[0], total - prompt_length)], 1).bool()  # fmt: skip
+
+        self.blocks[self.layer].gradient_checkpointing = False
+        kept: dict[str, Any] = {}
+        handles = [self.peft_model.get_base_model().register_forward_pre_hook(see_step, with_kwargs=True),
+                   *self._hooks(kept, source, mix_mask)]  # fmt: skip
+        try:
+            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # -- saving and loading -------------------------------------------------------------
     def mixup_state_dict(self) -> dict[str, torch.Tensor]:

@@ -234,7 +234,7 @@ class FlareModel(nn.Module):
 
     def _decoding_step(self, prompt: FusionContext, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of a decoder in :meth:`generate`: each step fuses only its prompt positions."""
-        self._active = prompt.for_step(*_step_span(kwargs))
+        self._active = prompt.for_step(*step_span(kwargs))
 
     # -- the forward ---------------------------------------------------------
     def forward(
@@ -412,7 +412,7 @@ def get_flare_model(
     return FlareModel(get_peft_model(model, lora_config), config, mt_encoder=mt_encoder)
 
 
-def _step_span(kwargs: dict[str, Any]) -> tuple[int, int]:
+def step_span(kwargs: dict[str, Any]) -> tuple[int, int]:
     """``(total, new)`` of a decoding step from the base model's keyword arguments: the step sees
     positions ``[total - new, total)`` of the sequence so far."""
     step_input = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
