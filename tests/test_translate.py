@@ -288,11 +288,15 @@ def test_tydiqa_answers_through_markers_on_ray(tmp_path, tiny_path, local_ray):
         assert prov["records_out"] + len(prov["dropped"]) == prov["records_in"] == (4 if role == "train" else 3)
         assert spans_consistent(records, side)
     assert results["train"].provenance["answer_markers"] == ["[", "]"]
-    # the test set stays whole: translated without markers, every record kept with empty source_answers
+    # the test set stays whole: translated with markers (as the authors), a record whose markers are lost is kept
+    # with empty source_answers and listed
     test = results["test"].provenance
     assert test["dropped"] == [] and test["records_out"] == 3
-    assert test["answer_markers"] is None and test["answers_projected"] is False
-    assert all(r["source_answers"] == [] and r["target_answers"] for r in read_split(mt_dir, "tydiqa", "sw", "test"))
+    assert test["answer_markers"] == ["[", "]"] and test["answers_projected"] is True
+    records = read_split(mt_dir, "tydiqa", "sw", "test")
+    lost = {m["id"] for m in test["markers_lost"]}
+    assert all(bool(r["source_answers"]) == (r["id"] not in lost) and r["target_answers"] for r in records)
+    assert all("[" not in r["source_context"] and "]" not in r["source_context"] for r in records if r["id"] in lost)
 
 
 def test_tydiqa_projection_keeps_consistent_answers_and_counts_the_rest(tmp_path):
@@ -322,58 +326,46 @@ def tydiqa_copy(tmp_path):
     return root
 
 
-def test_tydiqa_test_input_does_not_depend_on_the_gold_answer(tmp_path):
-    """Test contexts reach the MT model as they are (no answer markers, nothing scrubbed), so another gold
-    answer sends the same text; train and validation contexts still carry their answer between markers."""
+def test_tydiqa_test_contexts_carry_the_gold_answer_between_markers_as_the_authors(tmp_path):
+    """Every role's QA contexts reach the MT model with their answer between markers (the authors mark the test
+    split too): the test answer is projected into English (source_answers); a test record whose markers are
+    lost is kept, without English answers, and listed; train and validation records that lose them are dropped."""
     data = tydiqa_copy(tmp_path)
     limits = {"train": 3, "validation": 3, "test": 3}
+    seen = []
 
-    def translate_once(mt_dir):
-        seen = []
+    def identity(segments, config):
+        seen.extend(segments)
+        return [Translation(s.text, False) for s in segments], {"ray": "none (test)"}
 
-        def identity(segments, config):
-            seen.extend(segments)
-            return [Translation(s.text, False) for s in segments], {"ray": "none (test)"}
-
-        config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
-                               "mt_dir": mt_dir})  # fmt: skip
-        results = {r.role: r.provenance for r in pipeline.run(config, translate=identity)}
-        return [s for s in seen if s.src == "swh_Latn"], [s for s in seen if s.src == "eng_Latn"], results
-
-    test_before, english_before, _ = translate_once(tmp_path / "mt1")
+    config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
+                           "mt_dir": tmp_path / "mt"})  # fmt: skip
+    results = {r.role: r.provenance for r in pipeline.run(config, translate=identity)}
+    sent = {s.text for s in seen}
     gold = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load("test")
-
-    # another gold answer (text and answer_start) for the first two test questions
-    path = data / "swahili" / "swahili_tydiqa_dev.json"
-    squad = json.loads(path.read_text(encoding="utf-8"))
-    for a in range(2):
-        paragraph = squad["data"][a]["paragraphs"][0]
-        qa = paragraph["qas"][0]
-        word = next(w for w in paragraph["context"].split() if w.isalpha() and w != qa["answers"][0]["text"])
-        qa["answers"] = [{"text": word, "answer_start": paragraph["context"].index(word)}]
-    path.write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
-    changed = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load("test")
-    assert changed["target_answers"][:2] != gold["target_answers"][:2] and changed["id"] == gold["id"]
-
-    test_after, english_after, results = translate_once(tmp_path / "mt2")
-    assert test_after == test_before  # what the MT model receives for the test set
-    assert [s.text for s in test_after] == [t for r in gold for t in (r["target_question"], r["target_context"])]
-    assert "[1]" in gold[1]["target_context"]  # a citation, left as it is (train contexts get stand-ins)
-    assert english_after == english_before
-    # train and validation: the English answer is between the markers in what the model receives
-    sent = {s.text for s in english_after}
-    for role in ("train", "validation"):
-        english = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load(role)
-        for record in english:
-            marked = insert_markers(record["source_context"], record["source_answers"][0])
-            assert marked in sent and "[" + Markers().scrub(record["source_answers"][0]["text"]) + "]" in marked
-            assert record["source_question"] in sent
+    for record in gold:
+        assert insert_markers(record["target_context"], record["target_answers"][0]) in sent
+    assert "[1]" in gold[1]["target_context"]  # a citation: sent with stand-ins, so the only markers are ours
+    for role in ("train", "validation", "test"):
         assert results[role]["answer_markers"] == ["[", "]"] and results[role]["answers_projected"] is True
-    # the written test split: the translated context, no source answers, the (new) gold target answers
-    assert results["test"]["answer_markers"] is None and results["test"]["answers_projected"] is False
+    assert results["test"]["markers_lost"] == [] and results["train"]["markers_lost"] is None
+    written = read_split(tmp_path / "mt", "tydiqa", "sw", "test")
+    assert [a[0]["text"] for a in written["source_answers"]] == [Markers().scrub(a[0]["text"]) for a in gold["target_answers"]]
+    assert written["target_answers"] == gold["target_answers"] and spans_consistent(written, "source")
+
+    # markers lost in the translation of the first test context (segments: question, context per record)
+    def lose_first(segments, config):
+        return [Translation(s.text.replace("]", "") if s.src == "swh_Latn" and i == 1 else s.text, False)
+                for i, s in enumerate(segments)], {"ray": "none (test)"}  # fmt: skip
+
+    config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
+                           "roles": ["test"], "mt_dir": tmp_path / "mt2"})  # fmt: skip
+    (result,) = pipeline.run(config, translate=lose_first)
+    assert result.provenance["markers_lost"] == [{"id": gold[0]["id"], "reason": "markers_malformed"}]
+    assert result.provenance["dropped"] == [] and result.provenance["records_out"] == 3
     written = read_split(tmp_path / "mt2", "tydiqa", "sw", "test")
-    assert written["source_context"] == changed["target_context"]
-    assert written["source_answers"] == [[]] * 3 and written["target_answers"] == changed["target_answers"]
+    assert written["source_answers"][0] == [] and all(written["source_answers"][1:])
+    assert "[" not in written["source_context"][0]
 
 
 def test_fallback_language_is_logged_and_recorded_and_force_translates_again(tmp_path, caplog):

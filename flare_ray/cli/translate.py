@@ -16,8 +16,9 @@ job: train and validation from English into the task language (the target_*
 columns, and target_answers for QA), test from the gold target side into English
 (source_*). QA answers of train and validation travel through translation
 between markers (EasyProject); records whose markers are lost are dropped and
-counted. QA test contexts are translated without markers, so the test input
-does not depend on the gold answer; their source_answers are empty.
+counted. QA test contexts carry markers too, as the authors': the gold answer is
+projected into English (source_answers, which translate-test is scored against);
+test records whose markers are lost are kept with empty source_answers.
 Each split is written as parquet with a provenance JSON beside it; a split whose
 model, languages, decoding settings and inputs are unchanged is reused without
 loading the model. Ray: connects to the cluster at RAY_ADDRESS when it is set,

@@ -15,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from flare_ray.tasks import TASKS
 from flare_ray.tracking import mlflow_runs
 
 from . import paper, plots
@@ -109,8 +110,55 @@ def _notes(sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column
     for column in columns:
         if column.deviations:
             notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
+    notes += translate_test_notes(sweeps, table)
     notes.append(paper.note(table))
     return notes
+
+
+def translate_test_notes(sweeps: Sequence[SweepRecords], table: pd.DataFrame) -> list[str]:
+    """The footnotes of translate-test cells on a QA task (TyDiQA): which gold answers they were scored against
+    and on how many test examples, from their trials' ``test/english_answers``, ``test/examples`` and
+    ``test/examples_total`` (:func:`~flare_ray.training.setup.translate_test_split`).
+
+    The authors score translate-test against the answers projected into English by the markers, on the test
+    examples whose markers survived translation; a cell scored against the target-language answers (a test
+    split translated without markers, or a trial that recorded no count: before the counts were recorded, a
+    translated test split had no English answers) is said to be so.
+    """
+    by_name = {s.name: s for s in sweeps}
+    projected, target = [], []
+    for line in table[table["column"] != AVERAGE].itertuples():
+        sweep = by_name[line.sweep]
+        if TASKS[sweep.task].labels is not None:
+            continue
+        trials = sweep.trials[sweep.trials["run_id"].isin(json.loads(line.run_ids))]
+        if trials.empty or not (trials["method"] == "translate_test").all():
+            continue
+        where = f"{line.row}, {line.column}"
+        if "test/english_answers" in trials and trials["test/english_answers"].notna().all():
+            if (trials["test/english_answers"] == 1).all():
+                kept, total = (_counts(trials[f"test/{k}"]) for k in ("examples", "examples_total"))
+                projected.append(f"{where}: {kept} of {total}")
+                continue
+            target.append(where)
+        elif ((sweep.provenance.get(line.language) or {}).get("test") or {}).get("recipe") == "mt":
+            target.append(where)
+    notes = []
+    if projected:
+        notes.append("Translate-test on TyDiQA: scored against the gold answers projected into English by the answer "
+                     "markers, on the test examples whose markers survived translation, as the authors do (test "
+                     "examples kept of all; the markers were lost in translation for the rest): "
+                     + "; ".join(projected) + ".")  # fmt: skip
+    if target:
+        notes.append("Translate-test on TyDiQA: scored against the target-language gold answers, not as the authors "
+                     "score it (the English test side was translated without answer markers, so exact match is near 0 "
+                     "for non-Latin scripts; translate the test split again): " + "; ".join(target) + ".")  # fmt: skip
+    return notes
+
+
+def _counts(values: pd.Series) -> str:
+    """One count (``412``), or the counts of seeds that differ (``410/412``)."""
+    return "/".join(str(int(v)) for v in dict.fromkeys(values.dropna()))
 
 
 def log_report(client: MlflowClient, report: Report) -> None:

@@ -9,8 +9,8 @@ row per example and the columns
   target-language side and its English (source) side;
 * ``label`` (classification: one of the task's label strings) or, for QA,
   ``target_answers`` and ``source_answers``: lists of ``{"text", "answer_start"}``
-  within the context of that side (``source_answers`` is empty in a translated
-  test split: test contexts are translated without the gold answer marked).
+  within the context of that side (``source_answers`` is empty for a translated
+  test record whose answer markers were lost in translation).
 
 Each task says which rows of its data each role is made of (:meth:`Task.split_rows`);
 a configuration in which two roles would be the same rows (validation = test) is
@@ -23,6 +23,7 @@ scores decoded predictions with :meth:`Task.score`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,21 @@ class Task(ABC):
         if len(records) == 0:
             raise TaskDataError(f"{path}: the translated {role} split is empty (see its .provenance.json: dropped records)")
         return records
+
+    def mt_provenance(self, role: Role) -> dict[str, Any] | None:
+        """The provenance that ``python -m flare_ray.translate`` wrote beside the role's translated split
+        (``<role>.provenance.json``); None unless the role is made with ``mt`` and the file is there."""
+        if self.recipe(role) != "mt":
+            return None
+        from flare_ray.translate.store import provenance_path  # translate imports tasks: not at module level
+
+        path = provenance_path(mt_split_path(self.config.mt_dir, self.name, self.language, role))
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise TaskDataError(f"{path}: not JSON ({err}); translate the {role} split again") from None
 
     def validate(self, records: datasets.Dataset, where: str) -> None:
         """Columns, labels and ids, with errors naming the split and the row."""

@@ -50,7 +50,8 @@ class TyDiQA(Task):
             "self": SplitRecipe("gold dev set of the language", "the target text itself (no English side offline)", paper=False),
             "mt": SplitRecipe(
                 "gold dev set of the language",
-                "its NLLB translation into English (translated without answer markers: no source answers)",
+                "its NLLB translation into English, the gold answer projected by markers (translate-test scores "
+                "the examples whose markers survived)",
                 paper=True,
             ),
         },

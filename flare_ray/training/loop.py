@@ -16,7 +16,9 @@ A trial trains one adapter for one (task, target language), read top to bottom:
    of the test (``predictions/<split>.parquet``).
 
 Methods that train nothing (zero-shot, translate-test) skip step 2: the stage-1 model is scored on
-validation (reported as epoch 0) and test.
+validation (reported as epoch 0) and test. Translate-test on TyDiQA scores the test examples whose answer
+markers survived translation, against the answers projected into English, and reports how many
+(``test/examples`` of ``test/examples_total``; see :func:`~flare_ray.training.setup.translate_test_split`).
 
 With several workers the model is wrapped in DDP (or a DeepSpeed engine when
 the experiment names a DeepSpeed config); each rank scores a shard of the
@@ -127,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best["state"])
     scores, predictions = _evaluate(engine, trial, "test", best["epoch"], rank, world)
+    scores.update(trial.test_metrics)
     with engine.gathered():
         _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
                {"validation": best["predictions"], "test": predictions})
@@ -186,6 +189,7 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -
     metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}}
     session.report(metrics)
     scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
+    scores.update(trial.test_metrics)  # translate-test on QA: how many test examples it scored, against which answers
     best = {"score": metrics[metric], "epoch": 0}
     _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
 

@@ -19,10 +19,11 @@ everywhere:
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import datasets
 import torch
@@ -34,13 +35,15 @@ from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer
 from flare_ray.models.positions import max_input_positions
 from flare_ray.storage import local_copy
 from flare_ray.tasks import Task, get_task
-from flare_ray.tasks.base import ROLES
+from flare_ray.tasks.base import ROLES, TaskDataError, mt_split_path
 from flare_ray.tasks.encoding import TaskEncoder
 
 from .adapter import METHODS, build_adapter
 
 if TYPE_CHECKING:  # the experiment config is built above this package and handed down
     from flare_ray.experiment import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,17 +141,77 @@ def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEn
         source=METHODS[method.kind].source, input_fusion=METHODS[method.kind].input_fusion,
         mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
         answer_tokens=experiment.training.max_new_tokens, max_positions=max_input_positions(base.model.config),
+        xmixup=method.kind == "xmixup",
     )
 
 
 def english_side(task: Task, records: datasets.Dataset) -> datasets.Dataset:
     """The records with their English (source) side as the side the model reads (stage 1, translate-test).
 
-    A translated QA test split has no English answers (its contexts are translated without them): its
-    gold answers stay the target language's, which a translate-test prediction is scored against."""
+    QA: the English answers (``source_answers``) become the gold ones; a record without any keeps its
+    target-language answers. Translate-test does not score such records as they are: its test split goes
+    through :func:`translate_test_split`."""
     columns = list(task.text_fields) + ([] if task.labels else ["answers"])
     keep = lambda r, c: r[f"source_{c}"] or r[f"target_{c}"] if c == "answers" else r[f"source_{c}"]  # noqa: E731
     return records.map(lambda r: {f"target_{c}": keep(r, c) for c in columns})
+
+
+@dataclass(frozen=True)
+class EnglishTest:
+    """The test split as translate-test scores it (its English side), and what it was made of."""
+
+    records: datasets.Dataset
+    total: int  # test examples before those without English answers were left out
+    answers: Literal["english", "target"] | None  # QA: the gold answers scored against; None: classification
+
+    def metrics(self) -> dict[str, float]:
+        """Recorded beside the trial's test scores (``test/<key>``) and read by the report's footnote; QA only:
+        ``examples`` scored of ``examples_total``, and ``english_answers`` (1: the answers projected into
+        English by the markers; 0: the target-language gold answers)."""
+        if self.answers is None:
+            return {}
+        return {"examples": float(len(self.records)), "examples_total": float(self.total),
+                "english_answers": float(self.answers == "english")}  # fmt: skip
+
+
+def translate_test_split(task: Task, records: datasets.Dataset) -> EnglishTest:
+    """The test split that translate-test scores: its English side and, for QA, the English gold answers.
+
+    The authors (pnborchert/FLARE: ``run_translate.py``, ``tasks/tydiqa.py``) translate the TyDiQA test contexts
+    into English with the gold answer between markers, take the span the markers enclose after translation as
+    the English gold answer, and leave out the examples whose markers did not survive (``filter_qa_translations``:
+    ``answer_start == -1`` or an empty answer). So a QA test split with English answers (``source_answers``) is
+    scored against them, on the examples that have them (the count is in :meth:`EnglishTest.metrics`).
+
+    A translated QA test split without any English answer was translated without markers (before the
+    translation stage projected test answers: provenance ``answers_projected: false``, or none): it is scored as
+    before, against the target-language gold answers (exact match near 0 for non-Latin scripts), with a warning
+    here and ``english_answers = 0`` on the trial, which the report's footnote states; translating the test split
+    again (``python -m flare_ray.translate``) gives the authors' scoring. One whose provenance says its answers
+    were projected, but in which no example kept its markers, leaves nothing to score: :class:`TaskDataError`.
+    """
+    english = english_side(task, records)
+    if task.labels:
+        return EnglishTest(english, len(records), None)
+    where = f"{task.name}/{task.language}/test"
+    projected = [i for i, answers in enumerate(records["source_answers"]) if answers]
+    if projected:
+        if len(projected) < len(records):
+            log.info("%s: translate-test scores the %d of %d examples whose answer markers survived translation, "
+                     "against their answers projected into English", where, len(projected), len(records))  # fmt: skip
+        return EnglishTest(english.select(projected), len(records), "english")
+    if (task.mt_provenance("test") or {}).get("answers_projected"):
+        path = mt_split_path(task.config.mt_dir, task.name, task.language, "test")
+        raise TaskDataError(
+            f"{path}: no test example kept its answer markers through translation (source_answers empty in all "
+            f"{len(records)} records; its provenance says answers_projected: true): translate-test has nothing to "
+            "score; translate the test split again, e.g. with a larger translation.max_length"
+        )
+    log.warning("%s: the English test side has no answers (translated without answer markers): translate-test is "
+                "scored against the target-language gold answers, not as the authors score it (answers projected "
+                "into English by markers); translate the test split again with `python -m flare_ray.translate`",
+                where)  # fmt: skip
+    return EnglishTest(english, len(records), "target")
 
 
 @dataclass
@@ -158,6 +221,7 @@ class TrialSetup:
     model: torch.nn.Module  # the adapted model (FlareModel or peft LoRA)
     encoder: TaskEncoder
     base: Base
+    test_metrics: dict[str, float] = field(default_factory=dict)  # translate-test: :meth:`EnglishTest.metrics`
 
 
 def build_trial(
@@ -166,8 +230,8 @@ def build_trial(
     """Seed, data, base model (with stage 1), adapter and encoder of one run.
 
     ``english``: the splits' English side (stage 1; translate-test reads its validation and test splits
-    so). ``adapter``: a saved trial adapter to score (no gradient checkpointing, on the GPU when there is
-    one) instead of a new one to train.
+    so, the test split as :func:`translate_test_split` makes it). ``adapter``: a saved trial adapter to score
+    (no gradient checkpointing, on the GPU when there is one) instead of a new one to train.
     """
     if experiment.model.stage1 == "auto":
         raise ValueError(
@@ -178,12 +242,18 @@ def build_trial(
     task = get_task(experiment.task.task_config(language))
     splits = {role: task.load(role) for role in roles}  # data errors before the model
     method = METHODS[experiment.method.kind]
+    test_metrics: dict[str, float] = {}
     if english or method.reads_english:
         read = ROLES if english else ("validation", "test")
-        splits = {role: english_side(task, records) if role in read else records for role, records in splits.items()}
+        for role in [r for r in splits if r in read]:
+            if role == "test" and method.reads_english:  # translate-test: the English gold answers (QA)
+                test = translate_test_split(task, splits[role])
+                splits[role], test_metrics = test.records, test.metrics()
+            else:
+                splits[role] = english_side(task, splits[role])
     base = load_base(experiment, task, gradient_checkpointing=False if adapter else None)
     model = build_adapter(base.model, experiment.method) if adapter is None else load_adapter(base, experiment, adapter)
-    return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base)
+    return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base, test_metrics)
 
 
 def load_adapter(base: Base, experiment: ExperimentConfig, folder: Path) -> torch.nn.Module:

@@ -67,9 +67,9 @@ class TranslationSpec(BaseModel):
     num_cpus: PositiveFloat = Field(1.0, description="CPUs per actor")
     markers: tuple[str, str] = Field(
         ("[", "]"),
-        description="QA train and validation: the pair wrapped around the answer in the English context to carry it "
-        "through translation (records whose markers are lost are dropped); test contexts are translated without "
-        "markers, so the test input does not depend on the gold answer, and keep empty source_answers",
+        description="QA: the pair wrapped around the answer in the context to carry it through translation, as the "
+        "authors do (train and validation records whose markers are lost are dropped; test records keep empty "
+        "source_answers, and translate-test leaves them out)",
     )
 
     @field_validator("markers")

@@ -7,11 +7,13 @@ context, such as Wikipedia's ``[1]`` citations, are first replaced by stand-ins
 exactly one opening marker followed by one closing marker must remain: they are
 removed, and where they stood gives the translated answer and its
 ``answer_start``. Anything else (markers lost, repeated, reversed, or around
-nothing) raises :class:`MarkerError`; the pipeline drops and counts the record.
+nothing) raises :class:`MarkerError`; the pipeline drops and counts the record
+(a test record is kept without a projected answer, and counted).
 
-Markers are used for train and validation only, where the English answer must
-be found in the translation. Test contexts are translated without them: the
-test input must not depend on the gold answer (see :mod:`.records`).
+Markers are used in every role, as the authors' (pnborchert/FLARE): in train and
+validation the English answer must be found in the translation; in test the
+target-language answer is projected into English, where translate-test is
+scored against it (see :mod:`.records`).
 """
 
 from __future__ import annotations

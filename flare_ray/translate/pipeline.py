@@ -29,7 +29,8 @@ logger = logging.getLogger("flare_ray.translate")
 
 #: Bump when the processing changes what a translated split contains (invalidates every cache entry).
 #: 2: QA test contexts are translated without answer markers (empty source_answers).
-PIPELINE_VERSION = 2
+#: 3: QA test contexts carry answer markers, as the authors' (source_answers projected; markers_lost listed).
+PIPELINE_VERSION = 3
 
 Translate = Callable[[list[Segment], TranslateConfig], tuple[list[Translation], dict[str, Any]]]
 
@@ -113,10 +114,11 @@ def _provenance(
         "language_fallback": plan.direction.src.fallback or plan.direction.tgt.fallback,
         "decoding": material["decoding"],
         "answer_markers": material["markers"],
-        "answers_projected": plan.marked if plan.qa else None,  # False: QA test, translated without markers
+        "answers_projected": plan.marked if plan.qa else None,  # False: a split of pipeline version 2's test
         "records_in": len(plan.records),
         "records_out": len(outcome.records),
         "dropped": outcome.dropped,
+        "markers_lost": outcome.markers_lost if plan.keeps_unmarked and plan.qa else None,  # test: kept, no answer
         "truncated_inputs": outcome.truncated,
         "contexts_with_marker_characters_replaced": plan.scrubbed if plan.marked else None,
         "input_records_sha256": material["input_records_sha256"],
@@ -172,6 +174,10 @@ def run(
             job.plan.role, job.path, len(outcome.records), len(job.plan.records), len(outcome.dropped),
             len(outcome.truncated),
         )  # fmt: skip
+        if outcome.markers_lost:
+            logger.info("%s: %d of %d records lost their answer markers in translation (kept without English "
+                        "answers; translate-test leaves them out)", job.plan.role, len(outcome.markers_lost),
+                        len(outcome.records))  # fmt: skip
         if len(outcome.records) == 0:
             logger.warning("%s: every record was dropped (see %s)", job.plan.role, job.path.name)
         results.append(RoleResult(job.plan.role, job.path, False, provenance))

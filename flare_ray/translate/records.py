@@ -6,14 +6,22 @@
 * ``test``: the gold target side is translated into English; the translations
   fill ``source_<field>`` (and ``source_answers``).
 
-Every text field of a record is one segment. For QA in train and validation
-the English context carries its (first) answer between markers
-(:mod:`.markers`), so that the answer can be found in the translation; the
-question is translated as it is. Test contexts are translated without markers:
-the English side of a test record is model input, and it must not depend on
-the gold answer (marking it would put the test label into the test input). So
-a translated test split has empty ``source_answers``; scoring uses the gold
-``target_answers``, which are kept as they are.
+Every text field of a record is one segment. For QA the context carries its
+(first) answer between markers (:mod:`.markers`), so that the answer can be
+found in the translation; the question is translated as it is. Train and
+validation records whose markers are lost are dropped (and counted).
+
+The test contexts carry markers too, as the authors' (pnborchert/FLARE,
+``run_translate.py``: ``process_qa`` marks the test split as well): the span the
+markers enclose after translation is the English gold answer
+(``source_answers``), which translate-test is scored against, on the examples
+whose markers survived (:func:`flare_ray.training.setup.translate_test_split`).
+A test record whose markers are lost is kept, with the marker strings removed
+from its translated context and empty ``source_answers``, and listed
+(``Outcome.markers_lost``): the gold test set stays whole for every method that
+reads the target side, and it is scored against the gold ``target_answers``,
+kept as they are. (So the English test side depends on where the gold answer
+is, as in the authors' setup.)
 """
 
 from __future__ import annotations
@@ -62,14 +70,14 @@ class RolePlan:
 
     @property
     def marked(self) -> bool:
-        """Do this role's QA contexts carry their answer between markers? (never in the test role)"""
-        return self.qa and marks_answers(self.role)
+        """Do this role's QA contexts carry their answer between markers? (every role, as the authors')"""
+        return self.qa
 
-
-def marks_answers(role: Role) -> bool:
-    """QA: is the answer wrapped in markers before translation? Train and validation only: the test
-    input must not depend on the gold answer."""
-    return role != "test"
+    @property
+    def keeps_unmarked(self) -> bool:
+        """Is a record whose markers were lost kept (with empty answers on the written side)? The test
+        role's: the gold test set stays whole; translate-test leaves such records out when it scores."""
+        return self.role == "test"
 
 
 @dataclass
@@ -78,20 +86,18 @@ class Outcome:
 
     records: datasets.Dataset | None = None  # the output split
     dropped: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: left out of the output
+    markers_lost: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}: test, kept without answers
     truncated: list[str] = field(default_factory=list)  # ids with an input cut at max_length
 
 
 def plan_role(task: Task, role: Role, records: datasets.Dataset, language: NllbLanguage, markers: Markers) -> RolePlan:
-    """The segments to translate for one role; :class:`TaskDataError` for a record that cannot be marked.
-
-    Test records are translated as they are: their answers are not read at all.
-    """
+    """The segments to translate for one role; :class:`TaskDataError` for a record that cannot be marked."""
     way = direction(role, language)
     qa = task.labels is None
     segments, scrubbed = [], 0
     for row, record in enumerate(records):
         texts = {f: record[f"{way.read}_{f}"] for f in task.text_fields}
-        if qa and marks_answers(role):
+        if qa:
             answers = record[f"{way.read}_answers"]
             where = f"{task.name}/{task.language}/{role}: row {row} (id {record['id']})"
             if not answers:
@@ -110,8 +116,9 @@ def assemble(plan: RolePlan, translations: dict[Segment, Translation], markers: 
     """The role's records with the written side replaced by the translations.
 
     QA train/validation records whose markers did not survive are dropped (and
-    listed); QA test records keep the translated context with empty answers on
-    the written side (``source_answers``), so the gold test set stays complete.
+    listed); QA test records whose markers did not survive are kept with the
+    translated context (marker strings removed) and empty ``source_answers``,
+    and listed, so the gold test set stays complete.
     """
     write = plan.direction.write
     rows, outcome = [], Outcome()
@@ -127,11 +134,20 @@ def assemble(plan: RolePlan, translations: dict[Segment, Translation], markers: 
                 out[f"{write}_context"], answer = extract_markers(done["context"].text, markers)
                 out[f"{write}_answers"] = [answer]
             except MarkerError as err:
-                outcome.dropped.append({"id": record["id"], "reason": err.reason})
-                continue
-        elif plan.qa:
-            out[f"{write}_answers"] = []  # not projected: the input carried no answer (see the module docstring)
+                lost = {"id": record["id"], "reason": err.reason}
+                if not plan.keeps_unmarked:
+                    outcome.dropped.append(lost)
+                    continue
+                outcome.markers_lost.append(lost)
+                out[f"{write}_context"] = unmarked(done["context"].text, markers)
+                out[f"{write}_answers"] = []  # no projected answer: translate-test leaves the record out
         rows.append(out)
     columns = {c: [r[c] for r in rows] for c in plan.records.column_names}  # from_list cannot make an empty split
     outcome.records = datasets.Dataset.from_dict(columns, features=plan.records.features)
     return outcome
+
+
+def unmarked(translation: str, markers: Markers) -> str:
+    """A translation whose markers did not survive as a pair, with every marker string removed (the authors
+    remove them from every context they read)."""
+    return translation.replace(markers.open, "").replace(markers.close, "")
