@@ -183,7 +183,7 @@ def edit_csv(path, old, new, count=1):
         ("wrong_column", r"javanese/train\.csv: missing columns \['label'\]"),
         ("bad_label", r"javanese/train\.csv: line 2: label 'happy' is not one of"),
         ("unknown_language", r"task: language 'xx' is not a language of nusax; expected one of"),
-        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['model', 'batch_size', .*'task', 'mt_dir', 'roles'\]"),
+        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['model', 'batch_size', .*'task', 'mt_dir', 'roles', 'back_translate'\]"),
         ("unknown_task_key", r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'"),
         ("splits_given", r"task: task\.splits and task\.mt_dir do not apply"),
         ("missing_config", r"nope\.yaml: configuration file not found"),
@@ -387,3 +387,33 @@ def test_check_validates_without_translating(tmp_path, monkeypatch, caplog):
     path = write_config(tmp_path, task={"name": "xnli", "language": "sw", "max_records": {"test": 2}}, mt_dir=tmp_path / "mt")
     assert main([str(path), "--check"]) == []
     assert "3 role(s) would be translated" in caplog.text and not (tmp_path / "mt").exists()
+
+
+def test_back_translation_for_xmixup_follows_the_forward_translation_and_serves_plain_requests(tmp_path):
+    """``back_translate``: the training set, once translated into the language, goes back into English as
+    ``back_translation_<field>`` columns (X-Mixup's scheduled source); a later request without it reuses that
+    split, and one with it does not reuse a split made without."""
+    seen = []
+
+    def tagged(segments, config):  # the 'translation' names its target language
+        seen.append([s.tgt for s in segments])
+        return [Translation(f"<{s.tgt}> {s.text}", False) for s in segments], {"ray": "none (test)"}
+
+    base = {"task": {"name": "nusax", "language": "jav", "max_records": {"train": 3}}, "mt_dir": tmp_path / "mt",
+            "roles": ["train"]}  # fmt: skip
+    (result,) = pipeline.run(parse_config({**base, "back_translate": True}), translate=tagged)
+    assert [set(codes) for codes in seen] == [{"jav_Latn"}, {"eng_Latn"}]  # forward, then back
+    records = read_split(tmp_path / "mt", "nusax", "jav", "train")
+    assert all(r["target_text"] == f"<jav_Latn> {r['source_text']}" for r in records)
+    assert all(r["back_translation_text"] == f"<eng_Latn> {r['target_text']}" for r in records)
+    assert result.provenance["back_translation"]["columns"] == ["back_translation_text"]
+    assert result.provenance["back_translation"]["segments"] == 3
+    (again,) = pipeline.run(parse_config(base), translate=no_translation)  # a superset serves the plain request
+    assert again.cached
+    plain = {**base, "mt_dir": tmp_path / "plain"}
+    pipeline.run(parse_config(plain), translate=tagged)
+    assert "back_translation_text" not in read_split(tmp_path / "plain", "nusax", "jav", "train").column_names
+    seen.clear()
+    pipeline.run(parse_config({**plain, "back_translate": True}), translate=tagged)
+    assert len(seen) == 2  # made again, with it
+    assert "back_translation_text" in read_split(tmp_path / "plain", "nusax", "jav", "train").column_names

@@ -62,3 +62,19 @@ def test_translations_made_elsewhere_are_read_as_they_are_and_remote_storage_nee
     with pytest.raises(ExperimentConfigError, match=r"task.mt_dir.*storage_path is remote"):
         load_experiment(QUICKSTART, ["storage_path=s3://bucket/sweeps", *MT])
 
+
+
+def test_the_stage_translates_the_training_set_back_where_xmixup_runs(tmp_path):
+    from flare_ray.search.translation import plan_line, translate_configs
+
+    def configs(*overrides):
+        config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", *MT, *TINY, *overrides])
+        return config, translate_configs(config)
+
+    config, jobs = configs("search.grid={method.kind: [lora, xmixup]}", "search.seeds=[0]", "search.num_samples=null")
+    assert jobs and all(job.back_translate for job in jobs)
+    assert "the training set back into English for X-Mixup" in plan_line(config)
+    _, jobs = configs()  # LoRA alone
+    assert not any(job.back_translate for job in jobs)
+    _, jobs = configs("method.kind=xmixup", "task.splits={validation: mt, test: mt}")  # the training set is gold
+    assert not any(job.back_translate for job in jobs)

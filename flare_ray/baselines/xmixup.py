@@ -1,5 +1,5 @@
 """X-Mixup (Yang et al., ICLR 2022, "Enhancing Cross-lingual Transfer by Manifold Mixup"), the paper's
-representation-mixing baseline, on a peft LoRA model with a task head, as its authors built it
+representation-mixing baseline, on a peft LoRA model, as its authors built it
 (github yhy1117/X-Mixup: ``xmixup/tasks/layer_mixup.py``, ``models/bert.py``, the trainers).
 
 The source (English) and the target run through the same adapted model (the source with gradients:
@@ -43,8 +43,14 @@ At inference the source is the test set's English side (translate-test, as in th
 ``--mixup_inference``); classification predicts from the mean of the source and target logits, QA
 from the target's.
 
-Not implemented: soft labels for tagging (no tagging task); decoders (the paper reports X-Mixup for
-Llama and Gemma without saying how; :class:`XMixupModel` refuses them).
+**Decoders** (Llama, Gemma: the paper reports X-Mixup for them without saying how; this project's
+choice): the prompt positions of the target mix in the chosen block's attention sub-layer, as mT5's
+pre-LN blocks do (the rotary positions of each sequence its own; see :mod:`.mixing`), the answer positions
+do not (FLARE's rule for decoders); the loss is the target's language-model loss on the answer plus
+``mse_weight * MSE`` of the mean prompt representations (the English prompt has no answer: no source task
+loss, no KL); :meth:`XMixupModel.generate` mixes the prompt at prefill only.
+
+Not implemented: soft labels for tagging (no tagging task); mT5 with a generative head.
 """
 
 from __future__ import annotations

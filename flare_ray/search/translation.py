@@ -3,7 +3,8 @@
 Where ``task.splits`` reads machine translations (``mt``) and ``task.mt_dir`` is not set, the sweep
 translates into its storage (``<storage_path>/mt/<task>/<language>/<role>.parquet``) before stage 1 and the
 trials, with :func:`flare_ray.translate.pipeline.run` (one Ray Data job per language; each actor loads the
-model once): train and validation from English into the language, test from the language into English.
+model once): train and validation from English into the language, test from the language into English, and
+where X-Mixup runs the translated training set back into English (its scheduled source).
 Each split is kept with its provenance and a cache key of everything it depends on (task, language, role,
 NLLB model, directions, decoding, the input records, the pipeline's version), so a later sweep with the same
 key reuses it and translates nothing; a split whose key changed is made again. A sweep killed while
@@ -30,11 +31,20 @@ def mt_roles(config: ExperimentConfig) -> list[str]:
     return [role for role in ROLES if config.task.splits.get(role) == "mt"]
 
 
+def runs_xmixup(config: ExperimentConfig) -> bool:
+    """Does a trial of the sweep run X-Mixup (whose scheduled source reads the back-translated training set)?"""
+    kinds = config.search.grid.get("method.kind") or [config.method.kind]
+    return "xmixup" in kinds
+
+
 def translate_configs(config: ExperimentConfig) -> list[TranslateConfig]:
-    """One translation job per target language: its ``mt`` roles from the task's own data, into ``task.mt_dir``."""
+    """One translation job per target language: its ``mt`` roles from the task's own data, into ``task.mt_dir``;
+    with X-Mixup among the methods and a translated training set, that set back into English too."""
     task = config.task.model_dump(exclude={"language", "languages", "splits", "mt_dir"})
+    roles = mt_roles(config)
+    back = runs_xmixup(config) and "train" in roles
     return [TranslateConfig(**config.translation.model_dump(), task=TaskConfig(**task, language=language),
-                            mt_dir=config.task.mt_dir, roles=mt_roles(config))  # fmt: skip
+                            mt_dir=config.task.mt_dir, roles=roles, back_translate=back)  # fmt: skip
             for language in config.task.languages]
 
 
@@ -82,7 +92,8 @@ def plan_line(config: ExperimentConfig) -> str | None:
                 continue
             made += known.get("mt_model") == model
     total = len(config.task.languages) * len(roles)
-    return (f"translation: {len(config.task.languages)} language(s) x {len(roles)} role(s) ({', '.join(roles)}), "
+    back = ", the training set back into English for X-Mixup" if runs_xmixup(config) and "train" in roles else ""
+    return (f"translation: {len(config.task.languages)} language(s) x {len(roles)} role(s) ({', '.join(roles)}){back}, "
             f"{model}, into {config.task.mt_dir}: cached {made} / to make {total - made}")
 
 
@@ -101,6 +112,7 @@ def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
                 "path": str(result.path), "cached": result.cached, "records": provenance.get("records_out"),
                 "dropped": len(provenance.get("dropped") or []), "segments": (provenance.get("run") or {}).get("segments"),
                 "created": provenance.get("created"), "cache_key": provenance.get("cache_key"),
+                "back_translation": bool(provenance.get("back_translation")),
             }  # fmt: skip
     return TranslationStage(config.translation.model, len(config.task.languages), mt_roles(config), splits,
                             round(time.perf_counter() - started, 1))  # fmt: skip

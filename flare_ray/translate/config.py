@@ -101,6 +101,10 @@ class TranslateConfig(TranslationSpec):
         default_factory=lambda: list(ROLES),
         description="roles to translate: train and validation from English into the language, test from the language into English",
     )
+    back_translate: bool = Field(
+        False, description="also translate the (translated) training set back into English, as back_translation_<field> "
+        "columns of the train split: X-Mixup's scheduled source (the sweep sets it when X-Mixup runs)",
+    )
 
     @field_validator("task")
     @classmethod

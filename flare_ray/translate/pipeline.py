@@ -21,7 +21,7 @@ from flare_ray.tasks import ROLES, Task, get_task
 from flare_ray.tasks.base import mt_split_path
 
 from .config import TranslateConfig
-from .records import Outcome, RolePlan, assemble, plan_role
+from .records import Outcome, RolePlan, assemble, back_segments, plan_role, with_back_translation
 from .store import cached_provenance, files_sha256, records_sha256, sha256_json, write_split
 from .translator import GREEDY, Segment, Translation, translate_with_ray
 
@@ -46,6 +46,14 @@ class RoleJob:
     @property
     def cache_key(self) -> str:
         return sha256_json(self.key_material)
+
+    @property
+    def serving_keys(self) -> list[str]:
+        """Cache keys of splits that serve this job: its own, and for a train split without back-translation
+        also the same split with it (its columns are a superset)."""
+        if self.plan.role != "train" or self.key_material["back_translation"]:
+            return [self.cache_key]
+        return [self.cache_key, sha256_json({**self.key_material, "back_translation": True})]
 
 
 @dataclass
@@ -84,6 +92,7 @@ def prepare(config: TranslateConfig) -> tuple[Task, NllbLanguage, list[RoleJob]]
             "decoding": {**GREEDY, "max_length": config.max_length, "dtype": config.dtype},
             "markers": list(config.markers) if plan.marked else None,
             "input_records_sha256": records_sha256(records),
+            "back_translation": config.back_translate and role == "train",
         }  # fmt: skip
         jobs.append(RoleJob(plan, mt_split_path(config.mt_dir, task.name, task.language, role), key_material))
     return task, language, jobs
@@ -130,6 +139,23 @@ def _provenance(
     }
 
 
+def _back_translate(task: Task, language: NllbLanguage, train: Outcome | None, config: TranslateConfig,
+                    translate: Translate | None) -> dict[str, Any]:  # fmt: skip
+    """The assembled training records translated back into English (X-Mixup's scheduled source), after the
+    forward translation they read."""
+    if train is None or train.records is None or len(train.records) == 0:
+        return {}
+    segments = back_segments(task, train.records, language)
+    unique = list(dict.fromkeys(s for record in segments for s in record))
+    logger.info("train: %d records back into English (%s -> %s) for X-Mixup", len(segments), language.code, "eng_Latn")
+    start = time.perf_counter()
+    translations, run_info = (translate or translate_with_ray)(unique, config)
+    records = with_back_translation(task, train.records, segments, dict(zip(unique, translations)))
+    run_info = {**run_info, "segments": len(unique), "total_seconds": round(time.perf_counter() - start, 3),
+                "columns": [f"back_translation_{f}" for f in task.text_fields]}  # fmt: skip
+    return {"records": records, "run": run_info}
+
+
 def run(
     config: TranslateConfig, *, force: bool = False, check: bool = False, translate: Translate | None = None
 ) -> list[RoleResult]:
@@ -140,7 +166,7 @@ def run(
     task, language, jobs = prepare(config)
     results, todo = [], []
     for job in jobs:
-        cached = None if force else cached_provenance(job.path, job.cache_key)
+        cached = None if force else next(filter(None, (cached_provenance(job.path, k) for k in job.serving_keys)), None)
         if cached is not None:
             logger.info(
                 "%s: reusing cached translation %s (same model, languages, decoding settings and inputs; "
@@ -165,9 +191,13 @@ def run(
     by_segment = dict(zip(segments, translations))
     data_files = None if config.task.hub_id else files_sha256(task.data_dir)  # hub: input_records_sha256 only
     markers = config.answer_markers()
+    outcomes = {job.plan.role: assemble(job.plan, by_segment, markers) for job in todo}
+    back = _back_translate(task, language, outcomes.get("train"), config, translate) if config.back_translate else {}
     for job in todo:
-        outcome = assemble(job.plan, by_segment, markers)
+        outcome = outcomes[job.plan.role]
         provenance = _provenance(job, task, outcome, run_info, data_files)
+        if job.plan.role == "train" and back:
+            outcome.records, provenance["back_translation"] = back["records"], back["run"]
         write_split(outcome.records, provenance, job.path)
         logger.info(
             "%s: wrote %s (%d of %d records; %d dropped, %d inputs truncated)",

@@ -112,6 +112,23 @@ def plan_role(task: Task, role: Role, records: datasets.Dataset, language: NllbL
     return RolePlan(role, way, records, tuple(task.text_fields), qa, segments, scrubbed)
 
 
+BACK = "back_translation"  # the columns of the back-translation (X-Mixup): back_translation_<field>
+
+
+def back_segments(task: Task, records: datasets.Dataset, language: NllbLanguage) -> list[list[Segment]]:
+    """The target side of the (translated) training records, to translate back into English: per record, per
+    text field (a QA context as the model reads it, without markers)."""
+    return [[Segment(language.code, ENGLISH.code, record[f"target_{f}"]) for f in task.text_fields] for record in records]
+
+
+def with_back_translation(task: Task, records: datasets.Dataset, segments: list[list[Segment]],
+                          translations: dict[Segment, Translation]) -> datasets.Dataset:  # fmt: skip
+    """``records`` with a ``back_translation_<field>`` column per text field."""
+    for k, f in enumerate(task.text_fields):
+        records = records.add_column(f"{BACK}_{f}", [translations[segs[k]].text for segs in segments])
+    return records
+
+
 def assemble(plan: RolePlan, translations: dict[Segment, Translation], markers: Markers) -> Outcome:
     """The role's records with the written side replaced by the translations.
 
