@@ -331,3 +331,30 @@ def test_an_xmixup_adapter_saves_and_loads(tmp_path):
     with torch.no_grad():
         assert torch.allclose(again(**inputs).logits, mixed, atol=1e-6)
     assert float(again.gate.bias) == pytest.approx(0.3) and not any(p.requires_grad for p in again.parameters())
+
+
+@pytest.mark.parametrize("name,family,task_name", [("tiny:llama", "decoder", "nusax"), ("tiny:mt5", "encoder_decoder", "tydiqa")])
+def test_xmixup_trains_a_step_and_predicts_with_qlora_and_gradient_checkpointing_or_mt5_spans(name, family, task_name):
+    """A decoder in 4 bit with gradient checkpointing (the paper's decoder recipe): the mixing block runs once,
+    not again in backward; mT5's span head on TyDiQA: the English span loss. Both predict through the encoder."""
+    task = nusax() if task_name == "nusax" else get_task(TaskConfig(name="tydiqa", language="sw", max_records={"test": 4}))
+    if family == "decoder":
+        model, tok = load_model(name, family, labels=task.labels, quantization="4bit", gradient_checkpointing=True)
+    else:
+        model, tok = load_model(name, family, labels=task.labels, head="task")
+    mixup = build_adapter(model, MethodSpec(kind="xmixup", lora={"r": 4}, xmixup=XMixupConfig(layer=1)))
+    encoder = TaskEncoder(task, tok, family, 96, source=True, generative=family == "decoder", xmixup=True)
+    records = list(task.load("test"))[:4]
+    mixup.train()
+    out = mixup(**encoder.train_batch(records).inputs)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and mixup.gate.weight.grad is not None
+    assert ("task" in mixup.losses) and float(mixup.losses["ratio"]) > 0
+    predictions = encoder.predict(mixup.eval(), records, batch_size=2, max_new_tokens=4)
+    assert len(predictions) == len(records)
+
+
+def test_xmixup_refuses_mt5_with_a_generative_head():
+    model, _ = load_model("tiny:mt5", "encoder_decoder", labels=None, head="generative")
+    with pytest.raises(ValueError, match="model.head: task"):
+        build_adapter(model, MethodSpec(kind="xmixup", lora={"r": 4}))

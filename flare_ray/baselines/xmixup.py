@@ -90,6 +90,9 @@ class XMixupModel(nn.Module):
         base = peft_model.get_base_model()
         self.family = ArchitectureFamily.of(base)
         self.decoder = self.family is ArchitectureFamily.DECODER
+        if self.family is ArchitectureFamily.ENCODER_DECODER and hasattr(base, "lm_head"):
+            raise ValueError(f"X-Mixup on {type(base).__name__}: mT5 with a generative head is not implemented; use "
+                             "model.head: task (a classification or span head, the authors' mT5 recipe)")  # fmt: skip
         self.blocks = plan_fusion(base, FlareConfig()).blocks  # the (encoder's) stack of blocks
         self.qa = "QuestionAnswering" in type(base).__name__
         self.pool_mean = self.qa or self.family is not ArchitectureFamily.ENCODER
