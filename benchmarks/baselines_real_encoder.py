@@ -26,21 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+from recipe_real_encoder import recipe_yaml  # noqa: E402  (the recipe, one place)
+
 METHODS = ["zero_shot", "translate_test", "lora", "xmixup", "input_fusion", "flare"]
-YAML = """\
-name: {name}
-model: {{name_or_path: intfloat/multilingual-e5-small, stage1: auto}}
-task: {{name: nusax, languages: [jav]}}
-stage1:
-  training: {{epochs: 5, batch_size: 16, max_length: 64, learning_rate: 2.0e-4, lr_scheduler: constant, warmup_ratio: 0.0, seed: 0}}
-method:
-  kind: flare
-  lora: {{r: 8, alpha: 16, dropout: 0.0, target_modules: [query, value]}}
-  flare: {{fusion: add_relu, fusion_layers: all}}
-training: {{epochs: 5, batch_size: 16, eval_batch_size: 64, max_length: 64, learning_rate: 2.0e-4, lr_scheduler: constant, warmup_ratio: 0.0}}
-scaling: {{num_workers: 1, use_gpu: false, cpus_per_worker: 2.0}}
-search: {{grid: {{method.kind: [{methods}]}}, seeds: [{seeds}], scheduler: null}}
-"""
 
 
 def main() -> None:
@@ -58,7 +46,7 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     yaml = out / f"{args.name}.yaml"
-    yaml.write_text(YAML.format(name=args.name, methods=", ".join(args.methods), seeds=", ".join(map(str, args.seeds))))
+    yaml.write_text(recipe_yaml(args.name, args.methods, args.seeds))
     uri = f"sqlite:///{out / 'mlflow.db'}"
     started = time.time()
     console = out / f"{args.name}.console.txt"

@@ -39,8 +39,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 MODEL = "intfloat/multilingual-e5-small"
 LABELS = ["positive", "neutral", "negative"]  # NusaX's, in the project's order
 NUSAX = REPO / "flare_ray" / "data" / "nusax" / "sentiment"
-YAML = f"""\
-name: e5-nusax
+def recipe_yaml(name: str, methods: list[str], seeds: list[int]) -> str:
+    """The recipe as an experiment YAML: a grid of ``methods`` (method.kind) x ``seeds``, NusaX Javanese."""
+    return f"""\
+name: {name}
 model: {{name_or_path: {MODEL}, stage1: auto}}
 task: {{name: nusax, languages: [jav]}}
 stage1:
@@ -51,8 +53,11 @@ method:
   flare: {{fusion: add_relu, fusion_layers: all}}
 training: {{epochs: 5, batch_size: 16, eval_batch_size: 64, max_length: 64, learning_rate: 2.0e-4, lr_scheduler: constant, warmup_ratio: 0.0}}
 scaling: {{num_workers: 1, use_gpu: false, cpus_per_worker: 2.0}}
-search: {{grid: {{method.kind: [lora, flare]}}, seeds: [0, 1, 2], scheduler: null}}
+search: {{grid: {{method.kind: [{", ".join(methods)}]}}, seeds: [{", ".join(map(str, seeds))}], scheduler: null}}
 """
+
+
+YAML = recipe_yaml("e5-nusax", ["lora", "flare"], [0, 1, 2])
 RECIPE = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"], "epochs": 5, "batch_size": 16,
           "eval_batch_size": 64, "max_length": 64, "learning_rate": 2e-4, "max_grad_norm": 1.0, "stage1_seed": 0}
 
