@@ -173,3 +173,14 @@ def test_sweeps_of_two_tasks_join_into_one_table_with_a_column_per_task_and_lang
     assert at.loc[("flare", AVERAGE), "mean"] == pytest.approx((70 + 55) / 2)
     header = [h.strip() for h in markdown(table, columns).splitlines()[0].split("|")[1:-1]]
     assert header == ["row", "nusax/jav", "nusax/jav p", "xnli/sw", "xnli/sw p", "average"]
+
+
+def test_two_sweeps_with_the_same_setting_say_its_footnote_once():
+    from flare_ray.report.build import _notes
+
+    provenance = {"jav": {"train": {"as_in_paper": False, "made_of": "human translations"}}}
+    a = records("a", ["jav"], [({"method.kind": "flare"}, "jav", 0, 80, 70.0)], provenance=provenance)
+    b = records("b", ["jav"], [({"method.kind": "lora"}, "jav", 0, 70, 60.0)], provenance=provenance)
+    table, columns = cells([a, b], resamples=100, seed=0)
+    notes = _notes([a, b], table, columns, resamples=100, seed=0)
+    assert sum("not the paper's setting" in note for note in notes) == 1

@@ -112,7 +112,7 @@ def _notes(sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column
             notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
     notes += translate_test_notes(sweeps, table)
     notes.append(paper.note(table))
-    return notes
+    return list(dict.fromkeys(notes))  # sweeps side by side may bring the same column (and note) twice
 
 
 def translate_test_notes(sweeps: Sequence[SweepRecords], table: pd.DataFrame) -> list[str]:
