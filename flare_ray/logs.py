@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "urllib3", "filelock", "datasets", "transformers", "peft",
+LIBRARIES = ("ray", "ray.data", "mlflow", "optuna", "alembic", "urllib3", "filelock", "datasets", "transformers", "peft",
              "bitsandbytes", "torch", "py.warnings")  # fmt: skip
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

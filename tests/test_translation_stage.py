@@ -35,6 +35,7 @@ def test_the_sweep_translates_once_and_a_later_sweep_reuses_every_split(tmp_path
 
     first = run_tune(tmp_path, *MT, *TINY)
     assert "translation: 1 language(s) x 3 role(s) (train, validation, test), tiny:m2m_100: cached 0 / made 3" in first.stdout
+    assert "streaming_executor" not in first.stdout + first.stderr  # Ray Data's progress goes to the log file
     for role in ("train", "validation", "test"):
         assert mt_split_path(tmp_path / "mt", "nusax", "jav", role).is_file()
     client, parents, children = mlflow_runs(tmp_path)

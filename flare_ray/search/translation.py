@@ -102,8 +102,12 @@ def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
     to make here."""
     if not config.translates:
         return None
+    import ray.data  # noqa: F401  (Ray Data installs a console handler of its own when imported: quieted here)
+
+    from flare_ray.logs import quiet_libraries
     from flare_ray.translate import pipeline
 
+    quiet_libraries()
     started, splits = time.perf_counter(), {}
     for job in translate_configs(config):
         for result in pipeline.run(job):
