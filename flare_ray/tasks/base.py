@@ -63,6 +63,11 @@ def mt_split_path(mt_dir: str | Path, task: str, language: str, role: str) -> Pa
     return Path(mt_dir) / task / language / f"{role}.parquet"
 
 
+def provenance_path(split_path: Path) -> Path:
+    """The provenance JSON beside a translated split."""
+    return split_path.with_name(f"{split_path.stem}.provenance.json")
+
+
 class TaskConfig(BaseModel):
     """Which task, which target language, and where each split comes from.
 
@@ -226,8 +231,6 @@ class Task(ABC):
         (``<role>.provenance.json``); None unless the role is made with ``mt`` and the file is there."""
         if self.recipe(role) != "mt":
             return None
-        from flare_ray.translate.store import provenance_path  # translate imports tasks: not at module level
-
         path = provenance_path(mt_split_path(self.config.mt_dir, self.name, self.language, role))
         if not path.is_file():
             return None

@@ -16,13 +16,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flare_ray.tasks.base import provenance_path  # beside the split path it names; re-exported here
+
 if TYPE_CHECKING:
     import datasets
-
-
-def provenance_path(split_path: Path) -> Path:
-    """The provenance JSON beside a translated split."""
-    return split_path.with_name(f"{split_path.stem}.provenance.json")
 
 
 def sha256_json(value: Any) -> str:
