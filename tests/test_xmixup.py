@@ -199,13 +199,19 @@ def test_the_source_is_scheduled_between_the_gold_english_and_the_back_translati
     assert "back_translation_input_ids" in inputs
     draws = torch.Generator().manual_seed(3)
     mixup.train()
-    used, expected = [], []
+    used, expected, read = [], [], []
+    source_pass = mixup._source_pass
+    mixup._source_pass = lambda source: (read.append(source["input_ids"]), source_pass(source))[1]
     for step in range(12):
         u = torch.rand((), generator=draws).item()
         expected.append(u <= 2.0 / (2.0 + math.exp(step / 2.0)))
         mixup(**inputs)
         used.append(bool(mixup.losses["gold_source"]))
     assert used == expected and True in used and False in used  # k / (k + exp(t / k)): gold first, then mostly not
+    for gold, ids in zip(used, read):  # the source pass read the side the schedule chose
+        assert torch.equal(ids, inputs["source_input_ids" if gold else "back_translation_input_ids"])
+    assert not torch.equal(inputs["source_input_ids"], inputs["back_translation_input_ids"])
+    del mixup._source_pass
     mixup.eval()
     mixup(**inputs)
     assert bool(mixup.losses["gold_source"])  # at inference: the source the test set has

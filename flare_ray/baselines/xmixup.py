@@ -185,7 +185,7 @@ class XMixupModel(nn.Module):
         self.steps += 1
         return (gold if use_gold else back), use_gold
 
-    def _source_pass(self, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[Any, dict[str, Any]]:
+    def _source_pass(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any]]:
         out, kept = self._pass(inputs, None)
         return out, {"h": kept["sublayer"], "state": kept["state"], "mask": inputs["attention_mask"], "last": kept["last"]}
 
