@@ -167,7 +167,7 @@ def test_compose_file_passes_the_compose_specification():
 
 
 def test_deepspeed_config_is_accepted_by_the_experiment_schema():
-    from flare_ray.training.config import ScalingSpec
+    from flare_ray.experiment.training import ScalingSpec
 
     path = CLUSTER / "deepspeed_zero2.json"
     scaling = ScalingSpec(num_workers=2, deepspeed=str(path))
@@ -259,8 +259,8 @@ def test_a_sweep_on_a_launcher_cluster_runs_as_many_trials_as_the_cluster_may_gr
     """The head's bootstrap config (as `ray up` writes it, node types' resources filled in from their
     instance types): a GPU sweep runs a trial per GPU the autoscaler may add, not the one the empty
     cluster (no GPU node yet) would allow."""
-    from flare_ray.cli.tune import autoscaling_capacity
     from flare_ray.experiment import load_experiment
+    from flare_ray.search.cluster import autoscaling_capacity
     from flare_ray.search.searches import concurrency, plan_searches
 
     raw = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())

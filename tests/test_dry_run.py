@@ -156,7 +156,7 @@ def test_every_grid_cell_is_checked_before_ray_starts(tmp_path, capsys):
 def test_the_learning_rate_schedulers_are_transformers_own():
     from transformers import SchedulerType
 
-    from flare_ray.training.config import LR_SCHEDULERS
+    from flare_ray.experiment.training import LR_SCHEDULERS
 
     needing_arguments = {"reduce_lr_on_plateau", "warmup_stable_decay", "cosine_with_min_lr",
                          "cosine_warmup_with_min_lr", "greedy"}  # fmt: skip

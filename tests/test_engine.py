@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flare_ray.training.config import ScalingSpec, TrainingSpec
+from flare_ray.experiment.training import ScalingSpec, TrainingSpec
 from flare_ray.training.engine import Engine, tokens
 from flare_ray.training.session import in_tune_trial
 

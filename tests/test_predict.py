@@ -22,11 +22,13 @@ from mlflow.tracking import MlflowClient
 
 from flare_ray.cli.predict import build_parser, main
 from flare_ray.experiment import load_experiment
+from flare_ray.predict import english as english_module
+from flare_ray.predict import predictor as predictor_module
+from flare_ray.predict.tables import read_rows, write_rows
 from flare_ray.tasks import TaskConfig, get_task
 from flare_ray.tasks.nusax import NusaX
 from flare_ray.tracking.mlflow_runs import register_best
 from flare_ray.training import evaluate as evaluate_module
-from flare_ray.training import predict as predict_module
 from flare_ray.translate import pipeline
 from flare_ray.translate.config import parse_config
 from flare_ray.translate.store import provenance_path
@@ -78,8 +80,8 @@ def fake_store(tmp_path):
 )
 def test_bad_input_is_one_line_naming_the_file_and_column_before_any_model(tmp_path, fake_store, monkeypatch, capsys,
                                                                          case, expected):  # fmt: skip
-    monkeypatch.setattr(predict_module, "build_trial", no_model)
-    monkeypatch.setattr(predict_module, "translate_with_ray", no_model)
+    monkeypatch.setattr(predictor_module, "build_trial", no_model)
+    monkeypatch.setattr(english_module, "translate_with_ray", no_model)
     model, uri, output = "fake-nusax-jav", fake_store, tmp_path / "out.csv"
     source = tmp_path / "in.csv"
     pd.DataFrame({"text": ["Aku seneng", "Ora enak"]}).to_csv(source, index=False)
@@ -172,7 +174,7 @@ def rescored(sweep, run_id: str) -> pd.DataFrame:
 def model_calls(monkeypatch):
     """What the model reads and returns in every prediction pass, by evaluation and by predict alike: the
     encoded inputs and the logits of the whole split (16 rows: one batch, as the evaluation batches them)."""
-    calls, original = [], evaluate_module._predict
+    calls, original = [], evaluate_module.predict_records
 
     def recording(encoder, model, records, training):
         rows = list(records)
@@ -183,8 +185,8 @@ def model_calls(monkeypatch):
         calls.append({"inputs": inputs, "logits": logits.cpu()})
         return original(encoder, model, records, training)
 
-    monkeypatch.setattr(evaluate_module, "_predict", recording)
-    monkeypatch.setattr(predict_module, "_predict", recording)
+    monkeypatch.setattr(evaluate_module, "predict_records", recording)
+    monkeypatch.setattr(predictor_module, "predict_records", recording)
     return calls
 
 
@@ -200,9 +202,9 @@ def same_pass(evaluated: dict, predicted: dict) -> None:
 def predict(sweep, model: str, rows: pd.DataFrame, tmp_path: Path, name: str, *extra: str) -> pd.DataFrame:
     """``python -m flare_ray.predict`` in-process; the output table. ``name``: the input file's name."""
     source, output = tmp_path / name, tmp_path / f"out-{Path(name).stem}.jsonl"
-    predict_module.write_rows(rows, source)
+    write_rows(rows, source)
     assert main([model, "--input", str(source), "--output", str(output), "--tracking-uri", sweep["uri"], *extra]) == 0
-    return predict_module.read_rows(output)
+    return read_rows(output)
 
 
 @pytest.mark.slow
@@ -273,7 +275,7 @@ def test_a_missing_english_side_is_translated_by_the_runs_nllb_once(sweep, tmp_p
 
     # Again: everything comes from the cache, nothing is translated, the cache is not rewritten.
     stamp = cached.stat().st_mtime_ns
-    monkeypatch.setattr(predict_module, "translate_with_ray", no_model)
+    monkeypatch.setattr(english_module, "translate_with_ray", no_model)
     again = predict(sweep, run.info.run_id, rows, tmp_path, "again.jsonl", "--translation-cache", str(cache))
     assert list(again["prediction"]) == list(out["prediction"]) and cached.stat().st_mtime_ns == stamp
     assert f"0 of {TEST_RECORDS} texts new" in capsys.readouterr().out

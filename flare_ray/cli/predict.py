@@ -3,7 +3,7 @@
 Loads the adapter of a trial (a registered model, ``name`` or ``name/version``, or an MLflow run id) with
 its recorded config, and predicts on new target-language text. Bad input (an unknown file type, a missing
 column, an unknown model) exits with status 2 and one line naming the file and the column, before any
-model is loaded. The work is :mod:`flare_ray.training.predict`.
+model is loaded. The work is :mod:`flare_ray.predict`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ per input row. The output is the input rows plus a 'prediction' column."""
 
 
 def _columns_help() -> str:
-    from flare_ray.tasks import TASKS  # not training.predict: --help stays fast
+    from flare_ray.tasks import TASKS  # not flare_ray.predict's modules: --help stays fast
 
     lines = ["input columns (by task; other columns are kept and passed through):"]
     for name, task in TASKS.items():
@@ -77,33 +77,37 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from flare_ray.experiment import ExperimentConfig
-    from flare_ray.training import predict as p
+    from flare_ray.predict.adapters import fetch_adapter
+    from flare_ray.predict.english import translation_settings
+    from flare_ray.predict.predictor import plan_input, predict
+    from flare_ray.predict.tables import PREDICTION_COLUMN, PredictError, read_rows, table_format, write_rows
+    from flare_ray.training.evaluate import TRIAL_CONFIG_NAME
 
     with tempfile.TemporaryDirectory(prefix="flare-ray-predict-") as tmp:
         try:
-            p.table_format(args.output)
-            rows = p.read_rows(args.input)
-            adapter = p.fetch_adapter(tracking_uri(args.tracking_uri), args.model, Path(tmp))
+            table_format(args.output)
+            rows = read_rows(args.input)
+            adapter = fetch_adapter(tracking_uri(args.tracking_uri), args.model, Path(tmp))
             try:
                 experiment = ExperimentConfig.model_validate(adapter.record["experiment"])
                 language = adapter.record["language"]
             except (ValidationError, KeyError, TypeError) as err:
                 first = (str(err).splitlines() or [repr(err)])[0]
-                raise p.PredictError(f"{args.model}: its {p.TRIAL_CONFIG_NAME} is no valid trial record: {first}") from None
-            plan = p.plan_input(experiment, language, rows, args.input)
-            if p.PREDICTION_COLUMN in rows.columns:
-                raise p.PredictError(f"{args.input}: column {p.PREDICTION_COLUMN!r} exists; the output adds it")
-        except p.PredictError as err:
+                raise PredictError(f"{args.model}: its {TRIAL_CONFIG_NAME} is no valid trial record: {first}") from None
+            plan = plan_input(experiment, language, rows, args.input)
+            if PREDICTION_COLUMN in rows.columns:
+                raise PredictError(f"{args.input}: column {PREDICTION_COLUMN!r} exists; the output adds it")
+        except PredictError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         settings = None
         if plan.translate:
-            settings = p.translation_settings(
+            settings = translation_settings(
                 experiment, language, model=args.mt_model, max_length=args.mt_max_length,
                 batch_size=args.mt_batch_size, cache_dir=args.translation_cache,
             )  # fmt: skip
-        result = p.predict(experiment, language, adapter.folder, rows, translation=settings, where=args.input)
-    p.write_rows(rows.assign(**{p.PREDICTION_COLUMN: result.predictions}), args.output)
+        result = predict(experiment, language, adapter.folder, rows, translation=settings, where=args.input)
+    write_rows(rows.assign(**{PREDICTION_COLUMN: result.predictions}), args.output)
     how = ""
     if result.translation is not None:
         t = result.translation

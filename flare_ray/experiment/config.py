@@ -3,7 +3,7 @@
 Every section refuses unknown keys, and the sections other packages own are their
 own types: ``method.flare`` *is* :class:`flare_ray.fusion.FlareConfig`, ``task``
 extends :class:`flare_ray.tasks.TaskConfig`, ``training``/``scaling``/``stage1``
-come from :mod:`flare_ray.training.config`. Local paths are made absolute here,
+come from :mod:`flare_ray.experiment.training`. Local paths are made absolute here,
 once; URIs (``s3://``, ``gs://``, ``file://``) are kept as written.
 """
 
@@ -22,10 +22,10 @@ from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
 from flare_ray.storage import is_remote, local_folder, local_path
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
-from flare_ray.training.config import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
 from flare_ray.translate.config import TranslationSpec
 
 from .distributions import Distribution, with_float_log
+from .training import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
 
 # The version of this schema, tagged on every MLflow run (flare_ray.schema_version): 1 before methods,
 # grids and seeds (issue 10), 2 since. Tools that read sweeps (the report) check it.

@@ -2,7 +2,7 @@
 
 * A **row** is a grid cell (with its method): it is named by the keys that vary between rows, e.g.
   ``flare_mt, r=8``. Within a row and language, the configuration selected the way the sweep selects
-  (:func:`~flare_ray.search.summary.best_configuration`: the best mean MT-validation score over seeds)
+  (:func:`~flare_ray.selection.best_configuration`: the best mean MT-validation score over seeds)
   gives the row its trials, one per seed; a sweep without a grid is one row.
 * A **cell** is the mean ± std over those seeds of the gold-test metric of the task (the paper's: accuracy
   for XNLI, exact match for TyDiQA, macro F1 for NusaX), with n, the number of seeds scored on test; the
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from flare_ray.search.summary import best_configuration
+from flare_ray.selection import best_configuration
 from flare_ray.tasks import TASKS
 
 from .paper import paper_cells, row_keys_of

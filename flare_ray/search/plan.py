@@ -15,8 +15,8 @@ import yaml
 from flare_ray.experiment import ExperimentConfig, apply_sample
 from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
+from flare_ray.experiment.training import method_reads
 from flare_ray.tracking.config import resolve_tracking_uri
-from flare_ray.training.config import method_reads
 
 from .translation import plan_line
 
@@ -40,7 +40,7 @@ class Search:
 
 def grid_cells(grid: dict[str, list[Any]], kind: str = "flare") -> list[dict[str, Any]]:
     """Every cell of a grid, ``{key: value}``, in the order Ray Tune's grid search runs them. A key the cell's
-    method does not read (``method.flare.*`` in a LoRA cell, :func:`~flare_ray.training.config.method_reads`)
+    method does not read (``method.flare.*`` in a LoRA cell, :func:`~flare_ray.experiment.training.method_reads`)
     is left out of that cell, and cells that are then the same run once: ``method.kind: [lora, flare]`` with
     ``method.flare.fusion: [add, mul]`` is three cells, not four. ``kind``: the method outside the grid."""
     cells: list[dict[str, Any]] = []

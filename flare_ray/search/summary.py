@@ -1,9 +1,8 @@
 """The end of a sweep: one row per trial, the best configuration per language, and the printed table.
 
-Selection with seeds (:func:`select_best`): trials that differ only in ``training.seed`` are one
-configuration; the best configuration has the best mean over its seeds of the MT-validation metric
-(each trial's best epoch), ties broken by the lower standard deviation (then by the order they ran);
-its registered adapter is its best-validation seed.
+Selection with seeds (:func:`select_best`) follows :func:`flare_ray.selection.best_configuration` (the best
+mean MT-validation score over seeds); the selected configuration's registered adapter is its
+best-validation seed.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+
+from flare_ray.selection import best_configuration
 
 from .searches import Search, configuration, seeded
 
@@ -68,14 +69,6 @@ def trial_rows(grid, search: Search, metric: str, mode: str) -> list[dict[str, A
             "test": {k: float(v) for k, v in final.items() if k.startswith("test/") and isinstance(v, (int, float))},
         })
     return rows
-
-
-def best_configuration(frame: pd.DataFrame, mode: str) -> tuple[str, pd.DataFrame]:
-    """The ``configuration`` of ``frame`` (one row per trial) with the best mean ``validation`` over its seeds,
-    ties broken by the lower std, then by the order they ran; and the mean and std of every configuration."""
-    stats = frame.groupby("configuration", sort=False)["validation"].agg(["mean", "std"]).fillna({"std": 0.0})
-    stats["rank"] = -stats["mean"] if mode == "max" else stats["mean"]
-    return stats.sort_values(["rank", "std"], kind="stable").index[0], stats
 
 
 def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: str) -> LanguageResult:

@@ -23,10 +23,9 @@ import dataclasses
 from peft import LoraConfig, TaskType, get_peft_model
 
 from flare_ray.baselines import XMixupModel
+from flare_ray.experiment.training import METHODS, Method, MethodKind  # what each method is (no torch)
 from flare_ray.fusion import ArchitectureFamily, default_task_type, get_flare_model, untrained_task_heads
 from flare_ray.models.loading import newly_initialised, resolve_name_or_path
-
-from .config import METHODS, Method, MethodKind  # what each method is: in the leaf config module (no torch)
 
 __all__ = ["METHODS", "Method", "MethodKind", "authors_modules", "build_adapter"]
 

@@ -5,17 +5,14 @@ test scoring)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from flare_ray.experiment import ExperimentConfig
 from flare_ray.tasks.encoding import TaskEncoder
 from flare_ray.tasks.predictions import predictions_frame
 
 from .setup import build_trial
-
-if TYPE_CHECKING:  # the experiment config is built above this package and handed down
-    from flare_ray.experiment import ExperimentConfig
 
 TRIAL_CONFIG_NAME = "trial_config.json"  # beside a checkpoint's adapter: the trial's experiment and language
 PREDICTIONS_DIR = "predictions"  # in a checkpoint: <split>.parquet, the per-example predictions
@@ -23,7 +20,8 @@ PREDICTIONS_DIR = "predictions"  # in a checkpoint: <split>.parquet, the per-exa
 RESUME_NAME = "resume"  # a folder: training_state.json + tensors.safetensors (training/state_files.py)
 
 
-def _predict(encoder: TaskEncoder, model, records, training) -> list:
+def predict_records(encoder: TaskEncoder, model, records, training) -> list:
+    """``model``'s prediction of each record (a label, an answer string, or None), in eval mode."""
     was_training = model.training
     model.eval()
     predictions = encoder.predict(
@@ -35,7 +33,7 @@ def _predict(encoder: TaskEncoder, model, records, training) -> list:
 
 def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, float]:
     """The task's metrics of ``model``'s predictions on ``records`` (in eval mode)."""
-    return task.score(_predict(encoder, model, records, training), records)
+    return task.score(predict_records(encoder, model, records, training), records)
 
 
 def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, epoch: int | None = None,
@@ -44,10 +42,10 @@ def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, e
     :mod:`flare_ray.tasks.predictions`). ``shard=(rank, world)``: this rank predicts its contiguous share of
     the records, the shares are gathered from every rank (a collective), and every rank scores them all."""
     if shard is None:
-        predictions = _predict(encoder, model, records, training)
+        predictions = predict_records(encoder, model, records, training)
     else:
         rank, world = shard
-        mine = _predict(encoder, model, records.shard(num_shards=world, index=rank, contiguous=True), training)
+        mine = predict_records(encoder, model, records.shard(num_shards=world, index=rank, contiguous=True), training)
         predictions = [p for part in _all_gather(mine, world) for p in part]
     return task.score(predictions, records), predictions_frame(task, records, predictions, split, epoch)
 

@@ -23,13 +23,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import datasets
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.baselines import XMixupModel
+from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, newly_initialised, resolve_head
 from flare_ray.models.positions import max_input_positions
@@ -39,9 +40,6 @@ from flare_ray.tasks.base import ROLES, TaskDataError, mt_split_path
 from flare_ray.tasks.encoding import TaskEncoder
 
 from .adapter import METHODS, build_adapter
-
-if TYPE_CHECKING:  # the experiment config is built above this package and handed down
-    from flare_ray.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

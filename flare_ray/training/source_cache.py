@@ -26,17 +26,15 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable
+from typing import Any, ContextManager, Iterable
 
 import ray
 import torch
 
+from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel, SourceCache, SourceShards
 from flare_ray.fusion.provider import SourceBatch
 from flare_ray.storage import download, exists, join, local_folder, upload, write_text
-
-if TYPE_CHECKING:
-    from flare_ray.experiment import ExperimentConfig
 
 _CURRENT: dict[tuple, SourceCache] = {}
 BUILDS_ACTOR = "flare_ray.source_cache_builds"

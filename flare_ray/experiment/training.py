@@ -1,10 +1,10 @@
 """What a run is trained with and on: the methods, the LoRA adapter, the training loop, stage 1, the resources.
 
-The experiment YAML's ``method.lora``, ``training``, ``stage1`` and ``scaling``
-sections (:class:`flare_ray.experiment.ExperimentConfig` embeds them) and what each
-``method.kind`` is (:data:`METHODS`); a leaf module that imports nothing of flare_ray
-but the key-path error, and neither torch nor transformers (a config is checked
-without them).
+The experiment YAML's ``method.lora``, ``training``, ``stage1`` and ``scaling`` sections
+(:class:`~flare_ray.experiment.ExperimentConfig` embeds them) and what each ``method.kind`` is
+(:data:`METHODS`). The schema owns them: the trial recipe (:mod:`flare_ray.training`) imports them and the
+whole :class:`~flare_ray.experiment.ExperimentConfig`, never the other way. It imports nothing of flare_ray
+but the key-path error, and neither torch nor transformers (a config is checked without them).
 """
 
 from __future__ import annotations
