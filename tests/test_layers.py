@@ -9,6 +9,7 @@ and imports it. Beyond the order, a few imports that the order would allow are r
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flare_ray"
@@ -48,6 +49,15 @@ def test_every_package_has_its_place():
     packages = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py" or p.is_dir()}
     entry_points = {"tune", "stage1"}  # folders with only a __main__.py (python -m flare_ray.tune, .stage1)
     assert packages - {"__init__", "__pycache__", "data"} - entry_points == set(LAYERS)  # data/: shipped files
+
+
+def test_the_readme_lists_the_layers_in_their_order():
+    """The README's "Where things are" describes this layout: its rows name the packages in LAYERS' order."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    table = text[text.index("## Where things are"):].split("\n## ")[0]
+    named = [re.findall(r"`(?:flare_ray/)?([a-z_0-9]+)(?:/|\.py)`", line.split("|")[1]) for line in table.splitlines()
+             if line.startswith("| `flare_ray/")]  # fmt: skip
+    assert [name for row in named for name in row] == LAYERS
 
 
 def test_every_package_imports_only_the_layers_below_it_types_included():

@@ -88,6 +88,7 @@ def _sweep(config, args) -> int:
     log = log_to_file(timestamped(logs_folder(config.storage_path), config.name), verbose=args.verbose)
     import ray
 
+    from flare_ray.search.cluster import joins_a_cluster, probe_cluster
     from flare_ray.search.console import Console
     from flare_ray.search.plan import run_plan_text, unplaceable
     from flare_ray.search.sweep import SweepFailed, SweepInterrupted, run_sweep
@@ -96,28 +97,23 @@ def _sweep(config, args) -> int:
 
     # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
     # trials' log files (and Ray's) unless --verbose.
-    joined_cluster = os.environ.get("RAY_ADDRESS", "local") != "local" or ray.is_initialized()
+    joined = joins_a_cluster()
     ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose,
              runtime_env=_runtime_env())
     quiet_libraries()
     console = Console(interval=args.status_interval)
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    scalable = autoscaling_node_types() if joined_cluster else None  # the local Ray this command started never grows
-    problem = unplaceable(config, nodes, scalable)
-    if problem and scalable is not None and problem.fits_a_node_type:  # the autoscaler will add one: wait, say so
+    cluster = probe_cluster(joined)
+    problem = unplaceable(config, cluster.nodes, cluster.node_types)
+    if problem and cluster.node_types is not None and problem.fits_a_node_type:  # the autoscaler adds one: wait
         console.print(f"waiting: {problem}; the cluster's autoscaler can add a node that holds it")
         logging.getLogger("flare_ray.tune").warning("%s; waiting for the autoscaler to add a node", problem)
     elif problem:
-        where = "this machine" if not joined_cluster else "this cluster (no autoscaler can add a node that holds it)"
+        where = "this machine" if not cluster.joined else "this cluster (no autoscaler can add a node that holds it)"
         print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
         return 2
-    # An autoscaling cluster holds more trials than its current nodes: as many at once as it may grow to.
-    resources = dict(ray.cluster_resources())
-    for key, value in ((autoscaling_capacity() or {}) if scalable is not None else {}).items():
-        resources[key] = resources.get(key, 0.0) + value
-    console.print(run_plan_text(config, resources, log))
+    console.print(run_plan_text(config, cluster.resources, log))
     try:
-        summary = run_sweep(config, resume=args.resume, console=console, resources=resources)
+        summary = run_sweep(config, resume=args.resume, console=console, resources=cluster.resources)
     except SweepInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 130
@@ -145,63 +141,6 @@ def _runtime_env() -> dict | None:
     from flare_ray.training.faults import ENV
 
     return {"env_vars": {ENV: os.environ[ENV]}} if os.environ.get(ENV) else None
-
-
-def autoscaling_node_types() -> list[dict[str, float]] | None:
-    """The resources of the node types the joined cluster's autoscaler can still add, or None for a fixed-size
-    cluster. From the cluster config in the GCS where the platform publishes it (as Ray Data reads it), else
-    ``[{}]`` (an autoscaler whose node types are unknown: any request may fit) where an autoscaler runs with
-    a cluster config: the autoscaler's status in the GCS names its node types (a cluster started with plain
-    ``ray start`` only has the read-only ``node_<id>`` ones), or the cluster launcher's bootstrap config is here."""
-    import json
-
-    import ray._private.state
-    from ray.experimental.internal_kv import _internal_kv_get
-    from ray.tune.execution.cluster_info import _is_ray_cluster
-
-    try:  # private APIs: where they change, fall back to what follows
-        groups = getattr(ray._private.state.state.get_cluster_config(), "node_group_configs", None) or []
-        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")
-    except Exception:  # noqa: BLE001
-        groups, status = [], {}
-    if groups:
-        grows = lambda g: g.resources and (g.max_count == -1 or g.max_count > g.min_count)  # noqa: E731
-        return [dict(g.resources) for g in groups if grows(g)] or None
-    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
-    configured = any(kind != f"node_{node}" for node, kind in types.items())
-    return [{}] if configured or _is_ray_cluster() else None
-
-
-def autoscaling_capacity(bootstrap: Path | None = None) -> dict[str, float] | None:
-    """The resources the joined cluster's autoscaler may add at most (every worker node type at its largest
-    count), where Ray says: the cluster config in the GCS, else the cluster launcher's bootstrap config on
-    this (head) node, whose node types' resources ``ray up`` filled in from their instance types. None where
-    no node type says how many of it may come (then a sweep runs as many trials as its current nodes hold,
-    or ``search.max_concurrent_trials``)."""
-    import ray._private.state
-    import yaml
-
-    total: dict[str, float] = {}
-
-    def add(resources: dict, count: int) -> None:
-        for key, value in (resources or {}).items():
-            total[key] = total.get(key, 0.0) + float(value) * count
-
-    try:  # a private API: where it changes, read the bootstrap config
-        groups = getattr(ray._private.state.state.get_cluster_config(), "node_group_configs", None) or []
-    except Exception:  # noqa: BLE001
-        groups = []
-    for group in groups:
-        if group.max_count > 0:
-            add(dict(group.resources), group.max_count - group.min_count)
-    path = bootstrap or Path("~/ray_bootstrap_config.yaml").expanduser()
-    if not groups and path.is_file():
-        config = yaml.safe_load(path.read_text()) or {}
-        head = config.get("head_node_type")
-        for name, kind in (config.get("available_node_types") or {}).items():
-            if name != head:
-                add(kind.get("resources"), int(kind.get("max_workers", 0)) - int(kind.get("min_workers", 0)))
-    return total or None
 
 
 def quiet_environment(verbose: bool) -> None:
