@@ -30,6 +30,7 @@ SHELL       := bash
 VENV_PYTHON := $(VENV)/bin/python
 STAMP       := $(VENV)/.flare_ray-installed
 PIP         := $(VENV_PYTHON) -m pip
+LINTED      := flare_ray tests benchmarks
 TORCH_ARGS  := $(strip $(TORCH_SPEC))
 SKIP_TORCH  := $(if $(filter-out skip,$(TORCH_ARGS)),,yes)
 TORCH_NOTE  := $(if $(filter torch==2.13.0,$(TORCH_ARGS)),$(if $(filter --index-url --extra-index-url,$(TORCH_ARGS)),, (CPU build)))
@@ -41,7 +42,7 @@ $(STAMP): FORCE
 endif
 endif
 
-.PHONY: help setup quickstart test dry-run clean FORCE
+.PHONY: help setup quickstart test lint format dry-run clean FORCE
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]   (variables: VENV, PYTHON, TORCH_SPEC, ARGS, PYTEST_ARGS; see the Makefile)"
@@ -55,6 +56,14 @@ quickstart: setup ## run the quickstart sweep: flare-ray tune search_spaces/quic
 
 test: setup ## run the test suite: python -m pytest PYTEST_ARGS
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff: the format is ruff's (ruff format --check) and the lint passes (ruff check)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
+
+format: setup ## ruff: format the code and fix what the linter can (imports)
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 dry-run: setup ## check every shipped search space (search_spaces/**/*.yaml) with --dry-run
 	@shopt -s globstar nullglob; failed=0; \
