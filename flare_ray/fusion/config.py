@@ -7,7 +7,6 @@ representations are fused into the LoRA bottleneck.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
@@ -15,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, field_validator
+from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 CONFIG_NAME = "flare_config.json"
@@ -134,10 +133,7 @@ class FlareConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FlareConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"FlareConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        """The config that :meth:`to_dict` wrote; pydantic refuses a key it does not know (``extra="forbid"``)."""
         return cls(**d)
 
     def save(self, directory: str | Path) -> Path:
@@ -157,6 +153,10 @@ class FlareConfig:
             for key, then in _BEFORE_OPTIONS.items():
                 saved.setdefault(key, then)
             return cls.from_dict(saved)
+        except ValidationError as err:  # pydantic's problems, each naming its key and what was expected
+            from flare_ray.configfile import ConfigFileError, problems_of  # here, not on top: fusion imports no YAML
+
+            raise ConfigFileError(str(path), problems_of(err, cls)) from None
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: {err}") from err
 

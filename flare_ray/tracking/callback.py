@@ -61,7 +61,14 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 
 class OrderedWriters:
     """A few writer threads; the writes of one run go to the same thread, so they happen in order. A write
-    that fails (after the MLflow client's own retries) is logged and counted in :attr:`errors`."""
+    that fails (after the MLflow client's own retries) is logged and counted in :attr:`errors`.
+
+    Not MLflow's asynchronous logging (``log_batch(..., synchronous=False)``), which covers params, metrics and
+    tags but not artifacts nor a run's end: its queue belongs to the tracking store, one per URI for the whole
+    process (every search's callback), and ``set_terminated``, the only way to end a run with its end time, shuts
+    that queue down while other threads add to it, so their writes fail ("cannot schedule new futures after
+    shutdown", MLflow 3.17). It also writes one run's batches in parallel, not in order.
+    """
 
     def __init__(self, threads: int = 4) -> None:
         self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") for _ in range(threads)]
