@@ -55,12 +55,13 @@ def quality(sample: dict[str, Any]) -> float:
     return 70.0 - 8.0 * (math.log10(lr) - math.log10(3e-4)) ** 2 - 1.5 * abs(math.log2(r) - 4) + fusion
 
 
-def stand_in(loop_config: dict[str, Any]) -> None:
-    """In place of ``train_loop_per_worker``: the recipe's reports and checkpoints, without training."""
+def stand_in(trial_input) -> None:
+    """In place of ``train_loop_per_worker`` (on the trial's ``TrialInput``): the recipe's reports and
+    checkpoints, without training."""
     from flare_ray.training import session
     from flare_ray.training.loop import _checkpoint
 
-    experiment, language = loop_config["experiment"], loop_config["language"]
+    experiment, language = trial_input.experiment, trial_input.language
     metric = experiment.search.metric
     sample = {"training.learning_rate": experiment.training.learning_rate, "method.lora.r": experiment.method.lora.r,
               "method.flare.fusion": experiment.method.flare.fusion}  # fmt: skip

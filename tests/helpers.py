@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+from unittest import mock
+
 import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -81,3 +85,33 @@ def help_text(main, parser, capsys) -> str:
     for action in parser._actions:
         assert action.help, action.dest
     return capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def counted_validations() -> Iterator[Callable[[], int]]:
+    """Within: every experiment config validated in this process is counted (each one goes through
+    ``ExperimentConfig.model_validate``: a YAML loaded, a sample written in, a checkpoint's record read).
+    Yields how many so far."""
+    from flare_ray.experiment import ExperimentConfig
+
+    validate, count = ExperimentConfig.model_validate, 0
+
+    def counting(*args, **kwargs):
+        nonlocal count
+        count += 1
+        return validate(*args, **kwargs)
+
+    with mock.patch.object(ExperimentConfig, "model_validate", counting):
+        yield lambda: count
+
+
+def trial_trainer(config, language: str, name: str, loop: Callable | None = None):
+    """The Ray Train run of one trial (whatever its number of workers), as a trial driver starts it; its
+    workers run ``loop`` (the trial's entry, :func:`flare_ray.search.trial.train_entry`) on its
+    :class:`~flare_ray.training.inputs.TrialInput`."""
+    from flare_ray.search.trial import train_entry, trainer
+    from flare_ray.storage import join
+    from flare_ray.training.inputs import TrialInput
+
+    return trainer(config.scaling, loop or train_entry, TrialInput(config, language), name,
+                   join(config.storage_path, "train"), config.search.worker_max_failures)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from flare_ray.experiment import ExperimentConfig
+from flare_ray.training.inputs import TrialInput
 
 pytestmark = pytest.mark.slow
 
@@ -36,19 +37,20 @@ def config(tmp_path, kind: str, task: dict, **training) -> ExperimentConfig:
     })
 
 
-def _recording_loop(loop_config):
-    """The real trial loop, with every report also written to a file."""
+def _recording_loop(train_loop_config):
+    """The real trial loop (its inputs under ``"trial"``), with every report also written to the file under
+    ``"record"``."""
     from flare_ray.training import loop
 
     report = loop.session.report
 
     def recording(metrics, checkpoint=None, **kwargs):
-        with open(loop_config["record"], "a") as f:
+        with open(train_loop_config["record"], "a") as f:
             f.write(json.dumps(metrics) + "\n")
         report(metrics, checkpoint=checkpoint, **kwargs)
 
     loop.session.report = recording
-    loop.train_loop_per_worker(loop_config)
+    loop.train_loop_per_worker(train_loop_config["trial"])
 
 
 def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[dict]:
@@ -59,7 +61,7 @@ def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[d
     record = tmp_path / f"{name}.jsonl"
     TorchTrainer(
         _recording_loop,
-        train_loop_config={"experiment": experiment, "language": "jav", "record": str(record)},
+        train_loop_config={"trial": TrialInput(experiment, "jav"), "record": str(record)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=name, storage_path=str(tmp_path / "ray")),
     ).fit()

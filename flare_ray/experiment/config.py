@@ -252,7 +252,6 @@ class ExperimentConfig(_Section):
     storage_path: str = Field("outputs", min_length=1, description="Ray Tune storage (trial folders, checkpoints): "
                               "a local folder or a URI (file://, s3://, gs://)")
 
-    validations: ClassVar[int] = 0  # experiments validated in this process (tests count them per trial)
     # Every key path that the checks across sections (_across_sections) read; keep it in step with them (a
     # test records what they read). A search sample that changes none of these is valid when each section it
     # changes is valid on its own: flare_ray.experiment.space checks the search space section by section.
@@ -268,7 +267,6 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _across_sections(self) -> "ExperimentConfig":
-        type(self).validations += 1
         metrics = (*TASKS[self.task.name].metrics(), "loss")  # loss: of the validation split, a smooth curve
         if self.search.metric is None:
             self.search.metric = f"validation/{TASKS[self.task.name].primary_metric}"

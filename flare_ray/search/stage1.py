@@ -12,22 +12,22 @@ import ray.tune
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.logs import tee_output
 from flare_ray.storage import join, local_path
+from flare_ray.training.inputs import Stage1Input
 
 from .console import Console
-from .trial import LOG_KEY, run, trial_log, trial_resources
+from .trial import run, trial_log, trial_resources
 
 
-def stage1_entry(loop_config: dict[str, Any]) -> None:
-    if loop_config.get(LOG_KEY):
-        tee_output(loop_config[LOG_KEY])
+def stage1_entry(inputs: Stage1Input) -> None:
+    if inputs.log_file:
+        tee_output(inputs.log_file)
     from flare_ray.training.stage1 import stage1_loop_per_worker
 
-    stage1_loop_per_worker(loop_config)
+    stage1_loop_per_worker(inputs)
 
 
-def _stage1_trial(_: dict[str, Any], *, loop_config: dict[str, Any], name: str) -> None:
-    experiment: ExperimentConfig = loop_config["experiment"]
-    run(experiment.scaling, stage1_entry, loop_config, name, join(experiment.storage_path, "train"))
+def _stage1_trial(_: dict[str, Any], *, inputs: Stage1Input, name: str) -> None:
+    run(inputs.experiment.scaling, stage1_entry, inputs, name, join(inputs.experiment.storage_path, "train"))
 
 
 def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | None = None,
@@ -40,13 +40,13 @@ def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | No
     output = local_path(str(output))
     name = f"{experiment.name}-stage1-{key or 'manual'}"
     log = trial_log(experiment.storage_path, f"{experiment.name}-stage1", key or "manual")
-    loop_config = {"experiment": stage1, "output": str(output), "fingerprint": key, LOG_KEY: str(log)}
+    inputs = Stage1Input(stage1, str(output), fingerprint=key, log_file=str(log))
     console = console or Console()
     console.print(f"stage 1: training the English adapter {key or output} (its log: {log})")
     metric = stage1.search.metric.replace("validation/", "english_validation/")
     callbacks = [console.callback(f"{experiment.name}-stage1", "en", lambda _: "stage 1", metric, stage1.training.epochs,
                                   lambda _: str(log))]  # fmt: skip
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(_stage1_trial, loop_config=loop_config, name=name),
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(_stage1_trial, inputs=inputs, name=name),
                                         trial_resources(stage1.scaling))  # fmt: skip
     grid = ray.tune.Tuner(
         trainable, param_space={},
@@ -54,5 +54,5 @@ def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | No
                                       verbose=0),  # fmt: skip
     ).fit()
     if grid.errors:
-        raise RuntimeError(f"stage 1 failed (its log: {loop_config[LOG_KEY]}): {grid.errors[0]}") from grid.errors[0]
+        raise RuntimeError(f"stage 1 failed (its log: {inputs.log_file}): {grid.errors[0]}") from grid.errors[0]
     return stage1_done(output)

@@ -2,7 +2,8 @@
 
 Tune samples a flat dict of key paths (``{"method.lora.r": 16, ...}``); :func:`run_trial` writes it into
 the experiment config (its one validation) and runs the recipe,
-:func:`flare_ray.training.loop.train_loop_per_worker`, which receives that validated object as it is:
+:func:`flare_ray.training.loop.train_loop_per_worker`, which receives that validated object as it is, in
+its :class:`~flare_ray.training.inputs.TrialInput`:
 
 * a trial with one worker (no DeepSpeed, no ``search.worker_max_failures``) runs it in this process, which
   holds the worker's resources, and it reports to Tune itself (:mod:`flare_ray.training.session`);
@@ -21,8 +22,9 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import ray.train
 import ray.tune
@@ -30,11 +32,12 @@ import ray.tune
 from flare_ray.experiment import ExperimentConfig, apply_sample
 from flare_ray.logs import tee_output
 from flare_ray.storage import join, local_copy, local_folder
+from flare_ray.training.inputs import TrialInput
 
 from .searches import seeded
 
-LOG_KEY = "log_file"  # in the loop config: where the worker keeps its output
-STARTED_KEY = "trial_started"  # in the loop config: when Tune started the trial (its first step is timed from it)
+Inputs = TypeVar("Inputs")  # what a recipe's worker loop receives (TrialInput, Stage1Input)
+INPUTS_KEY = "inputs"  # Ray Train hands its workers a dict (train_loop_config): the recipe's inputs are under this key
 # A custom resource that the head node of the clusters in cluster/ offers (and no GPU node): where a cluster
 # has it, every trial's driver (Tune's trial actor, and the Train controller placed beside it) asks for one
 # unit, so it runs on the head and a preempted GPU node takes only the trial's workers with it.
@@ -63,9 +66,9 @@ def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language:
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_SECONDS))
     config = apply_sample(experiment, seeded(sample, seeds))
     name = ray.tune.get_context().get_trial_name()
-    loop_config = {"experiment": config, "language": language, LOG_KEY: str(trial_log(config.storage_path, search, name)),
-                   STARTED_KEY: time.time()}  # fmt: skip
-    run(config.scaling, train_entry, loop_config, name, join(config.storage_path, "train"),
+    inputs = TrialInput(config, language, log_file=str(trial_log(config.storage_path, search, name)),
+                        trial_started=time.time())
+    run(config.scaling, train_entry, inputs, name, join(config.storage_path, "train"),
         config.search.worker_max_failures)
 
 
@@ -91,9 +94,9 @@ def drivers_on_head() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1
 
 
-def run(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str, storage_path: str,
+def run(scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, storage_path: str,
         worker_max_failures: int = 0) -> None:
-    """Run a recipe (``loop(loop_config)``) from within a Tune trial: in this process, or as a Ray Train run
+    """Run a recipe (``loop(inputs)``) from within a Tune trial: in this process, or as a Ray Train run
     whose reports reach Tune through ``TuneReportCallback``."""
     if in_process(scaling, worker_max_failures):
         import gc
@@ -102,14 +105,14 @@ def run(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
 
         try:
             with in_tune_trial():
-                loop(loop_config)
+                loop(inputs)
         finally:  # the process may run the next trial (Tune reuses it): free this one's model
             gc.collect()
             _empty_cuda_cache()
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trainer(scaling, loop, loop_config, name, storage_path, worker_max_failures, [TuneReportCallback()]).fit()
+    trainer(scaling, loop, inputs, name, storage_path, worker_max_failures, [TuneReportCallback()]).fit()
 
 
 def _empty_cuda_cache() -> None:
@@ -119,10 +122,10 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def train_entry(loop_config: dict[str, Any]) -> None:
+def train_entry(inputs: TrialInput) -> None:
     """What a trial's worker runs: its output into the trial's log, then the training recipe."""
-    if loop_config.get(LOG_KEY):
-        tee_output(loop_config[LOG_KEY])
+    if inputs.log_file:
+        tee_output(inputs.log_file)
     from flare_ray.training import session
     from flare_ray.training.loop import train_loop_per_worker
 
@@ -130,17 +133,17 @@ def train_entry(loop_config: dict[str, Any]) -> None:
     print(f"worker rank {rank} of {world} on Ray node {ray.get_runtime_context().get_node_id()} "
           f"({ray.util.get_node_ip_address()})", flush=True)
 
-    train_loop_per_worker(loop_config)
+    train_loop_per_worker(inputs)
 
 
-def trainer(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], name: str,
-            storage_path: str, worker_max_failures: int = 0, callbacks: list | None = None):
-    """The Ray Train run of a recipe on ``scaling.num_workers`` workers, each getting ``loop_config``."""
+def trainer(scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, storage_path: str,
+            worker_max_failures: int = 0, callbacks: list | None = None):
+    """The Ray Train run of a recipe on ``scaling.num_workers`` workers, each running ``loop(inputs)``."""
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
+        partial(_unpacked, loop),
+        train_loop_config={INPUTS_KEY: inputs},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
         ),
@@ -156,17 +159,9 @@ def trainer(scaling, loop: Callable[[dict[str, Any]], None], loop_config: dict[s
     )
 
 
-def trial_trainer(
-    config: ExperimentConfig, language: str, name: str, callbacks: list | None = None,
-    loop: Callable[[dict[str, Any]], None] = train_entry, log: Path | None = None,
-):
-    """The Ray Train run of one trial (whatever its number of workers); its workers get
-    ``{"experiment": config, "language": language}`` (and ``log_file``, where they keep their output)."""
-    loop_config: dict[str, Any] = {"experiment": config, "language": language}
-    if log is not None:
-        loop_config[LOG_KEY] = str(log)
-    return trainer(config.scaling, loop, loop_config, name, join(config.storage_path, "train"),
-                   config.search.worker_max_failures, callbacks)
+def _unpacked(loop: Callable[[Inputs], None], train_loop_config: dict[str, Inputs]) -> None:
+    """What a Ray Train worker runs: the recipe, with its inputs taken out of Ray Train's dict."""
+    loop(train_loop_config[INPUTS_KEY])
 
 
 def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test"):

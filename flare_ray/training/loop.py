@@ -33,11 +33,13 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
@@ -45,19 +47,35 @@ from . import session
 from .adapter import METHODS
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
+from .inputs import TrialInput
 from .setup import build_trial, optimizer_steps, train_loader
 from .source_cache import attach_source_cache, share_source_cache
 from .state_files import has_state, load_state, save_state
 
-if TYPE_CHECKING:  # the experiment config is built above this package and handed down
-    from flare_ray.experiment import ExperimentConfig
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["TRIAL_CONFIG_NAME", "train_loop_per_worker"]
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    experiment: ExperimentConfig = loop_config["experiment"]  # validated once, by the trial's driver
-    language: str = loop_config["language"]
+@dataclass(frozen=True)
+class BestEpoch:
+    """The best epoch so far, by the validation metric (a better epoch replaces it): what the test scoring
+    restores, and what a restart continues from."""
+
+    score: float | None = None  # its validation metric (None: no epoch scored yet)
+    epoch: int = 0  # 0: none yet (or a method that trains nothing, scored as it is)
+    state: dict[str, torch.Tensor] | None = None  # its adapter weights (Engine.adapter_state)
+    predictions: pd.DataFrame | None = None  # its per-example validation predictions
+
+    def resume_state(self) -> dict[str, Any]:
+        """What the checkpoint's training state keeps of it (``"best"``): score, epoch, adapter weights."""
+        return {"score": self.score, "epoch": self.epoch, "state": self.state}
+
+
+def train_loop_per_worker(trial_input: TrialInput) -> None:
+    experiment = trial_input.experiment  # validated once, by the trial's driver
+    language = trial_input.language
     training, metric, mode = experiment.training, experiment.search.metric, experiment.search.mode
     rank, world = session.world()
 
@@ -81,7 +99,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                   f"({len(cache.shards) if cache.shards is not None else 0} rows there)", flush=True)
 
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
-    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "predictions": None}
+    best = BestEpoch()
     with session.latest_checkpoint() as restored:
         resume = None  # a checkpoint of an earlier version holds no training state: start again
         if restored is not None and has_state(restored / RESUME_NAME):
@@ -89,8 +107,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
             session.report(resume["final"], _copy(restored) if rank == 0 else None)
             return
-        first = _restore(restored, resume, engine, best) + 1 if resume is not None else 1
-    startup = _startup(loop_config, started_training=time.time())
+        if resume is not None:
+            best = _restore(restored, resume, engine)
+    first = best.epoch + 1
+    startup = _startup(trial_input.trial_started, started_training=time.time())
     warned_full, looked = False, (cache.hits, cache.misses) if cache is not None else (0, 0)
     for epoch in range(first, training.epochs + 1):
         started = time.perf_counter()
@@ -117,32 +137,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"source cache full at {cache.nbytes / 2**30:.2f} GB ({len(cache)} examples; "
                       "training.source_cache_gb): the others' source pass runs every step", flush=True)
         checkpoint = None
-        if best["score"] is None or better(metrics[metric], best["score"], mode):
+        if best.score is None or better(metrics[metric], best.score, mode):
             with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
-                best.update(score=metrics[metric], epoch=epoch, state=engine.adapter_state(), predictions=predictions)
+                best = BestEpoch(metrics[metric], epoch, engine.adapter_state(), predictions)
                 if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
-                    resume = {**engine.training_state(), "best": {k: best[k] for k in ("score", "epoch", "state")}}
+                    resume = {**engine.training_state(), "best": best.resume_state()}
                     checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions},
                                              resume)  # fmt: skip
         session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
-    engine.load_adapter_state(best["state"])
-    scores, predictions = _evaluate(engine, trial, "test", best["epoch"], rank, world)
+    engine.load_adapter_state(best.state)
+    scores, predictions = _evaluate(engine, trial, "test", best.epoch, rank, world)
     scores.update(trial.test_metrics)
     with engine.gathered():
         _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
-               {"validation": best["predictions"], "test": predictions})
+               {"validation": best.predictions, "test": predictions})
 
 
-def _startup(loop_config: dict[str, Any], started_training: float) -> dict[str, float]:
+def _startup(trial_started: float | None, started_training: float) -> dict[str, float]:
     """Seconds from the trial's start (``trial_started``, set where Tune runs it) and from its process's start
     to the first training step: setup, model load, imports; what a sweep pays again for every trial."""
     import psutil
 
     out = {"startup/process_seconds": started_training - psutil.Process().create_time()}
-    if loop_config.get("trial_started"):
-        out["startup/trial_seconds"] = started_training - loop_config["trial_started"]
+    if trial_started:
+        out["startup/trial_seconds"] = started_training - trial_started
     return out
 
 
@@ -160,16 +180,16 @@ def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: i
     return scores, predictions
 
 
-def _restore(folder: Path, resume: dict[str, Any], engine: Engine, best: dict[str, Any]) -> int:
-    """Continue from a checkpoint: its epoch's adapter, the optimizer and schedule, the best epoch so far (and
-    its validation predictions); the epoch it holds."""
-    best.update(resume["best"])
+def _restore(folder: Path, resume: dict[str, Any], engine: Engine) -> BestEpoch:
+    """Continue from a checkpoint: its epoch's adapter, the optimizer and schedule; the best epoch so far (with
+    its validation predictions), the epoch the checkpoint holds."""
     frame = folder / PREDICTIONS_DIR / "validation.parquet"
-    best["predictions"] = pd.read_parquet(frame) if frame.is_file() else None
-    engine.load_adapter_state(best["state"])
+    predictions = pd.read_parquet(frame) if frame.is_file() else None
+    best = BestEpoch(resume["best"]["score"], resume["best"]["epoch"], resume["best"]["state"], predictions)
+    engine.load_adapter_state(best.state)
     engine.load_training_state(resume)
-    print(f"resumed from the checkpoint of epoch {best['epoch']} ({folder})", flush=True)
-    return best["epoch"]
+    print(f"resumed from the checkpoint of epoch {best.epoch} ({folder})", flush=True)
+    return best
 
 
 def _copy(folder: Path) -> Path:
@@ -190,19 +210,19 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -
     session.report(metrics)
     scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
     scores.update(trial.test_metrics)  # translate-test on QA: how many test examples it scored, against which answers
-    best = {"score": metrics[metric], "epoch": 0}
+    best = BestEpoch(metrics[metric], 0)
     _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
 
 
-def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch: int, best: dict, scores: dict,
+def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch: int, best: BestEpoch, scores: dict,
            predictions: dict):
     """The trial's last result: the best epoch's score again (Optuna learns from the last result), the gold
     test scores, and a checkpoint with the best adapter and every split's predictions."""
-    final = {"epoch": epoch, "final": True, "best_epoch": best["epoch"], experiment.search.metric: best["score"]}
+    final = {"epoch": epoch, "final": True, "best_epoch": best.epoch, experiment.search.metric: best.score}
     final.update({f"test/{k}": v for k, v in scores.items()})
     checkpoint = None
     if rank == 0:  # with the final result itself: a trial restarted after it (its process lost) reports it again
-        checkpoint = _checkpoint(model, experiment, language, best["epoch"], predictions, {"final": final})
+        checkpoint = _checkpoint(model, experiment, language, best.epoch, predictions, {"final": final})
     session.report(final, checkpoint)
 
 

@@ -23,9 +23,11 @@ import logging
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from flare_ray.experiment import ExperimentConfig
 from flare_ray.storage import exists, is_remote, join, local_folder, read_text, upload, write_text
 from flare_ray.tasks import get_task
 from flare_ray.tasks.metrics import better
@@ -33,10 +35,11 @@ from flare_ray.tasks.metrics import better
 from . import session
 from .engine import Engine
 from .evaluate import mean_loss, score
+from .inputs import Stage1Input
 from .setup import build_trial, english_side, optimizer_steps, train_loader
 
-if TYPE_CHECKING:  # the experiment config is built above this package and handed down
-    from flare_ray.experiment import ExperimentConfig
+if TYPE_CHECKING:
+    import torch
 
 STAGE1_INFO = "stage1.json"
 # What a stage-1 folder holds, in the fingerprint: 2 saves every module the base checkpoint lacks (a missing
@@ -77,9 +80,20 @@ def fingerprint(experiment: ExperimentConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    experiment: ExperimentConfig = loop_config["experiment"]
-    output: str = loop_config["output"]  # a local folder or a URI (s3://...): rank 0 writes it from its node
+@dataclass(frozen=True)
+class BestStage1Epoch:
+    """Stage 1's best epoch so far, by the English validation metric (a better epoch replaces it): the adapter
+    it saves and the scores its ``stage1.json`` keeps."""
+
+    score: float | None = None  # its English validation metric (None: no epoch scored yet)
+    epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None  # its adapter weights (Engine.adapter_state)
+    scores: dict[str, float] = field(default_factory=dict)  # all its English validation scores, with the loss
+
+
+def stage1_loop_per_worker(stage1_input: Stage1Input) -> None:
+    experiment = stage1_input.experiment
+    output = stage1_input.output  # a local folder or a URI (s3://...): rank 0 writes it from its node
     training = experiment.training
     metric = experiment.search.metric.split("/", 1)[1]
     rank, world = session.world()
@@ -89,17 +103,17 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loader = train_loader(run.splits["train"], encoder, training, rank, world)
     engine = Engine(adapted, training, experiment.scaling, optimizer_steps(loader, training),
                     quantized=experiment.model.quantization != "none", rank=rank)
-    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None, "scores": {}}
+    best = BestStage1Epoch()
     for epoch in range(1, training.epochs + 1):
         loss = engine.train_epoch(loader, epoch)
         with engine.autocast():
             scores = score(task, encoder, adapted, validation, training)
             scores["loss"] = mean_loss(encoder, adapted, validation, training.eval_batch_size, engine.device)
-        if best["score"] is None or better(scores[metric], best["score"], experiment.search.mode):
+        if best.score is None or better(scores[metric], best.score, experiment.search.mode):
             with engine.gathered():
-                best.update(score=scores[metric], epoch=epoch, state=engine.adapter_state(), scores=scores)
+                best = BestStage1Epoch(scores[metric], epoch, engine.adapter_state(), scores)
         session.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
-    engine.load_adapter_state(best["state"])
+    engine.load_adapter_state(best.state)
     with engine.gathered(), tempfile.TemporaryDirectory(prefix="stage1-") as local:
         if rank != 0:
             return
@@ -107,9 +121,8 @@ def stage1_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adapted.save_pretrained(Path(local, "adapter"))
         info = {
             "base_model": experiment.model.name_or_path, "task": task.name, "lora": experiment.method.lora.peft_kwargs(),
-            "training": training.model_dump(mode="json"), "best_epoch": best["epoch"],
-            "english_validation": best["scores"], "data": task.provenance(),
-            "fingerprint": loop_config.get("fingerprint"),
+            "training": training.model_dump(mode="json"), "best_epoch": best.epoch,
+            "english_validation": best.scores, "data": task.provenance(), "fingerprint": stage1_input.fingerprint,
         }
         upload(Path(local, "adapter"), output)
         write_text(join(output, STAGE1_INFO), json.dumps(info, indent=2, default=str))  # last: the folder is complete
