@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--report", nargs="*", default=[], help="further sweeps to report with this one")
     parser.add_argument("--results", type=Path, default=Path("-"), help="append the results here (- : print only)")
     args = parser.parse_args()
-    env = {**os.environ, "HF_HOME": args.hf_home, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "RAY_ADDRESS": "local"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HOME": args.hf_home,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_ADDRESS": "local",
+    }
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     yaml = out / f"{args.name}.yaml"
@@ -51,20 +56,40 @@ def main() -> None:
     started = time.time()
     console = out / f"{args.name}.console.txt"
     with open(console, "w") as log:
-        command = [sys.executable, "-m", "flare_ray.tune", str(yaml), "--set", f"storage_path={out / 'storage'}",
-                   "--set", f"tracking.tracking_uri={uri}"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "flare_ray.tune",
+            str(yaml),
+            "--set",
+            f"storage_path={out / 'storage'}",
+            "--set",
+            f"tracking.tracking_uri={uri}",
+        ]
         if subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"the sweep failed: {console}")
     seconds = time.time() - started
     report = out / "reports" / "-".join([args.name, *args.report])
-    command = [sys.executable, "-m", "flare_ray.report", args.name, *args.report, "--tracking-uri", uri,
-               "--output", str(report)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "flare_ray.report",
+        args.name,
+        *args.report,
+        "--tracking-uri",
+        uri,
+        "--output",
+        str(report),
+    ]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
     table = next(report.glob("*.md")).read_text()
     from common import report as write
 
-    write(f"### e5-small, NusaX Javanese, gold setting: {', '.join(args.methods)} x seeds {args.seeds} "
-          f"(sweep {args.name}: {seconds:.0f} s; {console})\n\n{table}\n", args.results)
+    write(
+        f"### e5-small, NusaX Javanese, gold setting: {', '.join(args.methods)} x seeds {args.seeds} "
+        f"(sweep {args.name}: {seconds:.0f} s; {console})\n\n{table}\n",
+        args.results,
+    )
 
 
 if __name__ == "__main__":

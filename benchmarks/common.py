@@ -22,7 +22,9 @@ def report(text: str, results: Path) -> None:
 
 
 @contextlib.contextmanager
-def served(command: list[str], url: str, env: dict[str, str] | None, log: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
+def served(
+    command: list[str], url: str, env: dict[str, str] | None, log: Path, timeout: float = 60
+) -> Iterator[subprocess.Popen]:
     """A local server, started from ``command`` (its output in ``log``) and returned once ``url`` answers;
     stopped on exit."""
     with log.open("w") as out:

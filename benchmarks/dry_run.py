@@ -26,11 +26,18 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         for _ in range(args.repeat):
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "flare_ray.tune", str(path), "--dry-run"], cwd=REPO,
-                                  capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "flare_ray.tune", str(path), "--dry-run"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             times.append(time.perf_counter() - started)
             failed += done.returncode != 0
-        print(f"{str(path.relative_to(REPO)):<45} {statistics.median(times):>8.2f}" + ("  FAILED" if done.returncode else ""))
+        print(
+            f"{str(path.relative_to(REPO)):<45} {statistics.median(times):>8.2f}"
+            + ("  FAILED" if done.returncode else "")
+        )
     return 1 if failed else 0
 
 

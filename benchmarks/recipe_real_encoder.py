@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 MODEL = "intfloat/multilingual-e5-small"
 LABELS = ["positive", "neutral", "negative"]  # NusaX's, in the project's order
 NUSAX = REPO / "flare_ray" / "data" / "nusax" / "sentiment"
+
+
 def recipe_yaml(name: str, methods: list[str], seeds: list[int]) -> str:
     """The recipe as an experiment YAML: a grid of ``methods`` (method.kind) x ``seeds``, NusaX Javanese."""
     return f"""\
@@ -58,8 +60,19 @@ search: {{grid: {{method.kind: [{", ".join(methods)}]}}, seeds: [{", ".join(map(
 
 
 YAML = recipe_yaml("e5-nusax", ["lora", "flare"], [0, 1, 2])
-RECIPE = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["query", "value"], "epochs": 5, "batch_size": 16,
-          "eval_batch_size": 64, "max_length": 64, "learning_rate": 2e-4, "max_grad_norm": 1.0, "stage1_seed": 0}
+RECIPE = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "targets": ["query", "value"],
+    "epochs": 5,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "max_length": 64,
+    "learning_rate": 2e-4,
+    "max_grad_norm": 1.0,
+    "stage1_seed": 0,
+}
 
 
 # -- the plain loop -------------------------------------------------------------------------------------------
@@ -69,8 +82,10 @@ def records(language: str, split: str) -> list[dict]:
 
     target = pd.read_csv(NUSAX / language / f"{split}.csv")
     english = pd.read_csv(NUSAX / "english" / f"{split}.csv").set_index("id")
-    return [{"id": r.id, "text": r.text, "source": english.loc[r.id, "text"], "label": LABELS.index(r.label)}
-            for r in target.itertuples()]
+    return [
+        {"id": r.id, "text": r.text, "source": english.loc[r.id, "text"], "label": LABELS.index(r.label)}
+        for r in target.itertuples()
+    ]
 
 
 class Plain:
@@ -92,8 +107,14 @@ class Plain:
         base = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(LABELS))
         if stage1_state is not None:
             base.load_state_dict(stage1_state)
-        lora = LoraConfig(r=RECIPE["r"], lora_alpha=RECIPE["alpha"], lora_dropout=RECIPE["dropout"],
-                          target_modules=RECIPE["targets"], task_type=TaskType.SEQ_CLS, modules_to_save=["bert.pooler"])
+        lora = LoraConfig(
+            r=RECIPE["r"],
+            lora_alpha=RECIPE["alpha"],
+            lora_dropout=RECIPE["dropout"],
+            target_modules=RECIPE["targets"],
+            task_type=TaskType.SEQ_CLS,
+            modules_to_save=["bert.pooler"],
+        )
         if kind == "flare":
             return get_flare_model(base, FlareConfig(fusion="add_relu", fusion_layers="all"), lora)
         return get_peft_model(base, lora)
@@ -101,11 +122,21 @@ class Plain:
     def batch(self, rows: list[dict], kind: str, english: bool = False) -> dict:
         import torch
 
-        encode = lambda texts: self.tokenizer(texts, truncation=True, max_length=RECIPE["max_length"],  # noqa: E731
-                                              padding=True, return_tensors="pt")
+        def encode(texts):
+            return self.tokenizer(
+                texts,
+                truncation=True,
+                max_length=RECIPE["max_length"],
+                padding=True,
+                return_tensors="pt",
+            )
+
         target = encode([r["source" if english else "text"] for r in rows])
-        batch = {"input_ids": target.input_ids, "attention_mask": target.attention_mask,
-                 "labels": torch.tensor([r["label"] for r in rows])}
+        batch = {
+            "input_ids": target.input_ids,
+            "attention_mask": target.attention_mask,
+            "labels": torch.tensor([r["label"] for r in rows]),
+        }
         if kind == "flare":
             source = encode([r["source"] for r in rows])
             batch.update(source_input_ids=source.input_ids, source_attention_mask=source.attention_mask)
@@ -116,14 +147,20 @@ class Plain:
         from torch.utils.data import DataLoader, DistributedSampler
 
         sampler = DistributedSampler(rows, num_replicas=1, rank=0, shuffle=True, seed=seed)
-        return DataLoader(rows, batch_size=RECIPE["batch_size"], sampler=sampler, collate_fn=lambda b: b,
-                          generator=torch.Generator().manual_seed(seed))
+        return DataLoader(
+            rows,
+            batch_size=RECIPE["batch_size"],
+            sampler=sampler,
+            collate_fn=lambda b: b,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def optimizer(self, model):
         import torch
 
-        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=RECIPE["learning_rate"],
-                                 weight_decay=0.0)
+        return torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=RECIPE["learning_rate"], weight_decay=0.0
+        )
 
     def step(self, model, optimizer, batch) -> float:
         import torch
@@ -143,7 +180,7 @@ class Plain:
         predicted = []
         with torch.no_grad():
             for i in range(0, len(rows), RECIPE["eval_batch_size"]):
-                batch = self.batch(rows[i:i + RECIPE["eval_batch_size"]], kind, english)
+                batch = self.batch(rows[i : i + RECIPE["eval_batch_size"]], kind, english)
                 batch.pop("labels")
                 predicted += model(**batch).logits.argmax(-1).tolist()
         return 100 * f1_score([r["label"] for r in rows], predicted, labels=range(len(LABELS)), average="macro")
@@ -163,8 +200,11 @@ class Plain:
             curve.append(self.macro_f1(model, validation, kind, english))
             if best[0] is None or curve[-1] > best[0]:
                 best = (curve[-1], {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad})
-            print(f"  plain {'stage 1' if english else kind} seed {seed} epoch {epoch}: loss {losses[-1]:.4f} "
-                  f"validation macro-F1 {curve[-1]:.2f}", flush=True)
+            print(
+                f"  plain {'stage 1' if english else kind} seed {seed} epoch {epoch}: loss {losses[-1]:.4f} "
+                f"validation macro-F1 {curve[-1]:.2f}",
+                flush=True,
+            )
         model.load_state_dict(best[1], strict=False)
         out = {"curve": curve, "losses": losses, "best_epoch": curve.index(best[0]) + 1}
         if english:
@@ -184,8 +224,16 @@ def project_sweep(out: Path, env: dict) -> dict:
     yaml = out / "e5-nusax.yaml"
     yaml.write_text(YAML)
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    command = [sys.executable, "-m", "flare_ray.tune", str(yaml), "--set", f"storage_path={out / 'storage'}",
-               "--set", f"tracking.tracking_uri={uri}"]
+    command = [
+        sys.executable,
+        "-m",
+        "flare_ray.tune",
+        str(yaml),
+        "--set",
+        f"storage_path={out / 'storage'}",
+        "--set",
+        f"tracking.tracking_uri={uri}",
+    ]
     with open(out / "project.log", "w") as log:
         done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode:
@@ -197,10 +245,14 @@ def project_sweep(out: Path, env: dict) -> dict:
         tags, metrics = run.data.tags, run.data.metrics
         if "test/macro_f1" not in metrics:
             continue
-        curve = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "validation/macro_f1"),
-                                         key=lambda m: m.step)]
-        results[(tags["flare_ray.method"], int(tags["flare_ray.seed"]))] = {"test": metrics["test/macro_f1"],
-                                                                             "curve": curve}
+        curve = [
+            m.value
+            for m in sorted(client.get_metric_history(run.info.run_id, "validation/macro_f1"), key=lambda m: m.step)
+        ]
+        results[(tags["flare_ray.method"], int(tags["flare_ray.seed"]))] = {
+            "test": metrics["test/macro_f1"],
+            "curve": curve,
+        }
     stage1 = next((out / "storage" / "stage1").glob("*/stage1.json"))
     results["stage1"] = json.loads(stage1.read_text())
     results["stage1_log"] = [line for line in (out / "project.log").read_text().splitlines() if "stage 1" in line]
@@ -211,12 +263,16 @@ def project_sweep(out: Path, env: dict) -> dict:
 def compare(name: str, project: dict, plain: dict) -> str:
     """The largest absolute difference between two dicts of tensors with the same keys (or why they differ)."""
     if set(project) != set(plain):
-        return f"{name}: keys differ: project only {sorted(set(project) - set(plain))[:4]}, plain only " \
-               f"{sorted(set(plain) - set(project))[:4]}"  # fmt: skip
+        return (
+            f"{name}: keys differ: project only {sorted(set(project) - set(plain))[:4]}, plain only "
+            f"{sorted(set(plain) - set(project))[:4]}"
+        )
     shapes = [k for k in project if project[k].shape != plain[k].shape]
     if shapes:
-        return f"{name}: shapes differ at {shapes[0]}: project {tuple(project[shapes[0]].shape)}, plain " \
-               f"{tuple(plain[shapes[0]].shape)}"  # fmt: skip
+        return (
+            f"{name}: shapes differ at {shapes[0]}: project {tuple(project[shapes[0]].shape)}, plain "
+            f"{tuple(plain[shapes[0]].shape)}"
+        )
     diffs = {k: (project[k].float() - plain[k].float()).abs().max().item() for k in project}
     worst = max(diffs, key=diffs.get)
     where = f" (at {worst}; {sum(d > 0 for d in diffs.values())} differ)" if diffs[worst] > 0 else ""
@@ -246,13 +302,19 @@ def steps(out: Path) -> list[str]:
             run = build_trial(config, "jav", roles=("train",), english=True)
             plain_model = plain.model(seed, None, "lora")
         else:
-            config = experiment.model_copy(update={
-                "model": experiment.model.model_copy(update={"stage1": str(stage1_folder)}),
-                "method": experiment.method.model_copy(update={"kind": kind}),
-                "training": experiment.training.model_copy(update={"seed": seed})})
+            config = experiment.model_copy(
+                update={
+                    "model": experiment.model.model_copy(update={"stage1": str(stage1_folder)}),
+                    "method": experiment.method.model_copy(update={"kind": kind}),
+                    "training": experiment.training.model_copy(update={"seed": seed}),
+                }
+            )
             run = build_trial(config, "jav", roles=("train",))
-            merged = build_trial(config.model_copy(update={"method": config.method.model_copy(update={
-                "kind": "zero_shot"})}), "jav", roles=("train",)).model  # the stage-1 model as trials merge it
+            merged = build_trial(
+                config.model_copy(update={"method": config.method.model_copy(update={"kind": "zero_shot"})}),
+                "jav",
+                roles=("train",),
+            ).model  # the stage-1 model as trials merge it
             plain_model = plain.model(seed, {k: v.clone() for k, v in merged.state_dict().items()}, kind)
         label = f"{stage} ({kind})"
         loader = train_loader(run.splits["train"], run.encoder, config.training, 0, 1)
@@ -261,8 +323,11 @@ def steps(out: Path) -> list[str]:
         plain_loader = plain.loader(records("javanese", "train"), config.training.seed)
         plain_loader.sampler.set_epoch(1)
         plain_batch = plain.batch(next(iter(plain_loader)), kind, english=stage == "stage 1")
-        lines.append(compare(f"{label} first batch", {k: v for k, v in project_batch.items()},
-                             {k: v for k, v in plain_batch.items()}))
+        lines.append(
+            compare(
+                f"{label} first batch", {k: v for k, v in project_batch.items()}, {k: v for k, v in plain_batch.items()}
+            )
+        )
         with in_tune_trial():  # one process, no Ray Train worker group: the engine places the model itself
             engine = Engine(run.model, config.training, config.scaling, 100, quantized=False)
         project_params = {k: v.detach().clone() for k, v in run.model.named_parameters() if v.requires_grad}
@@ -282,11 +347,17 @@ def steps(out: Path) -> list[str]:
             lines.append(cached_step(config, project_batch, project_loss.item(), grads(run.model)))
         engine._optimizer_step(config.training.max_grad_norm)
         optimizer = plain.optimizer(plain_model)
-        torch.nn.utils.clip_grad_norm_([p for p in plain_model.parameters() if p.requires_grad], RECIPE["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in plain_model.parameters() if p.requires_grad], RECIPE["max_grad_norm"]
+        )
         optimizer.step()
-        lines.append(compare(f"{label} parameters after one step",
-                             {k: v.detach() for k, v in run.model.named_parameters() if v.requires_grad},
-                             {k: v.detach() for k, v in plain_model.named_parameters() if v.requires_grad}))
+        lines.append(
+            compare(
+                f"{label} parameters after one step",
+                {k: v.detach() for k, v in run.model.named_parameters() if v.requires_grad},
+                {k: v.detach() for k, v in plain_model.named_parameters() if v.requires_grad},
+            )
+        )
         if stage == "stage 1":  # the trials below start from this model, as a trial merges it
             run.model.save_pretrained(stage1_folder)
         print("\n".join(lines[-6:]), flush=True)
@@ -315,11 +386,16 @@ def cached_step(config, batch: dict, loss: float, grads: dict) -> str:
     cached = model(**batch).loss
     cached.backward()
     diff = max((v.grad - grads[k]).abs().max().item() for k, v in model.named_parameters() if v.requires_grad)
-    relative = max(((v.grad - grads[k]).norm() / grads[k].norm().clamp_min(1e-12)).item()
-                   for k, v in model.named_parameters() if v.requires_grad and "lora_B" in k)
-    return (f"trial (flare) from the source cache ({cache.hits} hits, {misses} misses): loss {cached.item():.6f} "
-            f"(source pass: {loss:.6f}); gradients: max |cached - source pass| = {diff:.3g}, largest relative "
-            f"difference of a LoRA B gradient {relative:.2%}")
+    relative = max(
+        ((v.grad - grads[k]).norm() / grads[k].norm().clamp_min(1e-12)).item()
+        for k, v in model.named_parameters()
+        if v.requires_grad and "lora_B" in k
+    )
+    return (
+        f"trial (flare) from the source cache ({cache.hits} hits, {misses} misses): loss {cached.item():.6f} "
+        f"(source pass: {loss:.6f}); gradients: max |cached - source pass| = {diff:.3g}, largest relative "
+        f"difference of a LoRA B gradient {relative:.2%}"
+    )
 
 
 def data_order(experiment, plain: Plain) -> list[str]:
@@ -352,8 +428,12 @@ def merged_stage1(experiment, folder: Path) -> str:
 
     from flare_ray.training.setup import build_trial
 
-    config = experiment.model_copy(update={"model": experiment.model.model_copy(update={"stage1": str(folder)}),
-                                           "method": experiment.method.model_copy(update={"kind": "zero_shot"})})
+    config = experiment.model_copy(
+        update={
+            "model": experiment.model.model_copy(update={"stage1": str(folder)}),
+            "method": experiment.method.model_copy(update={"kind": "zero_shot"}),
+        }
+    )
     project = build_trial(config, "jav", roles=()).model.state_dict()
     base = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(LABELS))
     plain = PeftModel.from_pretrained(base, folder).merge_and_unload().state_dict()
@@ -380,8 +460,12 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.steps:
         lines = steps(out)
-        report("### Step by step: the project's first step against the plain loop's (e5-small, NusaX)\n\n"
-               + "\n".join(f"- {line}" for line in lines) + "\n", args.results)
+        report(
+            "### Step by step: the project's first step against the plain loop's (e5-small, NusaX)\n\n"
+            + "\n".join(f"- {line}" for line in lines)
+            + "\n",
+            args.results,
+        )
         return
 
     started = time.time()
@@ -395,20 +479,32 @@ def main() -> None:
         for seed in args.seeds:
             ours = plain.train(seed, stage1["state"], kind, "javanese")
             theirs = project[(kind, seed)]
-            rows.append(f"| {kind} | {seed} | {theirs['test']:.2f} | {ours['test']:.2f} | "
-                        f"{theirs['test'] - ours['test']:+.2f} |")
-            curves.append(f"- {kind} seed {seed}, validation macro-F1 by epoch: project "
-                          f"{', '.join(f'{x:.1f}' for x in theirs['curve'])}; plain "
-                          f"{', '.join(f'{x:.1f}' for x in ours['curve'])}")
+            rows.append(
+                f"| {kind} | {seed} | {theirs['test']:.2f} | {ours['test']:.2f} | "
+                f"{theirs['test'] - ours['test']:+.2f} |"
+            )
+            curves.append(
+                f"- {kind} seed {seed}, validation macro-F1 by epoch: project "
+                f"{', '.join(f'{x:.1f}' for x in theirs['curve'])}; plain "
+                f"{', '.join(f'{x:.1f}' for x in ours['curve'])}"
+            )
     english = project["stage1"]
-    text = "\n".join([
-        "### Javanese test macro-F1, the project's trials against a plain peft loop (e5-small, NusaX)", "",
-        *rows, "",
-        f"Stage 1, English validation macro-F1 by epoch: plain loop {', '.join(f'{x:.1f}' for x in stage1['curve'])} "
-        f"(best epoch {stage1['best_epoch']}); project: best epoch {english['best_epoch']}, "
-        f"{english['english_validation'].get('macro_f1', float('nan')):.1f}", *project["stage1_log"], "",
-        *curves, "", f"({time.time() - started:.0f} s in all; work folder {out})",
-    ])
+    text = "\n".join(
+        [
+            "### Javanese test macro-F1, the project's trials against a plain peft loop (e5-small, NusaX)",
+            "",
+            *rows,
+            "",
+            f"Stage 1, English validation macro-F1 by epoch: plain loop {', '.join(f'{x:.1f}' for x in stage1['curve'])} "
+            f"(best epoch {stage1['best_epoch']}); project: best epoch {english['best_epoch']}, "
+            f"{english['english_validation'].get('macro_f1', float('nan')):.1f}",
+            *project["stage1_log"],
+            "",
+            *curves,
+            "",
+            f"({time.time() - started:.0f} s in all; work folder {out})",
+        ]
+    )
     report(text + "\n", args.results)
 
 

@@ -47,16 +47,28 @@ def startup(storage: Path, trials: int) -> dict[str, float]:
     """A FLARE sweep of ``trials`` one-epoch trials, one at a time; their start-up metrics, in start order."""
     from mlflow.tracking import MlflowClient
 
-    tune(storage, "search.grid={}", "search.seeds=null", f"search.num_samples={trials}", "search.max_concurrent_trials=1",
-         "training.epochs=1", "model.stage1=null", "name=startup")  # fmt: skip
+    tune(
+        storage,
+        "search.grid={}",
+        "search.seeds=null",
+        f"search.num_samples={trials}",
+        "search.max_concurrent_trials=1",
+        "training.epochs=1",
+        "model.stage1=null",
+        "name=startup",
+    )
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("startup")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     runs.sort(key=lambda r: r.info.start_time)
     trial = [r.data.metrics["startup/trial_seconds"] for r in runs]
     process = [r.data.metrics["startup/process_seconds"] for r in runs]
-    return {"first_trial_s": trial[0], "later_trials_s": statistics.median(trial[1:]),
-            "first_process_s": process[0], "trials": len(runs)}
+    return {
+        "first_trial_s": trial[0],
+        "later_trials_s": statistics.median(trial[1:]),
+        "first_process_s": process[0],
+        "trials": len(runs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny models, few steps, a 3-trial sweep (smoke run)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the median is reported)")
     parser.add_argument("--trials", type=int, default=4, help="trials of the start-up sweep")
-    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "flare_ray-bench-models",
-                        help="where the benchmark models are built (once)")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
-                        help="the Markdown file the results are appended to ('-': none)")  # fmt: skip
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "flare_ray-bench-models",
+        help="where the benchmark models are built (once)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO / "benchmarks" / "RESULTS.md",
+        help="the Markdown file the results are appended to ('-': none)",
+    )
     args = parser.parse_args(argv)
     import steps
     import torch
@@ -83,10 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     batch, length = (8, 64) if args.small else (16, 128)
-    print(f"1. step time, batch {batch} x {length} tokens, {'tiny models' if args.small else 'XLM-R base shape'} "
-          f"({torch.get_num_threads()} threads)", flush=True)  # fmt: skip
-    times = steps.run(args.models, small=args.small, warmup=2, steps=2 if args.small else args.steps,
-                      batch_size=batch, max_length=length)  # fmt: skip
+    print(
+        f"1. step time, batch {batch} x {length} tokens, {'tiny models' if args.small else 'XLM-R base shape'} "
+        f"({torch.get_num_threads()} threads)",
+        flush=True,
+    )
+    times = steps.run(
+        args.models,
+        small=args.small,
+        warmup=2,
+        steps=2 if args.small else args.steps,
+        batch_size=batch,
+        max_length=length,
+    )
     lora = times["lora"]["seconds"]
     with tempfile.TemporaryDirectory() as tmp:
         print("2. trial start-up (a FLARE sweep, one trial at a time)", flush=True)

@@ -40,8 +40,17 @@ def build_models(root: Path, small: bool) -> tuple[str, str]:
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
     if not (base / "config.json").is_file():
         torch.manual_seed(0)
-        config = XLMRobertaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                                  max_position_embeddings=514, type_vocab_size=1, vocab_size=2048, num_labels=3, **ids)  # fmt: skip
+        config = XLMRobertaConfig(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            vocab_size=2048,
+            num_labels=3,
+            **ids,
+        )
         XLMRobertaForSequenceClassification(config).save_pretrained(base)
         train_tokenizer("xlm-roberta").save_pretrained(base)
     if not (mt / "config.json").is_file():
@@ -49,29 +58,59 @@ def build_models(root: Path, small: bool) -> tuple[str, str]:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tiny_mt)
-        config = M2M100Config(d_model=1024, encoder_layers=12, decoder_layers=1, encoder_attention_heads=16,
-                              decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
-                              vocab_size=len(tokenizer), max_position_embeddings=1024, **ids)  # fmt: skip
+        config = M2M100Config(
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=1,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            **ids,
+        )
         M2M100ForConditionalGeneration(config).save_pretrained(mt)
         tokenizer.save_pretrained(mt)
     return str(base), str(mt)
 
 
-def experiment(base: str, mt: str | None, kind: str, batch_size: int, max_length: int,
-               target_modules: tuple[str, ...] = ("query", "value"), precision: str = "fp32",
-               dtype: str = "float32") -> ExperimentConfig:
+def experiment(
+    base: str,
+    mt: str | None,
+    kind: str,
+    batch_size: int,
+    max_length: int,
+    target_modules: tuple[str, ...] = ("query", "value"),
+    precision: str = "fp32",
+    dtype: str = "float32",
+) -> ExperimentConfig:
     from flare_ray.experiment import validate_experiment
 
-    return validate_experiment({
-        "name": "steps", "model": {"name_or_path": base, "stage1": None, "dtype": dtype},
-        "task": {"name": "nusax", "languages": ["jav"]},
-        "method": {"kind": "flare_mt" if kind.startswith("flare_mt") else kind.removesuffix("_cached"),
-                   "lora": {"r": 8, "alpha": 16, "target_modules": list(target_modules)},
-                   "flare": {"fusion": "add_relu", "fusion_layers": "all",
-                             **({"mt_encoder": mt} if kind.startswith("flare_mt") else {})}},
-        "training": {"batch_size": batch_size, "max_length": max_length, "seed": 0, "precision": precision,
-                     "source_cache_gb": 4.0 if kind.endswith("_cached") else 0.0},
-    }, source=f"benchmark {kind}")  # fmt: skip
+    return validate_experiment(
+        {
+            "name": "steps",
+            "model": {"name_or_path": base, "stage1": None, "dtype": dtype},
+            "task": {"name": "nusax", "languages": ["jav"]},
+            "method": {
+                "kind": "flare_mt" if kind.startswith("flare_mt") else kind.removesuffix("_cached"),
+                "lora": {"r": 8, "alpha": 16, "target_modules": list(target_modules)},
+                "flare": {
+                    "fusion": "add_relu",
+                    "fusion_layers": "all",
+                    **({"mt_encoder": mt} if kind.startswith("flare_mt") else {}),
+                },
+            },
+            "training": {
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "seed": 0,
+                "precision": precision,
+                "source_cache_gb": 4.0 if kind.endswith("_cached") else 0.0,
+            },
+        },
+        source=f"benchmark {kind}",
+    )
 
 
 def time_steps(config: ExperimentConfig, warmup: int, steps: int) -> dict[str, Any]:
@@ -107,20 +146,30 @@ def time_steps(config: ExperimentConfig, warmup: int, steps: int) -> dict[str, A
         if i >= warmup:
             times.append(time.perf_counter() - started)
     first = batches[0]
-    result = {"seconds": statistics.median(times),
-              # the weights every token goes through as a matrix product (the base's, LoRA's, the heads')
-              "matmul_params": sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
-              "tokens": int(first["attention_mask"].sum()),  # the target side's real tokens
-              "positions": int(first["input_ids"].numel()),
-              "source_positions": int(next((v.numel() for k, v in first.items() if k.endswith("input_ids")
-                                            and k != "input_ids"), 0)),
-              "hit_rate": cache.stats(since=looked)["source_cache_hit_rate"] if cache is not None else None,
-              "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+    result = {
+        "seconds": statistics.median(times),
+        # the weights every token goes through as a matrix product (the base's, LoRA's, the heads')
+        "matmul_params": sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)),
+        "tokens": int(first["attention_mask"].sum()),  # the target side's real tokens
+        "positions": int(first["input_ids"].numel()),
+        "source_positions": int(
+            next((v.numel() for k, v in first.items() if k.endswith("input_ids") and k != "input_ids"), 0)
+        ),
+        "hit_rate": cache.stats(since=looked)["source_cache_hit_rate"] if cache is not None else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
     return result
 
 
-def run(root: Path, small: bool = False, warmup: int = 2, steps: int = 5, batch_size: int = 16,
-        max_length: int = 128, methods: list[str] = METHODS) -> dict[str, dict[str, Any]]:
+def run(
+    root: Path,
+    small: bool = False,
+    warmup: int = 2,
+    steps: int = 5,
+    batch_size: int = 16,
+    max_length: int = 128,
+    methods: list[str] = METHODS,
+) -> dict[str, dict[str, Any]]:
     base, mt = build_models(root, small)
     torch.manual_seed(0)
     results = {}

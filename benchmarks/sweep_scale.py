@@ -42,8 +42,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report, served  # noqa: E402
 
 EPOCHS = 3
-ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0",
-       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
 
 
 def quality(sample: dict[str, Any]) -> float:
@@ -63,14 +68,23 @@ def stand_in(trial_input) -> None:
 
     experiment, language = trial_input.experiment, trial_input.language
     metric = experiment.search.metric
-    sample = {"training.learning_rate": experiment.training.learning_rate, "method.lora.r": experiment.method.lora.r,
-              "method.flare.fusion": experiment.method.flare.fusion}  # fmt: skip
+    sample = {
+        "training.learning_rate": experiment.training.learning_rate,
+        "method.lora.r": experiment.method.lora.r,
+        "method.flare.fusion": experiment.method.flare.fusion,
+    }
     top = quality(sample)
     best = {"score": None, "epoch": 0}
     for epoch in range(1, experiment.training.epochs + 1):
         score = top - 10.0 / epoch
-        metrics = {"epoch": epoch, "train/loss": 1.0 / epoch, "train/seconds": 0.0, "train/tokens_per_second": 1e4,
-                   "validation/loss": 1.0 / epoch, metric: score}  # fmt: skip
+        metrics = {
+            "epoch": epoch,
+            "train/loss": 1.0 / epoch,
+            "train/seconds": 0.0,
+            "train/tokens_per_second": 1e4,
+            "validation/loss": 1.0 / epoch,
+            metric: score,
+        }
         checkpoint = None
         if best["score"] is None or score > best["score"]:
             best.update(score=score, epoch=epoch)
@@ -78,10 +92,22 @@ def stand_in(trial_input) -> None:
             _adapter(checkpoint)
         session.report(metrics, checkpoint)
     # the recipe's last result (loop._final): the best score again, the test scores, the best adapter
-    final = {"epoch": experiment.training.epochs, "final": True, "best_epoch": best["epoch"], metric: best["score"],
-             "test/macro_f1": top - 5.0, "test/accuracy": top}  # fmt: skip
-    checkpoint = _checkpoint(None, experiment, language, best["epoch"], {"validation": _predictions(),
-                             "test": _predictions()}, {"final": final})  # fmt: skip
+    final = {
+        "epoch": experiment.training.epochs,
+        "final": True,
+        "best_epoch": best["epoch"],
+        metric: best["score"],
+        "test/macro_f1": top - 5.0,
+        "test/accuracy": top,
+    }
+    checkpoint = _checkpoint(
+        None,
+        experiment,
+        language,
+        best["epoch"],
+        {"validation": _predictions(), "test": _predictions()},
+        {"final": final},
+    )
     _adapter(checkpoint)
     session.report(final, checkpoint)
 
@@ -120,8 +146,22 @@ def mlflow_server(folder: Path, timeout: float = 120) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+    ]
     with served(command, url + "/health", None, folder / "server.log", timeout):
         yield url
 
@@ -135,14 +175,19 @@ def simulated_cluster(nodes: int, cpus_per_node: int) -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     os.environ.update(ENV)
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})  # fmt: skip
+    cluster = Cluster(
+        initialize_head=True, connect=False, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False}
+    )
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=cpus_per_node)
     cluster.wait_for_nodes()
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import benchmarks/
-    ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": install_stand_in},
-             log_to_driver=False, configure_logging=False)  # fmt: skip
+    ray.init(
+        address=cluster.address,
+        runtime_env={"worker_process_setup_hook": install_stand_in},
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         yield cluster
     finally:
@@ -153,21 +198,30 @@ def simulated_cluster(nodes: int, cpus_per_node: int) -> Iterator[Any]:
 def experiment(name: str, trials: int, concurrent: int, storage: Path, tracking_uri: str, cpus: float):
     from flare_ray.experiment import validate_experiment
 
-    return validate_experiment({
-        "name": name, "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
-        "task": {"name": "nusax", "languages": ["jav"]},
-        "method": {"kind": "flare", "lora": {"r": 8}, "flare": {"fusion": "add_relu", "fusion_layers": "all"}},
-        "training": {"epochs": EPOCHS},
-        "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": cpus},
-        "search": {
-            "space": {"training.learning_rate": {"type": "float", "log": True, "low": 1e-5, "high": 1e-2},
-                      "method.lora.r": {"type": "categorical", "values": [4, 8, 16, 32, 64]},
-                      "method.flare.fusion": {"type": "categorical", "values": ["add", "mul", "add_relu"]}},
-            "num_samples": trials, "max_concurrent_trials": concurrent, "seeds": None,
-            "scheduler": {"type": "asha", "grace_period": 1},
+    return validate_experiment(
+        {
+            "name": name,
+            "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
+            "task": {"name": "nusax", "languages": ["jav"]},
+            "method": {"kind": "flare", "lora": {"r": 8}, "flare": {"fusion": "add_relu", "fusion_layers": "all"}},
+            "training": {"epochs": EPOCHS},
+            "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": cpus},
+            "search": {
+                "space": {
+                    "training.learning_rate": {"type": "float", "log": True, "low": 1e-5, "high": 1e-2},
+                    "method.lora.r": {"type": "categorical", "values": [4, 8, 16, 32, 64]},
+                    "method.flare.fusion": {"type": "categorical", "values": ["add", "mul", "add_relu"]},
+                },
+                "num_samples": trials,
+                "max_concurrent_trials": concurrent,
+                "seeds": None,
+                "scheduler": {"type": "asha", "grace_period": 1},
+            },
+            "storage_path": str(storage),
+            "tracking": {"tracking_uri": tracking_uri},
         },
-        "storage_path": str(storage), "tracking": {"tracking_uri": tracking_uri},
-    }, source=f"benchmark {name}")  # fmt: skip
+        source=f"benchmark {name}",
+    )
 
 
 @contextlib.contextmanager
@@ -182,6 +236,7 @@ def timed(owner: type, names: list[str], seconds: dict[str, float]) -> Iterator[
                 return method(*args, **kwargs)
             finally:
                 seconds[f"{owner.__name__}.{name}"] += time.perf_counter() - started
+
         return timed_method
 
     for name, method in saved.items():
@@ -213,9 +268,12 @@ def sweep(trials: int, concurrent: int, root: Path, tracking_uri: str, cpus: flo
         callbacks.append(self)
 
     callback_methods = ["on_trial_result", "on_checkpoint", "on_trial_complete", "on_trial_error"]
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
-            timed(MLflowTrialCallback, callback_methods, seconds), \
-            timed(OptunaSearch, ["suggest", "on_trial_result", "on_trial_complete"], seconds):  # fmt: skip
+    with (
+        open(os.devnull, "w") as quiet,
+        contextlib.redirect_stdout(quiet),
+        timed(MLflowTrialCallback, callback_methods, seconds),
+        timed(OptunaSearch, ["suggest", "on_trial_result", "on_trial_complete"], seconds),
+    ):
         MLflowTrialCallback.__init__ = init
         try:
             started, cpu = time.perf_counter(), time.process_time()
@@ -238,14 +296,23 @@ def sweep(trials: int, concurrent: int, root: Path, tracking_uri: str, cpus: flo
     callback = sum(seconds[f"MLflowTrialCallback.{n}"] for n in callback_methods)
     searcher = sum(seconds[f"OptunaSearch.{n}"] for n in ("suggest", "on_trial_result", "on_trial_complete"))
     return {
-        "trials": trials, "wall_s": wall, "per_trial_ms": 1000 * wall / trials, "driver_cpu_ms": 1000 * cpu / trials,
-        "mlflow_callback_ms": 1000 * callback / trials, "searcher_ms": 1000 * searcher / trials,
+        "trials": trials,
+        "wall_s": wall,
+        "per_trial_ms": 1000 * wall / trials,
+        "driver_cpu_ms": 1000 * cpu / trials,
+        "mlflow_callback_ms": 1000 * callback / trials,
+        "searcher_ms": 1000 * searcher / trials,
         "failed_writes": sum(len(c.writers.errors) for c in callbacks),
-        "failed_trials": summary.failed, "tune_trials": summary.trials, "runs": len(runs), "trials_with_runs": len(per_trial),
+        "failed_trials": summary.failed,
+        "tune_trials": summary.trials,
+        "runs": len(runs),
+        "trials_with_runs": len(per_trial),
         "duplicate_runs": sum(n - 1 for n in per_trial.values() if n > 1),
         "finished_runs": sum(r.info.status == "FINISHED" for r in runs),
-        "best_reported": best_run.data.metrics[metric], "best_trial": best_run.data.tags[TRIAL_TAG],
-        "selected_trial": selected.trial_id, "selected_validation": selected.validation,
+        "best_reported": best_run.data.metrics[metric],
+        "best_trial": best_run.data.tags[TRIAL_TAG],
+        "selected_trial": selected.trial_id,
+        "selected_validation": selected.validation,
         "registered_version": selected.registered,
         "validation_steps_logged": sum(len(client.get_metric_history(r.info.run_id, metric)) for r in runs[:20]),
     }
@@ -257,29 +324,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=8, help="trials at once (search.max_concurrent_trials)")
     parser.add_argument("--nodes", type=int, default=2, help="simulated Ray nodes (the head is one)")
     parser.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs each node offers")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md",
-                        help="the Markdown file the results are appended to ('-': none)")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO / "benchmarks" / "RESULTS.md",
+        help="the Markdown file the results are appended to ('-': none)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write each sweep's row here")
     args = parser.parse_args(argv)
     from flare_ray.logs import log_to_file, quiet_libraries
 
     root = Path(tempfile.mkdtemp(prefix="flare_ray-scale-"))
-    print(f"(library messages: {log_to_file(root / 'benchmark.log')}; MLflow server log: {root / 'mlflow' / 'server.log'})")
+    print(
+        f"(library messages: {log_to_file(root / 'benchmark.log')}; MLflow server log: {root / 'mlflow' / 'server.log'})"
+    )
     quiet_libraries()
     cpus = args.nodes * args.cpus_per_node / args.concurrent  # so that --concurrent trials fit at once
     rows = []
     with mlflow_server(root / "mlflow") as url, simulated_cluster(args.nodes, args.cpus_per_node):
-        print(f"MLflow server {url}; Ray: {args.nodes} nodes x {args.cpus_per_node} CPUs; {args.concurrent} trials at once, "
-              f"{EPOCHS} epochs each", flush=True)  # fmt: skip
+        print(
+            f"MLflow server {url}; Ray: {args.nodes} nodes x {args.cpus_per_node} CPUs; {args.concurrent} trials at once, "
+            f"{EPOCHS} epochs each",
+            flush=True,
+        )
         for trials in args.trials:
             row = sweep(trials, args.concurrent, root, url, cpus)
             rows.append(row)
-            print(f"  {trials:>5} trials: {row['wall_s']:.0f} s, {row['per_trial_ms']:.0f} ms/trial, driver CPU "
-                  f"{row['driver_cpu_ms']:.0f} ms/trial (MLflow callback "
-                  f"{row['mlflow_callback_ms']:.0f} ms, searcher {row['searcher_ms']:.1f} ms); {row['runs']} runs, "
-                  f"{row['duplicate_runs']} duplicates, {row['failed_trials']} failed; selected {row['selected_trial']} "
-                  f"({row['selected_validation']:.2f}), best reported {row['best_trial']} ({row['best_reported']:.2f})",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {trials:>5} trials: {row['wall_s']:.0f} s, {row['per_trial_ms']:.0f} ms/trial, driver CPU "
+                f"{row['driver_cpu_ms']:.0f} ms/trial (MLflow callback "
+                f"{row['mlflow_callback_ms']:.0f} ms, searcher {row['searcher_ms']:.1f} ms); {row['runs']} runs, "
+                f"{row['duplicate_runs']} duplicates, {row['failed_trials']} failed; selected {row['selected_trial']} "
+                f"({row['selected_validation']:.2f}), best reported {row['best_trial']} ({row['best_reported']:.2f})",
+                flush=True,
+            )
     lines = [
         f"## {datetime.date.today()} · sweep machinery at scale (simulated) · {platform.node()}, {os.cpu_count()} CPUs",
         "",
@@ -291,9 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for row in rows:
         same = row["selected_trial"] == row["best_trial"]
-        lines.append(f"| {row['trials']} | {row['wall_s']:.0f} | {row['per_trial_ms']:.0f} | {row['driver_cpu_ms']:.0f} | {row['mlflow_callback_ms']:.0f} | "
-                     f"{row['searcher_ms']:.1f} | {row['runs']} | {row['duplicate_runs']} | {row['failed_trials']} | {row['failed_writes']} | "
-                     f"{'yes' if same else 'NO'} |")  # fmt: skip
+        lines.append(
+            f"| {row['trials']} | {row['wall_s']:.0f} | {row['per_trial_ms']:.0f} | {row['driver_cpu_ms']:.0f} | {row['mlflow_callback_ms']:.0f} | "
+            f"{row['searcher_ms']:.1f} | {row['runs']} | {row['duplicate_runs']} | {row['failed_trials']} | {row['failed_writes']} | "
+            f"{'yes' if same else 'NO'} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     report("\n".join(lines) + "\n", args.results)

@@ -42,7 +42,9 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
@@ -147,8 +149,10 @@ class ConfigFileError(ValueError):
         where = format_path(problem.path) or "<top level>"
         if problem.origin:
             return f"{where} (from {problem.origin})"
-        line = next((self.lines[problem.path[:n]] for n in range(len(problem.path), 0, -1)
-                     if problem.path[:n] in self.lines), None)  # the key's line, or its nearest section's
+        line = next(
+            (self.lines[problem.path[:n]] for n in range(len(problem.path), 0, -1) if problem.path[:n] in self.lines),
+            None,
+        )  # the key's line, or its nearest section's
         return f"line {line}, {where}" if line else where
 
 
@@ -173,8 +177,11 @@ def keys_at(root: type, loc: KeyPath) -> list[str]:
 
 def _members(tp: Any) -> list[Any]:
     if typing.get_origin(tp) in (typing.Annotated, typing.Union) or type(tp).__name__ == "UnionType":
-        return [m for a in typing.get_args(tp)[: 1 if typing.get_origin(tp) is typing.Annotated else None]
-                for m in _members(a)]
+        return [
+            m
+            for a in typing.get_args(tp)[: 1 if typing.get_origin(tp) is typing.Annotated else None]
+            for m in _members(a)
+        ]
     return [tp]
 
 
@@ -182,7 +189,13 @@ def _child(tp: Any, part: str | int) -> Any:
     fields = getattr(tp, "__pydantic_fields__", None)
     if fields is not None:
         tag = fields.get("type")
-        return fields[part].annotation if part in fields else tp if tag and part in typing.get_args(tag.annotation) else None
+        return (
+            fields[part].annotation
+            if part in fields
+            else tp
+            if tag and part in typing.get_args(tag.annotation)
+            else None
+        )
     return typing.get_args(tp)[-1] if typing.get_origin(tp) in (dict, list) else None
 
 

@@ -21,16 +21,39 @@ SOURCE = "eng_Latn"  # English, the source side of every task
 
 NLLB_CODES: dict[str, str] = {
     # NusaX
-    "ace": "ace_Latn", "ban": "ban_Latn", "bjn": "bjn_Latn", "bug": "bug_Latn", "eng": "eng_Latn",
-    "ind": "ind_Latn", "jav": "jav_Latn", "min": "min_Latn", "sun": "sun_Latn",
+    "ace": "ace_Latn",
+    "ban": "ban_Latn",
+    "bjn": "bjn_Latn",
+    "bug": "bug_Latn",
+    "eng": "eng_Latn",
+    "ind": "ind_Latn",
+    "jav": "jav_Latn",
+    "min": "min_Latn",
+    "sun": "sun_Latn",
     # XNLI (myXNLI's my; the paper's fourteen: ar, ru, sw, ur below and above)
-    "sw": "swh_Latn", "ur": "urd_Arab", "my": "mya_Mymr", "bg": "bul_Cyrl", "de": "deu_Latn", "el": "ell_Grek",
-    "es": "spa_Latn", "fr": "fra_Latn", "hi": "hin_Deva", "th": "tha_Thai", "tr": "tur_Latn", "vi": "vie_Latn",
+    "sw": "swh_Latn",
+    "ur": "urd_Arab",
+    "my": "mya_Mymr",
+    "bg": "bul_Cyrl",
+    "de": "deu_Latn",
+    "el": "ell_Grek",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "hi": "hin_Deva",
+    "th": "tha_Thai",
+    "tr": "tur_Latn",
+    "vi": "vie_Latn",
     "zh": "zho_Hans",
     # TyDiQA-GoldP (sw: as above)
-    "ar": "arb_Arab", "bn": "ben_Beng", "en": "eng_Latn", "fi": "fin_Latn", "id": "ind_Latn",
-    "ko": "kor_Hang", "ru": "rus_Cyrl", "te": "tel_Telu",
-}  # fmt: skip
+    "ar": "arb_Arab",
+    "bn": "ben_Beng",
+    "en": "eng_Latn",
+    "fi": "fin_Latn",
+    "id": "ind_Latn",
+    "ko": "kor_Hang",
+    "ru": "rus_Cyrl",
+    "te": "tel_Telu",
+}
 
 #: Languages NLLB-200 does not cover: the code that stands in, and why.
 FALLBACKS: dict[str, tuple[str, str]] = {

@@ -19,8 +19,21 @@ import threading
 import time
 from pathlib import Path
 
-LIBRARIES = ("ray", "ray.data", "mlflow", "optuna", "alembic", "urllib3", "filelock", "datasets", "transformers", "peft",
-             "bitsandbytes", "torch", "py.warnings")  # fmt: skip
+LIBRARIES = (
+    "ray",
+    "ray.data",
+    "mlflow",
+    "optuna",
+    "alembic",
+    "urllib3",
+    "filelock",
+    "datasets",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "torch",
+    "py.warnings",
+)
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

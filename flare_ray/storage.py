@@ -66,8 +66,9 @@ def upload(folder: str | Path, destination: str) -> None:
         shutil.copytree(folder, local_folder(destination), dirs_exist_ok=True)
         return
     filesystem, path = _filesystem(destination)
-    pyarrow.fs.copy_files(str(folder), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                          destination_filesystem=filesystem)
+    pyarrow.fs.copy_files(
+        str(folder), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=filesystem
+    )
 
 
 def download(source: str, folder: str | Path) -> None:
@@ -79,8 +80,9 @@ def download(source: str, folder: str | Path) -> None:
         return
     filesystem, path = _filesystem(source)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    pyarrow.fs.copy_files(path, str(folder), source_filesystem=filesystem,
-                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    pyarrow.fs.copy_files(
+        path, str(folder), source_filesystem=filesystem, destination_filesystem=pyarrow.fs.LocalFileSystem()
+    )
 
 
 def exists(path: str | Path) -> bool:

@@ -42,8 +42,14 @@ def local_ray():
     import ray
 
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             ignore_reinit_error=True)  # a Ray of its own, even while a test module's cluster runs
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        ignore_reinit_error=True,
+    )  # a Ray of its own, even while a test module's cluster runs
     yield
     ray.shutdown()
 
@@ -82,8 +88,13 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     # The nodes' processes inherit these (the tune command sets them for a Ray it starts itself).
-    os.environ.update(RAY_TRAIN_V2_ENABLED="1", RAY_TRAIN_ENABLE_PRINT_PATCH="0", RAY_USAGE_STATS_ENABLED="0",
-                      TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    os.environ.update(
+        RAY_TRAIN_V2_ENABLED="1",
+        RAY_TRAIN_ENABLE_PRINT_PATCH="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):
         cluster.add_node(num_cpus=2)
@@ -129,8 +140,14 @@ def s3_server(tmp_path_factory):
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
     os.environ.update(env)
     log = tmp_path_factory.mktemp("s3") / "moto.log"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -150,8 +167,21 @@ def mlflow_server(tmp_path_factory, s3_server):
     port = free_port()
     folder = tmp_path_factory.mktemp("mlflow-server")
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-               "--artifacts-destination", "s3://flare-sweeps/mlartifacts"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        "s3://flare-sweeps/mlartifacts",
+    ]
     with _served(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120):
         yield url

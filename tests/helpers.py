@@ -113,5 +113,11 @@ def trial_trainer(config, language: str, name: str, loop: Callable | None = None
     from flare_ray.storage import join
     from flare_ray.training.inputs import TrialInput
 
-    return trainer(config.scaling, loop or train_entry, TrialInput(config, language), name,
-                   join(config.storage_path, "train"), config.search.worker_max_failures)
+    return trainer(
+        config.scaling,
+        loop or train_entry,
+        TrialInput(config, language),
+        name,
+        join(config.storage_path, "train"),
+        config.search.worker_max_failures,
+    )

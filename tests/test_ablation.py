@@ -27,20 +27,36 @@ from .test_platform import mlflow_runs, run_tune
 
 pytestmark = pytest.mark.slow
 
-TINY = ["task.max_records={train: 32, validation: 24, test: 24}", "training.epochs=1", "search.scheduler=null",
-        "search.space={}", "search.max_concurrent_trials=2", "search.num_samples=1"]  # fmt: skip
+TINY = [
+    "task.max_records={train: 32, validation: 24, test: 24}",
+    "training.epochs=1",
+    "search.scheduler=null",
+    "search.space={}",
+    "search.max_concurrent_trials=2",
+    "search.num_samples=1",
+]
 METHODS = ["zero_shot", "translate_test", "lora", "input_fusion", "xmixup", "flare", "flare_mt"]
 
 
 def predictions(client, run, split: str, storage) -> pd.DataFrame:
-    path = download_artifacts(run_id=run.info.run_id, artifact_path=f"predictions/{split}.parquet",
-                              tracking_uri=f"sqlite:///{storage / 'mlflow.db'}", dst_path=str(storage / "downloads" / run.info.run_id))  # fmt: skip
+    path = download_artifacts(
+        run_id=run.info.run_id,
+        artifact_path=f"predictions/{split}.parquet",
+        tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+        dst_path=str(storage / "downloads" / run.info.run_id),
+    )
     return pd.read_parquet(path)
 
 
 def test_every_method_of_the_paper_runs_as_a_grid_cell(tmp_path):
-    run_tune(tmp_path, *TINY, f"search.grid={{method.kind: {json.dumps(METHODS)}}}", "model.stage1=auto",
-             "method.flare.mt_encoder=tiny:m2m_100", "method.xmixup.layer=1")  # fmt: skip
+    run_tune(
+        tmp_path,
+        *TINY,
+        f"search.grid={{method.kind: {json.dumps(METHODS)}}}",
+        "model.stage1=auto",
+        "method.flare.mt_encoder=tiny:m2m_100",
+        "method.xmixup.layer=1",
+    )
     client, (parent,), children = mlflow_runs(tmp_path)
     assert sorted(c.data.tags["flare_ray.method"] for c in children) == sorted(METHODS)  # each method once
     task = get_task(TaskConfig(name="nusax", language="jav"))
@@ -73,8 +89,15 @@ GRID = {"method.flare.fusion": ["add", "mul"], "training.learning_rate": [1.0e-4
 def grid_sweep(tmp_path_factory):
     """A 2 x 2 grid x 2 seeds sweep through the CLI; its storage folder and what it printed."""
     storage = tmp_path_factory.mktemp("grid")
-    done = run_tune(storage, *TINY, f"search.grid={json.dumps(GRID)}", "search.seeds=[0, 1]", "training.epochs=2",
-                    "search.metric=validation/loss", "search.mode=min")  # the loss tells tiny random models apart
+    done = run_tune(
+        storage,
+        *TINY,
+        f"search.grid={json.dumps(GRID)}",
+        "search.seeds=[0, 1]",
+        "training.epochs=2",
+        "search.metric=validation/loss",
+        "search.mode=min",
+    )  # the loss tells tiny random models apart
     return storage, done.stdout
 
 
@@ -83,21 +106,30 @@ def test_a_grid_with_seeds_runs_every_cell_once_per_seed_and_selects_on_the_seed
     grid = GRID
     client, (parent,), children = mlflow_runs(tmp_path)
     cells = [(json.loads(c.data.tags["flare_ray.cell"]), int(c.data.tags["flare_ray.seed"])) for c in children]
-    expected = [({"method.flare.fusion": f, "training.learning_rate": lr}, s)
-                for f, lr, s in itertools.product(*grid.values(), [0, 1])]  # fmt: skip
+    expected = [
+        ({"method.flare.fusion": f, "training.learning_rate": lr}, s)
+        for f, lr, s in itertools.product(*grid.values(), [0, 1])
+    ]
     assert len(children) == 8 and sorted(map(str, cells)) == sorted(map(str, expected))  # each (cell, seed) once
     for child, (cell, seed) in zip(children, cells):
         assert child.data.params["training.seed"] == str(seed)
         assert float(child.data.params["training.learning_rate"]) == cell["training.learning_rate"]
 
     # Selection: the configuration with the best mean over its seeds of the best-epoch validation score.
-    best_of = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "validation/loss"))
-               for c in children}  # fmt: skip
+    best_of = {
+        c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "validation/loss"))
+        for c in children
+    }
     by_configuration: dict[str, list] = {}
     for child in children:
         by_configuration.setdefault(child.data.tags["flare_ray.configuration"], []).append(child)
-    stats = {k: (pd.Series([best_of[c.info.run_id] for c in runs]).mean(), pd.Series([best_of[c.info.run_id] for c in runs]).std())
-             for k, runs in by_configuration.items()}  # fmt: skip
+    stats = {
+        k: (
+            pd.Series([best_of[c.info.run_id] for c in runs]).mean(),
+            pd.Series([best_of[c.info.run_id] for c in runs]).std(),
+        )
+        for k, runs in by_configuration.items()
+    }
     chosen, second = sorted(stats, key=lambda k: stats[k])[:2]  # the lowest mean loss (then the lower std)
     assert stats[chosen] != stats[second]  # a real choice, not a tie
     assert json.loads(parent.data.tags["best.jav.hyperparameters"]) == json.loads(chosen)
@@ -119,8 +151,14 @@ def trial_intervals(storage, search: str) -> list[tuple[float, float]]:
 
 
 def test_two_languages_search_at_the_same_time(tmp_path):
-    run_tune(tmp_path, "task.languages=[jav, sun]", "search.num_samples=1", "training.epochs=2", "search.scheduler=null",
-             "task.max_records={train: 32, validation: 24, test: 24}")  # fmt: skip
+    run_tune(
+        tmp_path,
+        "task.languages=[jav, sun]",
+        "search.num_samples=1",
+        "training.epochs=2",
+        "search.scheduler=null",
+        "task.max_records={train: 32, validation: 24, test: 24}",
+    )
     jav, sun = trial_intervals(tmp_path, "quickstart-jav"), trial_intervals(tmp_path, "quickstart-sun")
     assert len(jav) == len(sun) == 1
     (a_start, a_end), (b_start, b_end) = jav[0], sun[0]
@@ -157,8 +195,12 @@ class Cells(HTMLParser):
 
 def report_files(client, parent, storage) -> Path:
     folder = storage / "downloads" / "report"
-    download_artifacts(run_id=parent.info.run_id, artifact_path="report", tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-                       dst_path=str(folder))  # fmt: skip
+    download_artifacts(
+        run_id=parent.info.run_id,
+        artifact_path="report",
+        tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+        dst_path=str(folder),
+    )
     return folder / "report"
 
 
@@ -170,7 +212,10 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
     folder = report_files(client, parent, storage)
     names = {p.name for p in folder.iterdir()}
     assert {"report.md", "report.csv", "report.html", "bars.png", "curves.png"} <= names
-    assert "`report/`" in parent.data.tags["mlflow.note.content"] and "report.html" in parent.data.tags["mlflow.note.content"]
+    assert (
+        "`report/`" in parent.data.tags["mlflow.note.content"]
+        and "report.html" in parent.data.tags["mlflow.note.content"]
+    )
 
     # Each cell: the mean ± std over its two seeds of the test metric the child runs logged.
     table = pd.read_csv(folder / "report.csv")
@@ -179,7 +224,8 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
     for line in cells.itertuples():
         runs = [c for c in children if c.info.run_id in json.loads(line.run_ids)]
         assert len(runs) == 2 and {json.loads(c.data.tags["flare_ray.cell"])["method.flare.fusion"] for c in runs} == {
-            f"{line.row}".split(",")[0].split("=")[1]}
+            f"{line.row}".split(",")[0].split("=")[1]
+        }
         values = pd.Series([c.data.metrics["test/macro_f1"] for c in runs])
         assert line.mean == pytest.approx(values.mean()) and line.std == pytest.approx(values.std())
     best = cells[cells["best"]]
@@ -193,7 +239,9 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
     shown = {r[0]: r[1:] for r in rows}
     for line in cells.itertuples():
         assert shown[line.row][0].startswith(f"{line.mean:.2f} ± {line.std:.2f} (n=2)")
-        assert shown[line.row][1] == ("best" if line.best else f"{line.p_value:.3f}" + ("*" if line.p_value < 0.05 else ""))
+        assert shown[line.row][1] == (
+            "best" if line.best else f"{line.p_value:.3f}" + ("*" if line.p_value < 0.05 else "")
+        )
     assert (folder / "report.md").read_text().split("\n\n")[2] in printed
     for png in ("bars.png", "curves.png"):
         image = plt.imread(folder / png)
@@ -206,9 +254,22 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
 
     # A later process, from MLflow alone, makes the same report.
     again = storage / "again"
-    done = subprocess.run([sys.executable, "-m", "flare_ray.report", "quickstart", "--tracking-uri",
-                           f"sqlite:///{storage / 'mlflow.db'}", "--output", str(again)],
-                          capture_output=True, text=True, timeout=300, cwd=storage)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flare_ray.report",
+            "quickstart",
+            "--tracking-uri",
+            f"sqlite:///{storage / 'mlflow.db'}",
+            "--output",
+            str(again),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=storage,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(again / "report.csv"), table)
     assert "jav p" in done.stdout and "Failed to load" not in done.stdout
@@ -224,9 +285,18 @@ def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
     page = report_files(client, parent, storage) / "report.html"
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={storage / 'chromium'}", "--window-size=1280,1600"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={storage / 'chromium'}",
+        "--window-size=1280,1600",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
     try:

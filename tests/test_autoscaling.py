@@ -27,15 +27,33 @@ class LocalAutoscalingCluster(AutoscalingCluster):
     def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
         head = {"resources": head_resources, "node_config": {}, "max_workers": 0}
         return {
-            "cluster_name": "flare-ray-test", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
-            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                         "disable_launch_config_check": True},
+            "cluster_name": "flare-ray-test",
+            "max_workers": 2,
+            "upscaling_speed": 1.0,
+            "idle_timeout_minutes": 1,
+            "provider": {
+                "type": "fake_multinode",
+                "use_node_id_as_ip": True,
+                "disable_node_updaters": True,
+                "disable_launch_config_check": True,
+            },
             "available_node_types": {**worker_node_types, "ray.head.default": head},
-            "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "file_mounts": {},
-            "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
-            "head_start_ray_commands": [], "worker_start_ray_commands": [], **config_kwargs,
-        }  # fmt: skip
+            "head_node_type": "ray.head.default",
+            "auth": {},
+            "docker": {},
+            "file_mounts": {},
+            "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False,
+            "rsync_exclude": [],
+            "rsync_filter": [],
+            "initialization_commands": [],
+            "setup_commands": [],
+            "head_setup_commands": [],
+            "worker_setup_commands": [],
+            "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
+            **config_kwargs,
+        }
 
 
 @pytest.fixture
@@ -57,9 +75,11 @@ def test_a_worker_only_a_new_node_holds_waits_for_the_autoscaler(tmp_path, autos
     process = start(tmp_path, autoscaling_cluster, *ONE_TRIAL, "training.epochs=1", "scaling.cpus_per_worker=1.5")
     output = finish(process)
     assert process.returncode == 0, output[-3000:]
-    assert ("waiting: a trial's worker asks for 1.5 CPU, 0 GPU (scaling.cpus_per_worker, scaling.gpus_per_worker / "
-            "use_gpu), but the largest of the cluster's 1 node(s) has 1 CPU, 0 GPU; the cluster's autoscaler can add "
-            "a node that holds it") in output  # fmt: skip
+    assert (
+        "waiting: a trial's worker asks for 1.5 CPU, 0 GPU (scaling.cpus_per_worker, scaling.gpus_per_worker / "
+        "use_gpu), but the largest of the cluster's 1 node(s) has 1 CPU, 0 GPU; the cluster's autoscaler can add "
+        "a node that holds it"
+    ) in output
     (log,) = tmp_path.glob("logs/quickstart-jav/*.log")
     ((_, node),) = worker_nodes(log)
     assert node != FAKE_HEAD_NODE_ID  # it ran, on the node the autoscaler added

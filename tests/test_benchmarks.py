@@ -16,9 +16,22 @@ pytestmark = pytest.mark.slow
 
 def test_the_small_benchmark_reports_every_ratio_to_lora(tmp_path):
     results = tmp_path / "RESULTS.md"
-    done = subprocess.run([sys.executable, "benchmarks/run.py", "--small", "--models", str(tmp_path / "models"),
-                           "--results", str(results)], cwd=REPO, env=environment(), capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/run.py",
+            "--small",
+            "--models",
+            str(tmp_path / "models"),
+            "--results",
+            str(results),
+        ],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = results.read_text()
     rows = dict(re.findall(r"^\| (\w+) \| [\d.]+ \| ([\d.]+) \|", text, re.M))

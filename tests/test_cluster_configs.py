@@ -46,7 +46,11 @@ def crd_validator(kind: str) -> jsonschema.Draft7Validator:
 
     def strict(node):
         if isinstance(node, dict):
-            if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 strict(value)
@@ -177,8 +181,11 @@ def test_deepspeed_config_is_accepted_by_the_experiment_schema():
 
 # --- secure by default -------------------------------------------------------------------------------------
 
-CONFIG_FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".json", ".ini", ".sh", ".sql"}
-                      or p.name == "Dockerfile")  # fmt: skip
+CONFIG_FILES = sorted(
+    p
+    for p in CLUSTER.rglob("*")
+    if p.is_file() and p.suffix in {".yaml", ".yml", ".json", ".ini", ".sh", ".sql"} or p.name == "Dockerfile"
+)
 # What a credential looks like: a key or variable named like one given a literal value (not a reference to
 # the environment, a secret or a file), a URI with a password, a cloud key.
 SECRET_NAME = re.compile(r"(password|passwd|secret|token|access_key|api_key|private_key)", re.I)
@@ -188,8 +195,12 @@ CLOUD_KEY = re.compile(r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|\"
 
 
 def _literal(key, value) -> bool:
-    return bool(SECRET_NAME.search(str(key))) and isinstance(value, (str, int)) and not isinstance(value, bool) \
+    return (
+        bool(SECRET_NAME.search(str(key)))
+        and isinstance(value, (str, int))
+        and not isinstance(value, bool)
         and not REFERENCE.match(str(value).strip().strip("'\""))
+    )
 
 
 def _structured(node, found: list[str]) -> None:
@@ -221,8 +232,11 @@ def credentials_in(text: str, structured: bool = False) -> list[str]:
 
 def test_no_file_in_cluster_holds_a_credential():
     assert len(CONFIG_FILES) >= 10
-    found = {p.name: hits for p in CONFIG_FILES
-             if (hits := credentials_in(p.read_text(), structured=p.suffix in {".yaml", ".yml", ".json"}))}  # fmt: skip
+    found = {
+        p.name: hits
+        for p in CONFIG_FILES
+        if (hits := credentials_in(p.read_text(), structured=p.suffix in {".yaml", ".yml", ".json"}))
+    }
     assert found == {}
     # the scan finds what it looks for
     assert credentials_in("MLFLOW_TRACKING_PASSWORD: hunter2", structured=True)
@@ -270,8 +284,10 @@ def test_a_sweep_on_a_launcher_cluster_runs_as_many_trials_as_the_cluster_may_gr
     bootstrap.write_text(yaml.safe_dump(raw))
     capacity = autoscaling_capacity(bootstrap)
     assert capacity["GPU"] == 8 * 1 + 2 * 4 and capacity["CPU"] == 8 * 8 + 2 * 48
-    config = load_experiment(CLUSTER.parent / "search_spaces" / "rank.yaml",
-                             [f"storage_path={tmp_path}", "scaling.use_gpu=true", "task.languages=[jav]"])  # fmt: skip
+    config = load_experiment(
+        CLUSTER.parent / "search_spaces" / "rank.yaml",
+        [f"storage_path={tmp_path}", "scaling.use_gpu=true", "task.languages=[jav]"],
+    )
     (search,) = plan_searches(config)
     head = {"CPU": 8.0, "trial_driver": 1000.0}
     assert concurrency(search, head) == 1  # from the current nodes alone: one trial at a time
@@ -282,8 +298,13 @@ def test_a_sweep_on_a_launcher_cluster_runs_as_many_trials_as_the_cluster_may_gr
 def test_the_mlflow_entry_script_names_the_first_missing_setting_before_starting(tmp_path):
     import subprocess
 
-    env = {"PATH": "/usr/bin:/bin", "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/m.db",
-           "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path}/a.db", "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path)}
-    done = subprocess.run(["sh", str(CLUSTER / "mlflow" / "serve.sh")], env=env, capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/m.db",
+        "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path}/a.db",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path),
+    }
+    done = subprocess.run(
+        ["sh", str(CLUSTER / "mlflow" / "serve.sh")], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr and "from a secret" in done.stderr

@@ -46,7 +46,9 @@ def test_config_file_round_trip_and_errors(tmp_path):
     config.save(tmp_path)
     assert FlareConfig.load(tmp_path) == config
     (tmp_path / "flare_config.json").write_text('{"fusion": "add", "rank": 4}')
-    with pytest.raises(ValueError, match=r"flare_config.json: .*\n  rank: unknown key 'rank'; expected one of \['fusion',"):
+    with pytest.raises(
+        ValueError, match=r"flare_config.json: .*\n  rank: unknown key 'rank'; expected one of \['fusion',"
+    ):
         FlareConfig.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="no FLARE config"):
         FlareConfig.load(tmp_path / "nowhere")

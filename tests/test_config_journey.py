@@ -20,7 +20,9 @@ from .helpers import counted_validations, trial_trainer
 
 pytestmark = pytest.mark.slow
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
+QUICKSTART = (
+    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+)  # the small search the tests build on
 SMALL = ["training.epochs=1", "task.max_records={train: 32, validation: 16, test: 16}", "scaling.cpus_per_worker=1"]
 
 
@@ -44,8 +46,11 @@ def _reporting_loop(trial_input: TrialInput):
     from flare_ray.training.loop import train_loop_per_worker
 
     experiment = trial_input.experiment
-    seen = {"type": f"{type(experiment).__module__}.{type(experiment).__qualname__}",
-            "storage_path": experiment.storage_path, "fusion": experiment.method.flare.fusion}
+    seen = {
+        "type": f"{type(experiment).__module__}.{type(experiment).__qualname__}",
+        "storage_path": experiment.storage_path,
+        "fusion": experiment.method.flare.fusion,
+    }
     with counted_validations() as validations:
         train_loop_per_worker(trial_input)
     seen["validations"] = validations()

@@ -47,14 +47,18 @@ def test_llama_trains_its_lm_head_and_its_embeddings_beside_the_lora(tmp_path):
     frozen = model.lm_head.weight.detach().clone()
     adapted = build_adapter(model, MethodSpec(kind="lora", lora={"r": 4, "target_modules": "all-linear"}))
     trained = whole(adapted)
-    assert sorted(trained) == ["base_model.model.lm_head.modules_to_save.default.weight",
-                               "base_model.model.model.embed_tokens.modules_to_save.default.weight"]  # fmt: skip
+    assert sorted(trained) == [
+        "base_model.model.lm_head.modules_to_save.default.weight",
+        "base_model.model.model.embed_tokens.modules_to_save.default.weight",
+    ]
     before = {n: p.detach().clone() for n, p in trained.items()}
     step(adapted)
     assert all(not torch.equal(p, before[n]) for n, p in trained.items())  # both train
     assert torch.equal(adapted.base_model.model.lm_head.original_module.weight, frozen)  # the base stays as it was
-    none = build_adapter(load_model(untied_llama(tmp_path), "decoder", labels=None)[0],
-                         MethodSpec(kind="lora", lora={"r": 4, "modules_to_save": []}))  # fmt: skip
+    none = build_adapter(
+        load_model(untied_llama(tmp_path), "decoder", labels=None)[0],
+        MethodSpec(kind="lora", lora={"r": 4, "modules_to_save": []}),
+    )
     assert not whole(none)  # the LoRA alone, where the config says so
 
 

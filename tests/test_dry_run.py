@@ -61,8 +61,14 @@ def test_the_dry_run_imports_no_heavy_package(name, tmp_path):
         sys.exit(status)
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(fake_hub_cache(tmp_path))}
-    done = subprocess.run([sys.executable, "-c", code, str(SPACES / name), *HEAVY], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(SPACES / name), *HEAVY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "loaded: []"
 
@@ -134,19 +140,25 @@ def test_the_keys_across_sections_are_what_their_check_reads(tmp_path):
 
 def test_every_grid_cell_is_checked_before_ray_starts(tmp_path, capsys):
     # Every value and every pair is fine; the one cell with all three is not (4 heads do not divide r = 2).
-    path = _write(tmp_path, BASE + textwrap.dedent("""\
+    path = _write(
+        tmp_path,
+        BASE
+        + textwrap.dedent("""\
         search:
           grid:
             method.flare.fusion: [add, cross_attention]
             method.flare.cross_attention_heads: [1, 4]
             method.lora.r: [8, 2]
-        """))
+        """),
+    )
     with pytest.raises(ExperimentConfigError) as info:
         load_experiment(path)
     message = str(info.value)
     assert f"{path}: invalid experiment config (1 problem)" in message
-    assert ("line 6, search.grid: the cell method.flare.fusion = 'cross_attention', method.flare.cross_attention_heads"
-            " = 4, method.lora.r = 2 gives an invalid config") in message  # fmt: skip
+    assert (
+        "line 6, search.grid: the cell method.flare.fusion = 'cross_attention', method.flare.cross_attention_heads"
+        " = 4, method.lora.r = 2 gives an invalid config"
+    ) in message
     assert "cross_attention heads (4) must divide the LoRA rank r (2)" in message
     assert main([str(path), "--dry-run"]) == 2 and "the cell method.flare.fusion" in capsys.readouterr().err
 
@@ -157,8 +169,13 @@ def test_the_learning_rate_schedulers_are_transformers_own():
 
     from flare_ray.experiment.training import LR_SCHEDULERS
 
-    needing_arguments = {"reduce_lr_on_plateau", "warmup_stable_decay", "cosine_with_min_lr",
-                         "cosine_warmup_with_min_lr", "greedy"}  # fmt: skip
+    needing_arguments = {
+        "reduce_lr_on_plateau",
+        "warmup_stable_decay",
+        "cosine_with_min_lr",
+        "cosine_warmup_with_min_lr",
+        "greedy",
+    }
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - needing_arguments
 
 
@@ -204,14 +221,19 @@ def test_a_max_length_the_model_cannot_read_is_refused_before_anything_runs(tmp_
 
     model = tmp_path / "xlmr"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "max_position_embeddings": 514,
-                                                   "pad_token_id": 1, "num_hidden_layers": 24}))
+    (model / "config.json").write_text(
+        json.dumps(
+            {"model_type": "xlm-roberta", "max_position_embeddings": 514, "pad_token_id": 1, "num_hidden_layers": 24}
+        )
+    )
     text = BASE.replace("tiny:xlm-roberta", str(model)) + "search: {grid: {training.max_length: [128, 1024]}}\n"
     with pytest.raises(ExperimentConfigError) as err:
         load_experiment(_write(tmp_path, text))
     messages = [f"{'.'.join(map(str, p.path))}: {p.message}" for p in err.value.problems]
-    assert messages == [f"search.grid.training.max_length.1: 1024 tokens is more than {model} reads (512 positions, "
-                        f"max_position_embeddings in {model / 'config.json'}); expected at most 512"]
+    assert messages == [
+        f"search.grid.training.max_length.1: 1024 tokens is more than {model} reads (512 positions, "
+        f"max_position_embeddings in {model / 'config.json'}); expected at most 512"
+    ]
     load_experiment(_write(tmp_path, text.replace("1024", "512")))  # 512 fits
 
 

@@ -102,19 +102,32 @@ def test_console_script_is_declared():
 
 # --- Makefile ----------------------------------------------------------------------------------------------
 
-MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "VENV", "PYTHON", "TORCH_SPEC", "ARGS",
-                  "PYTEST_ARGS", "GNUMAKEFLAGS")
+MAKE_VARIABLES = (
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "MAKEFILES",
+    "VENV",
+    "PYTHON",
+    "TORCH_SPEC",
+    "ARGS",
+    "PYTEST_ARGS",
+    "GNUMAKEFLAGS",
+)
 
 
 def _make(*args: str, cwd: Path = ROOT, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     make = shutil.which("make")
     if make is None:
-        pytest.fail("GNU make is not installed: the README's `make setup` / `make test` need it "
-                    "(.ci/run installs it with apt-get install -y make)")
+        pytest.fail(
+            "GNU make is not installed: the README's `make setup` / `make test` need it "
+            "(.ci/run installs it with apt-get install -y make)"
+        )
     env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}  # not the caller's `make test` flags
     env.update(extra_env or {})
-    run = subprocess.run([make, "-f", str(ROOT / "Makefile"), *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [make, "-f", str(ROOT / "Makefile"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, f"make {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
     return run
 
@@ -173,8 +186,11 @@ def test_make_setup_creates_installs_then_reuses(project):
         "-m pip install --quiet torch==2.13.0",
         "-m pip install --quiet -e .[test]",
     ]
-    assert out.splitlines() == ["creating .venv", "installing torch==2.13.0 (CPU build)",
-                                "installing flare_ray and its test tools"]
+    assert out.splitlines() == [
+        "creating .venv",
+        "installing torch==2.13.0 (CPU build)",
+        "installing flare_ray and its test tools",
+    ]
     assert (folder / ".venv" / ".flare_ray-installed").exists()
 
     out, calls = setup()  # the stamp is newer than pyproject.toml: no pip at all
@@ -214,15 +230,23 @@ def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys, fa
     assert code == 2 and took < 10, (code, took, err)
     assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in err and "mlflow server" in err
     assert not ray.is_initialized()
-    fault_summary("MLflow unreachable", failures_injected=1, trials_completed=0, mlflow_runs=0, duplicates=0,
-                  exit_status=f"2 after {took:.1f} s, before Ray started")
+    fault_summary(
+        "MLflow unreachable",
+        failures_injected=1,
+        trials_completed=0,
+        mlflow_runs=0,
+        duplicates=0,
+        exit_status=f"2 after {took:.1f} s, before Ray started",
+    )
 
 
 def test_a_worker_bigger_than_this_machine_is_an_error_before_any_trial(capsys, tmp_path):
     import ray
 
     small = ROOT / "tests" / "configs" / "small-flare-search.yaml"
-    code = cli_main.main(["tune", str(small), "--set", "scaling.cpus_per_worker=64", "--set", f"storage_path={tmp_path}"])
+    code = cli_main.main(
+        ["tune", str(small), "--set", "scaling.cpus_per_worker=64", "--set", f"storage_path={tmp_path}"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "a trial's worker asks for 64 CPU, 0 GPU" in err and "no trial could ever start" in err, err
     assert not ray.is_initialized()

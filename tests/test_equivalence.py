@@ -109,7 +109,10 @@ def test_encoder_aligns_right_padded_positions_one_to_one(tiny_path):
     from flare_ray.fusion import align
 
     a = align(t.attention_mask, t.attention_mask, s.attention_mask)
-    both = t.attention_mask.bool()[:, : s.attention_mask.shape[1]] & s.attention_mask.bool()[:, : t.attention_mask.shape[1]]
+    both = (
+        t.attention_mask.bool()[:, : s.attention_mask.shape[1]]
+        & s.attention_mask.bool()[:, : t.attention_mask.shape[1]]
+    )
     n = both.shape[1]
     assert torch.equal(a.fuse[:, :n], both)
     cols = torch.arange(n).expand_as(both)
@@ -118,7 +121,9 @@ def test_encoder_aligns_right_padded_positions_one_to_one(tiny_path):
 
 def _module_io(fm, modules):
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: seen.__setitem__(n, (args[0], out))) for n, m in modules]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, n=n: seen.__setitem__(n, (args[0], out))) for n, m in modules
+    ]
     return seen, hooks
 
 
@@ -129,7 +134,10 @@ def _plain_lora(layer, x):
 
 def test_unselected_layers_and_unfused_modules_are_plain_lora(tiny_path):
     fm, tok = flare(
-        tiny_path, "decoder", fusion="add", fusion_layers="lower_half",
+        tiny_path,
+        "decoder",
+        fusion="add",
+        fusion_layers="lower_half",
         lora=dict(r=8, lora_alpha=16, target_modules="all-linear"),
     )
     randomize_lora(fm)

@@ -88,8 +88,15 @@ def test_grid_and_seeds_are_read_and_planned():
 
     c = validate_experiment(yaml.safe_load(GRID + "  seeds: [0, 1]\n"), "grid.yaml")
     (search,) = plan_searches(c)  # a grid without a space is one search (Ray's grid) per language
-    assert search.expected_trials == 8 and "grid of 4 cell(s)" in dry_run_text(c) and "= 8 trials per language" in dry_run_text(c)
-    tpe = GRID + "  space: {training.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}\n  num_samples: 3\n"
+    assert (
+        search.expected_trials == 8
+        and "grid of 4 cell(s)" in dry_run_text(c)
+        and "= 8 trials per language" in dry_run_text(c)
+    )
+    tpe = (
+        GRID
+        + "  space: {training.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}\n  num_samples: 3\n"
+    )
     c = validate_experiment(yaml.safe_load(tpe + "  seeds: [0, 1]\n"), "grid-tpe.yaml")
     searches = plan_searches(c)  # a grid with a space: a TPE search per cell, each configuration with both seeds
     assert len(searches) == 4 and {s.expected_trials for s in searches} == {6}
@@ -100,58 +107,75 @@ def test_grid_and_seeds_are_read_and_planned():
 # -- malformed files: one error naming the file, the key path and the expectation -------------------
 BAD = {
     "ASHA with a grid": (
-        GRID + "  scheduler: {type: asha}\n", "search.scheduler", "biases a grid or seed ablation",
+        GRID + "  scheduler: {type: asha}\n",
+        "search.scheduler",
+        "biases a grid or seed ablation",
     ),
     "a grid value that is no valid config": (
-        BASE + "search:\n  grid: {method.kind: [lora, nope]}\n", "search.grid.method.kind[1]", "'nope' gives an invalid config",
+        BASE + "search:\n  grid: {method.kind: [lora, nope]}\n",
+        "search.grid.method.kind[1]",
+        "'nope' gives an invalid config",
     ),
     "a key both gridded and sampled": (
-        GRID + "  space: {method.lora.r: {type: categorical, values: [4]}}\n", "search.grid.method.lora.r",
+        GRID + "  space: {method.lora.r: {type: categorical, values: [4]}}\n",
+        "search.grid.method.lora.r",
         "either gridded or sampled",
     ),
     "seeds and a gridded seed": (
-        BASE + "search:\n  grid: {training.seed: [1, 2]}\n  seeds: [0]\n", "search.grid.training.seed",
+        BASE + "search:\n  grid: {training.seed: [1, 2]}\n  seeds: [0]\n",
+        "search.grid.training.seed",
         "search.seeds sets training.seed",
     ),
     "repeats of a grid": (GRID + "  num_samples: 3\n", "search.num_samples", "use search.seeds to repeat"),
     "a fixed key in the grid": (
-        BASE + "search:\n  grid: {task.languages: [[jav], [sun]]}\n", "search.grid.task.languages", "cannot be searched",
+        BASE + "search:\n  grid: {task.languages: [[jav], [sun]]}\n",
+        "search.grid.task.languages",
+        "cannot be searched",
     ),
     "unknown top-level key": (
         BASE + "trainer: {epochs: 3}\n",
-        "line 5, trainer", "unknown key 'trainer' (did you mean 'training'?)",
+        "line 5, trainer",
+        "unknown key 'trainer' (did you mean 'training'?)",
     ),
     "unknown nested key": (
         BASE.replace("{epochs: 2}", "{epochs: 2, learning_rat: 0.1}"),
-        "training.learning_rat", "did you mean 'learning_rate'",
+        "training.learning_rat",
+        "did you mean 'learning_rate'",
     ),
     "wrong type": (
         BASE.replace("{epochs: 2}", "{epochs: two}"),
-        "line 4, training.epochs", "valid integer",
+        "line 4, training.epochs",
+        "valid integer",
     ),
     "negative epochs": (
         BASE.replace("{epochs: 2}", "{epochs: -1}"),
-        "training.epochs", "greater than or equal to 1; got -1",
+        "training.epochs",
+        "greater than or equal to 1; got -1",
     ),
     "unknown fusion in fixed config": (
         BASE + "method: {flare: {fusion: concat}}\n",
-        "method.flare.fusion", "unknown fusion function 'concat'; expected one of ['add', 'add_relu', 'cross_attention', 'mul']",
+        "method.flare.fusion",
+        "unknown fusion function 'concat'; expected one of ['add', 'add_relu', 'cross_attention', 'mul']",
     ),
     "unknown fusion inside a categorical space": (
         BASE + "search:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul, concat]}\n",
-        "search.space.method.flare.fusion.values[2]", "'concat' gives an invalid config: method.flare.fusion: unknown fusion function",
+        "search.space.method.flare.fusion.values[2]",
+        "'concat' gives an invalid config: method.flare.fusion: unknown fusion function",
     ),
     "space key that does not exist": (
         BASE + "search:\n  space:\n    method.lora.rank: {type: int, low: 2, high: 8}\n",
-        "search.space.method.lora.rank", "unknown key 'rank' (did you mean 'r'?)",
+        "search.space.method.lora.rank",
+        "unknown key 'rank' (did you mean 'r'?)",
     ),
     "space key of a value, not a section": (
         BASE + "search:\n  space:\n    training.epochs.max: {type: int, low: 2, high: 8}\n",
-        "search.space.training.epochs.max", "training.epochs is a value (2), not a section",
+        "search.space.training.epochs.max",
+        "training.epochs is a value (2), not a section",
     ),
     "fixed key in the space": (
         BASE + "search:\n  space:\n    scaling.num_workers: {type: int, low: 1, high: 4}\n",
-        "search.space.scaling.num_workers", "cannot be searched: resources per trial are fixed",
+        "search.space.scaling.num_workers",
+        "cannot be searched: resources per trial are fixed",
     ),
     "when on an unknown key": (
         BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"
@@ -163,37 +187,45 @@ BAD = {
         BASE + "search:\n  space:\n    method.flare.cross_attention_heads:\n"
         "      {type: categorical, values: [1, 2], when: {method.flare.fusion: cross_attention}}\n"
         "    method.flare.fusion: {type: categorical, values: [add, cross_attention]}\n",
-        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion", "list it earlier in search.space",
+        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion",
+        "list it earlier in search.space",
     ),
     "when on a value never sampled": (
         BASE + "search:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n"
         "    method.flare.cross_attention_heads:\n"
         "      {type: categorical, values: [1, 2], when: {method.flare.fusion: cross_attention}}\n",
-        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion", "['cross_attention'] never sampled",
+        "search.space.method.flare.cross_attention_heads.when.method.flare.fusion",
+        "['cross_attention'] never sampled",
     ),
     "low >= high": (
         BASE + "search:\n  space:\n    training.learning_rate: {type: float, low: 0.01, high: 0.001}\n",
-        "search.space.training.learning_rate", "`low <= high` must hold, but got (low=0.01, high=0.001)",
+        "search.space.training.learning_rate",
+        "`low <= high` must hold, but got (low=0.01, high=0.001)",
     ),
     "loguniform with low <= 0": (
         BASE + "search:\n  space:\n    training.learning_rate: {type: loguniform, low: 0, high: 1e-3}\n",
-        "search.space.training.learning_rate", "`low > 0` must hold for `log=True`",
+        "search.space.training.learning_rate",
+        "`low > 0` must hold for `log=True`",
     ),
     "int bound that makes an invalid config": (
         BASE + "search:\n  space:\n    method.lora.r: {type: int, low: 0, high: 8}\n",
-        "search.space.method.lora.r.low", "0 gives an invalid config: method.lora.r: Input should be greater than or equal to 1",
+        "search.space.method.lora.r.low",
+        "0 gives an invalid config: method.lora.r: Input should be greater than or equal to 1",
     ),
     "float range on an int key": (
         BASE + "search:\n  space:\n    training.epochs: {type: float, low: 1, high: 5}\n",
-        "search.space.training.epochs", "valid integer",
+        "search.space.training.epochs",
+        "valid integer",
     ),
     "unknown distribution type": (
         BASE + "search:\n  space:\n    training.learning_rate: {type: uniform, low: 0.1, high: 0.2}\n",
-        "search.space.training.learning_rate", "tag 'uniform' found using 'type' does not match any of the expected tags",
+        "search.space.training.learning_rate",
+        "tag 'uniform' found using 'type' does not match any of the expected tags",
     ),
     "unknown key in a distribution": (
         BASE + "search:\n  space:\n    method.lora.r: {type: categorical, choices: [4, 8]}\n",
-        "search.space.method.lora.r.choices", "unknown key 'choices'; expected one of ['when', 'type', 'values']",
+        "search.space.method.lora.r.choices",
+        "unknown key 'choices'; expected one of ['when', 'type', 'values']",
     ),
     "incompatible pair of values": (
         BASE + "method: {flare: {fusion: cross_attention}}\nsearch:\n  space:\n"
@@ -204,43 +236,55 @@ BAD = {
     ),
     "unknown language for the task": (
         BASE.replace("languages: [jav]", "languages: [jav, sw]"),
-        "line 3, task.languages[1]", "unknown language 'sw'; expected one of ['ace', 'ban'",
+        "line 3, task.languages[1]",
+        "unknown language 'sw'; expected one of ['ace', 'ban'",
     ),
     "metric not reported by the task": (
         BASE + "search: {metric: validation/exact_match}\n",
-        "search.metric", "task nusax reports no 'validation/exact_match'; expected one of ['validation/accuracy', 'validation/macro_f1'",
+        "search.metric",
+        "task nusax reports no 'validation/exact_match'; expected one of ['validation/accuracy', 'validation/macro_f1'",
     ),
     "flare_mt without mt_encoder": (
         BASE + "method: {kind: flare_mt}\n",
-        "method.flare.mt_encoder", "method.kind flare_mt needs an MT model here",
+        "method.flare.mt_encoder",
+        "method.kind flare_mt needs an MT model here",
     ),
     "unknown tiny architecture": (
         BASE.replace("tiny:xlm-roberta", "tiny:gpt2"),
-        "model.name_or_path", "unknown tiny architecture 'gpt2'; expected tiny:<arch> with arch in ['xlm-roberta', 'bert', 'mt5', 'llama', 'gemma2']",
+        "model.name_or_path",
+        "unknown tiny architecture 'gpt2'; expected tiny:<arch> with arch in ['xlm-roberta', 'bert', 'mt5', 'llama', 'gemma2']",
     ),
     "mt split on remote storage without mt_dir": (  # locally, the sweep translates into <storage_path>/mt
-        BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}") + "storage_path: s3://bucket/sweeps\n",
-        "task.mt_dir", "storage_path is remote (s3://bucket/sweeps): the sweep translates into a local or shared folder",
+        BASE.replace("languages: [jav]", "languages: [jav], splits: {validation: mt}")
+        + "storage_path: s3://bucket/sweeps\n",
+        "task.mt_dir",
+        "storage_path is remote (s3://bucket/sweeps): the sweep translates into a local or shared folder",
     ),
     "both alpha and alpha_ratio": (
         BASE + "method: {lora: {alpha: 16, alpha_ratio: 2}}\n",
-        "method.lora.alpha_ratio", "set alpha (16.0) or alpha_ratio (2.0), not both",
+        "method.lora.alpha_ratio",
+        "set alpha (16.0) or alpha_ratio (2.0), not both",
     ),
     "duplicate key": (
         BASE + "training: {epochs: 3}\n",
-        "line 5, training", "duplicate key",
+        "line 5, training",
+        "duplicate key",
     ),
     "family that contradicts the tiny model": (
         BASE.replace('"tiny:xlm-roberta"}', '"tiny:llama", family: encoder}'),
-        "line 2, model.family", "tiny:llama is of family 'decoder'; got 'encoder'",
+        "line 2, model.family",
+        "tiny:llama is of family 'decoder'; got 'encoder'",
     ),
     "fusion searched for plain LoRA": (
-        BASE + "method: {kind: lora}\nsearch:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n",
-        "search.space.method.flare.fusion", "method.kind is 'lora', which does not use method.flare",
+        BASE
+        + "method: {kind: lora}\nsearch:\n  space:\n    method.flare.fusion: {type: categorical, values: [add, mul]}\n",
+        "search.space.method.flare.fusion",
+        "method.kind is 'lora', which does not use method.flare",
     ),
     "ASHA grace period longer than training": (
         BASE + "search: {scheduler: {type: asha, grace_period: 5}}\n",
-        "search.scheduler.grace_period", "grace period 5 is longer than training.epochs (2)",
+        "search.scheduler.grace_period",
+        "grace period 5 is longer than training.epochs (2)",
     ),
 }
 
@@ -271,8 +315,12 @@ def test_missing_sections_and_file(tmp_path):
 
 
 def test_yaml_numbers_and_booleans_read_as_yaml_1_2(tmp_path):
-    config = load_experiment(write(tmp_path, BASE + "search:\n  space:\n"
-                                   "    training.learning_rate: {type: categorical, values: [1e-4, 3e-4]}\n"))
+    config = load_experiment(
+        write(
+            tmp_path,
+            BASE + "search:\n  space:\n    training.learning_rate: {type: categorical, values: [1e-4, 3e-4]}\n",
+        )
+    )
     assert config.search.space["training.learning_rate"].values == [1e-4, 3e-4]
     with pytest.raises(ExperimentConfigError, match="task nusax: unknown language 'no'"):
         load_experiment(write(tmp_path, BASE.replace("[jav]", "[no]")))  # 'no' stays a string
@@ -281,23 +329,44 @@ def test_yaml_numbers_and_booleans_read_as_yaml_1_2(tmp_path):
 # -- overrides ---------------------------------------------------------------------------------------
 def test_overrides(tmp_path):
     path = write(tmp_path, BASE)
-    config = load_experiment(path, ["training.epochs=3", "--set task.languages=[ban, sun]",
-                                    "task.max_records.train=10", "method.flare.fusion=mul"])  # fmt: skip
+    config = load_experiment(
+        path,
+        [
+            "training.epochs=3",
+            "--set task.languages=[ban, sun]",
+            "task.max_records.train=10",
+            "method.flare.fusion=mul",
+        ],
+    )
     assert config.training.epochs == 3 and config.task.languages == ["ban", "sun"]
     assert config.task.max_records == {"train": 10} and config.method.flare.fusion == "mul"
     xnli = load_experiment(path, ["task.name=xnli", "task.languages=[sw,ur]"])
     assert xnli.task.languages == ["sw", "ur"] and xnli.search.metric == "validation/accuracy"
-    space = load_experiment(SEARCH_SPACES / "fusion.yaml", ["search.space.method.flare.fusion.values=[add, mul]",
-                                                            "search.space.method.flare.cross_attention_heads.when={}"])
+    space = load_experiment(
+        SEARCH_SPACES / "fusion.yaml",
+        [
+            "search.space.method.flare.fusion.values=[add, mul]",
+            "search.space.method.flare.cross_attention_heads.when={}",
+        ],
+    )
     assert space.search.space["method.flare.fusion"].values == ["add", "mul"]
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("training.epochz=3", "training.epochz (from --set training.epochz=3): unknown key 'epochz' (did you mean 'epochs'?)"),
-        ("training.epochs=-2", "training.epochs (from --set training.epochs=-2): Input should be greater than or equal to 1; got -2"),
-        ("task.languages=[sw,ur]", "task.languages[0] (from --set task.languages=[sw,ur]): task nusax: unknown language 'sw'"),
+        (
+            "training.epochz=3",
+            "training.epochz (from --set training.epochz=3): unknown key 'epochz' (did you mean 'epochs'?)",
+        ),
+        (
+            "training.epochs=-2",
+            "training.epochs (from --set training.epochs=-2): Input should be greater than or equal to 1; got -2",
+        ),
+        (
+            "task.languages=[sw,ur]",
+            "task.languages[0] (from --set task.languages=[sw,ur]): task nusax: unknown language 'sw'",
+        ),
         ("training.epochs", "(from --set training.epochs): bad override: expected key.path=value"),
         ("training.epochs.max=3", "bad override: training.epochs is a value (2), not a section"),
         ("training.epochs=[3", "(from --set training.epochs=[3): bad override: the value is not valid YAML"),
@@ -311,8 +380,10 @@ def test_a_bad_override_is_named(tmp_path, override, expected):
 # -- the search space under Optuna ---------------------------------------------------------------------
 def _study(config: ExperimentConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(direction=config.search.mode.replace("max", "maximize").replace("min", "minimize"),
-                               sampler=build_sampler(config.search.sampler))  # fmt: skip
+    return optuna.create_study(
+        direction=config.search.mode.replace("max", "maximize").replace("min", "minimize"),
+        sampler=build_sampler(config.search.sampler),
+    )
 
 
 def test_define_by_run_samples_allowed_values_and_respects_when():
@@ -343,12 +414,17 @@ def test_define_by_run_samples_allowed_values_and_respects_when():
 
 
 def test_ask_tell_with_list_valued_choices_and_pickling():
-    config = validate_experiment(yaml.safe_load(BASE + textwrap.dedent("""\
+    config = validate_experiment(
+        yaml.safe_load(
+            BASE
+            + textwrap.dedent("""\
         search:
           space:
             method.flare.fusion_layers: {type: categorical, values: [all, [0, 1], "2-3"]}
             method.lora.target_modules: {type: categorical, values: [[query, value], all-linear]}
-        """)))
+        """)
+        )
+    )
     define_by_run = pickle.loads(pickle.dumps(DefineByRun(config)))  # Tune pickles its searcher
     assert isinstance(define_by_run, DefineByRun)
     study, seen = _study(config), set()
@@ -364,9 +440,11 @@ def test_ask_tell_with_list_valued_choices_and_pickling():
 
 
 def test_when_on_a_fixed_key():
-    data = yaml.safe_load(BASE + "method: {flare: {fusion: cross_attention}}\nsearch:\n  space:\n"
-                          "    method.flare.cross_attention_heads: {type: categorical, values: [1, 2],"
-                          " when: {method.flare.fusion: cross_attention}}\n")  # fmt: skip
+    data = yaml.safe_load(
+        BASE + "method: {flare: {fusion: cross_attention}}\nsearch:\n  space:\n"
+        "    method.flare.cross_attention_heads: {type: categorical, values: [1, 2],"
+        " when: {method.flare.fusion: cross_attention}}\n"
+    )
     trial = _study(validate_experiment(data)).ask()
     assert "method.flare.cross_attention_heads" in DefineByRun(validate_experiment(data))(trial)
     data["method"]["flare"]["fusion"] = "add"
@@ -379,7 +457,10 @@ def test_apply_sample_refuses_an_invalid_sample():
     config = load_experiment(SMALL_SEARCH)
     assert apply_sample(config, {"method.flare.fusion": "mul"}).method.flare.fusion == "mul"
     assert config.method.flare.fusion == "add_relu"  # the original is untouched
-    with pytest.raises(ExperimentConfigError, match=r"(?s)small-flare-search.yaml with sample .*method.lora.r: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ExperimentConfigError,
+        match=r"(?s)small-flare-search.yaml with sample .*method.lora.r: Input should be greater than or equal to 1",
+    ):
         apply_sample(config, {"method.lora.r": 0})
     with pytest.raises(ExperimentConfigError, match="unknown key 'rank'"):
         apply_sample(config, {"method.lora.rank": 4})
@@ -409,10 +490,20 @@ def test_tracking_uri_resolution(tmp_path):
 
 def test_method_helpers_and_deepspeed_file(tmp_path):
     (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
-    config = load_experiment(write(tmp_path, BASE + "method: {kind: flare_mt, lora: {r: 4, target_modules: [query, value]},"
-                                   " flare: {mt_encoder: facebook/nllb-200-distilled-600M}}\n"
-                                   f"scaling: {{use_gpu: true, deepspeed: {tmp_path}/ds.json}}\n"))  # fmt: skip
-    assert config.method.lora.peft_kwargs() == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05, "target_modules": ["query", "value"]}
+    config = load_experiment(
+        write(
+            tmp_path,
+            BASE + "method: {kind: flare_mt, lora: {r: 4, target_modules: [query, value]},"
+            " flare: {mt_encoder: facebook/nllb-200-distilled-600M}}\n"
+            f"scaling: {{use_gpu: true, deepspeed: {tmp_path}/ds.json}}\n",
+        )
+    )
+    assert config.method.lora.peft_kwargs() == {
+        "r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.05,
+        "target_modules": ["query", "value"],
+    }
     assert config.method.flare_config().mt_encoder == "facebook/nllb-200-distilled-600M"
     assert config.scaling.deepspeed == {"zero_optimization": {"stage": 2}}  # read once, shipped inline
     assert config.scaling.resources_per_worker() == {"CPU": 1.0, "GPU": 1.0}

@@ -31,8 +31,14 @@ def cluster_env(cluster, faults: dict | None = None) -> dict[str, str]:
 
 
 def start(storage: Path, cluster, *overrides: str, faults: dict | None = None, resume: bool = False):
-    return subprocess.Popen(tune_command(storage, *overrides, resume=resume), env=cluster_env(cluster, faults),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        tune_command(storage, *overrides, resume=resume),
+        env=cluster_env(cluster, faults),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
@@ -66,7 +72,9 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 300, every: 
 
 def worker_nodes(log: Path) -> list[tuple[int, str]]:
     """(rank, Ray node id) of every worker start the trial's log records."""
-    return [(int(r), node) for r, node in re.findall(r"^worker rank (\d+) of \d+ on Ray node (\w+)", log.read_text(), re.M)]
+    return [
+        (int(r), node) for r, node in re.findall(r"^worker rank (\d+) of \d+ on Ray node (\w+)", log.read_text(), re.M)
+    ]
 
 
 def duplicates(children) -> int:
@@ -76,7 +84,9 @@ def duplicates(children) -> int:
 
 def test_a_trial_of_two_workers_runs_them_on_two_nodes(tmp_path, two_worker_nodes):
     cluster = two_worker_nodes
-    output = finish(start(tmp_path, cluster, *ONE_TRIAL, "training.epochs=2", "scaling.num_workers=2", *ON_A_WORKER_NODE))
+    output = finish(
+        start(tmp_path, cluster, *ONE_TRIAL, "training.epochs=2", "scaling.num_workers=2", *ON_A_WORKER_NODE)
+    )
     assert "Best trials of sweep 'quickstart'" in output, output[-3000:]
     (log,) = tmp_path.glob("logs/quickstart-jav/*.log")
     workers = worker_nodes(log)
@@ -98,8 +108,9 @@ def test_a_killed_worker_restarts_its_trial_from_the_last_checkpoint(tmp_path, t
     run restarts its worker and continues after the last checkpoint (the best epoch so far)."""
     marker = tmp_path / "killed"
     faults = {"kill_worker": {"epoch": 3, "step": 2, "marker": str(marker)}}
-    process = start(tmp_path, two_worker_nodes, *ONE_TRIAL, "search.worker_max_failures=1", *ON_A_WORKER_NODE,
-                    faults=faults)  # fmt: skip
+    process = start(
+        tmp_path, two_worker_nodes, *ONE_TRIAL, "search.worker_max_failures=1", *ON_A_WORKER_NODE, faults=faults
+    )
     output = finish(process)
     assert process.returncode == 0 and marker.exists(), output[-3000:]
     rows = [r for r in results(tmp_path) if "epoch" in r and not r.get("final")]
@@ -114,9 +125,14 @@ def test_a_killed_worker_restarts_its_trial_from_the_last_checkpoint(tmp_path, t
     _, _, children = mlflow_runs(tmp_path)
     done = [c for c in children if c.info.status == "FINISHED" and "test/macro_f1" in c.data.metrics]
     assert len(done) == len(children) == 1
-    fault_summary("kill a training worker", failures_injected=1, trials_completed=f"{len(done)}/1",
-                  mlflow_runs=len(children), duplicates=duplicates(children),
-                  resumed=f"at epoch {resumed['epoch']} from the checkpoint of epoch {best}")
+    fault_summary(
+        "kill a training worker",
+        failures_injected=1,
+        trials_completed=f"{len(done)}/1",
+        mlflow_runs=len(children),
+        duplicates=duplicates(children),
+        resumed=f"at epoch {resumed['epoch']} from the checkpoint of epoch {best}",
+    )
 
 
 def test_a_removed_node_has_its_trial_rescheduled(tmp_path, two_worker_nodes, fault_summary):
@@ -139,16 +155,29 @@ def test_a_removed_node_has_its_trial_rescheduled(tmp_path, two_worker_nodes, fa
     _, _, children = mlflow_runs(tmp_path)
     done = [c for c in children if c.info.status == "FINISHED" and "test/macro_f1" in c.data.metrics]
     assert len(done) == len(children) == 1
-    fault_summary("remove a node", failures_injected=1, trials_completed=f"{len(done)}/1", mlflow_runs=len(children),
-                  duplicates=duplicates(children), resumed=f"at epoch {resumed['epoch']} on node {starts[1][1][:8]}")
+    fault_summary(
+        "remove a node",
+        failures_injected=1,
+        trials_completed=f"{len(done)}/1",
+        mlflow_runs=len(children),
+        duplicates=duplicates(children),
+        resumed=f"at epoch {resumed['epoch']} on node {starts[1][1][:8]}",
+    )
 
 
 def test_a_killed_driver_resumes_without_duplicate_runs_or_lost_checkpoints(tmp_path, two_worker_nodes, fault_summary):
     """SIGKILL to the sweep's driver after its first trial finished (no chance to save anything); --resume
     finishes the sweep: one MLflow run per trial, every finished trial's checkpoint still there."""
     cluster = two_worker_nodes
-    overrides = ["search.space={}", "search.num_samples=1", "search.seeds=[0, 1, 2]", "search.scheduler=null", "training.epochs=2",
-                 "search.max_concurrent_trials=1", *ON_A_WORKER_NODE]
+    overrides = [
+        "search.space={}",
+        "search.num_samples=1",
+        "search.seeds=[0, 1, 2]",
+        "search.scheduler=null",
+        "training.epochs=2",
+        "search.max_concurrent_trials=1",
+        *ON_A_WORKER_NODE,
+    ]
     process = start(tmp_path, cluster, *overrides)
     wait_for(lambda: any(r.get("final") for r in results(tmp_path)), process)
     process.kill()  # SIGKILL
@@ -164,18 +193,31 @@ def test_a_killed_driver_resumes_without_duplicate_runs_or_lost_checkpoints(tmp_
     for child in children:
         checkpoint = Path(child.data.tags["best_checkpoint"])
         lost += not (checkpoint / "adapter_model.safetensors").is_file()
-        assert {"adapter/adapter_model.safetensors"} <= {a.path for a in client.list_artifacts(child.info.run_id, "adapter")}
+        assert {"adapter/adapter_model.safetensors"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id, "adapter")
+        }
     assert lost == 0
-    fault_summary("kill the sweep driver (SIGKILL), then --resume", failures_injected=1,
-                  trials_completed=f"{len(done)}/3", mlflow_runs=len(children), duplicates=duplicates(children),
-                  lost_checkpoints=lost)
+    fault_summary(
+        "kill the sweep driver (SIGKILL), then --resume",
+        failures_injected=1,
+        trials_completed=f"{len(done)}/3",
+        mlflow_runs=len(children),
+        duplicates=duplicates(children),
+        lost_checkpoints=lost,
+    )
 
 
 def test_a_trial_whose_loss_becomes_nan_is_stopped_and_ignored(tmp_path, two_worker_nodes, fault_summary):
     """Seed 1's loss becomes NaN at its second step: that trial stops at once, errored with the reason in Tune
     and in MLflow; seed 0 finishes and the selection is made from it alone."""
-    overrides = ["search.space={}", "search.num_samples=1", "search.seeds=[0, 1]", "search.scheduler=null", "training.epochs=2",
-                 *ON_A_WORKER_NODE]
+    overrides = [
+        "search.space={}",
+        "search.num_samples=1",
+        "search.seeds=[0, 1]",
+        "search.scheduler=null",
+        "training.epochs=2",
+        *ON_A_WORKER_NODE,
+    ]
     process = start(tmp_path, two_worker_nodes, *overrides, faults={"nan_loss": {"seed": 1, "step": 2}})
     output = finish(process)
     assert process.returncode == 1, output[-3000:]  # a trial failed; the sweep was selected from the others
@@ -183,14 +225,22 @@ def test_a_trial_whose_loss_becomes_nan_is_stopped_and_ignored(tmp_path, two_wor
     assert "seed=1" in failed and "nan at step 2 of epoch 1" in failed, failed
     client, parents, children = mlflow_runs(tmp_path)
     by_seed = {c.data.tags["flare_ray.seed"]: c for c in children}
-    assert by_seed["1"].info.status == "FAILED" and "nan at step 2 of epoch 1" in by_seed["1"].data.tags["flare_ray.error"]
+    assert (
+        by_seed["1"].info.status == "FAILED" and "nan at step 2 of epoch 1" in by_seed["1"].data.tags["flare_ray.error"]
+    )
     assert not any(k.startswith("validation/") for k in by_seed["1"].data.metrics)  # stopped before any epoch ended
     assert by_seed["0"].info.status == "FINISHED" and "test/macro_f1" in by_seed["0"].data.metrics
     selected = parents[0].data.tags
     assert selected["best.jav.trial_id"] == by_seed["0"].data.tags["flare_ray.trial_id"], selected
     assert json.loads(selected["best.jav.seeds"]) == [0]
-    fault_summary("a trial's loss becomes NaN", failures_injected=1, trials_completed="1/2 (the NaN trial errored)",
-                  mlflow_runs=len(children), duplicates=duplicates(children), selected="seed 0 only")
+    fault_summary(
+        "a trial's loss becomes NaN",
+        failures_injected=1,
+        trials_completed="1/2 (the NaN trial errored)",
+        mlflow_runs=len(children),
+        duplicates=duplicates(children),
+        selected="seed 0 only",
+    )
 
 
 def test_a_worker_no_node_of_a_fixed_size_cluster_holds_is_an_error(tmp_path, two_worker_nodes, fault_summary):
@@ -199,8 +249,17 @@ def test_a_worker_no_node_of_a_fixed_size_cluster_holds_is_an_error(tmp_path, tw
     output = finish(process, timeout=120)
     took = time.time() - started
     assert process.returncode == 2, output[-3000:]
-    assert "a trial's worker asks for 64 CPU, 0 GPU" in output and "the largest of the cluster's 3 node(s) has 2 CPU" in output
+    assert (
+        "a trial's worker asks for 64 CPU, 0 GPU" in output
+        and "the largest of the cluster's 3 node(s) has 2 CPU" in output
+    )
     assert "no autoscaler can add a node that holds it" in output
     assert not list(tmp_path.glob("quickstart-*/run_trial_*"))  # no trial started
-    fault_summary("resources no node of a fixed-size cluster holds", failures_injected=1, trials_completed=0,
-                  mlflow_runs=0, duplicates=0, exit_status=f"2 after {took:.1f} s")
+    fault_summary(
+        "resources no node of a fixed-size cluster holds",
+        failures_injected=1,
+        trials_completed=0,
+        mlflow_runs=0,
+        duplicates=0,
+        exit_status=f"2 after {took:.1f} s",
+    )

@@ -163,8 +163,12 @@ def explicit_cross_attention(query, unaligned, fusion_module, a_s, a_t, s_mask, 
 @pytest.mark.parametrize("query,unaligned", [("source", "fuse_zero"), ("source", "lora"), ("target", "fuse_zero")])
 def test_cross_attention_matches_explicit_softmax_with_padding(tiny_path, query, unaligned):
     fm, tok = flare(
-        tiny_path, "encoder", fusion="cross_attention", lora=dict(r=4, lora_alpha=8),
-        cross_attention_query=query, unaligned=unaligned,
+        tiny_path,
+        "encoder",
+        fusion="cross_attention",
+        lora=dict(r=4, lora_alpha=8),
+        cross_attention_query=query,
+        unaligned=unaligned,
     )
     randomize_lora(fm)
     site, x_t, out, x_s, t_mask, s_mask = _capture_site(fm, tok, PADDED_TARGET, PADDED_SOURCE)

@@ -42,7 +42,9 @@ def test_decoder_fuses_prompt_at_prefill_and_not_generated_tokens(tiny_path, pad
     labels = cached.sequences.clone()
     labels[fusion_mask.bool() | (mask == 0)] = -100
     with torch.no_grad():
-        forced = fm(cached.sequences, mask, position_ids=position_ids, **source_kwargs(s), fusion_mask=fusion_mask).logits
+        forced = fm(
+            cached.sequences, mask, position_ids=position_ids, **source_kwargs(s), fusion_mask=fusion_mask
+        ).logits
         by_labels = fm(cached.sequences, mask, position_ids=position_ids, **source_kwargs(s), labels=labels).logits
     steps, scores = forced[:, prompt_len - 1 : -1], torch.stack(cached.scores, 1)
     finite = scores.isfinite()  # min_new_tokens masks end-of-sequence with -inf

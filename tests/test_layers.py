@@ -14,13 +14,32 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flare_ray"
 LAYERS = [
-    "cli", "report", "search", "predict", "training", "experiment", "tracking", "translate", "tasks", "models",
-    "baselines", "fusion", "selection", "configfile", "logs", "storage", "secrets", "languages",
-]  # fmt: skip
+    "cli",
+    "report",
+    "search",
+    "predict",
+    "training",
+    "experiment",
+    "tracking",
+    "translate",
+    "tasks",
+    "models",
+    "baselines",
+    "fusion",
+    "selection",
+    "configfile",
+    "logs",
+    "storage",
+    "secrets",
+    "languages",
+]
 # (importer, imported): the trial recipe never imports the translator or the model registry (that is
 # `predict`'s job), and the report reads MLflow records without the sweep's machinery.
-FORBIDDEN = [("training", "flare_ray.translate"), ("training", "flare_ray.tracking.registry"),
-             ("report", "flare_ray.search")]  # fmt: skip
+FORBIDDEN = [
+    ("training", "flare_ray.translate"),
+    ("training", "flare_ray.tracking.registry"),
+    ("report", "flare_ray.search"),
+]
 
 
 def imports(path: Path) -> list[str]:
@@ -33,7 +52,9 @@ def imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
             module = ".".join(p for p in (base, node.module or "") if p)
-            found += [module] * bool(node.module) + [f"{module}.{alias.name}" for alias in node.names]  # a name may be a module
+            found += [module] * bool(node.module) + [
+                f"{module}.{alias.name}" for alias in node.names
+            ]  # a name may be a module
     return [m for m in found if m.startswith("flare_ray.")]
 
 
@@ -54,9 +75,12 @@ def test_every_package_has_its_place():
 def test_the_readme_lists_the_layers_in_their_order():
     """The README's "Where things are" describes this layout: its rows name the packages in LAYERS' order."""
     text = (PACKAGE.parent / "README.md").read_text()
-    table = text[text.index("## Where things are"):].split("\n## ")[0]
-    named = [re.findall(r"`(?:flare_ray/)?([a-z_0-9]+)(?:/|\.py)`", line.split("|")[1]) for line in table.splitlines()
-             if line.startswith("| `flare_ray/")]  # fmt: skip
+    table = text[text.index("## Where things are") :].split("\n## ")[0]
+    named = [
+        re.findall(r"`(?:flare_ray/)?([a-z_0-9]+)(?:/|\.py)`", line.split("|")[1])
+        for line in table.splitlines()
+        if line.startswith("| `flare_ray/")
+    ]
     assert [name for row in named for name in row] == LAYERS
 
 
@@ -72,9 +96,14 @@ def test_every_package_imports_only_the_layers_below_it_types_included():
 
 
 def test_the_refused_imports_are_absent():
-    found = [f"{path.relative_to(PACKAGE)} imports {module}" for path in modules() for importer, refused in FORBIDDEN
-             if layer_of(path) == importer for module in imports(path)
-             if module == refused or module.startswith(refused + ".")]  # fmt: skip
+    found = [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path in modules()
+        for importer, refused in FORBIDDEN
+        if layer_of(path) == importer
+        for module in imports(path)
+        if module == refused or module.startswith(refused + ".")
+    ]
     assert not found, found
 
 

@@ -26,7 +26,9 @@ from flare_ray.training import loop
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.setup import build_trial, english_side
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
+QUICKSTART = (
+    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+)  # the small search the tests build on
 SMALL = ["task.max_records={train: 16, validation: 12, test: 12}", "search.space={}", "search.scheduler=null"]
 
 
@@ -60,7 +62,9 @@ def test_scoring_only_methods_change_no_parameter_and_read_their_side(tmp_path, 
     test = task.load("test")
     read = english_side(task, test) if kind == "translate_test" else test
     assert list(trial.splits["test"]["target_text"]) == list(read["target_text"])
-    assert list(english_side(task, test)["target_text"]) != list(test["target_text"])  # so the check above means something
+    assert list(english_side(task, test)["target_text"]) != list(
+        test["target_text"]
+    )  # so the check above means something
     import pandas as pd
 
     frame = pd.read_parquet(checkpoint / "predictions" / "test.parquet")  # the checkpoint's folder
@@ -149,7 +153,11 @@ def test_input_fusion_prompts_for_decoders_hold_both_prompts():
     fused = TaskEncoder(task, tok, "decoder", 48, source=False, input_fusion=True)
     plain = TaskEncoder(task, tok, "decoder", 48, source=False)
     for record in records:
-        (both, _), (target, _), (source, _) = fused._read_prompt(record), plain._read_prompt(record), plain._fit_prompt(record, "source")
+        (both, _), (target, _), (source, _) = (
+            fused._read_prompt(record),
+            plain._read_prompt(record),
+            plain._fit_prompt(record, "source"),
+        )
         assert both == source + target[1:] and len(both) <= 2 * plain.prompt_budget
 
 

@@ -36,15 +36,21 @@ def auth_server(tmp_path_factory, s3_server):
     admin = secrets.token_hex(12)
     env = {
         **os.environ,
-        "MLFLOW": str(Path(sys.executable).parent / "mlflow"), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "1", "TMPDIR": str(folder),
+        "MLFLOW": str(Path(sys.executable).parent / "mlflow"),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "TMPDIR": str(folder),
         "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder / 'mlflow.db'}",
         "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{folder / 'basic_auth.db'}",
         "MLFLOW_ARTIFACTS_DESTINATION": "s3://flare-sweeps/auth-artifacts",
-        "MLFLOW_AUTH_ADMIN_PASSWORD": admin, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
-    }  # fmt: skip
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+    }
     url = f"http://127.0.0.1:{port}"
-    with _served([shutil.which("sh") or "/bin/sh", str(SERVE)], url + "/health", env, folder / "server.log", timeout=180):
+    with _served(
+        [shutil.which("sh") or "/bin/sh", str(SERVE)], url + "/health", env, folder / "server.log", timeout=180
+    ):
         yield url, admin
 
 
@@ -79,8 +85,14 @@ def test_a_sweep_logs_to_the_basic_auth_server_with_credentials_from_its_environ
 
     env = {k: v for k, v in environment().items() if not k.startswith(("AWS_", "MLFLOW_S3"))}  # no S3 access
     env.update(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=password)
-    overrides = ["search.space={}", "search.num_samples=1", *SHORT, f"storage_path={tmp_path / 'store'}",
-                 f"tracking.tracking_uri={url}", "tracking.experiment_name=auth"]  # fmt: skip
+    overrides = [
+        "search.space={}",
+        "search.num_samples=1",
+        *SHORT,
+        f"storage_path={tmp_path / 'store'}",
+        f"tracking.tracking_uri={url}",
+        "tracking.experiment_name=auth",
+    ]
     command = [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), *[x for o in overrides for x in ("--set", o)]]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -104,7 +116,10 @@ def test_a_sweep_logs_to_the_basic_auth_server_with_credentials_from_its_environ
 
     import boto3
 
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="flare-sweeps", Prefix="auth-artifacts/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3").list_objects_v2(Bucket="flare-sweeps", Prefix="auth-artifacts/").get("Contents", [])
+    ]
     assert any(k.endswith("adapter_model.safetensors") for k in keys)
 
     # The sweep's user cannot manage users; an anonymous MLflow client is refused.

@@ -24,9 +24,15 @@ DECODER_EPOCHS = {"xnli": 3, "tydiqa": 3, "nusax": 5}
 DECODERS = {"meta-llama/Llama-3.1-8B": "tiny:llama", "google/gemma-2-9b": "tiny:gemma2"}
 TINY = {"FacebookAI/xlm-roberta-large": "tiny:xlm-roberta", "google/mt5-xl": "tiny:mt5", **DECODERS}
 # The Table 1 files of the other models: (task, model) by file
-OTHER_MODELS = {f"paper/table1-{task}-{name}.yaml": (task, model) for task in ("xnli", "tydiqa", "nusax")
-                for name, model in (("mt5-xl", "google/mt5-xl"), ("llama-3.1-8b", "meta-llama/Llama-3.1-8B"),
-                                    ("gemma-2-9b", "google/gemma-2-9b"))}
+OTHER_MODELS = {
+    f"paper/table1-{task}-{name}.yaml": (task, model)
+    for task in ("xnli", "tydiqa", "nusax")
+    for name, model in (
+        ("mt5-xl", "google/mt5-xl"),
+        ("llama-3.1-8b", "meta-llama/Llama-3.1-8B"),
+        ("gemma-2-9b", "google/gemma-2-9b"),
+    )
+}
 # The paper's target languages, the columns of Tables 6-8 (en is the source; NusaX's bbc is excluded in the paper,
 # Sec. 4.3): XNLI's fourteen come from the hub copy (the offline one has sw, ur and myXNLI's my)
 LANGUAGES = {
@@ -36,9 +42,19 @@ LANGUAGES = {
 }
 METRIC = {"xnli": "validation/accuracy", "tydiqa": "validation/exact_match", "nusax": "validation/macro_f1"}
 # What the toy command of every header sets (the rest of the file stays the paper's)
-TOY_KEYS = {"model.name_or_path", "method.flare.mt_encoder", "task.languages", "task.max_records", "training.epochs",
-            "search.seeds", "scaling.use_gpu", "training.precision", "scaling.cpus_per_worker", "storage_path",
-            "translation.model"}
+TOY_KEYS = {
+    "model.name_or_path",
+    "method.flare.mt_encoder",
+    "task.languages",
+    "task.max_records",
+    "training.epochs",
+    "search.seeds",
+    "scaling.use_gpu",
+    "training.precision",
+    "scaling.cpus_per_worker",
+    "storage_path",
+    "translation.model",
+}
 
 
 def header(path: Path) -> str:
@@ -97,8 +113,10 @@ def test_the_lr_header_names_the_rank_it_sets():
 def test_appendix_e_trains_with_fusion_on_half_and_reads_no_source_at_inference():
     path = SPACES / "paper" / "appendix-e-train-only.yaml"
     config = load_experiment(path)
-    assert config.search.grid == {"method.flare.fusion_probability": [1.0, 0.5],
-                                  "method.flare.source_at_inference": [True, False]}
+    assert config.search.grid == {
+        "method.flare.fusion_probability": [1.0, 0.5],
+        "method.flare.source_at_inference": [True, False],
+    }
     assert config.method.kind == "flare" and config.search.seeds == [0, 1, 2, 3, 4] and config.search.scheduler is None
     assert config.task.name == "nusax" and config.task.languages == LANGUAGES["nusax"]
     assert config.model.name_or_path == "FacebookAI/xlm-roberta-large" and "Appendix E" in header(path)
@@ -125,11 +143,20 @@ def _a_seeded_grid_over(config, grid: dict) -> None:
 
 
 # Every file that reproduces a table of the paper, and that table
-TABLES = {"paper/table1-xnli.yaml": 6, "paper/table1-tydiqa.yaml": 7, "paper/table1-nusax.yaml": 8,
-          "paper/table2-tydiqa.yaml": 7, "paper/table2-nusax.yaml": 8, "paper/table3-tydiqa.yaml": 7, "rank.yaml": 8,
-          "fusion.yaml": 8, "paper/table4-xnli.yaml": 6, "paper/table4-nusax.yaml": 8,
-          "paper/appendix-e-train-only.yaml": 8,
-          **{name: {"xnli": 6, "tydiqa": 7, "nusax": 8}[task] for name, (task, _) in OTHER_MODELS.items()}}
+TABLES = {
+    "paper/table1-xnli.yaml": 6,
+    "paper/table1-tydiqa.yaml": 7,
+    "paper/table1-nusax.yaml": 8,
+    "paper/table2-tydiqa.yaml": 7,
+    "paper/table2-nusax.yaml": 8,
+    "paper/table3-tydiqa.yaml": 7,
+    "rank.yaml": 8,
+    "fusion.yaml": 8,
+    "paper/table4-xnli.yaml": 6,
+    "paper/table4-nusax.yaml": 8,
+    "paper/appendix-e-train-only.yaml": 8,
+    **{name: {"xnli": 6, "tydiqa": 7, "nusax": 8}[task] for name, (task, _) in OTHER_MODELS.items()},
+}
 PER_LANGUAGE = {6: "xnli", 7: "tydiqa", 8: "nusax"}  # the per-language table of each task
 
 
@@ -196,10 +223,17 @@ def test_table1_of_mt5_llama_and_gemma_is_the_authors_recipe(name):
     assert (lora.r, lora.lora_alpha, lora.dropout, lora.modules_to_save) == (64, 128, 0.0, None)
     assert config.training.precision == "bf16" and config.method.flare.fusion == "add_relu"
     if decoder:
-        assert (config.model.quantization, config.model.dtype, lora.target_modules) == ("4bit", "bfloat16", "all-linear")
+        assert (config.model.quantization, config.model.dtype, lora.target_modules) == (
+            "4bit",
+            "bfloat16",
+            "all-linear",
+        )
         assert "X-Mixup on a decoder is this platform's" in header(SPACES / name)
     else:
-        assert (config.model.quantization, lora.target_modules) == ("none", None) and config.model.head in (None, "task")
+        assert (config.model.quantization, lora.target_modules) == ("none", None) and config.model.head in (
+            None,
+            "task",
+        )
     assert "Table 1" in header(SPACES / name) and "Table 5" in header(SPACES / name)
 
 
@@ -221,8 +255,10 @@ def test_table4_is_the_grid_it_claims_to_be_with_gold_english_at_inference(task)
     config = load_experiment(path)
     _a_seeded_grid_over(config, {"method.kind": ["input_fusion", "flare"]})
     assert config.task.name == task and config.method.flare.fusion == "add_relu"
-    gold = {"xnli": "target: gold XNLI test set; source: gold English test set",  # the hub's copy
-            "nusax": "target: gold test set; source: its human English translation"}[task]
+    gold = {
+        "xnli": "target: gold XNLI test set; source: gold English test set",  # the hub's copy
+        "nusax": "target: gold test set; source: its human English translation",
+    }[task]
     for language in config.task.languages:
         provenance = get_task(config.task.task_config(language)).provenance()
         assert provenance["test"]["made_of"] == gold

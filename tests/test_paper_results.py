@@ -21,11 +21,20 @@ TEXT_PATH = ROOT / "tests" / "data" / "flare-paper-tables.txt"
 COLUMNS = ["table", "model", "task", "language", "setting", "method", "variant", "metric", "mean", "std"]
 KEY = COLUMNS[:7]
 
-MODELS = {"XLM-R Large": "FacebookAI/xlm-roberta-large", "mT5-XL": "google/mt5-xl",
-          "Llama 3.1 8B": "meta-llama/Llama-3.1-8B", "Gemma 2 9B": "google/gemma-2-9b"}
-TRAIN_METHODS = {"w/ LoRA": "lora", "w/ X-Mixup": "xmixup", "w/ input-level fusion": "input_fusion",
-                 "w/ FLARE MT": "flare_mt", "w/ FLARE": "flare",
-                 "FLARE": "flare"}  # Table 6, gold block: mT5-XL's second row is printed without "w/"
+MODELS = {
+    "XLM-R Large": "FacebookAI/xlm-roberta-large",
+    "mT5-XL": "google/mt5-xl",
+    "Llama 3.1 8B": "meta-llama/Llama-3.1-8B",
+    "Gemma 2 9B": "google/gemma-2-9b",
+}
+TRAIN_METHODS = {
+    "w/ LoRA": "lora",
+    "w/ X-Mixup": "xmixup",
+    "w/ input-level fusion": "input_fusion",
+    "w/ FLARE MT": "flare_mt",
+    "w/ FLARE": "flare",
+    "FLARE": "flare",
+}  # Table 6, gold block: mT5-XL's second row is printed without "w/"
 METRICS = {"xnli": "accuracy", "tydiqa": "exact_match", "nusax": "macro_f1"}
 LANGUAGES = {
     "xnli": {"en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"},
@@ -66,11 +75,11 @@ def split_row(line: str) -> tuple[str, list[tuple[str, str]], bool]:
     matches = list(CELL.finditer(line))
     if not matches:
         return line.strip(), [], False
-    label = line[:matches[0].start()].strip()
+    label = line[: matches[0].start()].strip()
     cells = []
     pos = matches[0].start()
     for m in matches:
-        assert not line[pos:m.start()].strip(), f"unreadable text {line[pos:m.start()]!r} in {line[:40]!r}"
+        assert not line[pos : m.start()].strip(), f"unreadable text {line[pos : m.start()]!r} in {line[:40]!r}"
         mean = m.group("m1") or m.group("m2") or m.group("m3")
         cells.append((mean, m.group("s1") or ""))
         pos = m.end()
@@ -87,7 +96,7 @@ def split_row(line: str) -> tuple[str, list[tuple[str, str]], bool]:
 def model_and_rest(label: str, model: str | None) -> tuple[str | None, str]:
     for name in MODELS:
         if label == name or label.startswith(name + " "):
-            return name, label[len(name):].strip()
+            return name, label[len(name) :].strip()
     return model, label
 
 
@@ -197,10 +206,20 @@ def test_columns_and_value_sets(rows):
     assert {r["model"] for r in rows} == set(MODELS.values())
     assert {r["task"] for r in rows} == set(METRICS)
     assert {r["setting"] for r in rows} == {"mt", "gold"}
-    assert {r["method"] for r in rows} == {"zero_shot", "translate_test", "lora", "xmixup", "input_fusion",
-                                           "flare_mt", "flare"}
-    assert {r["variant"] for r in rows} == {"", *(f"method.flare.fusion={f}" for f in FUSIONS.values()),
-                                            *(f"method.lora.r={r}" for r in (8, 64, 128))}
+    assert {r["method"] for r in rows} == {
+        "zero_shot",
+        "translate_test",
+        "lora",
+        "xmixup",
+        "input_fusion",
+        "flare_mt",
+        "flare",
+    }
+    assert {r["variant"] for r in rows} == {
+        "",
+        *(f"method.flare.fusion={f}" for f in FUSIONS.values()),
+        *(f"method.lora.r={r}" for r in (8, 64, 128)),
+    }
     for r in rows:
         assert r["metric"] == METRICS[r["task"]]
         assert re.fullmatch(r"\d+\.\d\d", r["mean"]), r
@@ -216,26 +235,39 @@ def test_columns_and_value_sets(rows):
     assert {r["method"] for r in gold} == {"input_fusion", "flare"}
     assert {r["model"] for r in gold} == {"FacebookAI/xlm-roberta-large", "google/mt5-xl"}
     for task, languages in LANGUAGES.items():
-        assert {r["language"] for r in rows if r["table"] in {"6", "7", "8"} and r["task"] == task} \
-            == languages | {"average"}
+        assert {r["language"] for r in rows if r["table"] in {"6", "7", "8"} and r["task"] == task} == languages | {
+            "average"
+        }
 
 
-@pytest.mark.parametrize("table,model,task,language,setting,method,variant,mean,std", [
-    ("1", "FacebookAI/xlm-roberta-large", "nusax", "average", "mt", "flare", "", "79.18", "1.4"),
-    ("1", "meta-llama/Llama-3.1-8B", "tydiqa", "average", "mt", "translate_test", "", "2.53", "0.4"),
-    ("1", "google/gemma-2-9b", "tydiqa", "average", "mt", "flare", "", "52.14", "0.7"),
-    ("2", "FacebookAI/xlm-roberta-large", "tydiqa", "average", "mt", "flare", "method.flare.fusion=add", "40.76",
-     ""),
-    ("3", "FacebookAI/xlm-roberta-large", "nusax", "average", "mt", "flare", "method.lora.r=8", "79.52", ""),
-    ("3", "FacebookAI/xlm-roberta-large", "tydiqa", "average", "mt", "flare_mt", "method.lora.r=128", "40.21", ""),
-    ("4", "google/mt5-xl", "xnli", "average", "gold", "input_fusion", "", "89.67", ""),
-    ("6", "google/mt5-xl", "xnli", "ur", "gold", "flare", "", "79.22", ""),  # the bare "FLARE" row
-    ("6", "meta-llama/Llama-3.1-8B", "xnli", "sw", "mt", "translate_test", "", "73.30", ""),
-    ("7", "meta-llama/Llama-3.1-8B", "tydiqa", "bn", "mt", "zero_shot", "", "0.00", ""),
-    ("7", "meta-llama/Llama-3.1-8B", "tydiqa", "ko", "mt", "xmixup", "", "0.00", ""),
-    ("8", "google/gemma-2-9b", "nusax", "bug", "mt", "zero_shot", "", "31.92", ""),
-    ("8", "FacebookAI/xlm-roberta-large", "nusax", "nij", "mt", "translate_test", "", "59.35", ""),  # the cut cell
-])
+@pytest.mark.parametrize(
+    "table,model,task,language,setting,method,variant,mean,std",
+    [
+        ("1", "FacebookAI/xlm-roberta-large", "nusax", "average", "mt", "flare", "", "79.18", "1.4"),
+        ("1", "meta-llama/Llama-3.1-8B", "tydiqa", "average", "mt", "translate_test", "", "2.53", "0.4"),
+        ("1", "google/gemma-2-9b", "tydiqa", "average", "mt", "flare", "", "52.14", "0.7"),
+        (
+            "2",
+            "FacebookAI/xlm-roberta-large",
+            "tydiqa",
+            "average",
+            "mt",
+            "flare",
+            "method.flare.fusion=add",
+            "40.76",
+            "",
+        ),
+        ("3", "FacebookAI/xlm-roberta-large", "nusax", "average", "mt", "flare", "method.lora.r=8", "79.52", ""),
+        ("3", "FacebookAI/xlm-roberta-large", "tydiqa", "average", "mt", "flare_mt", "method.lora.r=128", "40.21", ""),
+        ("4", "google/mt5-xl", "xnli", "average", "gold", "input_fusion", "", "89.67", ""),
+        ("6", "google/mt5-xl", "xnli", "ur", "gold", "flare", "", "79.22", ""),  # the bare "FLARE" row
+        ("6", "meta-llama/Llama-3.1-8B", "xnli", "sw", "mt", "translate_test", "", "73.30", ""),
+        ("7", "meta-llama/Llama-3.1-8B", "tydiqa", "bn", "mt", "zero_shot", "", "0.00", ""),
+        ("7", "meta-llama/Llama-3.1-8B", "tydiqa", "ko", "mt", "xmixup", "", "0.00", ""),
+        ("8", "google/gemma-2-9b", "nusax", "bug", "mt", "zero_shot", "", "31.92", ""),
+        ("8", "FacebookAI/xlm-roberta-large", "nusax", "nij", "mt", "translate_test", "", "59.35", ""),  # the cut cell
+    ],
+)
 def test_known_cells(rows, table, model, task, language, setting, method, variant, mean, std):
     want = (table, model, task, language, setting, method, variant)
     found = [r for r in rows if tuple(r[c] for c in KEY) == want]

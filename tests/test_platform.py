@@ -43,8 +43,12 @@ def environment() -> dict[str, str]:
 
 def run_tune(storage: Path, *overrides: str, resume: bool = False) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        tune_command(storage, *overrides, resume=resume), env=environment(), cwd=REPO,
-        capture_output=True, text=True, timeout=900,
+        tune_command(storage, *overrides, resume=resume),
+        env=environment(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
@@ -76,7 +80,9 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
     (parent,) = parents
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert parent.info.status == "FINISHED"
-    assert {"config.json", "search_space.txt", "data_provenance.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.json", "search_space.txt", "data_provenance.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     assert parent.data.tags["version.ray"] and parent.data.tags["git_commit"]
     # artifacts live with the sweep's storage, not in ./mlruns of wherever the command ran
     assert client.get_experiment_by_name("quickstart").artifact_location == (tmp_path / "mlartifacts").as_uri()
@@ -87,8 +93,14 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
     (state,) = (tmp_path / "quickstart-jav").glob("searcher-state-*.pkl")
     searcher = OptunaSearch()
     searcher.restore(str(state))
-    proposed = sorted((t.params["method.flare.fusion"], round(t.params["training.learning_rate"], 12)) for t in searcher._ot_study.trials)
-    recorded = sorted((c.data.params["method.flare.fusion"], round(float(c.data.params["training.learning_rate"]), 12)) for c in children)
+    proposed = sorted(
+        (t.params["method.flare.fusion"], round(t.params["training.learning_rate"], 12))
+        for t in searcher._ot_study.trials
+    )
+    recorded = sorted(
+        (c.data.params["method.flare.fusion"], round(float(c.data.params["training.learning_rate"]), 12))
+        for c in children
+    )
     assert proposed == recorded and len(proposed) == samples
     for c in children:
         assert c.data.params["method.flare.fusion"] in {"add", "mul", "add_relu", "cross_attention"}
@@ -98,13 +110,20 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
         assert [m.step for m in curve] == list(range(1, len(curve) + 1))  # one point per epoch
 
     # ASHA stopped at least one trial early; finished ones have test scores and their adapter.
-    epochs = {c.info.run_id: max(m.step for m in client.get_metric_history(c.info.run_id, "validation/loss")) for c in children}
+    epochs = {
+        c.info.run_id: max(m.step for m in client.get_metric_history(c.info.run_id, "validation/loss"))
+        for c in children
+    }
     assert min(epochs.values()) < 3 <= max(epochs.values()), epochs
     for c in children:
         finished = epochs[c.info.run_id] == 3
         assert ("test/macro_f1" in c.data.metrics) == finished
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id, "adapter")}
-        assert {"adapter/adapter_model.safetensors", "adapter/flare_config.json", "adapter/trial_config.json"} <= artifacts
+        assert {
+            "adapter/adapter_model.safetensors",
+            "adapter/flare_config.json",
+            "adapter/trial_config.json",
+        } <= artifacts
 
     # The selected trial is the one with the best MT-validation score among the recorded metrics.
     best = min(children, key=lambda c: best_of(client, c, "validation/loss", "min"))
@@ -116,7 +135,11 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
 
     # The report: one row (a search, no grid) printed at the end, and Optuna's plots of the searched keys.
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.html", "report/optuna-quickstart-jav-parallel.png", "report/optuna-quickstart-jav-importance.png"} <= report
+    assert {
+        "report/report.html",
+        "report/optuna-quickstart-jav-parallel.png",
+        "report/optuna-quickstart-jav-importance.png",
+    } <= report
     assert "| flare " in done.stdout and "Report: quickstart" in done.stdout
 
 
@@ -126,11 +149,21 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     samples, languages = 2, ["jav", "sun"]
     # 8 epochs: long enough that the interrupt lands while trials still run (tiny trials in reused processes
     # take a second or two each)
-    overrides = [f"search.num_samples={samples}", f"task.languages=[{', '.join(languages)}]", *SHORT, *SEQUENTIAL,
-                 "training.epochs=8"]  # fmt: skip
+    overrides = [
+        f"search.num_samples={samples}",
+        f"task.languages=[{', '.join(languages)}]",
+        *SHORT,
+        *SEQUENTIAL,
+        "training.epochs=8",
+    ]
     process = subprocess.Popen(
-        tune_command(tmp_path, *overrides), env=environment(), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        tune_command(tmp_path, *overrides),
+        env=environment(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.time() + 600
     try:
@@ -156,10 +189,15 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
     # happens when the interrupt lands between a save and a trial's first result): made here so that it is
     # always there, it is deleted when the search resumes.
     client, search = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), children[0].data.tags["flare_ray.search"]
-    unsaved = client.create_run(parents[0].info.experiment_id, tags={
-        "mlflow.parentRunId": parents[0].info.run_id, "flare_ray.search": search, "flare_ray.trial_id": "unsaved",
-        "flare_ray.language": children[0].data.tags["flare_ray.language"],
-    }).info.run_id  # fmt: skip
+    unsaved = client.create_run(
+        parents[0].info.experiment_id,
+        tags={
+            "mlflow.parentRunId": parents[0].info.run_id,
+            "flare_ray.search": search,
+            "flare_ray.trial_id": "unsaved",
+            "flare_ray.language": children[0].data.tags["flare_ray.language"],
+        },
+    ).info.run_id
 
     run_tune(tmp_path, *overrides, resume=True)
     assert client.get_run(unsaved).info.lifecycle_stage == "deleted"
@@ -174,10 +212,24 @@ def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):
 def test_ray_job_submit_against_a_local_head(tmp_path):
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     env = {**environment(), "RAY_AUTH_MODE": "token"}
-    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--disable-usage-stats"], env=env, check=True,
-                   capture_output=True, timeout=180, cwd=REPO)
+    subprocess.run(
+        [ray, "start", "--head", "--num-cpus=2", "--disable-usage-stats"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+        cwd=REPO,
+    )
     try:
-        command = [ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--", *tune_command(tmp_path, "search.num_samples=2", *SHORT)]
+        command = [
+            ray,
+            "job",
+            "submit",
+            "--address",
+            "http://127.0.0.1:8265",
+            "--",
+            *tune_command(tmp_path, "search.num_samples=2", *SHORT),
+        ]
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout + done.stderr
@@ -197,9 +249,23 @@ def test_stage1_by_hand_is_an_adapter_that_trials_merge(tmp_path):
 
     output = tmp_path / "stage1"
     done = subprocess.run(
-        [sys.executable, "-m", "flare_ray.stage1", str(QUICKSTART), "--output", str(output),
-         "--set", f"storage_path={tmp_path}", "--set", "training.epochs=1"],
-        env=environment(), cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "flare_ray.stage1",
+            str(QUICKSTART),
+            "--output",
+            str(output),
+            "--set",
+            f"storage_path={tmp_path}",
+            "--set",
+            "training.epochs=1",
+        ],
+        env=environment(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     info = json.loads((output / "stage1.json").read_text())
@@ -218,7 +284,12 @@ def test_stage1_by_hand_is_an_adapter_that_trials_merge(tmp_path):
 
 
 def test_stage1_auto_trains_once_and_every_later_sweep_reuses_it(tmp_path):
-    auto = ["model.stage1=auto", "stage1.training={epochs: 1, batch_size: 16, max_length: 64}", "search.num_samples=1", *SHORT]
+    auto = [
+        "model.stage1=auto",
+        "stage1.training={epochs: 1, batch_size: 16, max_length: 64}",
+        "search.num_samples=1",
+        *SHORT,
+    ]
     first = run_tune(tmp_path, *auto)
     second = run_tune(tmp_path, *auto, "name=quickstart-again", "tracking.experiment_name=quickstart")
     assert "stage 1: trained" in first.stdout and "stage 1: reused" in second.stdout
@@ -229,7 +300,9 @@ def test_stage1_auto_trains_once_and_every_later_sweep_reuses_it(tmp_path):
     assert sorted(p.data.tags["stage1.reused"] for p in parents) == ["false", "true"]
     assert all("stage1.english_validation.macro_f1" in p.data.metrics for p in parents)
     for child in children:  # every trial started from that stage 1
-        trial = client.download_artifacts(child.info.run_id, "adapter/trial_config.json", str(tmp_path / child.info.run_id))
+        trial = client.download_artifacts(
+            child.info.run_id, "adapter/trial_config.json", str(tmp_path / child.info.run_id)
+        )
         assert json.loads(Path(trial).read_text())["experiment"]["model"]["stage1"] == str(folder)
 
 
@@ -238,9 +311,20 @@ def test_a_file_uri_storage_path_holds_the_whole_sweep(tmp_path):
     uri = store.as_uri()
     auto = ["model.stage1=auto", "stage1.training={epochs: 1, batch_size: 16, max_length: 64}", "search.num_samples=1"]
     done = subprocess.run(
-        [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), "--set", f"storage_path={uri}",
-         *[x for o in [*auto, *SHORT] for x in ("--set", o)]],
-        env=environment(), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "flare_ray.tune",
+            str(QUICKSTART),
+            "--set",
+            f"storage_path={uri}",
+            *[x for o in [*auto, *SHORT] for x in ("--set", o)],
+        ],
+        env=environment(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert list(tmp_path.iterdir()) == [store]  # nothing under the working directory (no "file:" folder)
@@ -252,7 +336,9 @@ def test_a_file_uri_storage_path_holds_the_whole_sweep(tmp_path):
     client, parents, children = mlflow_runs(store)
     assert client.get_experiment_by_name("quickstart").artifact_location == (store / "mlartifacts").as_uri()
     assert parents[0].data.tags["stage1.path"] == str(stage1) and len(children) == 1
-    assert {"adapter/adapter_model.safetensors"} <= {a.path for a in client.list_artifacts(children[0].info.run_id, "adapter")}
+    assert {"adapter/adapter_model.safetensors"} <= {
+        a.path for a in client.list_artifacts(children[0].info.run_id, "adapter")
+    }
     assert list((store / "mlartifacts").rglob("adapter_model.safetensors"))
     assert Path(children[0].data.tags["best_checkpoint"]).is_relative_to(store / "quickstart-jav")
 
@@ -268,14 +354,24 @@ def test_a_trial_killed_from_outside_is_named_with_its_log_and_the_command_exits
     reported and its log file; a failed trial is no candidate for selection, so this sweep (no other trial)
     fails as a whole, and the command exits non-zero at once."""
     overrides = ["search.space={}", "search.num_samples=1", "search.scheduler=null", "training.epochs=40"]
-    process = subprocess.Popen(tune_command(tmp_path, *overrides), env=environment(), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        tune_command(tmp_path, *overrides),
+        env=environment(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline:  # the trial has reported an epoch: its log names its process
             logs = list(tmp_path.glob("logs/quickstart-jav/*.log"))
-            if logs and list(tmp_path.glob("quickstart-jav/run_trial_*/result.json")) and any(
-                    r.read_text().strip() for r in tmp_path.glob("quickstart-jav/run_trial_*/result.json")):
+            if (
+                logs
+                and list(tmp_path.glob("quickstart-jav/run_trial_*/result.json"))
+                and any(r.read_text().strip() for r in tmp_path.glob("quickstart-jav/run_trial_*/result.json"))
+            ):
                 break
             assert process.poll() is None, process.stdout.read()[-3000:]
             time.sleep(1)

@@ -35,7 +35,9 @@ from flare_ray.translate.store import provenance_path
 
 from .helpers import help_text
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
+QUICKSTART = (
+    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+)  # the small search the tests build on
 TEST_RECORDS = 16
 MODEL = "quickstart-nusax-jav"
 
@@ -52,11 +54,14 @@ def fake_store(tmp_path):
     client = MlflowClient(uri)
     experiment = client.create_experiment("fake", artifact_location=(tmp_path / "artifacts").as_uri())
     for task, language in (("nusax", "jav"), ("xnli", "sw")):
-        config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", f"task.name={task}", f"task.languages=[{language}]"])
+        config = load_experiment(
+            QUICKSTART, [f"storage_path={tmp_path}", f"task.name={task}", f"task.languages=[{language}]"]
+        )
         folder = tmp_path / f"adapter-{task}"
         folder.mkdir()
-        (folder / "trial_config.json").write_text(json.dumps({"experiment": config.model_dump(mode="json"),
-                                                              "language": language, "epoch": 1}))  # fmt: skip
+        (folder / "trial_config.json").write_text(
+            json.dumps({"experiment": config.model_dump(mode="json"), "language": language, "epoch": 1})
+        )
         run = client.create_run(experiment)
         client.log_artifact(run.info.run_id, str(folder / "trial_config.json"), "adapter")
         register_best(client, run.info.run_id, f"fake-{task}-{language}", {})
@@ -70,7 +75,10 @@ def fake_store(tmp_path):
         ("output_extension", r"out\.parquet: unknown file type '\.parquet'"),
         ("input_missing", r"nope\.csv: file not found"),
         ("missing_column", r"in\.csv: missing column 'text': nusax reads the target-language text from \['text'\]"),
-        ("partial_source", r"in\.tsv: missing column 'source_hypothesis': the English side is given in \['source_premise'\]"),
+        (
+            "partial_source",
+            r"in\.tsv: missing column 'source_hypothesis': the English side is given in \['source_premise'\]",
+        ),
         ("not_text", r"in\.jsonl: column 'text': row 2 \(counting from 1\) has no value"),
         ("empty", r"in\.csv: no rows"),
         ("unknown_model", r"unknown model 'nope': no registered model of that name and no run with that id in sqlite:"),
@@ -78,8 +86,9 @@ def fake_store(tmp_path):
         ("no_store", r"absent\.db: no MLflow store"),
     ],
 )
-def test_bad_input_is_one_line_naming_the_file_and_column_before_any_model(tmp_path, fake_store, monkeypatch, capsys,
-                                                                         case, expected):  # fmt: skip
+def test_bad_input_is_one_line_naming_the_file_and_column_before_any_model(
+    tmp_path, fake_store, monkeypatch, capsys, case, expected
+):
     monkeypatch.setattr(predictor_module, "build_trial", no_model)
     monkeypatch.setattr(english_module, "translate_with_ray", no_model)
     model, uri, output = "fake-nusax-jav", fake_store, tmp_path / "out.csv"
@@ -96,7 +105,9 @@ def test_bad_input_is_one_line_naming_the_file_and_column_before_any_model(tmp_p
         pd.DataFrame({"sentence": ["Aku seneng"]}).to_csv(source, index=False)
     elif case == "partial_source":
         model, source = "fake-xnli-sw", tmp_path / "in.tsv"
-        pd.DataFrame({"premise": ["a"], "hypothesis": ["b"], "source_premise": ["A"]}).to_csv(source, sep="\t", index=False)
+        pd.DataFrame({"premise": ["a"], "hypothesis": ["b"], "source_premise": ["A"]}).to_csv(
+            source, sep="\t", index=False
+        )
     elif case == "not_text":
         source = tmp_path / "in.jsonl"
         source.write_text('{"text": "Aku seneng"}\n{"text": null}\n')
@@ -118,8 +129,15 @@ def test_bad_input_is_one_line_naming_the_file_and_column_before_any_model(tmp_p
 
 def test_help_names_the_input_columns_of_every_task(capsys):
     text = help_text(main, build_parser(), capsys)
-    for columns in ("text; English side (optional): source_text", "premise, hypothesis", "source_premise, source_hypothesis",
-                    "question, context", "source_question, source_context", "--translation-cache", "$MLFLOW_TRACKING_URI"):
+    for columns in (
+        "text; English side (optional): source_text",
+        "premise, hypothesis",
+        "source_premise, source_hypothesis",
+        "question, context",
+        "source_question, source_context",
+        "--translation-cache",
+        "$MLFLOW_TRACKING_URI",
+    ):
         assert columns in text, columns
 
 
@@ -131,16 +149,30 @@ def sweep(tmp_path_factory, tiny_path, local_ray):
 
     root = tmp_path_factory.mktemp("predict-sweep")
     mt_dir = root / "mt"
-    pipeline.run(parse_config({
-        "task": {"name": "nusax", "language": "jav", "max_records": {"test": TEST_RECORDS}}, "roles": ["test"],
-        "mt_dir": str(mt_dir), "model": str(tiny_path("m2m_100")), "max_length": 16, "batch_size": 8,
-    }))  # fmt: skip
+    pipeline.run(
+        parse_config(
+            {
+                "task": {"name": "nusax", "language": "jav", "max_records": {"test": TEST_RECORDS}},
+                "roles": ["test"],
+                "mt_dir": str(mt_dir),
+                "model": str(tiny_path("m2m_100")),
+                "max_length": 16,
+                "batch_size": 8,
+            }
+        )
+    )
     overrides = [
-        f"storage_path={root}", f"task.max_records={{train: 32, validation: 16, test: {TEST_RECORDS}}}",
-        f"task.mt_dir={mt_dir}", "task.splits={test: mt}", "training.epochs=1", "search.scheduler=null",
-        "search.space={}", "search.num_samples=1", "search.grid={method.kind: [flare, flare_mt]}",
+        f"storage_path={root}",
+        f"task.max_records={{train: 32, validation: 16, test: {TEST_RECORDS}}}",
+        f"task.mt_dir={mt_dir}",
+        "task.splits={test: mt}",
+        "training.epochs=1",
+        "search.scheduler=null",
+        "search.space={}",
+        "search.num_samples=1",
+        "search.grid={method.kind: [flare, flare_mt]}",
         "method.flare.mt_encoder=tiny:m2m_100",
-    ]  # fmt: skip
+    ]
     with pytest.MonkeyPatch.context() as env:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         assert tune([str(QUICKSTART), *[a for o in overrides for a in ("--set", o)]]) == 0
@@ -149,15 +181,22 @@ def sweep(tmp_path_factory, tiny_path, local_ray):
     runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     children = {r.data.tags["flare_ray.method"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert sorted(children) == ["flare", "flare_mt"]
-    task = get_task(TaskConfig(name="nusax", language="jav", mt_dir=mt_dir, splits={"test": "mt"},
-                               max_records={"test": TEST_RECORDS}))  # fmt: skip
+    task = get_task(
+        TaskConfig(
+            name="nusax", language="jav", mt_dir=mt_dir, splits={"test": "mt"}, max_records={"test": TEST_RECORDS}
+        )
+    )
     return {"root": root, "uri": uri, "client": client, "children": children, "records": task.load("test")}
 
 
 def run_predictions(sweep, run_id: str) -> pd.DataFrame:
     """A run's own ``predictions/test.parquet``."""
-    path = download_artifacts(run_id=run_id, artifact_path="predictions/test.parquet", tracking_uri=sweep["uri"],
-                              dst_path=str(sweep["root"] / "downloads" / run_id))  # fmt: skip
+    path = download_artifacts(
+        run_id=run_id,
+        artifact_path="predictions/test.parquet",
+        tracking_uri=sweep["uri"],
+        dst_path=str(sweep["root"] / "downloads" / run_id),
+    )
     return pd.read_parquet(path)
 
 
@@ -165,8 +204,12 @@ def rescored(sweep, run_id: str) -> pd.DataFrame:
     """The run's adapter re-scored on its test split by the evaluation's own path (``score_checkpoint``)."""
     from flare_ray.search.trial import score_checkpoint
 
-    folder = download_artifacts(run_id=run_id, artifact_path="adapter", tracking_uri=sweep["uri"],
-                                dst_path=str(sweep["root"] / "adapters" / run_id))  # fmt: skip
+    folder = download_artifacts(
+        run_id=run_id,
+        artifact_path="adapter",
+        tracking_uri=sweep["uri"],
+        dst_path=str(sweep["root"] / "adapters" / run_id),
+    )
     return score_checkpoint(folder)[1]
 
 
@@ -208,8 +251,9 @@ def predict(sweep, model: str, rows: pd.DataFrame, tmp_path: Path, name: str, *e
 
 
 @pytest.mark.slow
-def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_each_run(sweep, tmp_path, capsys,
-                                                                                          model_calls):  # fmt: skip
+def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_each_run(
+    sweep, tmp_path, capsys, model_calls
+):
     records = sweep["records"]
     rows = pd.DataFrame({"id": records["id"], "text": records["target_text"], "source_text": records["source_text"]})
     (version,) = sweep["client"].search_model_versions(f"name='{MODEL}'")
@@ -242,8 +286,13 @@ def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_
     human = get_task(TaskConfig(name="nusax", language="jav", max_records={"test": TEST_RECORDS})).load("test")
     assert list(human["id"]) == list(records["id"]) and human["source_text"] != records["source_text"]
     model_calls.clear()
-    predict(sweep, sweep["children"]["flare"].info.run_id, rows.assign(source_text=human["source_text"]), tmp_path,
-            "human.csv")  # fmt: skip
+    predict(
+        sweep,
+        sweep["children"]["flare"].info.run_id,
+        rows.assign(source_text=human["source_text"]),
+        tmp_path,
+        "human.csv",
+    )
     (other,) = model_calls
     assert torch.equal(other["inputs"]["input_ids"], passes["flare"]["inputs"]["input_ids"])
     assert not torch.equal(other["logits"], passes["flare"]["logits"])
@@ -262,15 +311,21 @@ def test_a_missing_english_side_is_translated_by_the_runs_nllb_once(sweep, tmp_p
 
     (cached,) = cache.glob("*.parquet")
     provenance = json.loads(provenance_path(cached).read_text())
-    assert provenance["mt_model"] == json.loads(provenance_path(sweep["root"] / "mt" / "nusax" / "jav" / "test.parquet")
-                                                .read_text())["mt_model"]  # the run's test split's translator
+    assert (
+        provenance["mt_model"]
+        == json.loads(provenance_path(sweep["root"] / "mt" / "nusax" / "jav" / "test.parquet").read_text())["mt_model"]
+    )  # the run's test split's translator
     assert provenance["source_nllb"] == "jav_Latn" and provenance["target_nllb"] == "eng_Latn"
     table = pd.read_parquet(cached)
     assert sorted(table["text"]) == sorted(set(records["target_text"]))
     # The same tiny NLLB, the same settings: the English side the run was tested on, and so what the model computes.
     english = dict(zip(table["text"], table["translation"]))
     assert [english[t] for t in records["target_text"]] == list(records["source_text"])
-    assert list(out["prediction"]) == list(evaluation["prediction"]) == list(run_predictions(sweep, run.info.run_id)["prediction"])
+    assert (
+        list(out["prediction"])
+        == list(evaluation["prediction"])
+        == list(run_predictions(sweep, run.info.run_id)["prediction"])
+    )
     same_pass(*model_calls)
 
     # Again: everything comes from the cache, nothing is translated, the cache is not rewritten.

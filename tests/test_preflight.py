@@ -70,22 +70,27 @@ def local_model(folder: Path, layers: int) -> Path:
 
 
 # -- model.name_or_path ----------------------------------------------------------------------------
-@pytest.mark.parametrize("value", ["/no/such/models/xlmr", "./models/xlmr", "../xlmr", "~/no-such-flare-model",
-                                   "models/xlmr/large", "not a hub id"])
+@pytest.mark.parametrize(
+    "value",
+    ["/no/such/models/xlmr", "./models/xlmr", "../xlmr", "~/no-such-flare-model", "models/xlmr/large", "not a hub id"],
+)
 def test_a_local_model_folder_that_does_not_exist(value, tmp_path, capsys):
     path = write(tmp_path, model(value))
     relative = "" if value.startswith(("/", "~")) else f" (relative to {tmp_path})"
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
-        assert (f"line 3, model.name_or_path: {value!r} does not exist{relative}; expected a model folder, a Hugging "
-                "Face hub id ('org/name') or tiny:<arch>") in message  # fmt: skip
+        assert (
+            f"line 3, model.name_or_path: {value!r} does not exist{relative}; expected a model folder, a Hugging "
+            "Face hub id ('org/name') or tiny:<arch>"
+        ) in message
 
 
 def test_an_override_naming_a_missing_folder_is_named(tmp_path, capsys):
     path = write(tmp_path, BASE)
     for message in errors(path, capsys, ("model.name_or_path=/no/such/model",)):
-        assert ("model.name_or_path (from --set model.name_or_path=/no/such/model): '/no/such/model' does not "
-                "exist") in message
+        assert (
+            "model.name_or_path (from --set model.name_or_path=/no/such/model): '/no/such/model' does not exist"
+        ) in message
 
 
 def test_a_local_folder_is_local_even_when_it_looks_like_a_hub_id(tmp_path, capsys):
@@ -101,9 +106,11 @@ def test_a_hub_model_missing_from_the_cache_while_offline(switch, tmp_path, caps
     path = write(tmp_path, model("some-org/not-downloaded"))
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
-        assert (f"line 3, model.name_or_path: hub model 'some-org/not-downloaded' is not in the local Hugging Face "
-                f"cache and the hub is offline ({switch}=1); expected a cached model: download it first "
-                "(`hf download some-org/not-downloaded`)") in message  # fmt: skip
+        assert (
+            f"line 3, model.name_or_path: hub model 'some-org/not-downloaded' is not in the local Hugging Face "
+            f"cache and the hub is offline ({switch}=1); expected a cached model: download it first "
+            "(`hf download some-org/not-downloaded`)"
+        ) in message
 
 
 def test_a_hub_model_in_the_cache_offline_or_any_online(tmp_path, capsys, monkeypatch):
@@ -116,16 +123,19 @@ def test_a_hub_model_in_the_cache_offline_or_any_online(tmp_path, capsys, monkey
 def test_a_hub_mt_model_missing_from_the_cache_while_offline(tmp_path, capsys):
     path = write(tmp_path, BASE + "method: {kind: flare_mt, flare: {mt_encoder: some-org/no-mt-model}}\n")
     for message in errors(path, capsys):
-        assert ("line 6, method.flare.mt_encoder: hub model 'some-org/no-mt-model' is not in the local Hugging Face "
-                "cache and the hub is offline (HF_HUB_OFFLINE=1); expected a cached model") in message  # fmt: skip
+        assert (
+            "line 6, method.flare.mt_encoder: hub model 'some-org/no-mt-model' is not in the local Hugging Face "
+            "cache and the hub is offline (HF_HUB_OFFLINE=1); expected a cached model"
+        ) in message
     loads(write(tmp_path, BASE + "method: {kind: flare_mt, flare: {mt_encoder: tiny:m2m_100}}\n"), capsys)
 
 
 def test_a_searched_model_is_checked_for_every_value(tmp_path, capsys):
     path = write(tmp_path, BASE + "search:\n  grid:\n    model.name_or_path: ['tiny:xlm-roberta', /no/such/model]\n")
     for message in errors(path, capsys):
-        assert ("line 8, search.grid.model.name_or_path[1]: '/no/such/model' does not exist; expected a model "
-                "folder") in message
+        assert (
+            "line 8, search.grid.model.name_or_path[1]: '/no/such/model' does not exist; expected a model folder"
+        ) in message
 
 
 # -- model.stage1 ----------------------------------------------------------------------------------
@@ -133,16 +143,20 @@ def test_a_stage1_folder_that_does_not_exist(tmp_path, capsys):
     path = write(tmp_path, BASE.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path"))
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
-        assert (f"line 3, model.stage1: '{tmp_path / 'stage1-adapter'}' is no folder (it does not exist); expected "
-                "a stage-1 adapter folder (written by `python -m flare_ray.stage1`), 'auto' or null") in message
+        assert (
+            f"line 3, model.stage1: '{tmp_path / 'stage1-adapter'}' is no folder (it does not exist); expected "
+            "a stage-1 adapter folder (written by `python -m flare_ray.stage1`), 'auto' or null"
+        ) in message
 
 
 def test_a_stage1_folder_without_its_adapter(tmp_path, capsys):
     (tmp_path / "stage1-adapter").mkdir()
     path = write(tmp_path, BASE.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path"))
     for message in errors(path, capsys):
-        assert (f"line 3, model.stage1: '{tmp_path / 'stage1-adapter'}' holds no stage-1 adapter; expected a "
-                "folder with adapter_config.json (written by `python -m flare_ray.stage1`), 'auto' or null") in message
+        assert (
+            f"line 3, model.stage1: '{tmp_path / 'stage1-adapter'}' holds no stage-1 adapter; expected a "
+            "folder with adapter_config.json (written by `python -m flare_ray.stage1`), 'auto' or null"
+        ) in message
     (tmp_path / "stage1-adapter" / "adapter_config.json").write_text("{}")
     assert loads(path, capsys).model.stage1 == tmp_path / "stage1-adapter"
 
@@ -152,9 +166,11 @@ def test_fusion_layers_beyond_a_tiny_model(tmp_path, capsys):
     path = write(tmp_path, BASE + "method: {flare: {fusion_layers: [0, 4]}}\n")
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
-        assert ("line 6, method.flare.fusion_layers: [0, 4]: 4 is outside the 4 blocks of tiny:xlm-roberta (the tiny "
-                "xlm-roberta model); expected block indices 0 to 3 (negative ones count from the last), ranges of "
-                "them such as '0-3', or one of ['all', 'lower_half', 'upper_half']") in message  # fmt: skip
+        assert (
+            "line 6, method.flare.fusion_layers: [0, 4]: 4 is outside the 4 blocks of tiny:xlm-roberta (the tiny "
+            "xlm-roberta model); expected block indices 0 to 3 (negative ones count from the last), ranges of "
+            "them such as '0-3', or one of ['all', 'lower_half', 'upper_half']"
+        ) in message
     loads(write(tmp_path, BASE + "method: {flare: {fusion_layers: [0, -4, '1-3']}}\n"), capsys)
 
 
@@ -162,15 +178,18 @@ def test_fusion_layers_beyond_a_local_model_read_from_its_config_json(tmp_path, 
     folder = local_model(tmp_path / "xlmr-6", layers=6)
     path = write(tmp_path, model(str(folder), "method: {flare: {fusion_layers: '0-7'}}\n"))
     for message in errors(path, capsys):
-        assert (f"line 6, method.flare.fusion_layers: '0-7': '0-7' is outside the 6 blocks of {folder} "
-                f"(num_hidden_layers in {folder / 'config.json'}); expected block indices 0 to 5") in message
+        assert (
+            f"line 6, method.flare.fusion_layers: '0-7': '0-7' is outside the 6 blocks of {folder} "
+            f"(num_hidden_layers in {folder / 'config.json'}); expected block indices 0 to 5"
+        ) in message
 
 
 def test_fusion_layers_beyond_a_cached_hub_model(tmp_path, capsys):
     path = write(tmp_path, model("FacebookAI/xlm-roberta-large", "method: {flare: {fusion_layers: [23, 24]}}\n"))
     for message in errors(path, capsys):
-        assert ("line 6, method.flare.fusion_layers: [23, 24]: 24 is outside the 24 blocks of "
-                "FacebookAI/xlm-roberta-large") in message
+        assert (
+            "line 6, method.flare.fusion_layers: [23, 24]: 24 is outside the 24 blocks of FacebookAI/xlm-roberta-large"
+        ) in message
         assert "(num_hidden_layers in " in message and "expected block indices 0 to 23" in message
 
 
@@ -180,23 +199,31 @@ def test_fusion_layers_of_a_hub_model_online_and_not_cached_are_not_checked(tmp_
 
 
 def test_fusion_layers_in_the_search_space_every_value(tmp_path, capsys):
-    path = write(tmp_path, BASE + textwrap.dedent("""\
+    path = write(
+        tmp_path,
+        BASE
+        + textwrap.dedent("""\
         search:
           space:
             method.flare.fusion_layers:
               type: categorical
               values: [all, [2, 9], lower_half]
-        """))
+        """),
+    )
     for message in errors(path, capsys):
-        assert ("line 10, search.space.method.flare.fusion_layers.values[1]: [2, 9]: 9 is outside the 4 blocks of "
-                "tiny:xlm-roberta (the tiny xlm-roberta model); expected block indices 0 to 3") in message  # fmt: skip
+        assert (
+            "line 10, search.space.method.flare.fusion_layers.values[1]: [2, 9]: 9 is outside the 4 blocks of "
+            "tiny:xlm-roberta (the tiny xlm-roberta model); expected block indices 0 to 3"
+        ) in message
 
 
 def test_fusion_layers_in_the_grid_every_value(tmp_path, capsys):
     path = write(tmp_path, BASE + "search:\n  grid:\n    method.flare.fusion_layers: [all, '0-5', upper_half]\n")
     for message in errors(path, capsys):
-        assert ("line 8, search.grid.method.flare.fusion_layers[1]: '0-5': '0-5' is outside the 4 blocks of "
-                "tiny:xlm-roberta") in message  # fmt: skip
+        assert (
+            "line 8, search.grid.method.flare.fusion_layers[1]: '0-5': '0-5' is outside the 4 blocks of "
+            "tiny:xlm-roberta"
+        ) in message
 
 
 def test_fusion_layers_are_not_checked_for_methods_without_fusion(tmp_path, capsys):
@@ -205,8 +232,11 @@ def test_fusion_layers_are_not_checked_for_methods_without_fusion(tmp_path, caps
 
 # -- credentials ------------------------------------------------------------------------------------
 def test_a_uri_with_a_password_is_refused_and_the_password_never_shown(tmp_path, capsys):
-    path = write(tmp_path, BASE + "tracking: {tracking_uri: 'http://bob:hunter2@mlflow.internal:5000'}\n"
-                                  "storage_path: 's3://key:secret@bucket/x'\n")
+    path = write(
+        tmp_path,
+        BASE + "tracking: {tracking_uri: 'http://bob:hunter2@mlflow.internal:5000'}\n"
+        "storage_path: 's3://key:secret@bucket/x'\n",
+    )
     for message in errors(path, capsys):
         assert "invalid experiment config (2 problems)" in message
         assert "line 6, tracking.tracking_uri: 'http://bob:***@mlflow.internal:5000' holds a password" in message
@@ -221,7 +251,9 @@ def test_what_is_logged_to_mlflow_has_every_uri_password_blanked(tmp_path):
     from flare_ray.secrets import redact
     from flare_ray.tracking.mlflow_runs import log_params
 
-    assert redact("see http://bob:hunter2@host:5000/x and s3://:k@b") == "see http://bob:***@host:5000/x and s3://:***@b"
+    assert (
+        redact("see http://bob:hunter2@host:5000/x and s3://:k@b") == "see http://bob:***@host:5000/x and s3://:***@b"
+    )
     assert redact("http://host:5000/a@b") == "http://host:5000/a@b"  # no user info: unchanged
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "a")))

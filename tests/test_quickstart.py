@@ -30,14 +30,27 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 MARGIN = 10.0  # test macro-F1 points, FLARE's mean over LoRA's (measured: 21.6)
-NOISE = ("LOAD_FAST", "SIGSEGV", "LOAD REPORT", "maximum expected startup concurrency", "gemm_4bit_forward",
-         "Traceback", "(raylet)", "RayTrainWorker pid=")  # fmt: skip
+NOISE = (
+    "LOAD_FAST",
+    "SIGSEGV",
+    "LOAD REPORT",
+    "maximum expected startup concurrency",
+    "gemm_4bit_forward",
+    "Traceback",
+    "(raylet)",
+    "RayTrainWorker pid=",
+)
 
 
 def clean_copy(target: Path) -> Path:
     """The project's files as a fresh clone has them (tracked and not ignored; no outputs, no .venv)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                            check=True).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +62,14 @@ def venv_seeing_these_packages(project: Path) -> None:
     """``project/.venv`` whose interpreter also sees this environment's packages: `make setup` then finds
     torch and every dependency installed and installs only the project itself."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(project / ".venv")], check=True)
-    purelib = Path(subprocess.run([str(project / ".venv/bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    purelib = Path(
+        subprocess.run(
+            [str(project / ".venv/bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     ours = sysconfig.get_paths()["purelib"]
     (purelib / "parent-environment.pth").write_text(ours + "\n")  # pip too: `python -m pip` is this one
 
@@ -59,12 +78,14 @@ def venv_seeing_these_packages(project: Path) -> None:
 def quickstart(tmp_path_factory):
     project = clean_copy(tmp_path_factory.mktemp("fresh-clone"))
     venv_seeing_these_packages(project)
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MAKEFLAGS", "MAKELEVEL",
-                                                            "VIRTUAL_ENV", "PYTHONPATH"}}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MAKEFLAGS", "MAKELEVEL", "VIRTUAL_ENV", "PYTHONPATH"}
+    }
     env.update(FLARE_RAY_CACHE=str(project / ".cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     started = time.monotonic()
-    done = subprocess.run(["make", "quickstart"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=1200)  # fmt: skip
+    done = subprocess.run(["make", "quickstart"], cwd=project, env=env, capture_output=True, text=True, timeout=1200)
     wall = time.monotonic() - started
     print(f"make quickstart: {wall:.0f} s (set-up included), exit {done.returncode}")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

@@ -23,18 +23,32 @@ from flare_ray.training.inputs import TrialInput
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {"epochs": 6, "batch_size": 16, "max_length": 64, "learning_rate": 1e-2, "lr_scheduler": "constant",
-            "warmup_ratio": 0.0, "max_grad_norm": None, "weight_decay": 0.0, "seed": 3}
+SETTINGS = {
+    "epochs": 6,
+    "batch_size": 16,
+    "max_length": 64,
+    "learning_rate": 1e-2,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "max_grad_norm": None,
+    "weight_decay": 0.0,
+    "seed": 3,
+}
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1}
 
 
 def config(tmp_path, kind: str, task: dict, **training) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "name": "recipe", "storage_path": str(tmp_path), "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
-        "task": {"name": "nusax", "languages": ["jav"], **task},
-        "method": {"kind": kind, "lora": LORA}, "training": {**SETTINGS, **training},
-        "scaling": {"cpus_per_worker": 1},
-    })
+    return ExperimentConfig.model_validate(
+        {
+            "name": "recipe",
+            "storage_path": str(tmp_path),
+            "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
+            "task": {"name": "nusax", "languages": ["jav"], **task},
+            "method": {"kind": kind, "lora": LORA},
+            "training": {**SETTINGS, **training},
+            "scaling": {"cpus_per_worker": 1},
+        }
+    )
 
 
 def _recording_loop(train_loop_config):
@@ -68,7 +82,9 @@ def run_trial(experiment: ExperimentConfig, tmp_path: Path, name: str) -> list[d
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-def minimal_peft_loop(experiment: ExperimentConfig, modules_to_save: list[str] | None = None) -> tuple[list[float], float]:
+def minimal_peft_loop(
+    experiment: ExperimentConfig, modules_to_save: list[str] | None = None
+) -> tuple[list[float], float]:
     """A plain peft LoRA loop: transformers + peft + torch only. Per-epoch training losses, final validation macro-F1.
     ``modules_to_save``: what the loop trains beside the LoRA and peft's classifier (a missing pooler)."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -89,14 +105,35 @@ def minimal_peft_loop(experiment: ExperimentConfig, modules_to_save: list[str] |
     set_seed(t.seed)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                             task_type=TaskType.SEQ_CLS, modules_to_save=modules_to_save))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            task_type=TaskType.SEQ_CLS,
+            modules_to_save=modules_to_save,
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.0)
-    encode = lambda rows: tok([r["target_text"] for r in rows], truncation=True, max_length=t.max_length,  # noqa: E731
-                              padding=True, return_tensors="pt")
+
+    def encode(rows):
+        return tok(
+            [r["target_text"] for r in rows],
+            truncation=True,
+            max_length=t.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+
     sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=t.seed)
-    loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=lambda rows: rows,
-                        generator=torch.Generator().manual_seed(t.seed))
+    loader = DataLoader(
+        train,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        collate_fn=lambda rows: rows,
+        generator=torch.Generator().manual_seed(t.seed),
+    )
     losses = []
     for epoch in range(1, t.epochs + 1):
         sampler.set_epoch(epoch)
@@ -121,10 +158,14 @@ def test_lora_trial_matches_a_minimal_peft_loop(tmp_path, local_ray):
     epochs = [r for r in reports if not r.get("final")]
     trial_losses = [r["train/loss"] for r in epochs]
     minimal_losses, minimal_f1 = minimal_peft_loop(experiment)
-    print(f"training loss per epoch: trial {[round(x, 4) for x in trial_losses]}, "
-          f"minimal loop {[round(x, 4) for x in minimal_losses]}")
-    print(f"validation macro-F1 after the last epoch: trial {epochs[-1]['validation/macro_f1']:.2f}, "
-          f"minimal loop {minimal_f1:.2f}")
+    print(
+        f"training loss per epoch: trial {[round(x, 4) for x in trial_losses]}, "
+        f"minimal loop {[round(x, 4) for x in minimal_losses]}"
+    )
+    print(
+        f"validation macro-F1 after the last epoch: trial {epochs[-1]['validation/macro_f1']:.2f}, "
+        f"minimal loop {minimal_f1:.2f}"
+    )
     assert trial_losses[-1] < 0.9 * trial_losses[0], "the trial must learn (its training loss falls)"
     assert abs(trial_losses[-1] - minimal_losses[-1]) <= 0.02 * minimal_losses[-1]
     assert abs(epochs[-1]["validation/macro_f1"] - minimal_f1) <= 2.0
@@ -134,8 +175,17 @@ def source_only_data(root: Path, seed: int = 0) -> Path:
     """NusaX-shaped CSVs: the English side names the label ("good", "fine" or "bad", then random
     words); the target side is random words, independent of the label."""
     rng = random.Random(seed)
-    words = sorted({w for w in (Path(__file__).resolve().parent.parent / "flare_ray" / "models" / "corpus" / "corpus.txt")
-                    .read_text().lower().split() if w.isalpha() and 3 <= len(w) <= 8} - {"good", "fine", "bad"})[:400]
+    words = sorted(
+        {
+            w
+            for w in (Path(__file__).resolve().parent.parent / "flare_ray" / "models" / "corpus" / "corpus.txt")
+            .read_text()
+            .lower()
+            .split()
+            if w.isalpha() and 3 <= len(w) <= 8
+        }
+        - {"good", "fine", "bad"}
+    )[:400]
     markers = {"positive": "good", "neutral": "fine", "negative": "bad"}
     for split, n in (("train", 480), ("valid", 120), ("test", 120)):
         rows = []

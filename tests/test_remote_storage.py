@@ -30,20 +30,32 @@ def keys(prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def test_a_sweep_on_s3_with_an_mlflow_server_runs_resumes_and_keeps_everything_there(tmp_path, s3_server, mlflow_server):
+def test_a_sweep_on_s3_with_an_mlflow_server_runs_resumes_and_keeps_everything_there(
+    tmp_path, s3_server, mlflow_server
+):
     import os
 
     storage = f"s3://{BUCKET}/sweeps"
-    overrides = ["model.stage1=auto", "stage1.training={epochs: 1, batch_size: 16, max_length: 64}",
-                 "search.space={}", "search.num_samples=1", "search.seeds=[0, 1]", "search.scheduler=null",
-                 "search.max_concurrent_trials=1", "training.epochs=2", f"storage_path={storage}",
-                 f"tracking.tracking_uri={mlflow_server}", "tracking.experiment_name=remote"]  # fmt: skip
+    overrides = [
+        "model.stage1=auto",
+        "stage1.training={epochs: 1, batch_size: 16, max_length: 64}",
+        "search.space={}",
+        "search.num_samples=1",
+        "search.seeds=[0, 1]",
+        "search.scheduler=null",
+        "search.max_concurrent_trials=1",
+        "training.epochs=2",
+        f"storage_path={storage}",
+        f"tracking.tracking_uri={mlflow_server}",
+        "tracking.experiment_name=remote",
+    ]
     command = [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), *[x for o in overrides for x in ("--set", o)]]
     env = {**environment(), **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))}}
 
     # 1. Interrupted (Ctrl-C) once the first trial has finished: its state is saved to the bucket.
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()

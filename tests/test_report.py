@@ -22,8 +22,14 @@ LABELS = ("positive", "neutral", "negative")
 
 
 def frame(gold, predicted) -> pd.DataFrame:
-    return pd.DataFrame({"id": [f"e{i}" for i in range(len(gold))], "gold": gold, "prediction": predicted,
-                         "correct": [float(p == g) for p, g in zip(predicted, gold)]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "id": [f"e{i}" for i in range(len(gold))],
+            "gold": gold,
+            "prediction": predicted,
+            "correct": [float(p == g) for p, g in zip(predicted, gold)],
+        }
+    )
 
 
 def random_frame(n: int, accuracy: float, seed: int, gold_seed: int | None = None) -> pd.DataFrame:
@@ -41,7 +47,10 @@ def test_a_row_right_where_the_other_is_wrong_is_significant_and_identical_rows_
         p = paired_bootstrap([right], [wrong], metric, LABELS, resamples=1000, seed=0)
         assert p < 0.01 and p == pytest.approx(1 / 1001), metric  # no resample where the better row does not win
         assert paired_bootstrap([right], [right.copy()], metric, LABELS) == 1.0, metric  # identical: p = 1
-    close = [random_frame(200, 0.62, s, gold_seed=0) for s in (1, 2)], [random_frame(200, 0.60, s, gold_seed=0) for s in (3, 4)]
+    close = (
+        [random_frame(200, 0.62, s, gold_seed=0) for s in (1, 2)],
+        [random_frame(200, 0.60, s, gold_seed=0) for s in (3, 4)],
+    )
     p = paired_bootstrap(*close, "accuracy", seed=7)
     assert p == paired_bootstrap(*close, "accuracy", seed=7)  # deterministic given its seed
     assert p != paired_bootstrap(*close, "accuracy", seed=8) and 0 < p <= 1
@@ -71,8 +80,9 @@ def test_resampled_scores_with_one_weight_per_example_are_the_task_metrics():
     answers = [["a cat"], ["the dog", "dog"], ["blue"]]
     predicted = ["a cat", "dogs", "red sky"]
     each = [squad_scores([p], [g]) for p, g in zip(predicted, answers)]
-    qa = pd.DataFrame({"id": ["q0", "q1", "q2"], "exact_match": [s["exact_match"] for s in each],
-                       "f1": [s["f1"] for s in each]})  # fmt: skip
+    qa = pd.DataFrame(
+        {"id": ["q0", "q1", "q2"], "exact_match": [s["exact_match"] for s in each], "f1": [s["f1"] for s in each]}
+    )
     whole = squad_scores(predicted, answers)
     for metric in ("exact_match", "f1"):
         assert resampled_scores(qa, metric, np.ones((1, 3), dtype=int))[0] == pytest.approx(whole[metric])
@@ -90,14 +100,30 @@ def records(name: str, languages: list[str], scores: list, provenance=None, spac
     rows, frames = [], {}
     for i, (cell, language, seed, validation, test) in enumerate(scores):
         run = f"{name}-{i}"
-        rows.append({"run_id": run, "trial_id": f"t{i}", "status": "FINISHED", "language": language,
-                     "method": cell.get("method.kind", "flare"), "cell": json.dumps(cell, sort_keys=True),
-                     "configuration": json.dumps(cell, sort_keys=True), "seed": seed, "validation": validation,
-                     "best_epoch": 1, "curve": [(1, validation - 5), (2, validation)], "test/macro_f1": test})  # fmt: skip
+        rows.append(
+            {
+                "run_id": run,
+                "trial_id": f"t{i}",
+                "status": "FINISHED",
+                "language": language,
+                "method": cell.get("method.kind", "flare"),
+                "cell": json.dumps(cell, sort_keys=True),
+                "configuration": json.dumps(cell, sort_keys=True),
+                "seed": seed,
+                "validation": validation,
+                "best_epoch": 1,
+                "curve": [(1, validation - 5), (2, validation)],
+                "test/macro_f1": test,
+            }
+        )
         frames[run] = random_frame(90, test / 100, seed=i)
-    config = {"name": name, "task": {"name": "nusax", "languages": languages, "max_records": {}},
-              "model": {"name_or_path": "FacebookAI/xlm-roberta-large"}, "method": {"kind": "flare"},
-              "search": {"metric": "validation/macro_f1", "mode": "max", "space": space or {}}}  # fmt: skip
+    config = {
+        "name": name,
+        "task": {"name": "nusax", "languages": languages, "max_records": {}},
+        "model": {"name_or_path": "FacebookAI/xlm-roberta-large"},
+        "method": {"kind": "flare"},
+        "search": {"metric": "validation/macro_f1", "mode": "max", "space": space or {}},
+    }
     out = Records(name, f"parent-{name}", "0", config, provenance or {}, pd.DataFrame(rows), client=None)
     out._frames = frames
     return out
@@ -105,29 +131,51 @@ def records(name: str, languages: list[str], scores: list, provenance=None, spac
 
 def test_cells_are_the_mean_and_std_over_seeds_with_the_best_marked_and_the_average_per_seed():
     flare, lora = {"method.kind": "flare"}, {"method.kind": "lora"}
-    scores = [(flare, "jav", 0, 80, 70.0), (flare, "jav", 1, 82, 74.0), (lora, "jav", 0, 70, 60.0),
-              (lora, "jav", 1, 71, 62.0), (flare, "sun", 0, 75, 50.0), (flare, "sun", 1, 76, 54.0),
-              (lora, "sun", 0, 77, 58.0), (lora, "sun", 1, 79, 58.0)]  # fmt: skip
+    scores = [
+        (flare, "jav", 0, 80, 70.0),
+        (flare, "jav", 1, 82, 74.0),
+        (lora, "jav", 0, 70, 60.0),
+        (lora, "jav", 1, 71, 62.0),
+        (flare, "sun", 0, 75, 50.0),
+        (flare, "sun", 1, 76, 54.0),
+        (lora, "sun", 0, 77, 58.0),
+        (lora, "sun", 1, 79, 58.0),
+    ]
     table, columns = cells([records("s", ["jav", "sun"], scores)], resamples=200, seed=0)
     at = table.set_index(["row", "column"])
-    assert at.loc[("flare", "jav"), "mean"] == 72.0 and at.loc[("flare", "jav"), "std"] == pytest.approx(np.std([70, 74], ddof=1))
-    assert at.loc[("flare", "jav"), "n"] == 2 and at.loc[("flare", "jav"), "best"] and not at.loc[("lora", "jav"), "best"]
+    assert at.loc[("flare", "jav"), "mean"] == 72.0 and at.loc[("flare", "jav"), "std"] == pytest.approx(
+        np.std([70, 74], ddof=1)
+    )
+    assert (
+        at.loc[("flare", "jav"), "n"] == 2 and at.loc[("flare", "jav"), "best"] and not at.loc[("lora", "jav"), "best"]
+    )
     assert at.loc[("lora", "sun"), "best"] and at.loc[("lora", "sun"), "std"] == 0.0
     assert np.isnan(at.loc[("flare", "jav"), "p_value"]) and 0 < at.loc[("lora", "jav"), "p_value"] <= 1
     # average: per seed over languages (seed 0: (70+50)/2 = 60, seed 1: 64), then mean ± std
-    assert at.loc[("flare", AVERAGE), "mean"] == 62.0 and at.loc[("flare", AVERAGE), "std"] == pytest.approx(np.std([60, 64], ddof=1))
+    assert at.loc[("flare", AVERAGE), "mean"] == 62.0 and at.loc[("flare", AVERAGE), "std"] == pytest.approx(
+        np.std([60, 64], ddof=1)
+    )
     assert at.loc[("flare", AVERAGE), "best"] == (62.0 > 59.5)
     text = markdown(table, columns)
     assert "**72.00 ± 2.83 (n=2)**" in text and "60.00 (n=1)" not in text and "jav p" in text
 
 
 def test_rows_are_named_by_the_keys_that_vary_and_a_search_keeps_its_best_configuration_per_row():
-    assert row_names([{"method.kind": "flare", "method.lora.r": 8}, {"method.kind": "flare_mt", "method.lora.r": 8}]) == ["flare", "flare_mt"]
-    assert row_names([{"method.kind": "flare", "method.lora.r": 8}, {"method.kind": "flare", "method.lora.r": 64}]) == ["r=8", "r=64"]
+    assert row_names(
+        [{"method.kind": "flare", "method.lora.r": 8}, {"method.kind": "flare_mt", "method.lora.r": 8}]
+    ) == ["flare", "flare_mt"]
+    assert row_names([{"method.kind": "flare", "method.lora.r": 8}, {"method.kind": "flare", "method.lora.r": 64}]) == [
+        "r=8",
+        "r=64",
+    ]
     assert row_names([{"method.kind": "a", "x.r": 1}, {"method.kind": "b", "x.r": 2}]) == ["a, r=1", "b, r=2"]
     sweep = records("s", ["jav"], [({"method.kind": "flare"}, "jav", 0, 80, 70.0)])
-    sweep.trials = pd.concat([sweep.trials, sweep.trials.assign(run_id="other", configuration='{"lr": 1}', validation=90,
-                                                                  **{"test/macro_f1": 40.0})])  # fmt: skip
+    sweep.trials = pd.concat(
+        [
+            sweep.trials,
+            sweep.trials.assign(run_id="other", configuration='{"lr": 1}', validation=90, **{"test/macro_f1": 40.0}),
+        ]
+    )
     sweep._frames["other"] = sweep._frames["s-0"]
     table, _ = cells([sweep], resamples=100, seed=0)
     assert table.loc[0, "mean"] == 40.0 and table.loc[0, "configuration"] == '{"lr": 1}'  # the best validation's
@@ -135,7 +183,9 @@ def test_rows_are_named_by_the_keys_that_vary_and_a_search_keeps_its_best_config
 
 def test_missing_test_scores_show_as_n_of_trials_and_deviations_mark_the_column():
     scores = [({"method.kind": "flare"}, "jav", 0, 80, 70.0), ({"method.kind": "flare"}, "jav", 1, 81, float("nan"))]
-    sweep = records("s", ["jav"], scores, provenance={"jav": {"train": {"as_in_paper": False, "made_of": "human translations"}}})
+    sweep = records(
+        "s", ["jav"], scores, provenance={"jav": {"train": {"as_in_paper": False, "made_of": "human translations"}}}
+    )
     sweep.config["task"]["max_records"] = {"train": 64}
     table, columns = cells([sweep], resamples=100, seed=0)
     assert table.loc[0, "n"] == 1 and table.loc[0, "trials"] == 2 and not table.loc[0, "paper_setting"]
@@ -144,14 +194,24 @@ def test_missing_test_scores_show_as_n_of_trials_and_deviations_mark_the_column(
 
 
 def test_the_figures_are_valid_images(tmp_path):
-    space = {"method.flare.fusion": {"type": "categorical", "values": ["add", "mul", "add_relu"]},
-             "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}  # fmt: skip
-    scores = [({"method.flare.fusion": fusion, "training.learning_rate": lr}, "jav", 0, 60 + 3 * i % 7, 50.0 + i)
-              for i, (fusion, lr) in enumerate([("add", 1e-3), ("mul", 3e-3), ("add_relu", 5e-4), ("add", 8e-3), ("mul", 2e-4)])]
+    space = {
+        "method.flare.fusion": {"type": "categorical", "values": ["add", "mul", "add_relu"]},
+        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    scores = [
+        ({"method.flare.fusion": fusion, "training.learning_rate": lr}, "jav", 0, 60 + 3 * i % 7, 50.0 + i)
+        for i, (fusion, lr) in enumerate(
+            [("add", 1e-3), ("mul", 3e-3), ("add_relu", 5e-4), ("add", 8e-3), ("mul", 2e-4)]
+        )
+    ]
     sweep = records("searched", ["jav"], scores, space=space)
     table, _ = cells([sweep], resamples=50, seed=0)
     paths = [bars(table, tmp_path / "bars.png", "t"), *optuna_plots(sweep, "jav", tmp_path)]
-    assert [p.name for p in paths] == ["bars.png", "optuna-searched-jav-parallel.png", "optuna-searched-jav-importance.png"]
+    assert [p.name for p in paths] == [
+        "bars.png",
+        "optuna-searched-jav-parallel.png",
+        "optuna-searched-jav-importance.png",
+    ]
     for path in paths:
         image = plt.imread(path)  # decodes the PNG
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, path.name  # not blank
@@ -168,7 +228,10 @@ def test_sweeps_of_two_tasks_join_into_one_table_with_a_column_per_task_and_lang
     table, columns = cells([nusax, xnli], resamples=100, seed=0)
     assert [c.name for c in columns] == ["nusax/jav", "xnli/sw"]
     at = table.set_index(["row", "column"])
-    assert at.loc[("flare", "nusax/jav"), "metric"] == "test/macro_f1" and at.loc[("lora", "xnli/sw"), "metric"] == "test/accuracy"
+    assert (
+        at.loc[("flare", "nusax/jav"), "metric"] == "test/macro_f1"
+        and at.loc[("lora", "xnli/sw"), "metric"] == "test/accuracy"
+    )
     assert at.loc[("lora", "xnli/sw"), "best"] and at.loc[("flare", "nusax/jav"), "best"]
     assert at.loc[("flare", AVERAGE), "mean"] == pytest.approx((70 + 55) / 2)
     header = [h.strip() for h in markdown(table, columns).splitlines()[0].split("|")[1:-1]]

@@ -25,32 +25,56 @@ OFFLINE = {"as_in_paper": False, "gold_source": False}
 
 def provenance(test_gold: bool = False, as_in_paper: bool = True) -> dict:
     split = PAPER if as_in_paper else OFFLINE
-    return {"train": dict(split, made_of="train"), "validation": dict(split, made_of="validation"),
-            "test": dict(OFFLINE if test_gold else split, made_of="test", gold_source=test_gold)}  # fmt: skip
+    return {
+        "train": dict(split, made_of="train"),
+        "validation": dict(split, made_of="validation"),
+        "test": dict(OFFLINE if test_gold else split, made_of="test", gold_source=test_gold),
+    }
 
 
-def sweep(client: MlflowClient, tmp_path, name: str, cells: list[dict], languages: list[str], scores, *,
-          model: str = "FacebookAI/xlm-roberta-large", data: dict | None = None, task: str = "nusax") -> None:
+def sweep(
+    client: MlflowClient,
+    tmp_path,
+    name: str,
+    cells: list[dict],
+    languages: list[str],
+    scores,
+    *,
+    model: str = "FacebookAI/xlm-roberta-large",
+    data: dict | None = None,
+    task: str = "nusax",
+) -> None:
     """A sweep's parent run and one child run per (cell, language, seed), as the platform logs them;
     ``scores(cell, language, seed)``: the test score (the task's metric)."""
     experiment = client.create_experiment(name)
-    config = {"name": name, "model": {"name_or_path": model}, "method": {"kind": "flare"},
-              "task": {"name": task, "languages": languages, "max_records": {}},
-              "search": {"metric": f"validation/{METRIC[task]}", "mode": "max"}}  # fmt: skip
+    config = {
+        "name": name,
+        "model": {"name_or_path": model},
+        "method": {"kind": "flare"},
+        "task": {"name": task, "languages": languages, "max_records": {}},
+        "search": {"metric": f"validation/{METRIC[task]}", "mode": "max"},
+    }
     parent = client.create_run(experiment, tags={mlflow_runs.SWEEP_TAG: name}).info.run_id
     (tmp_path / name).mkdir()
     (tmp_path / name / "config.json").write_text(json.dumps(config))
-    (tmp_path / name / "data_provenance.json").write_text(json.dumps({lang: data or provenance() for lang in languages}))
+    (tmp_path / name / "data_provenance.json").write_text(
+        json.dumps({lang: data or provenance() for lang in languages})
+    )
     client.log_artifact(parent, str(tmp_path / name / "config.json"))
     client.log_artifact(parent, str(tmp_path / name / "data_provenance.json"))
     trial = 0
     for cell in cells:
         for language in languages:
             for seed in (0, 1):
-                tags = {MLFLOW_PARENT_RUN_ID: parent, mlflow_runs.TRIAL_TAG: f"t{trial:04d}",
-                        mlflow_runs.LANGUAGE_TAG: language, mlflow_runs.METHOD_TAG: cell["method.kind"],
-                        mlflow_runs.CELL_TAG: json.dumps(cell, sort_keys=True),
-                        mlflow_runs.CONFIGURATION_TAG: json.dumps(cell, sort_keys=True), mlflow_runs.SEED_TAG: str(seed)}
+                tags = {
+                    MLFLOW_PARENT_RUN_ID: parent,
+                    mlflow_runs.TRIAL_TAG: f"t{trial:04d}",
+                    mlflow_runs.LANGUAGE_TAG: language,
+                    mlflow_runs.METHOD_TAG: cell["method.kind"],
+                    mlflow_runs.CELL_TAG: json.dumps(cell, sort_keys=True),
+                    mlflow_runs.CONFIGURATION_TAG: json.dumps(cell, sort_keys=True),
+                    mlflow_runs.SEED_TAG: str(seed),
+                }
                 run = client.create_run(experiment, tags=tags).info.run_id
                 client.log_metric(run, f"validation/{METRIC[task]}", 70.0 + seed, step=1)
                 client.log_metric(run, f"test/{METRIC[task]}", scores(cell, language, seed))
@@ -77,7 +101,10 @@ def test_a_table1_xnli_sweep_of_xlmr_large_shows_the_papers_cells_and_the_differ
     """Per language: Table 6; the average over the fourteen languages: Table 1 (Table 6's Avg. too: the lowest
     table is kept)."""
     cells = [{"method.kind": kind} for kind in ("lora", "flare")]
-    score = lambda cell, language, seed: 70.0 + seed + (5 if cell["method.kind"] == "flare" else 0) + XNLI.index(language)  # noqa: E731
+
+    def score(cell, language, seed):
+        return 70.0 + seed + (5 if cell["method.kind"] == "flare" else 0) + XNLI.index(language)
+
     sweep(client, tmp_path, "t1", cells, XNLI, score, task="xnli")
     report = build_report(client, ["t1"], tmp_path / "report", resamples=10)
     table = report.table.set_index(["row", "column"])
@@ -94,7 +121,10 @@ def test_a_table1_xnli_sweep_of_xlmr_large_shows_the_papers_cells_and_the_differ
     assert csv["paper_mean"].notna().sum() == 2 * (len(XNLI) + 1)
     markdown = (tmp_path / "report" / "report.md").read_text()
     flare_sw = table.loc[("flare", "sw")]
-    assert "## The paper's numbers" in markdown and f"{flare_sw['paper_mean']:.2f} (T6), {flare_sw['difference']:+.2f}" in markdown
+    assert (
+        "## The paper's numbers" in markdown
+        and f"{flare_sw['paper_mean']:.2f} (T6), {flare_sw['difference']:+.2f}" in markdown
+    )
     assert "(T1)" in markdown and "30 cell(s) match" in markdown
     html = (tmp_path / "report" / "report.html").read_text()
     assert '<table id="paper">' in html and f"{flare_sw['difference']:+.2f}" in html
@@ -104,8 +134,16 @@ def test_a_table1_xnli_sweep_of_xlmr_large_shows_the_papers_cells_and_the_differ
 def test_the_gold_setting_matches_table4_and_its_per_language_cells(client, tmp_path):
     """Train and validation as in the paper, a gold English source at test: Table 4 (and Table 6's gold block)."""
     cells = [{"method.kind": "input_fusion"}, {"method.kind": "flare"}]
-    sweep(client, tmp_path, "t4", cells, XNLI, lambda cell, language, seed: 85.0 + seed, data=provenance(test_gold=True),
-          task="xnli")  # fmt: skip
+    sweep(
+        client,
+        tmp_path,
+        "t4",
+        cells,
+        XNLI,
+        lambda cell, language, seed: 85.0 + seed,
+        data=provenance(test_gold=True),
+        task="xnli",
+    )
     table = build_report(client, ["t4"], tmp_path / "r4", resamples=10).table.set_index(["row", "column"])
     average = paper_value(table=4, task="xnli", language="average", setting="gold", method="input_fusion", variant="")
     assert table.loc[("input_fusion", "average"), "paper_table"] == 4

@@ -106,7 +106,9 @@ def test_a_checkpoint_is_loaded_from_safetensors_only(tmp_path):
 
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(FileNotFoundError, match="holds no adapter_model.safetensors .it has adapter_model.bin, a pickle"):
+    with pytest.raises(
+        FileNotFoundError, match="holds no adapter_model.safetensors .it has adapter_model.bin, a pickle"
+    ):
         safetensors_only(tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     assert safetensors_only(tmp_path) == tmp_path

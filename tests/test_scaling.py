@@ -19,8 +19,14 @@ from .test_platform import REPO, mlflow_runs, run_tune
 pytestmark = pytest.mark.slow
 
 GPU_CHECK = REPO / "benchmarks" / "gpu" / "qlora-flare.yaml"
-ON_CPU = ["scaling.use_gpu=false", "scaling.cpus_per_worker=1", "training.epochs=1", "training.max_length=48",
-          "task.max_records={train: 48, validation: 16, test: 16}", "training.gradient_checkpointing=true"]  # fmt: skip
+ON_CPU = [
+    "scaling.use_gpu=false",
+    "scaling.cpus_per_worker=1",
+    "training.epochs=1",
+    "training.max_length=48",
+    "task.max_records={train: 48, validation: 16, test: 16}",
+    "training.gradient_checkpointing=true",
+]
 
 
 def adapter_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
@@ -34,9 +40,17 @@ def test_qlora_lora_and_flare_trials_through_the_sweep_report_throughput(tmp_pat
 
     from .test_platform import environment
 
-    command = [sys.executable, "-m", "flare_ray.tune", str(GPU_CHECK), "--set", f"storage_path={tmp_path}",
-               "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-               *[x for o in ON_CPU for x in ("--set", o)]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "flare_ray.tune",
+        str(GPU_CHECK),
+        "--set",
+        f"storage_path={tmp_path}",
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *[x for o in ON_CPU for x in ("--set", o)],
+    ]
     done = subprocess.run(command, env=environment(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from mlflow.tracking import MlflowClient
@@ -49,23 +63,42 @@ def test_qlora_lora_and_flare_trials_through_the_sweep_report_throughput(tmp_pat
         assert child.info.status == "FINISHED" and child.data.params["model.quantization"] == "4bit"
         assert child.data.params["training.precision"] == "bf16"
         assert child.data.metrics["train/tokens_per_second"] > 0 and child.data.metrics["train/peak_memory_gb"] > 0
-        trial = json.loads(Path(client.download_artifacts(child.info.run_id, "adapter/trial_config.json",
-                                                          str(tmp_path / child.info.run_id))).read_text())  # fmt: skip
+        trial = json.loads(
+            Path(
+                client.download_artifacts(
+                    child.info.run_id, "adapter/trial_config.json", str(tmp_path / child.info.run_id)
+                )
+            ).read_text()
+        )
         assert trial["experiment"]["model"]["quantization"] == "4bit"
 
 
 def test_zero2_from_a_file_through_the_sweep(tmp_path):
     """`scaling.deepspeed` as a file (cluster/deepspeed_zero2.json), one worker on this machine's Ray."""
-    run_tune(tmp_path, "search.space={}", "search.num_samples=1", "search.scheduler=null", "training.epochs=1",
-             f"scaling.deepspeed={REPO / 'cluster' / 'deepspeed_zero2.json'}", "scaling.cpus_per_worker=1")
+    run_tune(
+        tmp_path,
+        "search.space={}",
+        "search.num_samples=1",
+        "search.scheduler=null",
+        "training.epochs=1",
+        f"scaling.deepspeed={REPO / 'cluster' / 'deepspeed_zero2.json'}",
+        "scaling.cpus_per_worker=1",
+    )
     _, _, (child,) = mlflow_runs(tmp_path)
     assert child.info.status == "FINISHED" and "test/macro_f1" in child.data.metrics
     assert child.data.params["scaling.deepspeed.zero_optimization.stage"] == "2"  # the file, read into the config
 
 
 def test_deepspeed_zero3_on_two_nodes_checkpoints_the_whole_adapter(tmp_path, two_worker_nodes):
-    overrides = ["search.space={}", "search.num_samples=1", "search.scheduler=null", "training.epochs=2",
-                 "scaling.num_workers=2", "scaling.deepspeed={zero_optimization: {stage: 3}}", *ON_A_WORKER_NODE]
+    overrides = [
+        "search.space={}",
+        "search.num_samples=1",
+        "search.scheduler=null",
+        "training.epochs=2",
+        "scaling.num_workers=2",
+        "scaling.deepspeed={zero_optimization: {stage: 3}}",
+        *ON_A_WORKER_NODE,
+    ]
     process = start(tmp_path, two_worker_nodes, *overrides)
     output = finish(process)
     assert process.returncode == 0, output[-3000:]

@@ -72,8 +72,9 @@ def test_the_cache_reads_rows_back_in_any_batch_and_padding(tiny_path):
     step(fm, t, s, labels)
     # the same two sources, in reverse order and padded on the left: both rows are hits
     tok.padding_side = "left"
-    reversed_source = tok([*reversed(["I like this food, it is very tasty!", "Slow, expensive."])], padding=True,
-                          return_tensors="pt")  # fmt: skip
+    reversed_source = tok(
+        [*reversed(["I like this food, it is very tasty!", "Slow, expensive."])], padding=True, return_tensors="pt"
+    )
     flipped = {k: v.flip(0) for k, v in t.items()}
     hit = step(fm, flipped, reversed_source, {"labels": labels["labels"].flip(0)})
     assert (cache.misses, cache.hits) == (2, 2)
@@ -143,9 +144,14 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
     from flare_ray.training.source_cache import attach_source_cache
 
     def config(**changes):
-        data = {"name": "c", "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
-                "task": {"name": "nusax", "languages": ["jav"]}, "storage_path": str(tmp_path),
-                "method": {"kind": "flare", "flare": {"fusion": "add"}}, "training": {"seed": 0}}  # fmt: skip
+        data = {
+            "name": "c",
+            "model": {"name_or_path": "tiny:xlm-roberta", "stage1": None},
+            "task": {"name": "nusax", "languages": ["jav"]},
+            "storage_path": str(tmp_path),
+            "method": {"kind": "flare", "flare": {"fusion": "add"}},
+            "training": {"seed": 0},
+        }
         for key, value in changes.items():
             section, name = key.split("__")
             data.setdefault(section, {})[name] = value
@@ -159,8 +165,11 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
     stage1 = tmp_path / "stage1"
     stage1.mkdir()
     (stage1 / "adapter_config.json").write_text("{}")
-    changed = [config(model__name_or_path="tiny:mt5"), config(model__stage1=str(stage1)),
-               config(method__flare={"fusion": "add", "source_representation": "block_input"})]  # fmt: skip
+    changed = [
+        config(model__name_or_path="tiny:mt5"),
+        config(model__stage1=str(stage1)),
+        config(method__flare={"fusion": "add", "source_representation": "block_input"}),
+    ]
     for other in changed:
         assert attach_source_cache(model, other) is not first
         assert attach_source_cache(model, config()) is not first  # replaced: one cache per process
@@ -184,12 +193,25 @@ def test_in_a_sweep_one_trial_builds_the_shared_cache_and_the_other_reads_it(tmp
     every source row back in every epoch, and log their start-up time."""
     from .test_platform import mlflow_runs, run_tune
 
-    run_tune(tmp_path, "search.space={}", "search.num_samples=2", "search.max_concurrent_trials=2",
-             "search.scheduler=null", "training.epochs=2")  # fmt: skip
+    run_tune(
+        tmp_path,
+        "search.space={}",
+        "search.num_samples=2",
+        "search.max_concurrent_trials=2",
+        "search.scheduler=null",
+        "training.epochs=2",
+    )
     client, _, children = mlflow_runs(tmp_path)
     assert len(children) == 2
-    rates = [[m.value for m in sorted(client.get_metric_history(c.info.run_id, "train/source_cache_hit_rate"),
-                                      key=lambda m: m.step)] for c in children]  # fmt: skip
+    rates = [
+        [
+            m.value
+            for m in sorted(
+                client.get_metric_history(c.info.run_id, "train/source_cache_hit_rate"), key=lambda m: m.step
+            )
+        ]
+        for c in children
+    ]
     assert rates == [[1.0, 1.0], [1.0, 1.0]], rates  # the rows were there before the first step
     logs = [f.read_text() for f in (tmp_path / "logs").rglob("run_trial_*.log")]
     built = [line for text in logs for line in text.splitlines() if line.startswith("source cache: built")]

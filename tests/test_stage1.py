@@ -7,7 +7,9 @@ from pathlib import Path
 from flare_ray.experiment import load_experiment
 from flare_ray.training.stage1 import fingerprint, stage1_experiment
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
+QUICKSTART = (
+    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+)  # the small search the tests build on
 
 
 def config(*overrides):
@@ -20,8 +22,13 @@ def test_fingerprint_keys_everything_stage1_depends_on():
     # what trials search, or how the sweep is run, does not change stage 1
     assert fingerprint(config("method.flare.fusion=mul", "search.num_samples=2", "name=other")) == base
     changed = [
-        "training.seed=1", "method.lora.r=4", "task.max_records={train: 100}", "model.quantization=4bit",
-        "stage1.training={epochs: 1}", "stage1.lora={r: 16}", "training.lr_scheduler=constant",
+        "training.seed=1",
+        "method.lora.r=4",
+        "task.max_records={train: 100}",
+        "model.quantization=4bit",
+        "stage1.training={epochs: 1}",
+        "stage1.lora={r: 16}",
+        "training.lr_scheduler=constant",
     ]
     prints = {fingerprint(config(o)) for o in changed}
     assert len(prints) == len(changed) and base not in prints

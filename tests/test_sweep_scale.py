@@ -19,10 +19,26 @@ pytestmark = pytest.mark.slow
 def test_fifty_simulated_trials_on_two_nodes_have_one_mlflow_run_each_and_the_best_is_selected(tmp_path):
     rows, results = tmp_path / "rows.json", tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, "benchmarks/sweep_scale.py", "--trials", "50", "--concurrent", "8", "--nodes", "2",
-         "--results", str(results), "--json", str(rows)],
-        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/sweep_scale.py",
+            "--trials",
+            "50",
+            "--concurrent",
+            "8",
+            "--nodes",
+            "2",
+            "--results",
+            str(results),
+            "--json",
+            str(rows),
+        ],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [row] = json.loads(rows.read_text())
     assert row["tune_trials"] == 50 and row["failed_trials"] == 0 and row["failed_writes"] == 0

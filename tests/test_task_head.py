@@ -23,14 +23,21 @@ LABELS = ("positive", "neutral", "negative")
 
 
 def experiment(tmp_path, kind: str = "lora", stage1=None, records=(64, 32, 32), **training) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "name": "head", "storage_path": str(tmp_path),
-        "model": {"name_or_path": "tiny:bert", "stage1": None if stage1 is None else str(stage1)},
-        "task": {"name": "nusax", "languages": ["jav"], "max_records": dict(zip(("train", "validation", "test"), records))},
-        "method": {"kind": kind, "lora": LORA},
-        "training": {**SETTINGS, "epochs": 1, "learning_rate": 5e-3, **training},
-        "scaling": {"cpus_per_worker": 1},
-    })
+    return ExperimentConfig.model_validate(
+        {
+            "name": "head",
+            "storage_path": str(tmp_path),
+            "model": {"name_or_path": "tiny:bert", "stage1": None if stage1 is None else str(stage1)},
+            "task": {
+                "name": "nusax",
+                "languages": ["jav"],
+                "max_records": dict(zip(("train", "validation", "test"), records)),
+            },
+            "method": {"kind": kind, "lora": LORA},
+            "training": {**SETTINGS, "epochs": 1, "learning_rate": 5e-3, **training},
+            "scaling": {"cpus_per_worker": 1},
+        }
+    )
 
 
 def logits(model, batch) -> torch.Tensor:
@@ -108,8 +115,10 @@ def test_stage1_trials_predict_and_restarts_see_the_same_weights(tmp_path):
     alone = build_trial(experiment(tmp_path, seed=0), "jav").model
     lora_a = lambda model: {k: v for k, v in model.named_parameters() if "lora_A" in k}  # noqa: E731
     assert lora_a(alone).keys() == lora_a(restarted.model).keys()
-    assert all(torch.equal(v, lora_a(alone)[k]) for k, v in lora_a(build_trial(
-        experiment(tmp_path, stage1=tmp_path / "stage1", seed=0), "jav").model).items())
+    assert all(
+        torch.equal(v, lora_a(alone)[k])
+        for k, v in lora_a(build_trial(experiment(tmp_path, stage1=tmp_path / "stage1", seed=0), "jav").model).items()
+    )
 
 
 @pytest.mark.slow
@@ -119,9 +128,11 @@ def test_lora_trial_on_a_checkpoint_without_pooler_matches_a_plain_peft_loop(tmp
     config = experiment(tmp_path, records=(320, 100, 50), epochs=6, learning_rate=2e-3)
     epochs = [r for r in run_trial(config, tmp_path, "bert-lora") if not r.get("final")]
     losses, f1 = minimal_peft_loop(config, modules_to_save=["bert.pooler"])
-    print(f"training loss per epoch: trial {[round(r['train/loss'], 4) for r in epochs]}, plain loop "
-          f"{[round(x, 4) for x in losses]}; validation macro-F1: trial {epochs[-1]['validation/macro_f1']:.2f}, "
-          f"plain loop {f1:.2f}")
+    print(
+        f"training loss per epoch: trial {[round(r['train/loss'], 4) for r in epochs]}, plain loop "
+        f"{[round(x, 4) for x in losses]}; validation macro-F1: trial {epochs[-1]['validation/macro_f1']:.2f}, "
+        f"plain loop {f1:.2f}"
+    )
     assert epochs[-1]["train/loss"] < 0.9 * epochs[0]["train/loss"], "the trial must learn"
     assert abs(epochs[-1]["train/loss"] - losses[-1]) <= 0.02 * losses[-1]
     assert abs(epochs[-1]["validation/macro_f1"] - f1) <= 2.0

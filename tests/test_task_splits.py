@@ -72,13 +72,17 @@ def test_tydiqa_other_languages_validate_on_english_and_test_on_their_own_dev_se
     for language in sorted(set(TASKS["tydiqa"].languages) - {"en"}):
         task = get_task({"name": "tydiqa", "language": language})
         assert task.split_rows("validation", "english") == "English dev set (english_tydiqa_dev.json)"
-        assert task.split_rows("test", "self").endswith("_tydiqa_dev.json)") and "english" not in task.split_rows("test", "self")
+        assert task.split_rows("test", "self").endswith("_tydiqa_dev.json)") and "english" not in task.split_rows(
+            "test", "self"
+        )
 
 
 def test_coinciding_roles_of_any_task_are_refused(monkeypatch):
     """The check is the task interface's: a task whose validation and test rows coincide is refused, with its name,
     language, recipes and why."""
-    monkeypatch.setattr(NusaX, "split_rows", lambda self, role, recipe: "NusaX test.csv" if role != "train" else "NusaX train.csv")
+    monkeypatch.setattr(
+        NusaX, "split_rows", lambda self, role, recipe: "NusaX test.csv" if role != "train" else "NusaX train.csv"
+    )
     with pytest.raises(
         TaskDataError,
         match=r"nusax: target language 'jav': validation and test would be the same NusaX test\.csv, with recipes "
@@ -91,18 +95,19 @@ def test_experiment_config_reports_tydiqa_en_before_any_model_loads(tmp_path):
     from flare_ray.experiment import ExperimentConfigError, load_experiment
 
     path = tmp_path / "exp.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         name: t
         model: {name_or_path: "tiny:xlm-roberta"}
         task: {name: tydiqa, languages: [sw, en]}
         training: {epochs: 1}
-        """))  # fmt: skip
+        """)
+    )
     with pytest.raises(ExperimentConfigError) as info:
         load_experiment(path)
     message = str(info.value)
     assert str(path) in message and "tydiqa: target language 'en': validation and test would be the same" in message
     assert "task.languages[1]" in message  # the key that names 'en'
-
 
 
 def test_translation_job_refuses_tydiqa_en_before_any_model_loads(tmp_path, capsys):

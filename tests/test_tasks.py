@@ -121,7 +121,9 @@ def test_predict_and_score_with_a_flare_model(tiny_path, family, task_name, lang
 
         from flare_ray.fusion import FlareConfig, get_flare_model
 
-        fm = get_flare_model(AutoModelForQuestionAnswering.from_pretrained(tiny_path("xlm-roberta")), FlareConfig()).eval()
+        fm = get_flare_model(
+            AutoModelForQuestionAnswering.from_pretrained(tiny_path("xlm-roberta")), FlareConfig()
+        ).eval()
     task = get_task({"name": task_name, "language": language, "max_records": {"test": 6}})
     records = task.load("test")
     encoder = TaskEncoder(task, tok, family, max_length=64, generative=family != "encoder")  # the helper's mT5 is an LM
@@ -221,7 +223,9 @@ def test_tydiqa_answer_not_in_context(tmp_path):
     data["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3
     path.write_text(json.dumps(data), encoding="utf-8")
     task = get_task({"name": "tydiqa", "language": "sw", "data_dir": str(tmp_path)})
-    with pytest.raises(TaskDataError, match=r"data\[0\].paragraphs\[0\].qas\[0\]: answer '1999' is not at answer_start"):
+    with pytest.raises(
+        TaskDataError, match=r"data\[0\].paragraphs\[0\].qas\[0\]: answer '1999' is not at answer_start"
+    ):
         task.load("test")
 
 
@@ -243,8 +247,11 @@ def test_nusax_from_a_hub_dataset_id(monkeypatch):
     import datasets
 
     features = datasets.Features(
-        {"id": datasets.Value("string"), "text": datasets.Value("string"),
-         "label": datasets.ClassLabel(names=["negative", "neutral", "positive"])}
+        {
+            "id": datasets.Value("string"),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "neutral", "positive"]),
+        }
     )
     table = lambda texts: datasets.Dataset.from_dict(  # noqa: E731
         {"id": ["1", "2"], "text": texts, "label": [2, 0]}, features=features
@@ -264,14 +271,22 @@ def test_xnli_from_a_hub_dataset_id_records_what_the_hub_gives(monkeypatch):
     import datasets
 
     features = datasets.Features(
-        {"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
-         "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])}
+        {
+            "premise": datasets.Value("string"),
+            "hypothesis": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+        }
     )
-    table = lambda p: datasets.Dataset.from_dict({"premise": [p], "hypothesis": [p + "?"], "label": [2]}, features=features)  # noqa: E731
+
+    def table(p):
+        return datasets.Dataset.from_dict({"premise": [p], "hypothesis": [p + "?"], "label": [2]}, features=features)
+
     _fake_hub(monkeypatch, {("sw", "train"): table("mvua"), ("en", "train"): table("rain")})
     task = get_task({"name": "xnli", "language": "sw", "hub_id": "facebook/xnli"})
     (record,) = task.load("train").to_list()
-    assert record["label"] == "contradiction" and record["target_premise"] == "mvua" and record["source_premise"] == "rain"
+    assert (
+        record["label"] == "contradiction" and record["target_premise"] == "mvua" and record["source_premise"] == "rain"
+    )
     assert "MultiNLI" in task.provenance()["train"]["made_of"]
 
 
@@ -280,9 +295,20 @@ def test_tydiqa_from_a_hub_dataset_id(monkeypatch):
 
     data = datasets.Dataset.from_list(
         [
-            {"id": "swahili-1", "title": "", "context": "Alizaliwa 1999.", "question": "Lini?",
-             "answers": {"text": ["1999"], "answer_start": [10]}},
-            {"id": "english-2", "title": "", "context": "x", "question": "y", "answers": {"text": ["x"], "answer_start": [0]}},
+            {
+                "id": "swahili-1",
+                "title": "",
+                "context": "Alizaliwa 1999.",
+                "question": "Lini?",
+                "answers": {"text": ["1999"], "answer_start": [10]},
+            },
+            {
+                "id": "english-2",
+                "title": "",
+                "context": "x",
+                "question": "y",
+                "answers": {"text": ["x"], "answer_start": [0]},
+            },
         ]
     )
     _fake_hub(monkeypatch, {("secondary_task", "validation"): data})

@@ -76,7 +76,13 @@ def test_every_paper_language_has_an_nllb_code_the_tokenizer_knows():
         for language in task.languages:
             assert nllb_language(language).code in FAIRSEQ_LANGUAGE_CODES, (task.name, language)
     assert SOURCE in FAIRSEQ_LANGUAGE_CODES
-    assert {"jav": "jav_Latn", "sw": "swh_Latn", "ur": "urd_Arab", "my": "mya_Mymr", "ar": "arb_Arab"}.items() <= NLLB_CODES.items()
+    assert {
+        "jav": "jav_Latn",
+        "sw": "swh_Latn",
+        "ur": "urd_Arab",
+        "my": "mya_Mymr",
+        "ar": "arb_Arab",
+    }.items() <= NLLB_CODES.items()
     for language in ("mad", "nij", "bbc"):
         assert nllb_language(language).code == "ind_Latn" and nllb_language(language).fallback
     assert "excluded" in FALLBACKS["bbc"][1] and nllb_language("jav").fallback is None
@@ -96,7 +102,10 @@ def test_markers_round_trip_and_scrub_existing_brackets():
     text, answer = extract_markers("x[ y ]z")
     assert text[answer["answer_start"] :].startswith(answer["text"]) and answer["text"] == "y"
     custom = Markers("<<", ">>")
-    assert extract_markers(insert_markers("a b c", {"text": "b", "answer_start": 2}, custom), custom)[1]["answer_start"] == 2
+    assert (
+        extract_markers(insert_markers("a b c", {"text": "b", "answer_start": 2}, custom), custom)[1]["answer_start"]
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +152,8 @@ def test_translator_uses_nllb_language_codes_on_the_tiny_model(tiny_path):
     assert list(out["key"]) == [0, 1, 2] and all(isinstance(t, str) for t in out["translation"])
     assert list(out["truncated"]) == [False, False, True]
     assert [(src, kwargs["forced_bos_token_id"]) for src, kwargs, _ in seen] == [
-        ("eng_Latn", tok.convert_tokens_to_ids("jav_Latn")), ("jav_Latn", tok.convert_tokens_to_ids("eng_Latn"))
+        ("eng_Latn", tok.convert_tokens_to_ids("jav_Latn")),
+        ("jav_Latn", tok.convert_tokens_to_ids("eng_Latn")),
     ]
     for _, kwargs, output in seen:
         assert kwargs["num_beams"] == 1 and kwargs["do_sample"] is False
@@ -183,8 +193,14 @@ def edit_csv(path, old, new, count=1):
         ("wrong_column", r"javanese/train\.csv: missing columns \['label'\]"),
         ("bad_label", r"javanese/train\.csv: line 2: label 'happy' is not one of"),
         ("unknown_language", r"task: language 'xx' is not a language of nusax; expected one of"),
-        ("unknown_key", r"colour: unknown key 'colour'; expected one of \['model', 'batch_size', .*'task', 'mt_dir', 'roles', 'back_translate'\]"),
-        ("unknown_task_key", r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'"),
+        (
+            "unknown_key",
+            r"colour: unknown key 'colour'; expected one of \['model', 'batch_size', .*'task', 'mt_dir', 'roles', 'back_translate'\]",
+        ),
+        (
+            "unknown_task_key",
+            r"task\.split: unknown key 'split' \(did you mean 'splits'\?\); expected one of \['name', 'language'",
+        ),
         ("splits_given", r"task: task\.splits and task\.mt_dir do not apply"),
         ("missing_config", r"nope\.yaml: configuration file not found"),
     ],
@@ -220,7 +236,11 @@ def test_bad_input_is_one_clear_error_before_any_model_load(tmp_path, monkeypatc
 
 
 def test_cache_key_follows_model_decoding_and_inputs(tmp_path):
-    base = {"task": {"name": "nusax", "language": "jav", "max_records": {"train": 3}}, "mt_dir": tmp_path, "roles": ["train"]}
+    base = {
+        "task": {"name": "nusax", "language": "jav", "max_records": {"train": 3}},
+        "mt_dir": tmp_path,
+        "roles": ["train"],
+    }
 
     def key(**change):
         config = parse_config({**base, **change})
@@ -238,9 +258,13 @@ def test_nusax_end_to_end_on_ray_then_cached(tmp_path, tiny_path, local_ray, mon
     mt_dir = tmp_path / "mt"
     limits = {"train": 4, "validation": 2, "test": 3}
     path = write_config(
-        tmp_path, task={"name": "nusax", "language": "jav", "max_records": limits},
-        mt_dir=mt_dir, model=tiny_path("m2m_100"), max_length=12, batch_size=4,
-    )  # fmt: skip
+        tmp_path,
+        task={"name": "nusax", "language": "jav", "max_records": limits},
+        mt_dir=mt_dir,
+        model=tiny_path("m2m_100"),
+        max_length=12,
+        batch_size=4,
+    )
     results = main([str(path)])
     assert [r.role for r in results] == ["train", "validation", "test"] and not any(r.cached for r in results)
 
@@ -276,10 +300,15 @@ def test_nusax_end_to_end_on_ray_then_cached(tmp_path, tiny_path, local_ray, mon
 
 def test_tydiqa_answers_through_markers_on_ray(tmp_path, tiny_path, local_ray):
     mt_dir = tmp_path / "mt"
-    config = parse_config({
-        "task": {"name": "tydiqa", "language": "sw", "max_records": {"train": 4, "test": 3}},
-        "roles": ["train", "test"], "mt_dir": mt_dir, "model": str(tiny_path("m2m_100")), "max_length": 16,
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "task": {"name": "tydiqa", "language": "sw", "max_records": {"train": 4, "test": 3}},
+            "roles": ["train", "test"],
+            "mt_dir": mt_dir,
+            "model": str(tiny_path("m2m_100")),
+            "max_length": 16,
+        }
+    )
     results = {r.role: r for r in pipeline.run(config)}
     for role, side in (("train", "target"), ("test", "source")):
         prov = results[role].provenance
@@ -301,10 +330,13 @@ def test_tydiqa_answers_through_markers_on_ray(tmp_path, tiny_path, local_ray):
 
 def test_tydiqa_projection_keeps_consistent_answers_and_counts_the_rest(tmp_path):
     """Through the whole pipeline with a model-free "translator" that loses the markers of every other record."""
-    config = parse_config({
-        "task": {"name": "tydiqa", "language": "ko", "max_records": {"train": 8, "validation": 6}},
-        "roles": ["train", "validation"], "mt_dir": tmp_path,
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "task": {"name": "tydiqa", "language": "ko", "max_records": {"train": 8, "validation": 6}},
+            "roles": ["train", "validation"],
+            "mt_dir": tmp_path,
+        }
+    )
     # segments are question, context per record: the contexts of odd records lose a marker, the rest move by 2
     lose_some = fake_translate(lambda i, text: text.replace("]", "") if i % 4 == 3 else "~ " + text)
     results = {r.role: r.provenance for r in pipeline.run(config, translate=lose_some)}
@@ -338,8 +370,12 @@ def test_tydiqa_test_contexts_carry_the_gold_answer_between_markers_as_the_autho
         seen.extend(segments)
         return [Translation(s.text, False) for s in segments], {"ray": "none (test)"}
 
-    config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
-                           "mt_dir": tmp_path / "mt"})  # fmt: skip
+    config = parse_config(
+        {
+            "task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
+            "mt_dir": tmp_path / "mt",
+        }
+    )
     results = {r.role: r.provenance for r in pipeline.run(config, translate=identity)}
     sent = {s.text for s in seen}
     gold = get_task(TaskConfig(name="tydiqa", language="sw", data_dir=data, max_records=limits)).load("test")
@@ -350,16 +386,25 @@ def test_tydiqa_test_contexts_carry_the_gold_answer_between_markers_as_the_autho
         assert results[role]["answer_markers"] == ["[", "]"] and results[role]["answers_projected"] is True
     assert results["test"]["markers_lost"] == [] and results["train"]["markers_lost"] is None
     written = read_split(tmp_path / "mt", "tydiqa", "sw", "test")
-    assert [a[0]["text"] for a in written["source_answers"]] == [Markers().scrub(a[0]["text"]) for a in gold["target_answers"]]
+    assert [a[0]["text"] for a in written["source_answers"]] == [
+        Markers().scrub(a[0]["text"]) for a in gold["target_answers"]
+    ]
     assert written["target_answers"] == gold["target_answers"] and spans_consistent(written, "source")
 
     # markers lost in the translation of the first test context (segments: question, context per record)
     def lose_first(segments, config):
-        return [Translation(s.text.replace("]", "") if s.src == "swh_Latn" and i == 1 else s.text, False)
-                for i, s in enumerate(segments)], {"ray": "none (test)"}  # fmt: skip
+        return [
+            Translation(s.text.replace("]", "") if s.src == "swh_Latn" and i == 1 else s.text, False)
+            for i, s in enumerate(segments)
+        ], {"ray": "none (test)"}
 
-    config = parse_config({"task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
-                           "roles": ["test"], "mt_dir": tmp_path / "mt2"})  # fmt: skip
+    config = parse_config(
+        {
+            "task": {"name": "tydiqa", "language": "sw", "data_dir": data, "max_records": limits},
+            "roles": ["test"],
+            "mt_dir": tmp_path / "mt2",
+        }
+    )
     (result,) = pipeline.run(config, translate=lose_first)
     assert result.provenance["markers_lost"] == [{"id": gold[0]["id"], "reason": "markers_malformed"}]
     assert result.provenance["dropped"] == [] and result.provenance["records_out"] == 3
@@ -369,7 +414,13 @@ def test_tydiqa_test_contexts_carry_the_gold_answer_between_markers_as_the_autho
 
 
 def test_fallback_language_is_logged_and_recorded_and_force_translates_again(tmp_path, caplog):
-    config = parse_config({"task": {"name": "nusax", "language": "bbc", "max_records": {"test": 2}}, "roles": ["test"], "mt_dir": tmp_path})
+    config = parse_config(
+        {
+            "task": {"name": "nusax", "language": "bbc", "max_records": {"test": 2}},
+            "roles": ["test"],
+            "mt_dir": tmp_path,
+        }
+    )
     caplog.set_level(logging.INFO, logger="flare_ray")
     (result,) = pipeline.run(config, translate=fake_translate(lambda i, text: text[::-1]))
     assert "paper excluded bbc" in caplog.text and "ind_Latn" in caplog.text
@@ -384,7 +435,9 @@ def test_fallback_language_is_logged_and_recorded_and_force_translates_again(tmp
 def test_check_validates_without_translating(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(pipeline, "translate_with_ray", no_translation)
     caplog.set_level(logging.INFO, logger="flare_ray")
-    path = write_config(tmp_path, task={"name": "xnli", "language": "sw", "max_records": {"test": 2}}, mt_dir=tmp_path / "mt")
+    path = write_config(
+        tmp_path, task={"name": "xnli", "language": "sw", "max_records": {"test": 2}}, mt_dir=tmp_path / "mt"
+    )
     assert main([str(path), "--check"]) == []
     assert "3 role(s) would be translated" in caplog.text and not (tmp_path / "mt").exists()
 
@@ -399,8 +452,11 @@ def test_back_translation_for_xmixup_follows_the_forward_translation_and_serves_
         seen.append([s.tgt for s in segments])
         return [Translation(f"<{s.tgt}> {s.text}", False) for s in segments], {"ray": "none (test)"}
 
-    base = {"task": {"name": "nusax", "language": "jav", "max_records": {"train": 3}}, "mt_dir": tmp_path / "mt",
-            "roles": ["train"]}  # fmt: skip
+    base = {
+        "task": {"name": "nusax", "language": "jav", "max_records": {"train": 3}},
+        "mt_dir": tmp_path / "mt",
+        "roles": ["train"],
+    }
     (result,) = pipeline.run(parse_config({**base, "back_translate": True}), translate=tagged)
     assert [set(codes) for codes in seen] == [{"jav_Latn"}, {"eng_Latn"}]  # forward, then back
     records = read_split(tmp_path / "mt", "nusax", "jav", "train")

@@ -16,34 +16,68 @@ from flare_ray.tasks.base import mt_split_path
 
 from .test_platform import QUICKSTART, REPO, environment, mlflow_runs, run_tune
 
-MT = ["task.splits={train: mt, validation: mt, test: mt}", "translation.model=tiny:m2m_100", "translation.max_length=24",
-      "translation.batch_size=8", "task.max_records={train: 16, validation: 8, test: 8}"]  # fmt: skip
-TINY = ["training.epochs=1", "search.scheduler=null", "search.num_samples=1", "search.max_concurrent_trials=1",
-        "method.kind=lora", "search.space={}"]  # fmt: skip
+MT = [
+    "task.splits={train: mt, validation: mt, test: mt}",
+    "translation.model=tiny:m2m_100",
+    "translation.max_length=24",
+    "translation.batch_size=8",
+    "task.max_records={train: 16, validation: 8, test: 8}",
+]
+TINY = [
+    "training.epochs=1",
+    "search.scheduler=null",
+    "search.num_samples=1",
+    "search.max_concurrent_trials=1",
+    "method.kind=lora",
+    "search.space={}",
+]
 
 
 @pytest.mark.slow
 def test_the_sweep_translates_once_and_a_later_sweep_reuses_every_split(tmp_path):
     config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", *MT, *TINY])
     assert config.translates and config.task.mt_dir == tmp_path / "mt"
-    plan = subprocess.run([sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), "--dry-run", "--set",
-                           f"storage_path={tmp_path}", *[x for o in MT + TINY for x in ("--set", o)]],
-                          env=environment(), cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    plan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flare_ray.tune",
+            str(QUICKSTART),
+            "--dry-run",
+            "--set",
+            f"storage_path={tmp_path}",
+            *[x for o in MT + TINY for x in ("--set", o)],
+        ],
+        env=environment(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "# translation: 1 language(s) x 3 role(s) (train, validation, test), tiny:m2m_100" in plan.stdout
     assert "cached 0 / to make 3" in plan.stdout
 
     first = run_tune(tmp_path, *MT, *TINY)
-    assert "translation: 1 language(s) x 3 role(s) (train, validation, test), tiny:m2m_100: cached 0 / made 3" in first.stdout
+    assert (
+        "translation: 1 language(s) x 3 role(s) (train, validation, test), tiny:m2m_100: cached 0 / made 3"
+        in first.stdout
+    )
     assert "streaming_executor" not in first.stdout + first.stderr  # Ray Data's progress goes to the log file
     for role in ("train", "validation", "test"):
         assert mt_split_path(tmp_path / "mt", "nusax", "jav", role).is_file()
     client, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and children
-    artifact = lambda name: json.loads(Path(client.download_artifacts(parents[0].info.run_id, name, str(tmp_path))).read_text())  # noqa: E731
+
+    def artifact(name):
+        return json.loads(Path(client.download_artifacts(parents[0].info.run_id, name, str(tmp_path))).read_text())
+
     made = artifact("translation/translation.json")
-    assert {k: v["cached"] for k, v in made["splits"].items()} == {"jav/train": False, "jav/validation": False,
-                                                                    "jav/test": False}  # fmt: skip
+    assert {k: v["cached"] for k, v in made["splits"].items()} == {
+        "jav/train": False,
+        "jav/validation": False,
+        "jav/test": False,
+    }
     assert all(v["segments"] and v["records"] for v in made["splits"].values())
     provenance = artifact("data_provenance.json")
     assert all(provenance["jav"][role]["as_in_paper"] for role in ("train", "validation", "test"))
@@ -62,7 +96,6 @@ def test_translations_made_elsewhere_are_read_as_they_are_and_remote_storage_nee
     assert not load_experiment(QUICKSTART, [f"storage_path={tmp_path}"]).translates  # nothing read from MT
     with pytest.raises(ExperimentConfigError, match=r"task.mt_dir.*storage_path is remote"):
         load_experiment(QUICKSTART, ["storage_path=s3://bucket/sweeps", *MT])
-
 
 
 def test_the_stage_translates_the_training_set_back_where_xmixup_runs(tmp_path):

@@ -19,13 +19,26 @@ def cluster_with_driver_head():
 
     from ray.cluster_utils import Cluster
 
-    os.environ.update(RAY_TRAIN_V2_ENABLED="1", RAY_TRAIN_ENABLE_PRINT_PATCH="0", RAY_USAGE_STATS_ENABLED="0",
-                      TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")  # fmt: skip
+    os.environ.update(
+        RAY_TRAIN_V2_ENABLED="1",
+        RAY_TRAIN_ENABLE_PRINT_PATCH="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
     from .conftest import free_port
 
     # the dashboard answers the state API (which actor ran on which node)
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 1, "resources": {"trial_driver": 1000}, "include_dashboard": True, "dashboard_port": free_port()})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"trial_driver": 1000},
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+        },
+    )
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     yield cluster
@@ -37,8 +50,14 @@ def test_each_trial_driver_runs_on_the_head_and_its_worker_on_a_worker_node(tmp_
     from ray.util.state import list_actors
 
     cluster = cluster_with_driver_head
-    overrides = ["search.space={}", "search.num_samples=2", "search.scheduler=null", "training.epochs=1",
-                 "search.max_concurrent_trials=1", *ON_A_WORKER_NODE]  # fmt: skip
+    overrides = [
+        "search.space={}",
+        "search.num_samples=2",
+        "search.scheduler=null",
+        "training.epochs=1",
+        "search.max_concurrent_trials=1",
+        *ON_A_WORKER_NODE,
+    ]
     output = finish(start(tmp_path, cluster, *overrides))
     assert "Best trials of sweep 'quickstart'" in output, output[-3000:]
     assert "trial drivers: on the node offering 'trial_driver'" in output

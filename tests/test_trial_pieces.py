@@ -19,7 +19,9 @@ from flare_ray.tasks.predictions import score_frame
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"  # the small search the tests build on
+QUICKSTART = (
+    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
+)  # the small search the tests build on
 
 
 def experiment(tmp_path, *overrides):
@@ -51,7 +53,9 @@ def test_a_saved_checkpoint_scores_like_the_trained_model(tmp_path):
                 p.add_(torch.randn_like(p) * 0.3)
     checkpoint = tmp_path / "checkpoint"
     adapted.save_pretrained(checkpoint)
-    (checkpoint / TRIAL_CONFIG_NAME).write_text(json.dumps({"experiment": config.model_dump(mode="json"), "language": "jav"}))
+    (checkpoint / TRIAL_CONFIG_NAME).write_text(
+        json.dumps({"experiment": config.model_dump(mode="json"), "language": "jav"})
+    )
 
     records = task.load("test")
     encoder = TaskEncoder(task, tokenizer, "encoder", config.training.max_length)
@@ -64,7 +68,9 @@ def test_a_saved_checkpoint_scores_like_the_trained_model(tmp_path):
 def test_load_model_qlora_path():
     import bitsandbytes as bnb
 
-    model, tokenizer = load_model("tiny:llama", "decoder", labels=None, quantization="4bit", gradient_checkpointing=True)
+    model, tokenizer = load_model(
+        "tiny:llama", "decoder", labels=None, quantization="4bit", gradient_checkpointing=True
+    )
     assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert model.is_gradient_checkpointing and tokenizer.padding_side == "left"
     assert not any(p.requires_grad for p in model.parameters())  # k-bit preparation froze the base
@@ -83,10 +89,14 @@ def test_mt5_task_head_trial_pieces_train_a_step_and_predict(tmp_path, kind, tas
     adapted = build_adapter(model, config.method)
     head_module = "qa_outputs" if task.labels is None else "classification_head"
     assert any(head_module in n for n, p in adapted.named_parameters() if p.requires_grad)
-    encoder = TaskEncoder(task, tokenizer, "encoder_decoder", 64, source=METHODS[kind].source, generative=head == "generative")
+    encoder = TaskEncoder(
+        task, tokenizer, "encoder_decoder", 64, source=METHODS[kind].source, generative=head == "generative"
+    )
     records = list(task.load("test"))
     batch = encoder.train_batch(records).inputs
-    assert ("start_positions" in batch) == (task.labels is None) and ("source_input_ids" in batch) == METHODS[kind].source
+    assert ("start_positions" in batch) == (task.labels is None) and ("source_input_ids" in batch) == METHODS[
+        kind
+    ].source
     adapted.train()
     loss = adapted(**batch).loss
     loss.backward()

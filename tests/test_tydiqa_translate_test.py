@@ -49,20 +49,32 @@ def write_mt_test(mt_dir: Path, *, projected: bool = True, lost=LOST) -> list[di
         context = f"The English context of question {i}: {english_answer(i)}, it says."
         start = context.index(english_answer(i))
         answers = [{"text": english_answer(i), "answer_start": start}] if projected and i not in lost else []
-        rows.append({**record, "source_question": f"What is question {i} about?", "source_context": context,
-                     "source_answers": answers})  # fmt: skip
+        rows.append(
+            {
+                **record,
+                "source_question": f"What is question {i} about?",
+                "source_context": context,
+                "source_answers": answers,
+            }
+        )
     path = mt_split_path(mt_dir, "tydiqa", "sw", "test")
     path.parent.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_list(rows, features=gold.features).to_parquet(str(path))
-    provenance = {"role": "test", "answers_projected": projected, "records_in": TOTAL, "records_out": TOTAL,
-                  "markers_lost": [{"id": rows[i]["id"], "reason": "markers_lost"} for i in lost] if projected else []}
+    provenance = {
+        "role": "test",
+        "answers_projected": projected,
+        "records_in": TOTAL,
+        "records_out": TOTAL,
+        "markers_lost": [{"id": rows[i]["id"], "reason": "markers_lost"} for i in lost] if projected else [],
+    }
     path.with_name("test.provenance.json").write_text(json.dumps(provenance))
     return rows
 
 
 def mt_task(mt_dir: Path):
-    return get_task(TaskConfig(name="tydiqa", language="sw", mt_dir=mt_dir, splits={"test": "mt"},
-                               max_records={"test": TOTAL}))  # fmt: skip
+    return get_task(
+        TaskConfig(name="tydiqa", language="sw", mt_dir=mt_dir, splits={"test": "mt"}, max_records={"test": TOTAL})
+    )
 
 
 def test_translate_test_is_scored_against_the_english_answers_of_the_examples_that_kept_their_markers(tmp_path):
@@ -87,12 +99,21 @@ def test_translate_test_is_scored_against_the_english_answers_of_the_examples_th
 def test_a_translate_test_trial_scores_and_records_the_filtered_test_set(tmp_path, monkeypatch):
     """Through the trial's setup and its scoring-only loop, on the tiny XLM-R with a span head."""
     rows = write_mt_test(tmp_path / "mt")
-    config = load_experiment(QUICKSTART, [
-        f"storage_path={tmp_path}", "task.name=tydiqa", "task.languages=[sw]", f"task.mt_dir={tmp_path / 'mt'}",
-        "task.splits={test: mt}", f"task.max_records={{train: 4, validation: 4, test: {TOTAL}}}",
-        "method.kind=translate_test", "search.space={}", "search.scheduler=null",
-        "search.metric=validation/exact_match",
-    ])  # fmt: skip
+    config = load_experiment(
+        QUICKSTART,
+        [
+            f"storage_path={tmp_path}",
+            "task.name=tydiqa",
+            "task.languages=[sw]",
+            f"task.mt_dir={tmp_path / 'mt'}",
+            "task.splits={test: mt}",
+            f"task.max_records={{train: 4, validation: 4, test: {TOTAL}}}",
+            "method.kind=translate_test",
+            "search.space={}",
+            "search.scheduler=null",
+            "search.metric=validation/exact_match",
+        ],
+    )
     trial = build_trial(config, "sw")
     assert len(trial.splits["test"]) == KEPT and trial.test_metrics["examples_total"] == TOTAL
     reports = []
@@ -153,15 +174,32 @@ def tydiqa_sweep(translate_test: dict[str, dict]) -> Records:
             for seed in (0, 1):
                 run = f"{kind}-{language}-{seed}"
                 counts = translate_test.get(language, {}) if kind == "translate_test" else {}
-                rows.append({"run_id": run, "trial_id": run, "status": "FINISHED", "language": language, "method": kind,
-                             "cell": json.dumps({"method.kind": kind}), "configuration": "{}", "seed": seed,
-                             "validation": 50.0, "best_epoch": 1, "curve": [(1, 50.0)], "test/exact_match": 40.0 + seed,
-                             **{f"test/{k}": v for k, v in counts.items()}})  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": run,
+                        "trial_id": run,
+                        "status": "FINISHED",
+                        "language": language,
+                        "method": kind,
+                        "cell": json.dumps({"method.kind": kind}),
+                        "configuration": "{}",
+                        "seed": seed,
+                        "validation": 50.0,
+                        "best_epoch": 1,
+                        "curve": [(1, 50.0)],
+                        "test/exact_match": 40.0 + seed,
+                        **{f"test/{k}": v for k, v in counts.items()},
+                    }
+                )
                 right = [100.0 * (i % 2) for i in range(10)]
                 frames[run] = pd.DataFrame({"id": [f"e{i}" for i in range(10)], "exact_match": right, "f1": right})
-    config = {"name": "t", "task": {"name": "tydiqa", "languages": ["sw", "ko"], "max_records": {}},
-              "model": {"name_or_path": "FacebookAI/xlm-roberta-large"}, "method": {"kind": "lora"},
-              "search": {"metric": "validation/exact_match", "mode": "max", "space": {}}}  # fmt: skip
+    config = {
+        "name": "t",
+        "task": {"name": "tydiqa", "languages": ["sw", "ko"], "max_records": {}},
+        "model": {"name_or_path": "FacebookAI/xlm-roberta-large"},
+        "method": {"kind": "lora"},
+        "search": {"metric": "validation/exact_match", "mode": "max", "space": {}},
+    }
     provenance = {language: {"test": {"recipe": "mt", "as_in_paper": True}} for language in ("sw", "ko")}
     out = Records("t", "parent-t", "0", config, provenance, pd.DataFrame(rows), client=None)
     out._frames = frames
@@ -169,8 +207,12 @@ def tydiqa_sweep(translate_test: dict[str, dict]) -> Records:
 
 
 def test_the_report_footnote_says_how_translate_test_was_scored_and_on_how_many_examples():
-    sweep = tydiqa_sweep({"sw": {"examples": 412.0, "examples_total": 500.0, "english_answers": 1.0},
-                          "ko": {"examples": 300.0, "examples_total": 300.0, "english_answers": 0.0}})
+    sweep = tydiqa_sweep(
+        {
+            "sw": {"examples": 412.0, "examples_total": 500.0, "english_answers": 1.0},
+            "ko": {"examples": 300.0, "examples_total": 300.0, "english_answers": 0.0},
+        }
+    )
     table, _ = cells([sweep], resamples=20, seed=0)
     projected, target = translate_test_notes([sweep], table)
     assert "projected into English by the answer markers" in projected and "translate_test, sw: 412 of 500" in projected
@@ -194,11 +236,18 @@ def test_the_translation_stage_projects_test_answers_that_translate_test_scores_
     from flare_ray.translate.translator import Translation
 
     def lose_some(segments, config):  # segments: question, context per record
-        return [Translation("~ " + (s.text.replace("[", "") if i % 4 == 3 else s.text), False)
-                for i, s in enumerate(segments)], {"ray": "none (test)"}  # fmt: skip
+        return [
+            Translation("~ " + (s.text.replace("[", "") if i % 4 == 3 else s.text), False)
+            for i, s in enumerate(segments)
+        ], {"ray": "none (test)"}
 
-    config = parse_config({"task": {"name": "tydiqa", "language": "sw", "max_records": {"test": TOTAL}},
-                           "roles": ["test"], "mt_dir": tmp_path / "mt"})  # fmt: skip
+    config = parse_config(
+        {
+            "task": {"name": "tydiqa", "language": "sw", "max_records": {"test": TOTAL}},
+            "roles": ["test"],
+            "mt_dir": tmp_path / "mt",
+        }
+    )
     (result,) = pipeline.run(config, translate=lose_some)
     lost = {m["id"] for m in result.provenance["markers_lost"]}
     assert result.provenance["answers_projected"] is True and result.provenance["records_out"] == TOTAL

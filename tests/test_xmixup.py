@@ -43,7 +43,9 @@ def mixup_model(name: str, task, **options) -> tuple[XMixupModel, object]:
 
 
 def batch(task, tok, family="encoder", n=4, length=32, **kwargs):
-    return TaskEncoder(task, tok, family, length, source=True, **kwargs).train_batch(list(task.load("train"))[:n]).inputs
+    return (
+        TaskEncoder(task, tok, family, length, source=True, **kwargs).train_batch(list(task.load("train"))[:n]).inputs
+    )
 
 
 # -- the pair entropy ----------------------------------------------------------------------------------
@@ -149,8 +151,9 @@ def test_losses_are_the_authors_terms_and_reach_the_gate_and_the_lora():
         src = mixup.peft_model(input_ids=inputs["source_input_ids"], attention_mask=inputs["source_attention_mask"])
     labels = inputs["labels"]
     task_loss = 0.4 * F.cross_entropy(src.logits, labels) + 0.6 * F.cross_entropy(out.logits.detach(), labels)
-    kl = F.kl_div(F.log_softmax(out.logits.detach(), -1), F.log_softmax(src.logits, -1), log_target=True,
-                  reduction="batchmean")  # fmt: skip
+    kl = F.kl_div(
+        F.log_softmax(out.logits.detach(), -1), F.log_softmax(src.logits, -1), log_target=True, reduction="batchmean"
+    )
     assert torch.allclose(mixup.losses["task"], task_loss, atol=1e-5)
     assert torch.allclose(mixup.losses["kl"], kl, atol=1e-5)
     assert torch.allclose(out.loss.detach(), task_loss + kl + mixup.losses["mse"], atol=1e-5)
@@ -188,7 +191,10 @@ def test_qa_adds_the_english_span_loss_with_alpha_0_2():
     for i, record in enumerate(list(task.load("train"))[:4]):
         start, end = inputs["source_start_positions"][i], inputs["source_end_positions"][i]
         assert 0 < start <= end
-        assert tok.decode(inputs["source_input_ids"][i, start : end + 1]).strip() == record["source_answers"][0]["text"].strip()
+        assert (
+            tok.decode(inputs["source_input_ids"][i, start : end + 1]).strip()
+            == record["source_answers"][0]["text"].strip()
+        )
 
 
 def test_the_source_is_scheduled_between_the_gold_english_and_the_back_translation():
@@ -223,8 +229,10 @@ def test_adapters_of_the_earlier_version_are_refused(tmp_path):
     mixup.save_pretrained(tmp_path)
     from safetensors.torch import save_file
 
-    save_file({"cross_attention.in_proj_weight": torch.zeros(2, 2), "gate.weight": torch.ones(1, 1)},
-              tmp_path / "xmixup_model.safetensors")  # fmt: skip
+    save_file(
+        {"cross_attention.in_proj_weight": torch.zeros(2, 2), "gate.weight": torch.ones(1, 1)},
+        tmp_path / "xmixup_model.safetensors",
+    )
     with pytest.raises(ValueError, match="earlier version"):
         XMixupModel.from_pretrained(load_model("tiny:xlm-roberta", "encoder", labels=task.labels)[0], tmp_path)
 
@@ -244,11 +252,18 @@ def decoder_mixup(name: str, task, **options):
 def _residual_after_attention(mixup, block, inputs: dict, mixed: bool) -> tuple[torch.Tensor, dict]:
     """The residual stream after the attention sub-layer of ``block`` (what the feed-forward norm reads), and the
     block's rotary positions."""
-    norm = block.pre_feedforward_layernorm if hasattr(block, "pre_feedforward_layernorm") else block.post_attention_layernorm
+    norm = (
+        block.pre_feedforward_layernorm
+        if hasattr(block, "pre_feedforward_layernorm")
+        else block.post_attention_layernorm
+    )
     kept = {}
-    handles = [norm.register_forward_pre_hook(lambda m, args: kept.update(h=args[0])),
-               block.register_forward_pre_hook(lambda m, a, kw: kept.update(rotary=kw["position_embeddings"]),
-                                               with_kwargs=True)]  # fmt: skip
+    handles = [
+        norm.register_forward_pre_hook(lambda m, args: kept.update(h=args[0])),
+        block.register_forward_pre_hook(
+            lambda m, a, kw: kept.update(rotary=kw["position_embeddings"]), with_kwargs=True
+        ),
+    ]
     try:
         (mixup if mixed else mixup.peft_model)(**inputs)
     finally:
@@ -274,7 +289,11 @@ def test_decoders_mix_the_prompt_inside_the_attention_sublayer_by_hand(name):
         h_t, t = _residual_after_attention(mixup, block, target, mixed=False)
         h_s, s = _residual_after_attention(mixup, block, source, mixed=False)
         split = lambda x: x.view(x.shape[0], x.shape[1], -1, attention.head_dim).transpose(1, 2)  # noqa: E731
-        q, k, v = split(attention.q_proj(norm(h_t))), split(attention.k_proj(norm(h_s))), split(attention.v_proj(norm(h_s)))
+        q, k, v = (
+            split(attention.q_proj(norm(h_t))),
+            split(attention.k_proj(norm(h_s))),
+            split(attention.v_proj(norm(h_s))),
+        )
         q, _ = apply_rotary_pos_emb(q, q, *t["rotary"])
         k, _ = apply_rotary_pos_emb(k, k, *s["rotary"])
         k, v = repeat_kv(k, attention.num_key_value_groups), repeat_kv(v, attention.num_key_value_groups)
@@ -333,17 +352,23 @@ def test_an_xmixup_adapter_saves_and_loads(tmp_path):
     with torch.no_grad():
         mixed = mixup(**inputs).logits
     mixup.save_pretrained(tmp_path)
-    again = XMixupModel.from_pretrained(load_model("tiny:xlm-roberta", "encoder", labels=task.labels)[0], tmp_path).eval()
+    again = XMixupModel.from_pretrained(
+        load_model("tiny:xlm-roberta", "encoder", labels=task.labels)[0], tmp_path
+    ).eval()
     with torch.no_grad():
         assert torch.allclose(again(**inputs).logits, mixed, atol=1e-6)
     assert float(again.gate.bias) == pytest.approx(0.3) and not any(p.requires_grad for p in again.parameters())
 
 
-@pytest.mark.parametrize("name,family,task_name", [("tiny:llama", "decoder", "nusax"), ("tiny:mt5", "encoder_decoder", "tydiqa")])
+@pytest.mark.parametrize(
+    "name,family,task_name", [("tiny:llama", "decoder", "nusax"), ("tiny:mt5", "encoder_decoder", "tydiqa")]
+)
 def test_xmixup_trains_a_step_and_predicts_with_qlora_and_gradient_checkpointing_or_mt5_spans(name, family, task_name):
     """A decoder in 4 bit with gradient checkpointing (the paper's decoder recipe): the mixing block runs once,
     not again in backward; mT5's span head on TyDiQA: the English span loss. Both predict through the encoder."""
-    task = nusax() if task_name == "nusax" else get_task(TaskConfig(name="tydiqa", language="sw", max_records={"test": 4}))
+    task = (
+        nusax() if task_name == "nusax" else get_task(TaskConfig(name="tydiqa", language="sw", max_records={"test": 4}))
+    )
     if family == "decoder":
         model, tok = load_model(name, family, labels=task.labels, quantization="4bit", gradient_checkpointing=True)
     else:

@@ -21,15 +21,28 @@ from flare_ray.models.tiny import BOS, EOS, PAD, train_tokenizer
 
 def build(out_dir: Path, layers: int = 16) -> Path:
     config = LlamaConfig(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-        tie_word_embeddings=True, rms_norm_eps=1e-5, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
     )
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out_dir)
     train_tokenizer("llama").save_pretrained(out_dir)
-    print(f"{out_dir}: Llama ({layers} blocks, hidden 2048), {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters")
+    print(
+        f"{out_dir}: Llama ({layers} blocks, hidden 2048), {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters"
+    )
     return out_dir
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import steps  # noqa: E402
+import steps
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 70.0}
 
@@ -63,9 +63,16 @@ def main() -> int:
     print(f"{name}; dense bf16 peak {peak} TFLOPS; batch {args.batch} x ≤{args.length}", flush=True)
     results = {}
     for kind in args.methods:
-        experiment = steps.experiment(args.model, None, kind, args.batch, args.length,
-                                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-                                      precision="bf16", dtype="bfloat16")  # fmt: skip
+        experiment = steps.experiment(
+            args.model,
+            None,
+            kind,
+            args.batch,
+            args.length,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+            precision="bf16",
+            dtype="bfloat16",
+        )
         row = steps.time_steps(experiment, args.warmup, args.steps)
         source_pass = kind == "flare"
         flops = model_flops(row, layers, width, source_pass, args.batch)
@@ -75,17 +82,23 @@ def main() -> int:
         results[kind] = row
         torch.cuda.empty_cache()
     lora = results.get("lora", {}).get("seconds")
-    lines = ["| method | step (s) | ÷ LoRA | tokens/s (real) | peak GPU memory (GiB) | model TFLOP/s | MFU |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| method | step (s) | ÷ LoRA | tokens/s (real) | peak GPU memory (GiB) | model TFLOP/s | MFU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for kind, row in results.items():
         ratio = f"{row['seconds'] / lora:.2f}" if lora else ""
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "?"
-        lines.append(f"| {kind} | {row['seconds']:.4f} | {ratio} | {row['tokens_per_second']:,.0f} | "
-                     f"{row['peak_memory_gb']:.1f} | {row['tflops']:.0f} | {mfu} |")
+        lines.append(
+            f"| {kind} | {row['seconds']:.4f} | {ratio} | {row['tokens_per_second']:,.0f} | "
+            f"{row['peak_memory_gb']:.1f} | {row['tflops']:.0f} | {mfu} |"
+        )
     first = next(iter(results.values()))
     source = max(row["source_positions"] for row in results.values())  # FLARE's (LoRA reads no source)
-    lines.append(f"\nbatch: {first['positions']} positions ({first['tokens']} real tokens), source "
-                 f"{source} positions; N = {first['matmul_params'] / 1e9:.2f} B in matrix products")
+    lines.append(
+        f"\nbatch: {first['positions']} positions ({first['tokens']} real tokens), source "
+        f"{source} positions; N = {first['matmul_params'] / 1e9:.2f} B in matrix products"
+    )
     print("\n".join(lines), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "peak_tflops": peak, "results": results}, indent=1))

@@ -57,8 +57,9 @@ def row_entropy(scores: torch.Tensor, key_mask: torch.Tensor, query_mask: torch.
     return (rows * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1)
 
 
-def pair_entropy(scores: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor, *,
-                 queries_only: bool = False) -> torch.Tensor:  # fmt: skip
+def pair_entropy(
+    scores: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor, *, queries_only: bool = False
+) -> torch.Tensor:
     """``H(A) + H(A^T)`` (the authors' ``get_pair_entropy``): the entropy of the target's attention over the
     source plus that of each source position over the target's. ``queries_only``: the first term averages
     over the real query positions only (decoders: the positions that mix)."""
@@ -128,7 +129,11 @@ class PostLNEncoder(_ModuleOutput):
     def scores_and_values(self, h_t, h_s, target, source):
         attention = self.module.self
         heads = attention.num_attention_heads
-        q, k, v = _heads(attention.query(h_t), heads), _heads(attention.key(h_s), heads), _heads(attention.value(h_s), heads)
+        q, k, v = (
+            _heads(attention.query(h_t), heads),
+            _heads(attention.key(h_s), heads),
+            _heads(attention.value(h_s), heads),
+        )
         return (q @ k.transpose(-1, -2)) * attention.attention_head_size**-0.5, v
 
     def dropout(self, weights):
@@ -152,7 +157,11 @@ class T5Encoder(_ModuleOutput):
     def scores_and_values(self, h_t, h_s, target, source):
         attention, norm = self.module.SelfAttention, self.module.layer_norm
         heads = attention.n_heads
-        q, k, v = _heads(attention.q(norm(h_t)), heads), _heads(attention.k(norm(h_s)), heads), _heads(attention.v(norm(h_s)), heads)
+        q, k, v = (
+            _heads(attention.q(norm(h_t)), heads),
+            _heads(attention.k(norm(h_s)), heads),
+            _heads(attention.v(norm(h_s)), heads),
+        )
         return q @ k.transpose(-1, -2), v  # T5 does not scale its scores
 
     def dropout(self, weights):
@@ -199,7 +208,11 @@ class Decoder(Sublayer):
 
     def scores_and_values(self, h_t, h_s, target, source):
         attention = self.attention
-        q, k, v = self._states(h_t, attention.q_proj), self._states(h_s, attention.k_proj), self._states(h_s, attention.v_proj)
+        q, k, v = (
+            self._states(h_t, attention.q_proj),
+            self._states(h_s, attention.k_proj),
+            self._states(h_s, attention.v_proj),
+        )
         if hasattr(attention, "q_norm"):  # Gemma 3, Qwen 3: per-head norms before the rotation
             q, k = attention.q_norm(q), attention.k_norm(k)
         q = self._rotate(q, q, *target["rotary"])[0]  # each sequence rotated by its own positions
@@ -228,5 +241,7 @@ def sublayer_of(block: nn.Module) -> Sublayer:
         return T5Encoder(block)
     if hasattr(block, "self_attn") and hasattr(block, "input_layernorm") and hasattr(block.self_attn, "q_proj"):
         return Decoder(block)
-    raise ValueError(f"X-Mixup: no attention sub-layer known in {type(block).__name__} (XLM-R/BERT, mT5's encoder, "
-                     "Llama or Gemma blocks)")  # fmt: skip
+    raise ValueError(
+        f"X-Mixup: no attention sub-layer known in {type(block).__name__} (XLM-R/BERT, mT5's encoder, "
+        "Llama or Gemma blocks)"
+    )

@@ -91,8 +91,10 @@ class XMixupModel(nn.Module):
         self.family = ArchitectureFamily.of(base)
         self.decoder = self.family is ArchitectureFamily.DECODER
         if self.family is ArchitectureFamily.ENCODER_DECODER and hasattr(base, "lm_head"):
-            raise ValueError(f"X-Mixup on {type(base).__name__}: mT5 with a generative head is not implemented; use "
-                             "model.head: task (a classification or span head, the authors' mT5 recipe)")  # fmt: skip
+            raise ValueError(
+                f"X-Mixup on {type(base).__name__}: mT5 with a generative head is not implemented; use "
+                "model.head: task (a classification or span head, the authors' mT5 recipe)"
+            )
         self.blocks = plan_fusion(base, FlareConfig()).blocks  # the (encoder's) stack of blocks
         self.qa = "QuestionAnswering" in type(base).__name__
         self.pool_mean = self.qa or self.family is not ArchitectureFamily.ENCODER
@@ -116,8 +118,9 @@ class XMixupModel(nn.Module):
     # -- the mixing ---------------------------------------------------------------
     def ratio(self, scores: torch.Tensor, target_mask: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
         """``lam = ratio * sigmoid(w * H + b)`` per example, ``H`` the pair entropy of ``scores``."""
-        entropy = pair_entropy(scores.float(), target_mask.to(scores.device), source_mask.to(scores.device),
-                               queries_only=self.decoder)  # fmt: skip
+        entropy = pair_entropy(
+            scores.float(), target_mask.to(scores.device), source_mask.to(scores.device), queries_only=self.decoder
+        )
         return self.config.ratio * torch.sigmoid(self.gate(entropy.unsqueeze(-1).to(self.gate.weight.dtype)))[:, 0]
 
     def mix(self, h_t: torch.Tensor, target: dict[str, Any], mix_mask: torch.Tensor, source: dict[str, Any]):
@@ -151,7 +154,9 @@ class XMixupModel(nn.Module):
 
         return [*self.sublayer.hooks(on_output), self.blocks[-1].register_forward_hook(at_last)]
 
-    def _pass(self, inputs: dict[str, torch.Tensor], source: dict[str, Any] | None, mix_mask: torch.Tensor | None = None):
+    def _pass(
+        self, inputs: dict[str, torch.Tensor], source: dict[str, Any] | None, mix_mask: torch.Tensor | None = None
+    ):
         """One pass of the adapted model (a source pass without ``source``, else a target pass that mixes)."""
         kept: dict[str, Any] = {}
         # The mixing block runs once, not again under gradient checkpointing (its hooks are gone by then).
@@ -187,22 +192,52 @@ class XMixupModel(nn.Module):
 
     def _source_pass(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, dict[str, Any]]:
         out, kept = self._pass(inputs, None)
-        return out, {"h": kept["sublayer"], "state": kept["state"], "mask": inputs["attention_mask"], "last": kept["last"]}
+        return out, {
+            "h": kept["sublayer"],
+            "state": kept["state"],
+            "mask": inputs["attention_mask"],
+            "last": kept["last"],
+        }
 
     # -- the forward --------------------------------------------------------------------
-    def forward(self, input_ids=None, attention_mask=None, *, source_input_ids=None, source_attention_mask=None,
-                back_translation_input_ids=None, back_translation_attention_mask=None, labels=None,
-                start_positions=None, end_positions=None, source_start_positions=None, source_end_positions=None,
-                **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        *,
+        source_input_ids=None,
+        source_attention_mask=None,
+        back_translation_input_ids=None,
+        back_translation_attention_mask=None,
+        labels=None,
+        start_positions=None,
+        end_positions=None,
+        source_start_positions=None,
+        source_end_positions=None,
+        **kwargs,
+    ):
         target = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
         if source_input_ids is None:  # no source: the plain LoRA model
-            target.update({k: v for k, v in (("labels", labels), ("start_positions", start_positions),
-                                              ("end_positions", end_positions)) if v is not None})  # fmt: skip
+            target.update(
+                {
+                    k: v
+                    for k, v in (
+                        ("labels", labels),
+                        ("start_positions", start_positions),
+                        ("end_positions", end_positions),
+                    )
+                    if v is not None
+                }
+            )
             return self.peft_model(**target)
         gold = {"input_ids": source_input_ids, "attention_mask": source_attention_mask, **kwargs}
         back = None
         if back_translation_input_ids is not None:
-            back = {"input_ids": back_translation_input_ids, "attention_mask": back_translation_attention_mask, **kwargs}
+            back = {
+                "input_ids": back_translation_input_ids,
+                "attention_mask": back_translation_attention_mask,
+                **kwargs,
+            }
         source_inputs, is_gold = self._source(gold, back)
         src, source = self._source_pass(source_inputs)
         if self.decoder:
@@ -211,8 +246,11 @@ class XMixupModel(nn.Module):
         r_src = self._representation(source["last"], source["mask"])
         r_trg = self._representation(trg_kept["last"], attention_mask)
         consistency = self.config.mse_weight * F.mse_loss(r_trg.float(), r_src.float())
-        self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean(),
-                       "gold_source": torch.tensor(float(is_gold))}  # fmt: skip
+        self.losses = {
+            "mse": consistency.detach(),
+            "ratio": trg_kept["lam"].detach().mean(),
+            "gold_source": torch.tensor(float(is_gold)),
+        }
         if self.qa:
             loss = None
             if start_positions is not None:
@@ -226,9 +264,15 @@ class XMixupModel(nn.Module):
         loss = None
         if labels is not None:
             alpha = self.alpha
-            task = alpha * F.cross_entropy(src.logits.float(), labels) + (1 - alpha) * F.cross_entropy(trg.logits.float(), labels)
-            kl = F.kl_div(F.log_softmax(trg.logits.float(), -1), F.log_softmax(src.logits.float(), -1),
-                          log_target=True, reduction="batchmean")  # KL(p_source || p_target)
+            task = alpha * F.cross_entropy(src.logits.float(), labels) + (1 - alpha) * F.cross_entropy(
+                trg.logits.float(), labels
+            )
+            kl = F.kl_div(
+                F.log_softmax(trg.logits.float(), -1),
+                F.log_softmax(src.logits.float(), -1),
+                log_target=True,
+                reduction="batchmean",
+            )  # KL(p_source || p_target)
             loss = task + self.config.kl_weight * kl + consistency
             self.losses.update(task=task.detach(), kl=(self.config.kl_weight * kl).detach())
         logits = trg.logits if self.training else (src.logits + trg.logits) / 2  # the authors' test-time average
@@ -237,21 +281,35 @@ class XMixupModel(nn.Module):
     def _decoder_forward(self, target: dict, labels: torch.Tensor | None, source: dict[str, Any], is_gold: bool):
         """Decoders (this project's choice, see the module docstring): the prompt mixes; the loss is the target's
         language-model loss on the answer plus the MSE of the mean prompt representations."""
-        prompt = target["attention_mask"].bool() & (labels == -100) if labels is not None else target["attention_mask"].bool()
+        prompt = (
+            target["attention_mask"].bool() & (labels == -100)
+            if labels is not None
+            else target["attention_mask"].bool()
+        )
         trg, trg_kept = self._pass({**target, **({"labels": labels} if labels is not None else {})}, source, prompt)
         r_src = self._representation(source["last"], source["mask"])
         r_trg = self._representation(trg_kept["last"], prompt)
         consistency = self.config.mse_weight * F.mse_loss(r_trg.float(), r_src.float())
-        self.losses = {"mse": consistency.detach(), "ratio": trg_kept["lam"].detach().mean(),
-                       "gold_source": torch.tensor(float(is_gold))}  # fmt: skip
+        self.losses = {
+            "mse": consistency.detach(),
+            "ratio": trg_kept["lam"].detach().mean(),
+            "gold_source": torch.tensor(float(is_gold)),
+        }
         if trg.loss is not None:
             self.losses["task"] = trg.loss.detach()
             trg.loss = trg.loss + consistency
         return trg
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, source_input_ids=None,
-                 source_attention_mask=None, **generate_kwargs):  # fmt: skip
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        source_input_ids=None,
+        source_attention_mask=None,
+        **generate_kwargs,
+    ):
         """Generate (decoders): the prompt mixes with the source at prefill; generated tokens do not (as the
         answer does not in training), with or without the KV cache."""
         attention_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
@@ -268,13 +326,24 @@ class XMixupModel(nn.Module):
             start = total - new
             if start >= prompt_length:
                 return None
-            return attention_mask[:, start : min(total, prompt_length)].bool() if total <= prompt_length else \
-                torch.cat([attention_mask[:, start:], attention_mask.new_zeros(attention_mask.shape[0], total - prompt_length)], 1).bool()  # fmt: skip
+            return (
+                attention_mask[:, start : min(total, prompt_length)].bool()
+                if total <= prompt_length
+                else torch.cat(
+                    [
+                        attention_mask[:, start:],
+                        attention_mask.new_zeros(attention_mask.shape[0], total - prompt_length),
+                    ],
+                    1,
+                ).bool()
+            )
 
         self.blocks[self.layer].gradient_checkpointing = False
         kept: dict[str, Any] = {}
-        handles = [self.peft_model.get_base_model().register_forward_pre_hook(see_step, with_kwargs=True),
-                   *self._hooks(kept, source, mix_mask)]  # fmt: skip
+        handles = [
+            self.peft_model.get_base_model().register_forward_pre_hook(see_step, with_kwargs=True),
+            *self._hooks(kept, source, mix_mask),
+        ]
         try:
             return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         finally:
@@ -298,9 +367,11 @@ class XMixupModel(nn.Module):
         directory = Path(directory)
         weights = load_file(directory / WEIGHTS_NAME)
         if set(weights) != {"gate.weight", "gate.bias"}:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: an X-Mixup adapter of an earlier version (its own "
-                             f"cross-attention: {sorted(weights)[:3]}...); this version reuses the model's "
-                             "attention and saves only the gate (gate.weight, gate.bias): train it again")  # fmt: skip
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME}: an X-Mixup adapter of an earlier version (its own "
+                f"cross-attention: {sorted(weights)[:3]}...); this version reuses the model's "
+                "attention and saves only the gate (gate.weight, gate.bias): train it again"
+            )
         config = XMixupConfig(**json.loads((directory / CONFIG_NAME).read_text()))
         mixup = cls(PeftModel.from_pretrained(model, directory, low_cpu_mem_usage=True), config)
         mixup.load_state_dict(weights, strict=False)

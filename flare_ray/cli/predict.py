@@ -49,26 +49,48 @@ def _columns_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m flare_ray.predict", description=DESCRIPTION, epilog=_columns_help(),
+        prog="python -m flare_ray.predict",
+        description=DESCRIPTION,
+        epilog=_columns_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     p.add_argument("model", help="registered model NAME (latest version) or NAME/VERSION, or an MLflow run id")
     p.add_argument("--input", type=Path, required=True, help="the rows to predict: .jsonl, .csv or .tsv")
-    p.add_argument("--output", type=Path, required=True, help="where to write the rows with 'prediction': .jsonl, .csv or .tsv")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db")
-    p.add_argument("--mt-model", help="NLLB-200 model (hub id, folder, or tiny:m2m_100) for a missing English side; "
-                   "default: the one the run's test split was translated with, else facebook/nllb-200-3.3B")  # fmt: skip
-    p.add_argument("--mt-max-length", type=int, help="tokens per text and per translation (default: as the run's "
-                   "test split, else 512)")  # fmt: skip
-    p.add_argument("--mt-batch-size", type=int, help="texts per translation batch (default: as the run's test split, else 16)")
-    p.add_argument("--translation-cache", type=Path, default=Path("outputs/translations"),
-                   help="folder of the cached translations (default outputs/translations)")  # fmt: skip
+    p.add_argument(
+        "--output", type=Path, required=True, help="where to write the rows with 'prediction': .jsonl, .csv or .tsv"
+    )
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db"
+    )
+    p.add_argument(
+        "--mt-model",
+        help="NLLB-200 model (hub id, folder, or tiny:m2m_100) for a missing English side; "
+        "default: the one the run's test split was translated with, else facebook/nllb-200-3.3B",
+    )
+    p.add_argument(
+        "--mt-max-length",
+        type=int,
+        help="tokens per text and per translation (default: as the run's test split, else 512)",
+    )
+    p.add_argument(
+        "--mt-batch-size", type=int, help="texts per translation batch (default: as the run's test split, else 16)"
+    )
+    p.add_argument(
+        "--translation-cache",
+        type=Path,
+        default=Path("outputs/translations"),
+        help="folder of the cached translations (default outputs/translations)",
+    )
     return p
 
 
 def tracking_uri(explicit: str | None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the sweeps' default local store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('outputs/mlflow.db').resolve().as_posix()}"
+    return (
+        explicit
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path('outputs/mlflow.db').resolve().as_posix()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,18 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         settings = None
         if plan.translate:
             settings = translation_settings(
-                experiment, language, model=args.mt_model, max_length=args.mt_max_length,
-                batch_size=args.mt_batch_size, cache_dir=args.translation_cache,
-            )  # fmt: skip
+                experiment,
+                language,
+                model=args.mt_model,
+                max_length=args.mt_max_length,
+                batch_size=args.mt_batch_size,
+                cache_dir=args.translation_cache,
+            )
         result = predict(experiment, language, adapter.folder, rows, translation=settings, where=args.input)
     write_rows(rows.assign(**{PREDICTION_COLUMN: result.predictions}), args.output)
     how = ""
     if result.translation is not None:
         t = result.translation
-        how = (f"; English side translated by {settings.model}: {t.translated} of {t.segments} texts new, "
-               f"{t.segments - t.translated} from the cache {t.path}")  # fmt: skip
+        how = (
+            f"; English side translated by {settings.model}: {t.translated} of {t.segments} texts new, "
+            f"{t.segments - t.translated} from the cache {t.path}"
+        )
     elif plan.sources_given and plan.needs_english:
         how = f"; English side from {', '.join(plan.source_columns)}"
-    print(f"wrote {len(rows)} predictions to {args.output} ({adapter.describe()}: {experiment.method.kind}, "
-          f"{experiment.task.name}/{language}{how})")  # fmt: skip
+    print(
+        f"wrote {len(rows)} predictions to {args.output} ({adapter.describe()}: {experiment.method.kind}, "
+        f"{experiment.task.name}/{language}{how})"
+    )
     return 0

@@ -26,13 +26,19 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep name or parent run id")
-    p.add_argument("--tracking-uri", default=None,
-                   help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE})")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE})",
+    )
     p.add_argument("--output", type=Path, default=None, help="folder for the report (default: reports/<sweeps>)")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=None, help="the bootstrap's random seed (default 0)")
-    p.add_argument("--log-to-mlflow", action="store_true",
-                   help="also put the report on each sweep's parent run and in its model versions' descriptions")
+    p.add_argument(
+        "--log-to-mlflow",
+        action="store_true",
+        help="also put the report on each sweep's parent run and in its model versions' descriptions",
+    )
     return p
 
 
@@ -53,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(uri)
     folder = args.output or Path("reports") / "+".join(args.sweeps)
     try:
-        report = build_report(client, args.sweeps, folder, args.resamples or RESAMPLES,
-                              SEED if args.seed is None else args.seed)  # fmt: skip
+        report = build_report(
+            client, args.sweeps, folder, args.resamples or RESAMPLES, SEED if args.seed is None else args.seed
+        )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -67,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
 def show(report) -> str:
     """The table, its notes and where the files are, for the console."""
     published = ["The paper's numbers:", "", report.published, ""] if report.published else []
-    return "\n".join([report.title, "", report.markdown, "", *published, *report.notes, "",
-                      "report: " + ", ".join(str(p) for p in report.files[:3]),
-                      "figures: " + ", ".join(str(p) for p in report.figures)])  # fmt: skip
+    return "\n".join(
+        [
+            report.title,
+            "",
+            report.markdown,
+            "",
+            *published,
+            *report.notes,
+            "",
+            "report: " + ", ".join(str(p) for p in report.files[:3]),
+            "figures: " + ", ".join(str(p) for p in report.figures),
+        ]
+    )

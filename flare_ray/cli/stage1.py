@@ -18,9 +18,17 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flare_ray.stage1", description=__doc__.split("\n\n")[0])
     p.add_argument("config", type=Path, help="experiment YAML (its search section is ignored)")
-    p.add_argument("--output", required=True, help="folder (or URI, e.g. s3://bucket/stage1/xlmr) for the stage-1 adapter")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value (YAML syntax); repeatable")
+    p.add_argument(
+        "--output", required=True, help="folder (or URI, e.g. s3://bucket/stage1/xlmr) for the stage-1 adapter"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (YAML syntax); repeatable",
+    )
     p.add_argument("--verbose", action="store_true", help="also show every library's output on the console")
     args = p.parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment

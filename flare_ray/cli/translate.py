@@ -54,15 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config", help="YAML configuration file (keys below)")
     parser.add_argument(
-        "--check", action="store_true",
+        "--check",
+        action="store_true",
         help="validate the configuration and the data, say what would be translated or reused, and exit "
         "(starts no Ray, loads no model)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--force", action="store_true", help="translate every role again, even where a cached split matches"
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default INFO)"
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
     )
     return parser
 

@@ -29,16 +29,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", type=Path, help="experiment YAML (see search_spaces/)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
         help="override a config value (YAML syntax: numbers, lists); repeatable",
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and search space; train nothing")
-    p.add_argument("--verbose", action="store_true",
-                   help="also show every library's and every trial's output on the console (always in the log files)")
-    p.add_argument("--status-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="seconds between the status tables of every search (default 60)")
     p.add_argument(
-        "--resume", action="store_true",
+        "--verbose",
+        action="store_true",
+        help="also show every library's and every trial's output on the console (always in the log files)",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between the status tables of every search (default 60)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
         help="continue an interrupted sweep of the same name (Tune state, searcher state, MLflow runs)",
     )
     return p
@@ -98,8 +111,9 @@ def _sweep(config, args) -> int:
     # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
     # trials' log files (and Ray's) unless --verbose.
     joined = joins_a_cluster()
-    ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose,
-             runtime_env=_runtime_env())
+    ray.init(
+        ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose, runtime_env=_runtime_env()
+    )
     quiet_libraries()
     console = Console(interval=args.status_interval)
     cluster = probe_cluster(joined)
@@ -129,8 +143,11 @@ def _sweep(config, args) -> int:
     print(summary.where())
     print(f"logs: {log}")
     if summary.failed:
-        print(f"{summary.failed} of {summary.trials} trials failed (their errors and logs are above); the others "
-              "were selected from", file=sys.stderr)
+        print(
+            f"{summary.failed} of {summary.trials} trials failed (their errors and logs are above); the others "
+            "were selected from",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -185,12 +202,17 @@ def report_sweep(config, summary) -> None:
 
     client = connect(summary.tracking_uri)
     local = local_folder(config.storage_path)
-    folder = local / "reports" / config.name if local is not None else Path(tempfile.mkdtemp(prefix="flare_ray-report-"))
+    folder = (
+        local / "reports" / config.name if local is not None else Path(tempfile.mkdtemp(prefix="flare_ray-report-"))
+    )
     try:
         report = build_report(client, [summary.parent_run_id], folder)
         log_report(client, report)
     except Exception as err:  # noqa: BLE001 - the sweep itself is done and recorded; its report can be made again
-        print(f"warning: the report failed ({type(err).__name__}: {err}); make it again with "
-              f"python -m flare_ray.report {summary.parent_run_id} --tracking-uri {summary.tracking_uri}", file=sys.stderr)
+        print(
+            f"warning: the report failed ({type(err).__name__}: {err}); make it again with "
+            f"python -m flare_ray.report {summary.parent_run_id} --tracking-uri {summary.tracking_uri}",
+            file=sys.stderr,
+        )
         return
     print(show(report))

@@ -13,5 +13,14 @@ from .errors import ExperimentConfigError
 from .loading import load_experiment, parse_override, validate_experiment
 from .space import DefineByRun, apply_sample, build_sampler
 
-__all__ = ["SCHEMA_VERSION", "DefineByRun", "ExperimentConfig", "ExperimentConfigError", "apply_sample", "build_sampler",
-           "load_experiment", "parse_override", "validate_experiment"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DefineByRun",
+    "ExperimentConfig",
+    "ExperimentConfigError",
+    "apply_sample",
+    "build_sampler",
+    "load_experiment",
+    "parse_override",
+    "validate_experiment",
+]

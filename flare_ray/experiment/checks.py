@@ -46,14 +46,24 @@ _LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers")
 def preflight_problems(config: ExperimentConfig) -> list[Problem]:
     """Everything wrong with what ``config`` names on disk or in the hub cache (empty: nothing found)."""
     kinds = {value for _, value in _values(config, "method.kind")}
-    problems = [p for path, value in _values(config, "model.name_or_path")
-                if (p := _model_problem(path, value, "a model folder")) is not None]  # fmt: skip
+    problems = [
+        p
+        for path, value in _values(config, "model.name_or_path")
+        if (p := _model_problem(path, value, "a model folder")) is not None
+    ]
     if "flare_mt" in kinds:
-        problems += [p for path, value in _values(config, "method.flare.mt_encoder") if value
-                     if (p := _model_problem(path, value, "an MT model folder")) is not None]  # fmt: skip
+        problems += [
+            p
+            for path, value in _values(config, "method.flare.mt_encoder")
+            if value
+            if (p := _model_problem(path, value, "an MT model folder")) is not None
+        ]
     if config.translates:  # the sweep's translation stage loads it
-        problems += [p for p in [_model_problem(("translation", "model"), config.translation.model,
-                                                "an NLLB-200 model folder")] if p is not None]  # fmt: skip
+        problems += [
+            p
+            for p in [_model_problem(("translation", "model"), config.translation.model, "an NLLB-200 model folder")]
+            if p is not None
+        ]
     problems += _stage1_problems(config)
     problems += _credential_problems(config)
     if kinds & set(_FLARE):
@@ -137,12 +147,16 @@ def _model_problem(path: KeyPath, value: Any, what: str) -> Problem | None:
     pathlike = value.startswith(("/", ".", "~")) or ((os.sep in value or "\\" in value) and not _HUB_ID.match(value))
     if pathlike or not _HUB_ID.match(value):
         where = "" if Path(value).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
-        return Problem(path, f"{value!r} does not exist{where}; expected {what}, a Hugging Face hub id "
-                             "('org/name') or tiny:<arch>")
+        return Problem(
+            path, f"{value!r} does not exist{where}; expected {what}, a Hugging Face hub id ('org/name') or tiny:<arch>"
+        )
     if hub_offline() and _cached_config(value) is None:
-        return Problem(path, f"hub model {value!r} is not in the local Hugging Face cache and the hub is offline "
-                             f"({_offline_switch()}); expected a cached model: download it first "
-                             f"(`hf download {value}`), name a local folder, or go online")
+        return Problem(
+            path,
+            f"hub model {value!r} is not in the local Hugging Face cache and the hub is offline "
+            f"({_offline_switch()}); expected a cached model: download it first "
+            f"(`hf download {value}`), name a local folder, or go online",
+        )
     return None
 
 
@@ -159,9 +173,15 @@ def _length_problems(config: ExperimentConfig) -> list[Problem]:
         if found is None:
             continue
         positions, where = found
-        problems += [Problem(path, f"{length} tokens is more than {model} reads ({positions} positions, {where}); "
-                                   f"expected at most {positions}")
-                     for path, length in lengths if isinstance(length, int) and length > positions]  # fmt: skip
+        problems += [
+            Problem(
+                path,
+                f"{length} tokens is more than {model} reads ({positions} positions, {where}); "
+                f"expected at most {positions}",
+            )
+            for path, length in lengths
+            if isinstance(length, int) and length > positions
+        ]
     return problems
 
 
@@ -177,10 +197,13 @@ def _credential_problems(config: ExperimentConfig) -> list[Problem]:
             for i, item in enumerate(value):
                 yield from walk(item, (*path, i))
         elif isinstance(value, str) and has_password(value):
-            yield Problem(path, f"{redact(value)!r} holds a password; credentials never go in a config (it is "
-                                "logged to MLflow and kept in every checkpoint): give them through the "
-                                "environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, the node's "
-                                "cloud identity or AWS_* for s3://; cluster/README.md)")
+            yield Problem(
+                path,
+                f"{redact(value)!r} holds a password; credentials never go in a config (it is "
+                "logged to MLflow and kept in every checkpoint): give them through the "
+                "environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, the node's "
+                "cloud identity or AWS_* for s3://; cluster/README.md)",
+            )
 
     return list(walk(config.model_dump(mode="json"), ()))
 
@@ -191,11 +214,21 @@ def _stage1_problems(config: ExperimentConfig) -> list[Problem]:
         return []
     path = ("model", "stage1")
     if not folder.is_dir():
-        return [Problem(path, f"{str(folder)!r} is no folder (it does not exist); expected a stage-1 adapter "
-                              "folder (written by `python -m flare_ray.stage1`), 'auto' or null")]
+        return [
+            Problem(
+                path,
+                f"{str(folder)!r} is no folder (it does not exist); expected a stage-1 adapter "
+                "folder (written by `python -m flare_ray.stage1`), 'auto' or null",
+            )
+        ]
     if not (folder / "adapter_config.json").is_file():
-        return [Problem(path, f"{str(folder)!r} holds no stage-1 adapter; expected a folder with adapter_config.json "
-                              "(written by `python -m flare_ray.stage1`), 'auto' or null")]
+        return [
+            Problem(
+                path,
+                f"{str(folder)!r} holds no stage-1 adapter; expected a folder with adapter_config.json "
+                "(written by `python -m flare_ray.stage1`), 'auto' or null",
+            )
+        ]
     return []
 
 
@@ -209,9 +242,14 @@ def _fusion_layer_problems(config: ExperimentConfig) -> list[Problem]:
                 resolve_layers(spec, num_layers=n)
             except ValueError as err:
                 reason = str(err).removeprefix("fusion_layers: ").replace("this model", model)
-                problems.append(Problem(path, f"{spec!r}: {reason} ({source}); expected block indices 0 to {n - 1} "
-                                              f"(negative ones count from the last), ranges of them such as "
-                                              f"'0-{n - 1}', or one of {list(LAYER_GROUPS)}"))
+                problems.append(
+                    Problem(
+                        path,
+                        f"{spec!r}: {reason} ({source}); expected block indices 0 to {n - 1} "
+                        f"(negative ones count from the last), ranges of them such as "
+                        f"'0-{n - 1}', or one of {list(LAYER_GROUPS)}",
+                    )
+                )
                 break  # one problem per value
     return problems
 
@@ -229,5 +267,8 @@ def _cached_config(repo: str) -> Path | None:
 
 
 def _offline_switch() -> str:
-    return ", ".join(f"{name}={os.environ[name]}" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-                     if os.environ.get(name, "").strip().upper() in _TRUE)  # fmt: skip
+    return ", ".join(
+        f"{name}={os.environ[name]}"
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if os.environ.get(name, "").strip().upper() in _TRUE
+    )

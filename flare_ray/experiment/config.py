@@ -39,17 +39,22 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """The pretrained model that FLARE adapts."""
 
-    name_or_path: str = Field(min_length=1, description="hub id (e.g. 'FacebookAI/xlm-roberta-large'), a local "
-                              f"checkpoint, or 'tiny:<arch>', an offline tiny model (arch in {list(TINY_FAMILIES)})")
+    name_or_path: str = Field(
+        min_length=1,
+        description="hub id (e.g. 'FacebookAI/xlm-roberta-large'), a local "
+        f"checkpoint, or 'tiny:<arch>', an offline tiny model (arch in {list(TINY_FAMILIES)})",
+    )
     family: Literal["encoder", "encoder_decoder", "decoder"] | None = Field(None, description="null: from the model")
     quantization: Literal["none", "4bit"] = Field("none", description="'4bit': load with bitsandbytes NF4 (QLoRA)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the frozen base model")
     head: Literal["task", "generative"] | None = Field(
-        None, description="'task': a classification or span head; 'generative': the LM head writes the answer; "
+        None,
+        description="'task': a classification or span head; 'generative': the LM head writes the answer; "
         "null: task heads for encoders and encoder-decoders, generative for decoders (the paper)",
     )
     stage1: Literal["auto"] | Path | str | None = Field(
-        "auto", description="'auto': train the English stage-1 LoRA once per fingerprint, merge it and start every "
+        "auto",
+        description="'auto': train the English stage-1 LoRA once per fingerprint, merge it and start every "
         "trial from it (the paper); a folder or a URI (s3://...): a stage-1 adapter; null: single-stage (no "
         "English fine-tune)",
     )
@@ -58,7 +63,9 @@ class ModelSpec(_Section):
     @classmethod
     def _tiny_or_local(cls, value: str) -> str:
         if value.startswith("tiny:") and value[5:] not in TINY_FAMILIES:
-            raise ValueError(f"unknown tiny architecture {value[5:]!r}; expected tiny:<arch> with arch in {list(TINY_FAMILIES)}")
+            raise ValueError(
+                f"unknown tiny architecture {value[5:]!r}; expected tiny:<arch> with arch in {list(TINY_FAMILIES)}"
+            )
         return local_path(value) if Path(value).expanduser().exists() else value
 
     @field_validator("stage1", mode="before")
@@ -107,7 +114,9 @@ class TaskSpec(TaskConfig):
                 raise FieldError(("languages", i), f"language {lang!r} is listed twice")
             try:  # the language and split recipes, checked by the task (where the sweep will translate: a stand-in mt_dir)
                 made_here = self.needs_mt and self.mt_dir is None
-                TASKS[self.name](self.task_config(lang).model_copy(update={"mt_dir": MADE_BY_THE_SWEEP} if made_here else {}))
+                TASKS[self.name](
+                    self.task_config(lang).model_copy(update={"mt_dir": MADE_BY_THE_SWEEP} if made_here else {})
+                )
             except TaskDataError as err:
                 role = next((r for r in self.splits if f"splits.{r}" in str(err)), None)
                 raise FieldError(("splits", role) if role else ("languages", i), str(err)) from None
@@ -126,10 +135,15 @@ class TaskSpec(TaskConfig):
 class MethodSpec(_Section):
     """Which method of the paper (:mod:`flare_ray.training.adapter`): FLARE, FLARE-MT or a baseline."""
 
-    kind: MethodKind = Field("flare", description=f"one of {list(METHODS)}: flare, flare_mt (the method); zero_shot, "
-                             "translate_test (the stage-1 model, scored only), lora, input_fusion, xmixup (baselines)")
+    kind: MethodKind = Field(
+        "flare",
+        description=f"one of {list(METHODS)}: flare, flare_mt (the method); zero_shot, "
+        "translate_test (the stage-1 model, scored only), lora, input_fusion, xmixup (baselines)",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="the LoRA adapter (every method that trains)")
-    flare: FlareConfig = Field(default_factory=FlareConfig, description="FLARE's options (flare_ray.fusion.FlareConfig)")
+    flare: FlareConfig = Field(
+        default_factory=FlareConfig, description="FLARE's options (flare_ray.fusion.FlareConfig)"
+    )
     xmixup: XMixupConfig = Field(default_factory=XMixupConfig, description="X-Mixup's options (kind xmixup)")
 
     @model_validator(mode="after")
@@ -138,17 +152,27 @@ class MethodSpec(_Section):
             return self
         mt = self.flare.mt_encoder
         if mt and mt.startswith("tiny:") and mt != "tiny:m2m_100":
-            raise FieldError(("flare", "mt_encoder"), f"the tiny MT model is 'tiny:m2m_100' (NLLB architecture); got {mt!r}")
+            raise FieldError(
+                ("flare", "mt_encoder"), f"the tiny MT model is 'tiny:m2m_100' (NLLB architecture); got {mt!r}"
+            )
         if self.kind == "flare_mt" and not mt:
-            raise FieldError(("flare", "mt_encoder"), "method.kind flare_mt needs an MT model here, e.g. "
-                             "facebook/nllb-200-distilled-600M")
+            raise FieldError(
+                ("flare", "mt_encoder"),
+                "method.kind flare_mt needs an MT model here, e.g. facebook/nllb-200-distilled-600M",
+            )
         targets, fusing = self.lora.target_modules, self.flare.fusion_modules
         if isinstance(targets, list) and fusing and set(fusing) - set(targets):
-            raise FieldError(("flare", "fusion_modules"), f"{sorted(set(fusing) - set(targets))} are not adapted by "
-                             f"LoRA; expected a subset of lora.target_modules {targets}")
+            raise FieldError(
+                ("flare", "fusion_modules"),
+                f"{sorted(set(fusing) - set(targets))} are not adapted by "
+                f"LoRA; expected a subset of lora.target_modules {targets}",
+            )
         if self.flare.fusion == "cross_attention" and self.lora.r % self.flare.cross_attention_heads:
-            raise FieldError(("flare", "cross_attention_heads"), f"cross_attention heads ({self.flare.cross_attention_heads})"
-                             f" must divide the LoRA rank r ({self.lora.r})")
+            raise FieldError(
+                ("flare", "cross_attention_heads"),
+                f"cross_attention heads ({self.flare.cross_attention_heads})"
+                f" must divide the LoRA rank r ({self.lora.r})",
+            )
         return self
 
     def flare_config(self) -> FlareConfig | None:
@@ -172,26 +196,44 @@ class SchedulerSpec(_Section):
     type: Literal["asha"] = Field("asha", description="asha: Ray Tune's ASHAScheduler")
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
     reduction_factor: float = Field(4.0, gt=1, description="keep 1 / reduction_factor of the trials at each rung")
-    with_ablation: bool = Field(False, description="allow ASHA with search.grid or search.seeds (it stops cells and "
-                                "seeds on early epochs, which biases the comparison); refused unless true")
+    with_ablation: bool = Field(
+        False,
+        description="allow ASHA with search.grid or search.seeds (it stops cells and "
+        "seeds on early epochs, which biases the comparison); refused unless true",
+    )
 
 
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
     space: dict[str, Distribution] = Field(default_factory=dict, description="dotted key path -> distribution")
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key path -> values: every cell of "
-                                       "their product runs (Ray Tune's grid search); with a space, each cell is a "
-                                       "search of its own")
-    seeds: list[int] | None = Field(None, min_length=1, description="run every cell, or every sampled configuration, "
-                                    "once with each training.seed; selection uses the mean over seeds")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="dotted key path -> values: every cell of "
+        "their product runs (Ray Tune's grid search); with a space, each cell is a "
+        "search of its own",
+    )
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="run every cell, or every sampled configuration, "
+        "once with each training.seed; selection uses the mean over seeds",
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Optuna sampler")
     scheduler: SchedulerSpec | None = Field(None, description="null: every trial runs all epochs")
-    num_samples: int | None = Field(None, ge=1, description="configurations sampled per target language (per grid "
-                                    "cell); null: 8, or with a grid and no space 1 (each cell runs once per seed)")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many Train runs as the cluster's "
-                                                 "resources hold when the sweep starts, shared by its languages (set it "
-                                                 "on an autoscaling cluster)")
+    num_samples: int | None = Field(
+        None,
+        ge=1,
+        description="configurations sampled per target language (per grid "
+        "cell); null: 8, or with a grid and no space 1 (each cell runs once per seed)",
+    )
+    max_concurrent_trials: int | None = Field(
+        None,
+        ge=1,
+        description="null: as many Train runs as the cluster's "
+        "resources hold when the sweep starts, shared by its languages (set it "
+        "on an autoscaling cluster)",
+    )
     metric: str | None = Field(None, description="'validation/<metric>'; null: the task's primary metric")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
     max_failures: int = Field(0, ge=-1, description="retries of a failed trial (-1: unlimited)")
@@ -220,11 +262,17 @@ class SearchSpec(_Section):
         if self.num_samples is None:
             self.num_samples = 1 if self.grid and not self.space else 8
         if self.grid and not self.space and self.num_samples != 1:
-            raise FieldError("num_samples", f"a grid without a space runs each cell once (per seed); got num_samples "
-                             f"{self.num_samples}: use search.seeds to repeat cells")
+            raise FieldError(
+                "num_samples",
+                f"a grid without a space runs each cell once (per seed); got num_samples "
+                f"{self.num_samples}: use search.seeds to repeat cells",
+            )
         if self.scheduler is not None and (self.grid or self.seeds) and not self.scheduler.with_ablation:
-            raise FieldError("scheduler", "ASHA stops trials of some cells and seeds early, which biases a grid or "
-                             "seed ablation; set scheduler: null, or scheduler.with_ablation: true to accept that")
+            raise FieldError(
+                "scheduler",
+                "ASHA stops trials of some cells and seeds early, which biases a grid or "
+                "seed ablation; set scheduler: null, or scheduler.with_ablation: true to accept that",
+            )
         return self
 
     @property
@@ -236,8 +284,10 @@ class SearchSpec(_Section):
 class ExperimentConfig(_Section):
     """One hyperparameter search (per target language) of one method on one task and model."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: MLflow experiment and parent "
-                      "run, Tune run name (letters, digits, _ . -)")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="sweep name: MLflow experiment and parent run, Tune run name (letters, digits, _ . -)",
+    )
     model: ModelSpec = Field(description="the pretrained model")
     task: TaskSpec = Field(description="the task and its target languages")
     method: MethodSpec = Field(default_factory=MethodSpec, description="FLARE, FLARE-MT or LoRA, and their options")
@@ -247,16 +297,29 @@ class ExperimentConfig(_Section):
     search: SearchSpec = Field(default_factory=SearchSpec, description="the search space and how it is searched")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking")
     translation: TranslationSpec = Field(
-        default_factory=TranslationSpec, description="the sweep's translation stage (task.splits: mt without task.mt_dir): "
-        "the NLLB-200 model and how to run it")  # fmt: skip
-    storage_path: str = Field("outputs", min_length=1, description="Ray Tune storage (trial folders, checkpoints): "
-                              "a local folder or a URI (file://, s3://, gs://)")
+        default_factory=TranslationSpec,
+        description="the sweep's translation stage (task.splits: mt without task.mt_dir): "
+        "the NLLB-200 model and how to run it",
+    )
+    storage_path: str = Field(
+        "outputs",
+        min_length=1,
+        description="Ray Tune storage (trial folders, checkpoints): a local folder or a URI (file://, s3://, gs://)",
+    )
 
     # Every key path that the checks across sections (_across_sections) read; keep it in step with them (a
     # test records what they read). A search sample that changes none of these is valid when each section it
     # changes is valid on its own: flare_ray.experiment.space checks the search space section by section.
-    ACROSS_KEYS: ClassVar[tuple[str, ...]] = ("name", "task.name", "task.splits", "task.mt_dir", "training.epochs",
-                                              "search", "tracking", "storage_path")
+    ACROSS_KEYS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "task.name",
+        "task.splits",
+        "task.mt_dir",
+        "training.epochs",
+        "search",
+        "tracking",
+        "storage_path",
+    )
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
     _translates: bool = PrivateAttr(False)  # task.mt_dir was not given: the sweep makes the translations there
 
@@ -272,19 +335,27 @@ class ExperimentConfig(_Section):
             self.search.metric = f"validation/{TASKS[self.task.name].primary_metric}"
         split, _, metric = self.search.metric.partition("/")
         if split != "validation" or metric not in metrics:
-            raise FieldError(("search", "metric"), f"task {self.task.name} reports no {self.search.metric!r}; "
-                             f"expected one of {[f'validation/{m}' for m in metrics]}")
+            raise FieldError(
+                ("search", "metric"),
+                f"task {self.task.name} reports no {self.search.metric!r}; "
+                f"expected one of {[f'validation/{m}' for m in metrics]}",
+            )
         scheduler = self.search.scheduler
         if scheduler and scheduler.grace_period > self.training.epochs:
-            raise FieldError(("search", "scheduler", "grace_period"), f"grace period {scheduler.grace_period} is "
-                             f"longer than training.epochs ({self.training.epochs})")
+            raise FieldError(
+                ("search", "scheduler", "grace_period"),
+                f"grace period {scheduler.grace_period} is longer than training.epochs ({self.training.epochs})",
+            )
         if self.tracking.experiment_name is None:
             self.tracking.experiment_name = self.name
         if "mt" in self.task.splits.values() and self.task.mt_dir is None:  # the sweep translates into its storage
             if is_remote(self.storage_path):
-                raise FieldError(("task", "mt_dir"), f"task.splits reads machine translations and storage_path is "
-                                 f"remote ({self.storage_path}): the sweep translates into a local or shared folder; "
-                                 "expected task.mt_dir (a folder every node reads), or a local storage_path")
+                raise FieldError(
+                    ("task", "mt_dir"),
+                    f"task.splits reads machine translations and storage_path is "
+                    f"remote ({self.storage_path}): the sweep translates into a local or shared folder; "
+                    "expected task.mt_dir (a folder every node reads), or a local storage_path",
+                )
             self.task.mt_dir = local_folder(self.storage_path) / MT_FOLDER
             self._translates = True
         return self

@@ -29,15 +29,18 @@ def with_float_log(space: Any) -> Any:
     """``{type: loguniform, ...}`` as ``{type: float, log: true, ...}``."""
     if not isinstance(space, dict):
         return space
-    return {k: {**d, "type": "float", "log": True} if isinstance(d, dict) and d.get("type") == "loguniform" else d
-            for k, d in space.items()}
+    return {
+        k: {**d, "type": "float", "log": True} if isinstance(d, dict) and d.get("type") == "loguniform" else d
+        for k, d in space.items()
+    }
 
 
 class _Distribution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    when: dict[str, Any] = Field(default_factory=dict, description="sample only when each listed key has this value "
-                                 "or one of these values")
+    when: dict[str, Any] = Field(
+        default_factory=dict, description="sample only when each listed key has this value or one of these values"
+    )
 
     @model_validator(mode="after")
     def _optuna_accepts(self) -> "_Distribution":
@@ -68,7 +71,9 @@ class Categorical(_Distribution):
         labels = self.labels()
         for i, label in enumerate(labels):
             if label in labels[:i]:
-                raise ValueError(f"values[{i}]: duplicate choice {self.values[i]!r} (also values[{labels.index(label)}])")
+                raise ValueError(
+                    f"values[{i}]: duplicate choice {self.values[i]!r} (also values[{labels.index(label)}])"
+                )
         return self
 
     def labels(self) -> list[Any]:

@@ -125,4 +125,3 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
         raise ExperimentConfigError(source, [_not_a_mapping(data)], lines)
     origins = apply_overrides(data, list(overrides), source)
     return validate_experiment(data, source, lines, origins)
-

@@ -51,7 +51,9 @@ def apply_sample(config: ExperimentConfig, sample: Mapping[str, Any]) -> Experim
     except ValidationError as err:
         raise ExperimentConfigError(f"{config.source or '<config>'} with sample {dict(sample)!r}", problems_of(err))
     except ValueError as err:  # a key path through a value
-        raise ExperimentConfigError(f"{config.source or '<config>'} with sample {dict(sample)!r}", [Problem((), str(err))])
+        raise ExperimentConfigError(
+            f"{config.source or '<config>'} with sample {dict(sample)!r}", [Problem((), str(err))]
+        )
     new._source = config.source
     return new
 
@@ -107,9 +109,11 @@ class SampleCheck:
         self._sections: dict[tuple[str, str], list[Problem]] = {}
         own = ExperimentConfig.__pydantic_decorators__.field_validators.values()
         checked_alone = {name for d in own for name in d.info.fields}  # sections with a check of ExperimentConfig's
-        self._alone = {name: f.annotation for name, f in ExperimentConfig.model_fields.items()
-                       if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
-                       and name not in checked_alone}  # fmt: skip
+        self._alone = {
+            name: f.annotation
+            for name, f in ExperimentConfig.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel) and name not in checked_alone
+        }
 
     def problems(self, sample: Mapping[str, Any]) -> list[Problem]:
         """Empty: the sample gives a valid config."""
@@ -166,12 +170,18 @@ def _structure_problems(config: ExperimentConfig, check: SampleCheck) -> list[Pr
     order = list(space)
     for key, dist in space.items():
         where, parts = _where(config, key), key.split(".")
-        reason = next((FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1)
-                       if ".".join(parts[:n]) in FIXED_KEYS), None)
+        reason = next(
+            (FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in FIXED_KEYS),
+            None,
+        )
         if reason:
             problems.append(Problem(where, f"{key!r} cannot be searched: {reason}"))
-        elif (config.method.kind not in ("flare", "flare_mt") and "method.kind" not in space
-              and "method.kind" not in config.search.grid and parts[:2] == ["method", "flare"]):
+        elif (
+            config.method.kind not in ("flare", "flare_mt")
+            and "method.kind" not in space
+            and "method.kind" not in config.search.grid
+            and parts[:2] == ["method", "flare"]
+        ):
             problems.append(Problem(where, f"method.kind is {config.method.kind!r}, which does not use method.flare"))
         for ref in dist.when:
             at = where + ("when", ref)
@@ -218,16 +228,21 @@ def _value_problems(config: ExperimentConfig, check: SampleCheck) -> list[Proble
 
 def _pair_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
     space, problems = _searched(config), []
-    pairs = ((k1, k2, v1, v2) for k1, k2 in itertools.combinations(space, 2)
-             for v1, v2 in itertools.product(space[k1].candidates(), space[k2].candidates())
-             if not (k1 in space[k2].when and v1 not in space[k2].condition_values(k1)))
+    pairs = (
+        (k1, k2, v1, v2)
+        for k1, k2 in itertools.combinations(space, 2)
+        for v1, v2 in itertools.product(space[k1].candidates(), space[k2].candidates())
+        if not (k1 in space[k2].when and v1 not in space[k2].condition_values(k1))
+    )
     failed: set[tuple[str, str]] = set()
     for k1, k2, v1, v2 in itertools.islice(pairs, PAIR_CHECK_LIMIT):
         base = _conditions(config, [k1, k2])
         problem = None if base is None or (k1, k2) in failed else check.message({**base, k1: v1, k2: v2})
         if problem:
             failed.add((k1, k2))
-            problems.append(Problem(("search", "space"), f"{k1} = {v1!r} with {k2} = {v2!r} gives an invalid config: {problem}"))
+            problems.append(
+                Problem(("search", "space"), f"{k1} = {v1!r} with {k2} = {v2!r} gives an invalid config: {problem}")
+            )
     return problems
 
 

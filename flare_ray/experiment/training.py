@@ -21,8 +21,15 @@ from flare_ray.configfile import FieldError
 # transformers' get_scheduler names (SchedulerType) that need no arguments of their own: the ones the YAML
 # offers (reduce_lr_on_plateau, warmup_stable_decay, cosine_with_min_lr, cosine_warmup_with_min_lr and greedy
 # need some). Written out so that a config is checked without importing transformers; a test compares them.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt")  # fmt: skip
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 
 
 # The methods of the paper; METHODS says what each one is (flare_ray.training.adapter builds their models).
@@ -72,13 +79,16 @@ class LoraSpec(_Section):
 
     r: int = Field(8, ge=1, description="LoRA rank")
     alpha: float | None = Field(None, gt=0, description="lora_alpha; null: alpha_ratio * r")
-    alpha_ratio: float | None = Field(None, gt=0, description="lora_alpha = alpha_ratio * r (default 2); not with alpha")
+    alpha_ratio: float | None = Field(
+        None, gt=0, description="lora_alpha = alpha_ratio * r (default 2); not with alpha"
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="lora_dropout")
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None, description="module names to adapt, 'all-linear', or null (peft's default: attention query and value)"
     )
     modules_to_save: list[str] | None = Field(
-        None, description="modules trained whole beside the LoRA and saved with it (peft's modules_to_save), besides "
+        None,
+        description="modules trained whole beside the LoRA and saved with it (peft's modules_to_save), besides "
         "the task head; null: the authors' (decoders that generate: the LM head, and Llama's input embeddings; none "
         "for encoders and encoder-decoders); []: none",
     )
@@ -114,21 +124,31 @@ class TrainingSpec(_Section):
     eval_batch_size: int = Field(64, ge=1, description="per-device evaluation batch size")
     max_length: int = Field(128, ge=8, description="maximum tokens per sequence")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
-    lr_scheduler: str = Field("linear", description="transformers' get_scheduler name: linear (warm-up, then linear "
-                              "decay to 0; the authors' and the HF Trainer's default), cosine, constant, ...")
+    lr_scheduler: str = Field(
+        "linear",
+        description="transformers' get_scheduler name: linear (warm-up, then linear "
+        "decay to 0; the authors' and the HF Trainer's default), cosine, constant, ...",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of optimizer steps with linear warm-up")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm (HF Trainer's 1.0); null: no clipping")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm (HF Trainer's 1.0); null: no clipping"
+    )
     seed: int = Field(42, description="seeds head initialisation, LoRA initialisation, data order and dropout")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (saves memory)")
-    max_new_tokens: int = Field(32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers")
+    max_new_tokens: int = Field(
+        32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers"
+    )
     grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast of training and scoring: fp32 (none), bf16 (torch.autocast; GPUs with bf16, "
+        "fp32",
+        description="autocast of training and scoring: fp32 (none), bf16 (torch.autocast; GPUs with bf16, "
         "or the CPU), fp16 (autocast with a gradient scaler); DeepSpeed gets the matching bf16/fp16 section",
     )
     source_cache_gb: float = Field(
-        2.0, ge=0, description="FLARE and FLARE-MT: keep each source example's representations (half precision, "
+        2.0,
+        ge=0,
+        description="FLARE and FLARE-MT: keep each source example's representations (half precision, "
         "where the source pass ran) after its first source pass, up to this many GB per trial process (shared "
         "by the trials Tune runs in it; the first trial of a model state also writes them to the sweep's storage "
         "for the other processes and nodes); past that, the rest is computed every step. 0: no cache (not under "
@@ -159,10 +179,12 @@ class ScalingSpec(_Section):
     gpus_per_worker: float | None = Field(None, ge=0, description="null: 1 with use_gpu, else 0")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     deepspeed: dict[str, Any] | None = Field(
-        None, description="null, a DeepSpeed JSON config (path, relative to the working directory), or the config inline"
+        None,
+        description="null, a DeepSpeed JSON config (path, relative to the working directory), or the config inline",
     )
     ray_train: bool | None = Field(
-        None, description="run each trial as a Ray Train run; null: only trials that need one (several workers or "
+        None,
+        description="run each trial as a Ray Train run; null: only trials that need one (several workers or "
         "DeepSpeed), a single-worker trial runs in its Tune trial's own process (no Train controller, no worker "
         "actor; its resources are the worker's); true: always (e.g. for search.worker_max_failures)",
     )

@@ -52,8 +52,12 @@ def _exports() -> tuple[list[str], dict[str, str]]:
     lazy = next(node.body for node in body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
 
     def names(statements: list[ast.stmt]) -> dict[str, str]:
-        return {alias.asname or alias.name: node.module for node in statements
-                if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
+        return {
+            alias.asname or alias.name: node.module
+            for node in statements
+            if isinstance(node, ast.ImportFrom) and node.level == 1
+            for alias in node.names
+        }
 
     return sorted(names(body) | names(lazy)), names(lazy)
 

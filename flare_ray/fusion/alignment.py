@@ -73,7 +73,9 @@ def step_alignment(prompt: Alignment, total: int, new: int) -> Alignment:
         return t[:, total - new : total]
 
     # A generated position neither fuses nor reads the source: any valid index will do.
-    return Alignment(window(prompt.index, 0), window(prompt.fuse, False), window(prompt.rows, False), prompt.source_mask)
+    return Alignment(
+        window(prompt.index, 0), window(prompt.fuse, False), window(prompt.rows, False), prompt.source_mask
+    )
 
 
 def mask_or_ones(input_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:

@@ -86,8 +86,11 @@ class SourceCache:
         """The share of rows read back among those looked up after ``since`` (``(hits, misses)`` then), the
         rows held and their size."""
         hits, misses = self.hits - since[0], self.misses - since[1]
-        return {"source_cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
-                "source_cache_rows": float(len(self)), "source_cache_gb": self.nbytes / 2**30}  # fmt: skip
+        return {
+            "source_cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+            "source_cache_rows": float(len(self)),
+            "source_cache_gb": self.nbytes / 2**30,
+        }
 
     def store(self, key: bytes, tensors: list[torch.Tensor]) -> None:
         size = sum(t.numel() * t.element_size() for t in tensors)
@@ -130,8 +133,10 @@ class CachedSource:
         computed: dict[int, list[torch.Tensor]] = {}
         if missing:
             index = torch.tensor(missing, device=ids.device)
-            sub = {"mt_input_ids" if self.mt else "source_input_ids": ids[index],
-                   "mt_attention_mask" if self.mt else "source_attention_mask": mask[index]}  # fmt: skip
+            sub = {
+                "mt_input_ids" if self.mt else "source_input_ids": ids[index],
+                "mt_attention_mask" if self.mt else "source_attention_mask": mask[index],
+            }
             states = self.inner.states(SourceBatch(**sub))
             tensors, layout = _unique(states.hidden)
             if cache.layout is None:
@@ -155,7 +160,9 @@ class CachedSource:
         with torch.autocast(device, enabled=False):  # CPU autocast refuses to promote float16 (torch.cat)
             for slot in range(len(rows[0])):
                 width = rows[0][slot].shape[-1]
-                values = torch.cat([row[slot].to(cache.device) for row in rows]).to(ids.device, dtype, non_blocking=True)
+                values = torch.cat([row[slot].to(cache.device) for row in rows]).to(
+                    ids.device, dtype, non_blocking=True
+                )
                 out = torch.zeros(ids.numel(), width, dtype=dtype, device=ids.device).index_copy_(0, flat, values)
                 hidden.append(out.view(*ids.shape, width))
         if layout == {}:  # one tensor for every site (FLARE-MT's latent translation)

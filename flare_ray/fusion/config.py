@@ -100,14 +100,21 @@ class FlareConfig:
         "source", description="cross_attention: which side queries, 'source' (the paper, Sec. 3.2) or 'target'"
     )
     unaligned: Literal["fuse_zero", "lora"] = Field(
-        "fuse_zero", description="target positions with no aligned source token: 'fuse_zero' (f(0, a_t), the "
+        "fuse_zero",
+        description="target positions with no aligned source token: 'fuse_zero' (f(0, a_t), the "
         "padded formulation) or 'lora' (a_t, plain LoRA)",
     )
     mt_encoder: str | None = Field(None, description="MT model whose encoder supplies the source (FLARE-MT)")
-    fusion_probability: float = Field(1.0, gt=0, le=1, description="in training, the probability that an instance "
-                                      "fuses (else plain LoRA); 0.5 in the paper's train-only ablation (Appendix E)")
-    source_at_inference: bool = Field(True, description="false: no source at inference (eval mode is plain LoRA), "
-                                      "the paper's train-only ablation")
+    fusion_probability: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="in training, the probability that an instance "
+        "fuses (else plain LoRA); 0.5 in the paper's train-only ablation (Appendix E)",
+    )
+    source_at_inference: bool = Field(
+        True, description="false: no source at inference (eval mode is plain LoRA), the paper's train-only ablation"
+    )
 
     @field_validator("fusion")
     @classmethod
@@ -198,14 +205,11 @@ def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> li
             lo = hi = int(item)
         else:
             raise ValueError(
-                f"cannot read {item!r}; expected one of {LAYER_GROUPS}, "
-                "a block index, or an inclusive range like '0-5'"
+                f"cannot read {item!r}; expected one of {LAYER_GROUPS}, a block index, or an inclusive range like '0-5'"
             )
         lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
         if not (0 <= lo <= hi < num_layers):
-            raise ValueError(
-                f"fusion_layers: {item!r} is outside the {num_layers} blocks of this model"
-            )
+            raise ValueError(f"fusion_layers: {item!r} is outside the {num_layers} blocks of this model")
         out.update(range(lo, hi + 1))
     if not out:
         raise ValueError("selects no block")

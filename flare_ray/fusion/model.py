@@ -205,7 +205,9 @@ class FlareModel(nn.Module):
         mt_attention_mask: torch.Tensor | None = None,
     ) -> SourceStates | None:
         """The source representations for a batch: the source pass, or the MT encoder for FLARE-MT."""
-        batch = SourceBatch(source_input_ids, source_attention_mask, mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask)
+        batch = SourceBatch(
+            source_input_ids, source_attention_mask, mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask
+        )
         return self.source.states(batch)
 
     def _context(
@@ -363,7 +365,9 @@ class FlareModel(nn.Module):
         if expected:
             path = directory / WEIGHTS_NAME
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing; this FLARE config needs weights for {sorted(expected)[:3]}...")
+                raise FileNotFoundError(
+                    f"{path}: missing; this FLARE config needs weights for {sorted(expected)[:3]}..."
+                )
             weights = load_file(path)
             if set(weights) != expected:
                 raise ValueError(

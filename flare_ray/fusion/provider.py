@@ -50,7 +50,9 @@ class SourceBatch:
             raise ValueError("FLARE-MT takes mt_input_ids (the target text in MT tokenization), not source_input_ids")
         if not mt and self.mt_input_ids is not None:
             raise ValueError("mt_input_ids given, but this FLARE model has no MT encoder (FlareConfig.mt_encoder)")
-        ids, mask = (self.mt_input_ids, self.mt_attention_mask) if mt else (self.source_input_ids, self.source_attention_mask)
+        ids, mask = (
+            (self.mt_input_ids, self.mt_attention_mask) if mt else (self.source_input_ids, self.source_attention_mask)
+        )
         return None if ids is None else (ids, mask_or_ones(ids, mask))
 
 

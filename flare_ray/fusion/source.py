@@ -54,7 +54,9 @@ class SourceStates:
 
     def to(self, device: torch.device | str) -> "SourceStates":
         move = lambda t: t.to(device)  # noqa: E731
-        hidden = move(self.hidden) if isinstance(self.hidden, torch.Tensor) else {k: move(v) for k, v in self.hidden.items()}
+        hidden = (
+            move(self.hidden) if isinstance(self.hidden, torch.Tensor) else {k: move(v) for k, v in self.hidden.items()}
+        )
         return SourceStates(hidden, move(self.attention_mask))
 
 

@@ -104,7 +104,14 @@ def infer_family(name_or_path: str, family: str | None = None) -> ArchitectureFa
     if getattr(config, "is_encoder_decoder", False):
         return ArchitectureFamily.ENCODER_DECODER
     architectures = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") for a in architectures) or config.model_type in {"llama", "gemma", "gemma2", "gemma3", "mistral", "qwen2"}:
+    if any(a.endswith("ForCausalLM") for a in architectures) or config.model_type in {
+        "llama",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "mistral",
+        "qwen2",
+    }:
         return ArchitectureFamily.DECODER
     return ArchitectureFamily.ENCODER
 
@@ -203,8 +210,11 @@ def load_model(
     model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     model.newly_initialised_modules = initialised_modules(model, info["missing_keys"])
     if model.newly_initialised_modules:
-        log.info("%s: not in the checkpoint, initialised at random (trained as the task head): %s",
-                 name_or_path, ", ".join(model.newly_initialised_modules))
+        log.info(
+            "%s: not in the checkpoint, initialised at random (trained as the task head): %s",
+            name_or_path,
+            ", ".join(model.newly_initialised_modules),
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # Llama ships without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -224,4 +234,3 @@ def load_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model, tokenizer
-

@@ -36,7 +36,13 @@ _FRAMING = {
 }
 ARCHITECTURES = tuple(_FRAMING)
 #: The base models' architecture families (m2m_100 is FLARE-MT's MT model, not a base model).
-FAMILIES = {"xlm-roberta": "encoder", "bert": "encoder", "mt5": "encoder_decoder", "llama": "decoder", "gemma2": "decoder"}
+FAMILIES = {
+    "xlm-roberta": "encoder",
+    "bert": "encoder",
+    "mt5": "encoder_decoder",
+    "llama": "decoder",
+    "gemma2": "decoder",
+}
 #: The blocks of each tiny model's fused stack (the encoder's for mt5 and m2m_100): what a config's
 #: ``fusion_layers`` are checked against without building the model (torch and transformers stay unloaded).
 LAYERS = {"xlm-roberta": 4, "bert": 4, "mt5": 4, "llama": 4, "gemma2": 4, "m2m_100": 2}
@@ -60,40 +66,79 @@ def _config(arch: str):
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocab_size=VOCAB_SIZE)
     if arch == "xlm-roberta":
         return XLMRobertaConfig(
-            hidden_size=64, num_hidden_layers=LAYERS[arch], num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=514, type_vocab_size=1, **ids,
+            hidden_size=64,
+            num_hidden_layers=LAYERS[arch],
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            **ids,
         )
     if arch == "bert":  # saved as a sentence encoder (multilingual-e5's shape): no pooler, no task head
         return BertConfig(
-            hidden_size=64, num_hidden_layers=LAYERS[arch], num_attention_heads=4, intermediate_size=128,
-            max_position_embeddings=512, type_vocab_size=2, initializer_range=0.1, **ids,
+            hidden_size=64,
+            num_hidden_layers=LAYERS[arch],
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            initializer_range=0.1,
+            **ids,
         )
     if arch == "mt5":
         return MT5Config(
-            d_model=64, d_kv=16, d_ff=128, num_layers=LAYERS[arch], num_decoder_layers=2, num_heads=4,
-            relative_attention_num_buckets=16, decoder_start_token_id=PAD, tie_word_embeddings=False,
-            dropout_rate=0.1, **ids,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=LAYERS[arch],
+            num_decoder_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=16,
+            decoder_start_token_id=PAD,
+            tie_word_embeddings=False,
+            dropout_rate=0.1,
+            **ids,
         )
     # Decoders: a wider init than transformers' 0.02, else a frozen random model's logits are
     # nearly uniform and no adapter can move them (the final norm caps the hidden size).
     if arch == "llama":
         return LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS[arch], num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-            initializer_range=0.1, **ids,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS[arch],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            initializer_range=0.1,
+            **ids,
         )
     if arch == "gemma2":
         return Gemma2Config(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS[arch], num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, sliding_window=64,
-            query_pre_attn_scalar=16, initializer_range=0.1, **ids,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS[arch],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+            sliding_window=64,
+            query_pre_attn_scalar=16,
+            initializer_range=0.1,
+            **ids,
         )
     if arch == "m2m_100":
         return M2M100Config(
-            d_model=64, encoder_layers=LAYERS[arch], decoder_layers=2, encoder_attention_heads=4,
+            d_model=64,
+            encoder_layers=LAYERS[arch],
+            decoder_layers=2,
+            encoder_attention_heads=4,
             decoder_attention_heads=4,
-            encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=1024,
-            decoder_start_token_id=EOS, **ids,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=1024,
+            decoder_start_token_id=EOS,
+            **ids,
         )
     raise ValueError(f"no tiny model for architecture {arch!r}; expected one of {ARCHITECTURES}")
 
@@ -140,7 +185,11 @@ def train_tokenizer(arch: str, extra_special_tokens: list[str] | None = None):
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
         padding_side=side,
     )
 

@@ -39,5 +39,7 @@ def fetch_adapter(tracking_uri: str, reference: str, destination: Path) -> Adapt
         raise PredictError(str(err)) from None
     record_path = folder / TRIAL_CONFIG_NAME
     if not record_path.is_file():
-        raise PredictError(f"{reference}: run {run_id} has no {TRIAL_CONFIG_NAME} in its adapter; is it a flare_ray trial?")
+        raise PredictError(
+            f"{reference}: run {run_id} has no {TRIAL_CONFIG_NAME} in its adapter; is it a flare_ray trial?"
+        )
     return Adapter(folder, run_id, json.loads(record_path.read_text()), name, version)

@@ -38,9 +38,15 @@ class TranslationSettings:
     origin: str = "default"  # where the model and decoding settings come from
 
 
-def translation_settings(experiment: ExperimentConfig, language: str, *, model: str | None = None,
-                         max_length: int | None = None, batch_size: int | None = None,
-                         cache_dir: Path | None = None) -> TranslationSettings:  # fmt: skip
+def translation_settings(
+    experiment: ExperimentConfig,
+    language: str,
+    *,
+    model: str | None = None,
+    max_length: int | None = None,
+    batch_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> TranslationSettings:
     """The run's own: where its test split was translated (``task.splits.test: mt``), the model and decoding
     settings of that split's provenance, so the new input's English side is made as the test set's was;
     otherwise the translation pipeline's defaults. Explicit values win."""
@@ -74,16 +80,20 @@ class TranslationReport:
 def cache_path(settings: TranslationSettings, src: str, model: str) -> tuple[Path, str, dict[str, Any]]:
     """The cache file of one direction and model/decoding settings, its key and what the key is made of."""
     material = {
-        "purpose": "predict", "pipeline_version": PIPELINE_VERSION, "mt_model": model,
-        "source_nllb": src, "target_nllb": ENGLISH.code,
+        "purpose": "predict",
+        "pipeline_version": PIPELINE_VERSION,
+        "mt_model": model,
+        "source_nllb": src,
+        "target_nllb": ENGLISH.code,
         "decoding": {**GREEDY, "max_length": settings.max_length, "dtype": settings.dtype},
-    }  # fmt: skip
+    }
     key = sha256_json(material)
     return Path(settings.cache_dir).expanduser().resolve() / f"{src}-{ENGLISH.code}-{key[:16]}.parquet", key, material
 
 
-def english_sources(task: Task, texts: dict[str, list[str]], settings: TranslationSettings
-                    ) -> tuple[dict[str, list[str]], TranslationReport]:  # fmt: skip
+def english_sources(
+    task: Task, texts: dict[str, list[str]], settings: TranslationSettings
+) -> tuple[dict[str, list[str]], TranslationReport]:
     """The English side of every text (``{field: [text per row]}``), translated by NLLB-200 from the task's
     language as the translation job does (:func:`~flare_ray.translate.translator.translate_with_ray`: Ray Data,
     greedy, batched). Translations are cached per text in one parquet file per model and decoding settings
@@ -99,22 +109,40 @@ def english_sources(task: Task, texts: dict[str, list[str]], settings: Translati
     wanted = list(dict.fromkeys(t for column in texts.values() for t in column))
     todo = [t for t in wanted if t not in cached]
     if todo:
-        config = TranslateConfig(task=TaskConfig(name=task.name, language=task.language), mt_dir=path.parent,
-                                 model=model, max_length=settings.max_length, batch_size=settings.batch_size,
-                                 dtype=settings.dtype)  # fmt: skip
+        config = TranslateConfig(
+            task=TaskConfig(name=task.name, language=task.language),
+            mt_dir=path.parent,
+            model=model,
+            max_length=settings.max_length,
+            batch_size=settings.batch_size,
+            dtype=settings.dtype,
+        )
         started = time.perf_counter()
         translations, run = translate_with_ray([Segment(language.code, ENGLISH.code, t) for t in todo], config)
         cached.update({t: (tr.text, tr.truncated) for t, tr in zip(todo, translations)})
         entries = sorted(cached.items())
-        records = datasets.Dataset.from_dict({
-            "text": [t for t, _ in entries], "translation": [tr for _, (tr, _) in entries],
-            "truncated": [bool(cut) for _, (_, cut) in entries],
-        })  # fmt: skip
-        write_split(records, {
-            **material, "cache_key": key, "task": task.name, "language": task.language,
-            "language_fallback": language.fallback, "segments": len(entries), "run": run,
-            "last_added": len(todo), "seconds": round(time.perf_counter() - started, 3),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }, path)  # fmt: skip
+        records = datasets.Dataset.from_dict(
+            {
+                "text": [t for t, _ in entries],
+                "translation": [tr for _, (tr, _) in entries],
+                "truncated": [bool(cut) for _, (_, cut) in entries],
+            }
+        )
+        write_split(
+            records,
+            {
+                **material,
+                "cache_key": key,
+                "task": task.name,
+                "language": task.language,
+                "language_fallback": language.fallback,
+                "segments": len(entries),
+                "run": run,
+                "last_added": len(todo),
+                "seconds": round(time.perf_counter() - started, 3),
+                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+            path,
+        )
     english = {f: [cached[t][0] for t in column] for f, column in texts.items()}
     return english, TranslationReport(path, len(wanted), len(todo))

@@ -66,13 +66,19 @@ def plan_input(experiment: ExperimentConfig, language: str, rows: pd.DataFrame, 
     given = [c for c in sources if c in rows.columns]
     if given and len(given) < len(sources):
         missing = [c for c in sources if c not in given]
-        raise PredictError(f"{where}: missing column {missing[0]!r}: the English side is given in {given}, "
-                           f"so every one of {sources} is needed (or none: then it is translated)")  # fmt: skip
+        raise PredictError(
+            f"{where}: missing column {missing[0]!r}: the English side is given in {given}, "
+            f"so every one of {sources} is needed (or none: then it is translated)"
+        )
     for column in targets + given:
         bad = [i for i, value in enumerate(rows[column]) if not isinstance(value, str)]
         if bad:
             value = rows[column].iloc[bad[0]]
-            what = "has no value" if value is None or (isinstance(value, float) and value != value) else f"is {value!r}, not a text"
+            what = (
+                "has no value"
+                if value is None or (isinstance(value, float) and value != value)
+                else f"is {value!r}, not a text"
+            )
             raise PredictError(f"{where}: column {column!r}: row {bad[0] + 1} (counting from 1) {what}")
     return InputPlan(task, targets, sources, reads_english(experiment.method), sources_given=bool(given))
 
@@ -104,8 +110,15 @@ class Prediction:
     english: dict[str, list[str]] = field(default_factory=dict)  # the English side read, per field
 
 
-def predict(experiment: ExperimentConfig, language: str, folder: Path, rows: pd.DataFrame, *,
-            translation: TranslationSettings | None = None, where: Path | str = "input") -> Prediction:  # fmt: skip
+def predict(
+    experiment: ExperimentConfig,
+    language: str,
+    folder: Path,
+    rows: pd.DataFrame,
+    *,
+    translation: TranslationSettings | None = None,
+    where: Path | str = "input",
+) -> Prediction:
     """One prediction per row of ``rows`` by the adapter in ``folder`` (a trial's checkpoint, with the trial's
     ``experiment`` and ``language``), through the trial's setup and the evaluation's prediction path.
 

@@ -18,7 +18,9 @@ def table_format(path: Path) -> str:
     """``jsonl``, ``csv`` or ``tsv`` from the file's extension; :class:`PredictError` for any other."""
     kind = FORMATS.get(Path(path).suffix.lower())
     if kind is None:
-        raise PredictError(f"{path}: unknown file type {Path(path).suffix or '(none)'!r}; expected one of {list(FORMATS)}")
+        raise PredictError(
+            f"{path}: unknown file type {Path(path).suffix or '(none)'!r}; expected one of {list(FORMATS)}"
+        )
     return kind
 
 

@@ -51,8 +51,9 @@ class Report:
         return None
 
 
-def build_report(client: MlflowClient, references: Sequence[str], folder: Path, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> Report:  # fmt: skip
+def build_report(
+    client: MlflowClient, references: Sequence[str], folder: Path, resamples: int = RESAMPLES, seed: int = SEED
+) -> Report:
     """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``.
     On a terminal, a progress bar on stderr follows its steps."""
     from tqdm.auto import tqdm
@@ -85,8 +86,12 @@ def build_report(client: MlflowClient, references: Sequence[str], folder: Path, 
     published = paper.paper_frame(table, columns, list(dict.fromkeys(table["row"])))
     report.published = "" if published is None else published.to_markdown(index=False)
     beside = [] if published is None else ["## The paper's numbers", report.published]
-    (folder / "report.md").write_text("\n\n".join([f"# {title}", *intro, report.markdown, *beside, *notes,
-                                                   *(f"![{f.name}]({f.name})" for f in figures)]) + "\n")  # fmt: skip
+    (folder / "report.md").write_text(
+        "\n\n".join(
+            [f"# {title}", *intro, report.markdown, *beside, *notes, *(f"![{f.name}]({f.name})" for f in figures)]
+        )
+        + "\n"
+    )
     (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures, published))
     progress.update()
     progress.close()
@@ -96,17 +101,23 @@ def build_report(client: MlflowClient, references: Sequence[str], folder: Path, 
 def _intro(sweeps: list[SweepRecords]) -> list[str]:
     out = []
     for s in sweeps:
-        out.append(f"Sweep {s.name} (MLflow parent run {s.parent_run_id}): {s.task}, model "
-                   f"{s.config['model']['name_or_path']}, {len(s.trials)} trials; each row's configuration selected on "
-                   f"the mean over seeds of {s.metric} (the validation split); cells: test/{s.test_metric} on the gold "
-                   "target-language test split, mean ± std over seeds (n seeds).")  # fmt: skip
+        out.append(
+            f"Sweep {s.name} (MLflow parent run {s.parent_run_id}): {s.task}, model "
+            f"{s.config['model']['name_or_path']}, {len(s.trials)} trials; each row's configuration selected on "
+            f"the mean over seeds of {s.metric} (the validation split); cells: test/{s.test_metric} on the gold "
+            "target-language test split, mean ± std over seeds (n seeds)."
+        )
     return out
 
 
-def _notes(sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column], resamples: int, seed: int
-           ) -> list[str]:  # fmt: skip
-    notes = ["Bold: the best row of each column. Column p: " + PROCEDURE.format(resamples=resamples, seed=seed, level=LEVEL)
-             + "."]  # fmt: skip
+def _notes(
+    sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column], resamples: int, seed: int
+) -> list[str]:
+    notes = [
+        "Bold: the best row of each column. Column p: "
+        + PROCEDURE.format(resamples=resamples, seed=seed, level=LEVEL)
+        + "."
+    ]
     for column in columns:
         if column.deviations:
             notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
@@ -145,14 +156,17 @@ def translate_test_notes(sweeps: Sequence[SweepRecords], table: pd.DataFrame) ->
             target.append(where)
     notes = []
     if projected:
-        notes.append("Translate-test on TyDiQA: scored against the gold answers projected into English by the answer "
-                     "markers, on the test examples whose markers survived translation, as the authors do (test "
-                     "examples kept of all; the markers were lost in translation for the rest): "
-                     + "; ".join(projected) + ".")  # fmt: skip
+        notes.append(
+            "Translate-test on TyDiQA: scored against the gold answers projected into English by the answer "
+            "markers, on the test examples whose markers survived translation, as the authors do (test "
+            "examples kept of all; the markers were lost in translation for the rest): " + "; ".join(projected) + "."
+        )
     if target:
-        notes.append("Translate-test on TyDiQA: scored against the target-language gold answers, not as the authors "
-                     "score it (the English test side was translated without answer markers, so exact match is near 0 "
-                     "for non-Latin scripts; translate the test split again): " + "; ".join(target) + ".")  # fmt: skip
+        notes.append(
+            "Translate-test on TyDiQA: scored against the target-language gold answers, not as the authors "
+            "score it (the English test side was translated without answer markers, so exact match is near 0 "
+            "for non-Latin scripts; translate the test split again): " + "; ".join(target) + "."
+        )
     return notes
 
 
@@ -171,7 +185,9 @@ def log_report(client: MlflowClient, report: Report) -> None:
             line = report.row_of(run_id) if run_id else None
             if version and line is not None:
                 mlflow_runs.add_to_version_description(
-                    client, f"{sweep.config['name']}-{sweep.task}-{language}", version,
+                    client,
+                    f"{sweep.config['name']}-{sweep.task}-{language}",
+                    version,
                     f"Report row {line['row']!r}, {line['column']}: {score(line)}; p against the column's best: "
                     f"{p_value(line)}.",
                 )
@@ -180,9 +196,16 @@ def log_report(client: MlflowClient, report: Report) -> None:
 def _description(sweep: SweepRecords, report: Report) -> str:
     mine = report.table[report.table["sweep"] == sweep.name]
     best = mine[mine["best"]]
-    lines = [f"**{sweep.name}**: {sweep.task}, {len(sweep.languages)} language(s), {len(sweep.trials)} trials, "
-             f"selected on {sweep.metric}; the report (table, significance, figures) is under `report/` "
-             "(report.html, report.md, report.csv).", "",
-             "Best per language (test/" + sweep.test_metric + "): "
-             + ", ".join(f"{b['language']}: {b['row']} {score(b)}" for _, b in best.iterrows()), "", report.markdown]  # fmt: skip
+    lines = [
+        f"**{sweep.name}**: {sweep.task}, {len(sweep.languages)} language(s), {len(sweep.trials)} trials, "
+        f"selected on {sweep.metric}; the report (table, significance, figures) is under `report/` "
+        "(report.html, report.md, report.csv).",
+        "",
+        "Best per language (test/"
+        + sweep.test_metric
+        + "): "
+        + ", ".join(f"{b['language']}: {b['row']} {score(b)}" for _, b in best.iterrows()),
+        "",
+        report.markdown,
+    ]
     return "\n".join(lines)

@@ -39,8 +39,9 @@ ALIASES = {"meta-llama-3.1-8b": "meta-llama/Llama-3.1-8B", "xlm-roberta-large": 
 @lru_cache(maxsize=1)
 def published() -> pd.DataFrame:
     """The published cells, one line each (``variant`` empty where the cell has none)."""
-    frame = pd.read_csv(RESULTS, dtype={"variant": str, "language": str}, keep_default_na=False,
-                        na_values={"std": [""], "mean": [""]})  # fmt: skip
+    frame = pd.read_csv(
+        RESULTS, dtype={"variant": str, "language": str}, keep_default_na=False, na_values={"std": [""], "mean": [""]}
+    )
     frame["std"] = pd.to_numeric(frame["std"], errors="coerce")
     return frame
 
@@ -99,8 +100,14 @@ def paper_cells(table: pd.DataFrame, columns, row_keys: dict[str, dict]) -> pd.D
             continue  # an average over several sweeps' columns: the paper has none
         model = paper_model(sweep.config["model"]["name_or_path"])
         if line["column"] == AVERAGE:
-            expected = set(cells[(cells["table"] == PER_LANGUAGE_TABLE[sweep.task]) & (cells["task"] == sweep.task)
-                                 & (cells["language"] != "en") & (cells["language"] != "average")]["language"])
+            expected = set(
+                cells[
+                    (cells["table"] == PER_LANGUAGE_TABLE[sweep.task])
+                    & (cells["task"] == sweep.task)
+                    & (cells["language"] != "en")
+                    & (cells["language"] != "average")
+                ]["language"]
+            )
             if set(sweep.languages) != expected:
                 continue
             language = "average"
@@ -112,8 +119,12 @@ def paper_cells(table: pd.DataFrame, columns, row_keys: dict[str, dict]) -> pd.D
             where = setting(sweep.provenance.get(language), sweep.config["task"].get("max_records"))
         if model is None or where is None:
             continue
-        found = cells[(cells["model"] == model) & (cells["task"] == sweep.task) & (cells["language"] == language)
-                      & (cells["setting"] == where)]  # fmt: skip
+        found = cells[
+            (cells["model"] == model)
+            & (cells["task"] == sweep.task)
+            & (cells["language"] == language)
+            & (cells["setting"] == where)
+        ]
         found = found[[_matches(cell, key) for _, cell in found.iterrows()]].sort_values("table", kind="stable")
         if found.empty:
             continue
@@ -142,12 +153,16 @@ def note(table: pd.DataFrame) -> str:
     """What the paper table below the report says, or that no published cell matches."""
     matched = table["paper_mean"].notna().sum() if "paper_mean" in table else 0
     if not matched:
-        return (f"No published cell of the paper ({CITATION}) matches these rows and columns: the paper's cells are "
-                "XLM-R Large, mT5-XL, Llama 3.1 8B and Gemma 2 9B on the paper's data (NLLB translations, or gold "
-                "English at test as in Table 4), with the paper's methods and variants.")  # fmt: skip
-    return (f"The paper's numbers ({CITATION}; T = its table): {matched} cell(s) match a published one (same model, "
-            "task, language, setting, method and variant); each shows the paper's mean ± std and the difference, "
-            "yours - paper's.")
+        return (
+            f"No published cell of the paper ({CITATION}) matches these rows and columns: the paper's cells are "
+            "XLM-R Large, mT5-XL, Llama 3.1 8B and Gemma 2 9B on the paper's data (NLLB translations, or gold "
+            "English at test as in Table 4), with the paper's methods and variants."
+        )
+    return (
+        f"The paper's numbers ({CITATION}; T = its table): {matched} cell(s) match a published one (same model, "
+        "task, language, setting, method and variant); each shows the paper's mean ± std and the difference, "
+        "yours - paper's."
+    )
 
 
 def paper_frame(table: pd.DataFrame, columns, rows: list[str]) -> pd.DataFrame | None:
@@ -162,4 +177,3 @@ def paper_frame(table: pd.DataFrame, columns, rows: list[str]) -> pd.DataFrame |
         lines = {r["row"]: r for _, r in table[table["column"] == name].iterrows()}
         out[name] = [describe(lines.get(r)) for r in rows]
     return pd.DataFrame({"row": rows, **out})
-

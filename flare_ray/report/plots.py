@@ -18,12 +18,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from .records import SweepRecords  # noqa: E402
+from .records import SweepRecords
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,19 @@ def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
     x = np.arange(len(columns))
     for i, row in enumerate(rows):
         mine = table[table["row"] == row].set_index("column").reindex(columns)
-        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, mine["mean"].fillna(0), width, label=row,
-                      yerr=mine["std"].fillna(0), capsize=2)  # fmt: skip
+        bars = ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            mine["mean"].fillna(0),
+            width,
+            label=row,
+            yerr=mine["std"].fillna(0),
+            capsize=2,
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize="x-small", padding=2)
     ax.set_xticks(x, columns)
-    ax.set_ylabel(str(table["metric"].dropna().iloc[0]) + " (mean ± std over seeds)" if table["metric"].notna().any() else "test")
+    ax.set_ylabel(
+        str(table["metric"].dropna().iloc[0]) + " (mean ± std over seeds)" if table["metric"].notna().any() else "test"
+    )
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
@@ -49,8 +57,9 @@ def bars(table: pd.DataFrame, path: Path, title: str) -> Path:
 def curves(table: pd.DataFrame, trials: dict[str, pd.DataFrame], metric: str, path: Path) -> Path:
     """``trials``: run id -> its trial row (with its ``curve``), for every run in ``table``."""
     columns = [c for c in dict.fromkeys(table["column"]) if c != "average"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns) + 2, 3.6), squeeze=False, sharey=True,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(4.2 * len(columns) + 2, 3.6), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, column in zip(axes[0], columns):
         for line in table[table["column"] == column].itertuples():
             runs = [trials[r] for r in json.loads(line.run_ids) if r in trials]
@@ -95,7 +104,10 @@ def optuna_plots(sweep: SweepRecords, language: str, folder: Path) -> list[Path]
     stem = f"optuna-{_slug(sweep.name)}-{language}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for its matplotlib backend
-        for kind, plot in (("parallel", optuna_plt.plot_parallel_coordinate), ("importance", optuna_plt.plot_param_importances)):
+        for kind, plot in (
+            ("parallel", optuna_plt.plot_parallel_coordinate),
+            ("importance", optuna_plt.plot_param_importances),
+        ):
             try:
                 ax = plot(study)
             except Exception as err:  # noqa: BLE001 - e.g. too few trials for importances

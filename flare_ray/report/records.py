@@ -89,7 +89,9 @@ class SweepRecords:
     def predictions(self, run_id: str, split: str = "test") -> pd.DataFrame | None:
         """The per-example predictions a trial logged for ``split``; None if it logged none."""
         try:
-            path = self.client.download_artifacts(run_id, f"{mlflow_runs.PREDICTIONS_PATH}/{split}.parquet", str(self._downloads))
+            path = self.client.download_artifacts(
+                run_id, f"{mlflow_runs.PREDICTIONS_PATH}/{split}.parquet", str(self._downloads)
+            )
         except Exception:  # noqa: BLE001 - mlflow raises its own error types for a missing artifact
             return None
         return pd.read_parquet(path)
@@ -103,11 +105,21 @@ def find_parent(client: MlflowClient, reference: str):
         run = None
     if run is not None:
         if mlflow_runs.SWEEP_TAG not in run.data.tags:
-            raise ReportError(f"run {reference} is not the parent run of a sweep (it has no {mlflow_runs.SWEEP_TAG} tag)")
+            raise ReportError(
+                f"run {reference} is not the parent run of a sweep (it has no {mlflow_runs.SWEEP_TAG} tag)"
+            )
         return run
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`{mlflow_runs.SWEEP_TAG}` = '{reference}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []  # fmt: skip
+    runs = (
+        client.search_runs(
+            experiments,
+            filter_string=f"tags.`{mlflow_runs.SWEEP_TAG}` = '{reference}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if experiments
+        else []
+    )
     if not runs:
         raise ReportError(f"no sweep named {reference!r} and no run with that id in {client.tracking_uri}")
     return runs[0]
@@ -123,12 +135,21 @@ def load_sweep(client: MlflowClient, reference: str) -> SweepRecords:
             provenance = json.loads(Path(client.download_artifacts(run_id, "data_provenance.json", tmp)).read_text())
         except Exception:  # noqa: BLE001 - an older sweep without it
             provenance = {}
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
-                                  max_results=50_000)  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'", max_results=50_000
+    )
     metric, mode = config["search"]["metric"], config["search"].get("mode", "max")
     trials = trial_frame(client, children, metric, mode, config)
-    return SweepRecords(parent.data.tags[mlflow_runs.SWEEP_TAG], run_id, parent.info.experiment_id, config, provenance, trials,
-                        client, dict(parent.data.tags))  # fmt: skip
+    return SweepRecords(
+        parent.data.tags[mlflow_runs.SWEEP_TAG],
+        run_id,
+        parent.info.experiment_id,
+        config,
+        provenance,
+        trials,
+        client,
+        dict(parent.data.tags),
+    )
 
 
 def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: dict[str, Any]) -> pd.DataFrame:
@@ -141,14 +162,36 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
         history = [(s, v) for s, v in history if math.isfinite(v)]
         best = (max if mode == "max" else min)(history, key=lambda sv: sv[1]) if history else (None, math.nan)
         seed = tags.get(mlflow_runs.SEED_TAG)
-        rows.append({
-            "run_id": run.info.run_id, "trial_id": tags.get(mlflow_runs.TRIAL_TAG), "status": run.info.status,
-            "language": tags.get(mlflow_runs.LANGUAGE_TAG), "method": tags.get(mlflow_runs.METHOD_TAG, config["method"]["kind"]),
-            "cell": tags.get(mlflow_runs.CELL_TAG, "{}"), "configuration": tags.get(mlflow_runs.CONFIGURATION_TAG, "{}"),
-            "seed": None if seed in (None, "None") else int(seed), "validation": best[1], "best_epoch": best[0],
-            "curve": history, **{k: v for k, v in metrics.items() if k.startswith("test/")},
-        })  # fmt: skip
-    columns = ["run_id", "trial_id", "status", "language", "method", "cell", "configuration", "seed", "validation",
-               "best_epoch", "curve"]  # fmt: skip
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "trial_id": tags.get(mlflow_runs.TRIAL_TAG),
+                "status": run.info.status,
+                "language": tags.get(mlflow_runs.LANGUAGE_TAG),
+                "method": tags.get(mlflow_runs.METHOD_TAG, config["method"]["kind"]),
+                "cell": tags.get(mlflow_runs.CELL_TAG, "{}"),
+                "configuration": tags.get(mlflow_runs.CONFIGURATION_TAG, "{}"),
+                "seed": None if seed in (None, "None") else int(seed),
+                "validation": best[1],
+                "best_epoch": best[0],
+                "curve": history,
+                **{k: v for k, v in metrics.items() if k.startswith("test/")},
+            }
+        )
+    columns = [
+        "run_id",
+        "trial_id",
+        "status",
+        "language",
+        "method",
+        "cell",
+        "configuration",
+        "seed",
+        "validation",
+        "best_epoch",
+        "curve",
+    ]
     frame = pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
-    return frame.sort_values("trial_id", kind="stable", key=lambda ids: ids.fillna("")).reset_index(drop=True)  # run order
+    return frame.sort_values("trial_id", kind="stable", key=lambda ids: ids.fillna("")).reset_index(
+        drop=True
+    )  # run order

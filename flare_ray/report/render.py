@@ -23,8 +23,11 @@ def score(line) -> str:
         text += f" ± {line['std']:.2f}"
     trials = line.get("trials")
     n = int(line["n"])
-    return text + (f" (n={n} of {int(trials)})" if isinstance(trials, (int, float)) and trials == trials and trials > n
-                   else f" (n={n})")  # fmt: skip
+    return text + (
+        f" (n={n} of {int(trials)})"
+        if isinstance(trials, (int, float)) and trials == trials and trials > n
+        else f" (n={n})"
+    )
 
 
 def p_value(line) -> str:
@@ -48,8 +51,10 @@ def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> p
     for name in names:
         header = name + (f" {NOT_PAPER}" if name in deviating else "")
         lines = {r["row"]: r for _, r in table[table["column"] == name].iterrows()}
-        out[header] = [bold[0] + score(lines[r]) + bold[1] if r in lines and lines[r]["best"] else score(lines.get(r))
-                       for r in rows]  # fmt: skip
+        out[header] = [
+            bold[0] + score(lines[r]) + bold[1] if r in lines and lines[r]["best"] else score(lines.get(r))
+            for r in rows
+        ]
         if multiple and name != AVERAGE:
             out[f"{name} p"] = [p_value(lines.get(r)) for r in rows]
     return pd.DataFrame({"row": rows, **out})
@@ -88,16 +93,29 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 """
 
 
-def html_page(title: str, intro: list[str], table: pd.DataFrame, columns: list[Column], notes: list[str],
-              figures: list[Path], paper: pd.DataFrame | None = None) -> str:  # fmt: skip
+def html_page(
+    title: str,
+    intro: list[str],
+    table: pd.DataFrame,
+    columns: list[Column],
+    notes: list[str],
+    figures: list[Path],
+    paper: pd.DataFrame | None = None,
+) -> str:
     """The report as one HTML page; ``paper``: the paper's matching cells (rows × columns), as a second table."""
     frame = wide(table, columns, ("\x00b", "\x00/b"))  # placeholders survive escaping, then become <b>
     body = frame.to_html(escape=True, border=0, index=False)
     body = body.replace("\x00b", "<b>").replace("\x00/b", "</b>")
     body = body.split(">", 1)[1].rsplit("</table>", 1)[0]  # keep our own <table id=report>
     return PAGE.format(
-        title=html.escape(title), intro="\n".join(f"<p>{html.escape(p)}</p>" for p in intro), table=body,
-        notes="".join(f"<p>{html.escape(n)}</p>" for n in notes), figures="\n".join(image_tag(f) for f in figures),
-        paper="" if paper is None else "<h2>The paper's numbers</h2>\n<table id=\"paper\">"
-        + paper.to_html(escape=True, border=0, index=False).split(">", 1)[1].rsplit("</table>", 1)[0] + "</table>\n",
+        title=html.escape(title),
+        intro="\n".join(f"<p>{html.escape(p)}</p>" for p in intro),
+        table=body,
+        notes="".join(f"<p>{html.escape(n)}</p>" for n in notes),
+        figures="\n".join(image_tag(f) for f in figures),
+        paper=""
+        if paper is None
+        else '<h2>The paper\'s numbers</h2>\n<table id="paper">'
+        + paper.to_html(escape=True, border=0, index=False).split(">", 1)[1].rsplit("</table>", 1)[0]
+        + "</table>\n",
     )

@@ -30,8 +30,13 @@ PROCEDURE = (
 
 
 def paired_bootstrap(
-    best: Sequence[pd.DataFrame], other: Sequence[pd.DataFrame], metric: str, labels: Sequence[str] = (),
-    resamples: int = RESAMPLES, seed: int = SEED, mode: str = "max",
+    best: Sequence[pd.DataFrame],
+    other: Sequence[pd.DataFrame],
+    metric: str,
+    labels: Sequence[str] = (),
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    mode: str = "max",
 ) -> float:
     """The p-value that the system with the seeds' predictions ``best`` is not better than ``other``."""
     frames = [f.drop_duplicates("id").set_index("id") for f in (*best, *other)]

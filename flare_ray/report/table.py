@@ -45,8 +45,11 @@ class Column:
 
 def row_keys(trials: pd.DataFrame) -> pd.Series:
     """Each trial's row: its grid cell and method, as a dict."""
-    return pd.Series([{**json.loads(cell), "method.kind": method} for cell, method in zip(trials["cell"], trials["method"])],
-                     index=trials.index, dtype=object)  # fmt: skip
+    return pd.Series(
+        [{**json.loads(cell), "method.kind": method} for cell, method in zip(trials["cell"], trials["method"])],
+        index=trials.index,
+        dtype=object,
+    )
 
 
 def row_names(keys: Sequence[dict[str, Any]]) -> list[str]:
@@ -67,7 +70,9 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
     for sweep in sweeps:
         trials = sweep.trials[sweep.trials["validation"].notna()].copy()
         if trials.empty:
-            raise ReportError(f"sweep {sweep.name!r} (parent run {sweep.parent_run_id}) has no trial with {sweep.metric}")
+            raise ReportError(
+                f"sweep {sweep.name!r} (parent run {sweep.parent_run_id}) has no trial with {sweep.metric}"
+            )
         trials["sweep"], trials["row_key"] = sweep.name, row_keys(trials)
         frames.append(trials)
         for language in sweep.languages:
@@ -87,15 +92,26 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
             chosen, _ = best_configuration(group, sweep.mode)
             picked = group[group["configuration"] == chosen]
             scored = picked[picked[test].notna()] if test in picked else picked.iloc[:0]
-            lines.append({
-                "row": row, "column": column.name, "task": sweep.task, "language": column.language, "sweep": sweep.name,
-                "metric": test, "mean": scored[test].mean() if len(scored) else math.nan,
-                "std": scored[test].std() if len(scored) > 1 else math.nan, "n": len(scored), "trials": len(picked),
-                "seeds": json.dumps([None if pd.isna(s) else int(s) for s in scored["seed"]]),
-                "validation_mean": picked["validation"].mean(), "validation_std": picked["validation"].std(),
-                "configuration": chosen, "run_ids": json.dumps(list(scored["run_id"])),
-                "paper_setting": not column.deviations,
-            })  # fmt: skip
+            lines.append(
+                {
+                    "row": row,
+                    "column": column.name,
+                    "task": sweep.task,
+                    "language": column.language,
+                    "sweep": sweep.name,
+                    "metric": test,
+                    "mean": scored[test].mean() if len(scored) else math.nan,
+                    "std": scored[test].std() if len(scored) > 1 else math.nan,
+                    "n": len(scored),
+                    "trials": len(picked),
+                    "seeds": json.dumps([None if pd.isna(s) else int(s) for s in scored["seed"]]),
+                    "validation_mean": picked["validation"].mean(),
+                    "validation_std": picked["validation"].std(),
+                    "configuration": chosen,
+                    "run_ids": json.dumps(list(scored["run_id"])),
+                    "paper_setting": not column.deviations,
+                }
+            )
     table = pd.DataFrame(lines)
     order = list(dict.fromkeys(trials["row"]))
     table["row"] = pd.Categorical(table["row"], categories=order, ordered=True)
@@ -145,9 +161,16 @@ def _averages(table: pd.DataFrame, trials: pd.DataFrame, columns: list[Column]) 
             for s, value in zip(scored["seed"], scored[line.metric]):
                 per_seed.setdefault(s, []).append(value)
         complete = pd.Series({s: sum(v) / len(v) for s, v in per_seed.items() if len(v) == len(columns)}, dtype=float)
-        lines.append({"row": row, "column": AVERAGE, "mean": group["mean"].mean(), "n": len(complete),
-                      "std": complete.std() if len(complete) > 1 else math.nan,
-                      "paper_setting": bool(group["paper_setting"].all())})  # fmt: skip
+        lines.append(
+            {
+                "row": row,
+                "column": AVERAGE,
+                "mean": group["mean"].mean(),
+                "n": len(complete),
+                "std": complete.std() if len(complete) > 1 else math.nan,
+                "paper_setting": bool(group["paper_setting"].all()),
+            }
+        )
     out = pd.DataFrame(lines)
     out["best"] = out["mean"].notna() & (out["mean"] == out["mean"].max())
     return out

@@ -36,6 +36,7 @@ def set_checkpoint_period(trials: int) -> None:
     if not _USER_PERIOD:
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(max(CHECKPOINT_SECONDS, trials / 100))
 
+
 _STARTED: dict[str, threading.Event] = {}
 _INTERRUPT = threading.Event()
 _interrupted_at = [0.0]
@@ -94,12 +95,16 @@ def run_concurrently(names: list[str], fit: Callable[[str], T]) -> dict[str, T |
 
     previous = None
     if threading.current_thread() is threading.main_thread():
+
         def on_sigint(_signum, _frame):
             _interrupted_at[0] = time.time()
             _INTERRUPT.set()
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-            print("interrupted: saving the state of every search (a few seconds; Ctrl-C again to stop now)",
-                  file=sys.stderr, flush=True)
+            print(
+                "interrupted: saving the state of every search (a few seconds; Ctrl-C again to stop now)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:

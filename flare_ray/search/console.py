@@ -63,8 +63,15 @@ class Console:
         with self._lock:
             print(text, file=self.stream or sys.stdout, flush=True)
 
-    def callback(self, name: str, language: str, label: Callable[[dict[str, Any]], str], metric: str, epochs: int,
-                 log: Callable[[Trial], str]) -> "SearchConsole":
+    def callback(
+        self,
+        name: str,
+        language: str,
+        label: Callable[[dict[str, Any]], str],
+        metric: str,
+        epochs: int,
+        log: Callable[[Trial], str],
+    ) -> "SearchConsole":
         """The Tune callback of one search (``name``): ``label`` names a trial from its Tune config,
         ``log`` gives its log file."""
         return SearchConsole(self, name, language, label, metric, epochs, log)
@@ -85,8 +92,10 @@ class Console:
             counts = Counter(t.status for t in trials)
             total.update(counts)
             rows.append([name, counts["TERMINATED"], counts["RUNNING"], counts["PENDING"], counts["ERROR"]])
-        head = (f"status after {_duration(time.monotonic() - self.started)}: {total['TERMINATED']} done, "
-                f"{total['RUNNING']} running, {total['PENDING']} pending, {total['ERROR']} failed")  # fmt: skip
+        head = (
+            f"status after {_duration(time.monotonic() - self.started)}: {total['TERMINATED']} done, "
+            f"{total['RUNNING']} running, {total['PENDING']} pending, {total['ERROR']} failed"
+        )
         return head + "\n" + tabulate(rows, headers=["search", "done", "running", "pending", "failed"]) + "\n"
 
 
@@ -94,8 +103,16 @@ class SearchConsole(ray.tune.Callback):
     """A search's Tune callback; saved with the search's state (Tune pickles its callbacks), it prints to
     the console of the process that runs it, so a resumed search prints to the resumed sweep's console."""
 
-    def __init__(self, console: Console, name: str, language: str, label: Callable[[dict[str, Any]], str],
-                 metric: str, epochs: int, log: Callable[[Trial], str]) -> None:
+    def __init__(
+        self,
+        console: Console,
+        name: str,
+        language: str,
+        label: Callable[[dict[str, Any]], str],
+        metric: str,
+        epochs: int,
+        log: Callable[[Trial], str],
+    ) -> None:
         self._console, self.name, self.language, self.label = console, name, language, label
         self.metric, self.epochs, self.log = metric, epochs, log
 
@@ -116,9 +133,12 @@ class SearchConsole(ray.tune.Callback):
         self.console.changed = True
         elapsed = _duration(result.get("time_total_s", 0.0))
         if result.get("final"):
-            tests = [f"{k} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("test/") and isinstance(v, float)]
-            self.console.print(f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  "
-                               f"{'  '.join(tests)}  {elapsed}")  # fmt: skip
+            tests = [
+                f"{k} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("test/") and isinstance(v, float)
+            ]
+            self.console.print(
+                f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  {'  '.join(tests)}  {elapsed}"
+            )
             return
         if not isinstance(result.get(self.metric), (int, float)):
             return

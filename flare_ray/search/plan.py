@@ -54,8 +54,10 @@ def grid_cells(grid: dict[str, list[Any]], kind: str = "flare") -> list[dict[str
 
 
 def _label(cell: dict[str, Any]) -> str:
-    text = "_".join(f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
-                    for key, value in cell.items())  # fmt: skip
+    text = "_".join(
+        f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
+        for key, value in cell.items()
+    )
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:80]
 
 
@@ -65,8 +67,11 @@ def plan_searches(config: ExperimentConfig) -> list[Search]:
     if not (config.search.grid and config.search.space):
         return [Search(language, config, {}, f"{config.name}-{language}") for language in config.task.languages]
     cells = [(cell, _cell_config(config, cell)) for cell in grid_cells(config.search.grid, config.method.kind)]
-    return [Search(language, cell_config, cell, f"{config.name}-{language}-cell{i}-{_label(cell)}")
-            for language in config.task.languages for i, (cell, cell_config) in enumerate(cells)]  # fmt: skip
+    return [
+        Search(language, cell_config, cell, f"{config.name}-{language}-cell{i}-{_label(cell)}")
+        for language in config.task.languages
+        for i, (cell, cell_config) in enumerate(cells)
+    ]
 
 
 def _cell_config(config: ExperimentConfig, cell: dict[str, Any]) -> ExperimentConfig:
@@ -92,11 +97,16 @@ def space_lines(config: ExperimentConfig) -> list[str]:
         if dist.when:
             line += "  when " + ", ".join(_condition(ref, dist.condition_values(ref)) for ref in dist.when)
             fixed_false = [
-                ref for ref in dist.when
+                ref
+                for ref in dist.when
                 if ref not in space and config_value(config, ref) not in dist.condition_values(ref)
-            ]  # fmt: skip
+            ]
             if fixed_false:
-                line += "  (never sampled: " + ", ".join(f"{r} is fixed to {config_value(config, r)!r}" for r in fixed_false) + ")"
+                line += (
+                    "  (never sampled: "
+                    + ", ".join(f"{r} is fixed to {config_value(config, r)!r}" for r in fixed_false)
+                    + ")"
+                )
         lines.append(line)
     return lines
 
@@ -143,7 +153,9 @@ def dry_run_text(config: ExperimentConfig) -> str:
         f"# search: {_budget(config)} x {len(config.task.languages)} language(s) {config.task.languages}, "
         f"all languages at once; objective {search.metric} ({search.mode})",
         f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, {search.sampler.n_startup_trials} random "
-        "startup trials)" if search.space else "# sampler: none (Ray Tune's grid and seeds)",
+        "startup trials)"
+        if search.space
+        else "# sampler: none (Ray Tune's grid and seeds)",
         f"# scheduler: {scheduler}",
         f"# concurrency: {search.max_concurrent_trials or 'as many Train runs as the cluster holds at the start, shared by the languages'}; "
         f"{config.scaling.num_workers} worker(s) per trial, {config.scaling.resources_per_worker()} each",
@@ -165,23 +177,28 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
     trials = sum(s.expected_trials for s in plan_searches(config))
     searches = len(plan_searches(config))
     stage1 = " after stage 1 (English)" if config.model.stage1 == "auto" else ""
-    where = "in its Tune trial's process" if scaling.in_trial_process and not search.worker_max_failures else \
-        "as a Ray Train run"  # fmt: skip
+    where = (
+        "in its Tune trial's process"
+        if scaling.in_trial_process and not search.worker_max_failures
+        else "as a Ray Train run"
+    )
     worker = ", ".join(f"{v:g} {k}" for k, v in scaling.resources_per_worker().items() if v)
     cluster = ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     at_once = search.max_concurrent_trials or "as many as fit"
     translation = plan_line(config)
-    return "\n".join([
-        f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config)} ({trials} in all, "
-        f"{searches} search(es)){stage1}; selected on {search.metric}",
-        *([f"  {translation}"] if translation else []),
-        f"  each trial: {config.model.name_or_path}, {scaling.num_workers} worker(s) of {worker}, trained {where}; "
-        f"{at_once} at once on this cluster ({cluster})",
-        f"  MLflow: {resolve_tracking_uri(config)} (experiment '{config.tracking.experiment_name}'); storage: "
-        f"{config.storage_path}",
-        f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config)} ({trials} in all, "
+            f"{searches} search(es)){stage1}; selected on {search.metric}",
+            *([f"  {translation}"] if translation else []),
+            f"  each trial: {config.model.name_or_path}, {scaling.num_workers} worker(s) of {worker}, trained {where}; "
+            f"{at_once} at once on this cluster ({cluster})",
+            f"  MLflow: {resolve_tracking_uri(config)} (experiment '{config.tracking.experiment_name}'); storage: "
+            f"{config.storage_path}",
+            f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
+            "",
+        ]
+    )
 
 
 class Unplaceable(str):
@@ -191,8 +208,9 @@ class Unplaceable(str):
     fits_a_node_type: bool = False
 
 
-def unplaceable(config: ExperimentConfig, nodes: list[dict[str, float]],
-                node_types: list[dict[str, float]] | None = None) -> Unplaceable | None:
+def unplaceable(
+    config: ExperimentConfig, nodes: list[dict[str, float]], node_types: list[dict[str, float]] | None = None
+) -> Unplaceable | None:
     """Why no trial worker of ``config`` fits on any of the cluster's ``nodes`` (their total resources), or
     None when one does. A worker must fit on one node (its CPUs and GPUs); a trial's workers may spread.
     ``node_types``: the resources of the nodes an autoscaler can add (``{}``: unknown, may fit anything)."""

@@ -60,8 +60,9 @@ def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
     return sample
 
 
-def describe_trial(sample: dict[str, Any], *, base: dict[str, Any], cell: dict[str, Any], grid: list[str],
-                   seeds: list[int | None]) -> tuple[dict[str, Any], dict[str, str]]:
+def describe_trial(
+    sample: dict[str, Any], *, base: dict[str, Any], cell: dict[str, Any], grid: list[str], seeds: list[int | None]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """A trial's whole resolved config (``base``, the search's config as JSON, with the trial's sample written
     in; as nested params) and its MLflow tags: method, seed, grid cell, configuration, schema version."""
     sample = seeded(sample, seeds)
@@ -70,7 +71,8 @@ def describe_trial(sample: dict[str, Any], *, base: dict[str, Any], cell: dict[s
         set_path(data, key.split("."), copy.deepcopy(value))
     cell = {**cell, **{k: sample[k] for k in grid if k in sample}}
     tags = {
-        METHOD_TAG: str(get_path(data, ["method", "kind"])), SEED_TAG: str(get_path(data, ["training", "seed"])),
+        METHOD_TAG: str(get_path(data, ["method", "kind"])),
+        SEED_TAG: str(get_path(data, ["training", "seed"])),
         CELL_TAG: json.dumps(cell, sort_keys=True, default=str),
         CONFIGURATION_TAG: json.dumps(configuration(sample, cell), sort_keys=True, default=str),
         SCHEMA_TAG: str(SCHEMA_VERSION),
@@ -104,8 +106,9 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
     param_space: dict[str, Any] = {}
     searcher = None
     if spec.space:
-        searcher = OptunaSearch(space=DefineByRun(config), sampler=build_sampler(spec.sampler), metric=spec.metric,
-                                mode=spec.mode)  # fmt: skip
+        searcher = OptunaSearch(
+            space=DefineByRun(config), sampler=build_sampler(spec.sampler), metric=spec.metric, mode=spec.mode
+        )
         if spec.seeds:
             searcher = SeedRepeater(searcher, repeat=len(seeds), set_index=True)
         if max_concurrent:
@@ -120,16 +123,23 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
     scheduler = None
     if spec.scheduler is not None:
         scheduler = ASHAScheduler(
-            time_attr="epoch", metric=spec.metric, mode=spec.mode,
+            time_attr="epoch",
+            metric=spec.metric,
+            mode=spec.mode,
             max_t=config.training.epochs + 1,  # +1: the last epoch still reports its test scores
-            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
         )
     # reuse_actors: a trial's process runs the next trial of its search (imports and the process start are
     # paid once; FLARE's source cache carries over, flare_ray.training.source_cache); Tune starts a new one
     # where the last trial's thread does not end within seconds (ASHA stopped it mid-epoch).
-    tune = ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                               max_concurrent_trials=None if searcher else max_concurrent,  # the limiter has it
-                               reuse_actors=True)  # fmt: skip
+    tune = ray.tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=None if searcher else max_concurrent,  # the limiter has it
+        reuse_actors=True,
+    )
     return tune, param_space
 
 

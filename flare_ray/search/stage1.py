@@ -30,8 +30,9 @@ def _stage1_trial(_: dict[str, Any], *, inputs: Stage1Input, name: str) -> None:
     run(inputs.experiment.scaling, stage1_entry, inputs, name, join(inputs.experiment.storage_path, "train"))
 
 
-def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | None = None,
-                 console: Console | None = None) -> str | Path:
+def train_stage1(
+    experiment: ExperimentConfig, output: str | Path, key: str | None = None, console: Console | None = None
+) -> str | Path:
     """Train stage 1 of ``experiment`` into ``output`` (a local folder, or a URI such as ``s3://...``) as a
     one-trial Tune run, its epochs on ``console``."""
     from flare_ray.training.stage1 import stage1_done, stage1_experiment
@@ -44,14 +45,18 @@ def train_stage1(experiment: ExperimentConfig, output: str | Path, key: str | No
     console = console or Console()
     console.print(f"stage 1: training the English adapter {key or output} (its log: {log})")
     metric = stage1.search.metric.replace("validation/", "english_validation/")
-    callbacks = [console.callback(f"{experiment.name}-stage1", "en", lambda _: "stage 1", metric, stage1.training.epochs,
-                                  lambda _: str(log))]  # fmt: skip
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(_stage1_trial, inputs=inputs, name=name),
-                                        trial_resources(stage1.scaling))  # fmt: skip
+    callbacks = [
+        console.callback(
+            f"{experiment.name}-stage1", "en", lambda _: "stage 1", metric, stage1.training.epochs, lambda _: str(log)
+        )
+    ]
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(_stage1_trial, inputs=inputs, name=name), trial_resources(stage1.scaling)
+    )
     grid = ray.tune.Tuner(
-        trainable, param_space={},
-        run_config=ray.tune.RunConfig(name=name, storage_path=experiment.storage_path, callbacks=callbacks,
-                                      verbose=0),  # fmt: skip
+        trainable,
+        param_space={},
+        run_config=ray.tune.RunConfig(name=name, storage_path=experiment.storage_path, callbacks=callbacks, verbose=0),
     ).fit()
     if grid.errors:
         raise RuntimeError(f"stage 1 failed (its log: {inputs.log_file}): {grid.errors[0]}") from grid.errors[0]

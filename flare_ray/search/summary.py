@@ -60,22 +60,28 @@ def trial_rows(grid, search: Search, metric: str, mode: str) -> list[dict[str, A
         sample = seeded(dict(result.config or {}), search.config.search.seed_list)
         final = result.metrics or {}
         epoch = best.get("epoch")
-        rows.append({
-            "trial_id": final.get("trial_id") or str(best.get("trial_id")),
-            "configuration": json.dumps(configuration(sample, search.cell), sort_keys=True, default=str),
-            "seed": sample.get("training.seed", search.config.training.seed),
-            "validation": float(best[metric]),
-            "best_epoch": None if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch),
-            "test": {k: float(v) for k, v in final.items() if k.startswith("test/") and isinstance(v, (int, float))},
-        })
+        rows.append(
+            {
+                "trial_id": final.get("trial_id") or str(best.get("trial_id")),
+                "configuration": json.dumps(configuration(sample, search.cell), sort_keys=True, default=str),
+                "seed": sample.get("training.seed", search.config.training.seed),
+                "validation": float(best[metric]),
+                "best_epoch": None if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)) else int(epoch),
+                "test": {
+                    k: float(v) for k, v in final.items() if k.startswith("test/") and isinstance(v, (int, float))
+                },
+            }
+        )
     return rows
 
 
 def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: str) -> LanguageResult:
     """The configuration with the best mean validation score over its seeds (ties: lower std), and its best seed."""
     if not rows:
-        raise NoTrialReported(f"no trial of {language} reported {metric}: every one failed or stopped before its first "
-                              "epoch (their errors and logs are above)")
+        raise NoTrialReported(
+            f"no trial of {language} reported {metric}: every one failed or stopped before its first "
+            "epoch (their errors and logs are above)"
+        )
     frame = pd.DataFrame(rows)
     chosen, stats = best_configuration(frame, mode)
     mine = frame[frame["configuration"] == chosen]
@@ -83,10 +89,18 @@ def select_best(rows: list[dict[str, Any]], metric: str, mode: str, language: st
     tests = pd.DataFrame(list(mine["test"]))
     test = {k: float(tests[k].mean()) for k in tests.columns if tests[k].notna().all()} if len(tests.columns) else {}
     return LanguageResult(
-        language=language, trial_id=best["trial_id"], run_id=None, hyperparameters=json.loads(chosen),
-        validation=float(stats.loc[chosen, "mean"]), test=test, best_epoch=best["best_epoch"], trials=len(frame),
-        seeds=sorted(mine["seed"].tolist(), key=str), validation_std=float(stats.loc[chosen, "std"]),
-        seed=best["seed"], seed_validation=float(best["validation"]),
+        language=language,
+        trial_id=best["trial_id"],
+        run_id=None,
+        hyperparameters=json.loads(chosen),
+        validation=float(stats.loc[chosen, "mean"]),
+        test=test,
+        best_epoch=best["best_epoch"],
+        trials=len(frame),
+        seeds=sorted(mine["seed"].tolist(), key=str),
+        validation_std=float(stats.loc[chosen, "std"]),
+        seed=best["seed"],
+        seed_validation=float(best["validation"]),
     )
 
 
@@ -115,18 +129,40 @@ class SweepSummary:
         """The best trial per language: hyperparameters, MT-validation and gold-test scores, and the average."""
         test_keys = sorted({k for r in self.languages for k in r.test})
         seeded = any(len(r.seeds) > 1 for r in self.languages)
-        header = ["language", "trial", self.metric + (" (mean ± std)" if seeded else ""), *test_keys,
-                  *(["seeds"] if seeded else []), "best epoch", "hyperparameters"]  # fmt: skip
+        header = [
+            "language",
+            "trial",
+            self.metric + (" (mean ± std)" if seeded else ""),
+            *test_keys,
+            *(["seeds"] if seeded else []),
+            "best epoch",
+            "hyperparameters",
+        ]
         rows = [
-            [r.language, r.trial_id, f"{r.validation:.2f}" + (f" ± {r.validation_std:.2f}" if seeded else ""),
-             *(_fmt(r.test.get(k)) for k in test_keys), *([str(len(r.seeds))] if seeded else []),
-             str(r.best_epoch), ", ".join(f"{k}={v}" for k, v in sorted(r.hyperparameters.items())) or "-"]
+            [
+                r.language,
+                r.trial_id,
+                f"{r.validation:.2f}" + (f" ± {r.validation_std:.2f}" if seeded else ""),
+                *(_fmt(r.test.get(k)) for k in test_keys),
+                *([str(len(r.seeds))] if seeded else []),
+                str(r.best_epoch),
+                ", ".join(f"{k}={v}" for k, v in sorted(r.hyperparameters.items())) or "-",
+            ]
             for r in self.languages
-        ]  # fmt: skip
+        ]
         if len(self.languages) > 1:
             avg = self.average()
-            rows.append(["average", "", f"{avg['validation']:.2f}", *(_fmt(avg.get(k)) for k in test_keys),
-                         *([""] if seeded else []), "", ""])  # fmt: skip
+            rows.append(
+                [
+                    "average",
+                    "",
+                    f"{avg['validation']:.2f}",
+                    *(_fmt(avg.get(k)) for k in test_keys),
+                    *([""] if seeded else []),
+                    "",
+                    "",
+                ]
+            )
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
         failed = [f"{self.failed} of {self.trials} trials failed"] if self.failed else []

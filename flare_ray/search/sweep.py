@@ -45,8 +45,12 @@ class SweepFailed(RuntimeError):
     """The sweep as a whole failed (e.g. every trial of a language failed): nothing to select."""
 
 
-def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console | None = None,
-              resources: dict[str, float] | None = None) -> SweepSummary:
+def run_sweep(
+    config: ExperimentConfig,
+    resume: bool = False,
+    console: Console | None = None,
+    resources: dict[str, float] | None = None,
+) -> SweepSummary:
     """``resources``: what the cluster holds at most (an autoscaling cluster's, as it may grow), which sets how
     many trials run at once; None: its current resources."""
     console = console or Console()
@@ -57,33 +61,54 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
     client = mlflow_runs.connect(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
     parent = mlflow_runs.start_parent_run(
-        client, config.tracking.experiment_name, config.name, config.model_dump(mode="json"), dry_run_text(config),
-        provenance, resume=resume, artifact_location=mlflow_runs.artifact_location(tracking_uri, config.storage_path),
+        client,
+        config.tracking.experiment_name,
+        config.name,
+        config.model_dump(mode="json"),
+        dry_run_text(config),
+        provenance,
+        resume=resume,
+        artifact_location=mlflow_runs.artifact_location(tracking_uri, config.storage_path),
         tags={mlflow_runs.SCHEMA_TAG: str(SCHEMA_VERSION)},
     )
     summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
     if drivers_on_head() and config.scaling.in_trial_process:
-        console.print(f"trial drivers: on the node offering '{DRIVER_RESOURCE}' (the head), each trial's worker a Ray "
-                      "Train worker on a node that holds it")
+        console.print(
+            f"trial drivers: on the node offering '{DRIVER_RESOURCE}' (the head), each trial's worker a Ray "
+            "Train worker on a node that holds it"
+        )
         config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"ray_train": True})})
     try:
         _with_translations(client, parent, config, console)  # stage 1 reads the English side of the mt splits
         if config.model.stage1 == "auto":
             config = _with_stage1(client, parent, config, console)
         elif config.model.stage1 is None and config.model.tiny_architecture is None:
-            log.warning("model.stage1 is null: %s is adapted without the paper's English stage 1 "
-                        "(model.stage1: auto trains it)", config.model.name_or_path)
+            log.warning(
+                "model.stage1 is null: %s is adapted without the paper's English stage 1 "
+                "(model.stage1: auto trains it)",
+                config.model.name_or_path,
+            )
         searches = {s.name: s for s in plan_searches(config)}
         if folder is not None:  # Ctrl-C waits for one save of each search's state
             set_checkpoint_period(max(s.expected_trials for s in searches.values()))
         try:
             resources = resources or ray.cluster_resources()
-            grids = run_concurrently(list(searches), lambda name: _fit(
-                searches[name], tracking_uri, parent, resume, concurrency(searches[name], resources, len(searches)),
-                console))
+            grids = run_concurrently(
+                list(searches),
+                lambda name: _fit(
+                    searches[name],
+                    tracking_uri,
+                    parent,
+                    resume,
+                    concurrency(searches[name], resources, len(searches)),
+                    console,
+                ),
+            )
         except KeyboardInterrupt:
-            raise SweepInterrupted("the sweep was interrupted; the state of every search is saved: run the same "
-                                   "command with --resume to continue") from None
+            raise SweepInterrupted(
+                "the sweep was interrupted; the state of every search is saved: run the same "
+                "command with --resume to continue"
+            ) from None
         summary.trials = sum(len(grid) for grid in grids.values() if grid is not None)
         summary.failed = sum(grid.num_errors for grid in grids.values() if grid is not None)
         for language in config.task.languages:
@@ -95,8 +120,10 @@ def run_sweep(config: ExperimentConfig, resume: bool = False, console: Console |
                 raise SweepFailed(f"{err}; {summary.failed} of {summary.trials} trials of the sweep failed") from None
             result.run_id = mlflow_runs.child_run(client, parent, result.trial_id)
             if result.run_id and not result.test:
-                console.print(f"{language}: scoring the selected trial {result.trial_id} on the test split (ASHA stopped "
-                              "it before its own test scoring)")
+                console.print(
+                    f"{language}: scoring the selected trial {result.trial_id} on the test split (ASHA stopped "
+                    "it before its own test scoring)"
+                )
                 result.test = _score_stopped_trial(client, config, result)
             if result.run_id:
                 result.registered = mlflow_runs.log_best(client, parent, config, result)
@@ -122,8 +149,17 @@ def _with_translations(client, parent: str, config: ExperimentConfig, console: C
     client.set_tag(parent, "translation.model", stage.model)
     client.log_metric(parent, "translation.cached", stage.cached)
     client.log_metric(parent, "translation.made", stage.made)
-    client.log_dict(parent, {"model": stage.model, "mt_dir": str(config.task.mt_dir), "roles": stage.roles,
-                             "seconds": stage.seconds, "splits": stage.splits}, "translation/translation.json")  # fmt: skip
+    client.log_dict(
+        parent,
+        {
+            "model": stage.model,
+            "mt_dir": str(config.task.mt_dir),
+            "roles": stage.roles,
+            "seconds": stage.seconds,
+            "splits": stage.splits,
+        },
+        "translation/translation.json",
+    )
 
 
 def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console) -> ExperimentConfig:
@@ -134,8 +170,10 @@ def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console
 
     folder, info = ensure_stage1(config, partial(train_stage1, console=console))
     scores = ", ".join(f"{k} {v:.2f}" for k, v in info["english_validation"].items())
-    print(f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
-          f"(best epoch {info['best_epoch']}, English validation: {scores})")
+    print(
+        f"stage 1: {'reused' if info['reused'] else 'trained'} {folder} "
+        f"(best epoch {info['best_epoch']}, English validation: {scores})"
+    )
     mlflow_runs.log_stage1(client, parent, info)
     return config.model_copy(update={"model": config.model.model_copy(update={"stage1": folder})})
 
@@ -143,27 +181,44 @@ def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console
 def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concurrent: int | None, console: Console):
     """Run (or resume) one search to its end; its ``ResultGrid``."""
     config, spec = search.config, search.config.search
-    trainable = ray.tune.with_parameters(run_trial, experiment=config, language=search.language, seeds=spec.seed_list,
-                                         search=search.name)
+    trainable = ray.tune.with_parameters(
+        run_trial, experiment=config, language=search.language, seeds=spec.seed_list, search=search.name
+    )
     trainable = ray.tune.with_resources(trainable, trial_resources(config.scaling, spec.worker_max_failures))
     path = search_path(search)
-    shown = console.callback(search.name, search.language, partial(label_trial, search), spec.metric,
-                             config.training.epochs, lambda trial: str(trial_log(config.storage_path, search.name, str(trial))))
+    shown = console.callback(
+        search.name,
+        search.language,
+        partial(label_trial, search),
+        spec.metric,
+        config.training.epochs,
+        lambda trial: str(trial_log(config.storage_path, search.name, str(trial))),
+    )
     if resume and ray.tune.Tuner.can_restore(path):
         log.info("resuming %s from %s", search.name, path)
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         return _finished(tuner.fit(), search)
-    describe = partial(describe_trial, base=config.model_dump(mode="json"), cell=search.cell, grid=list(spec.grid),
-                       seeds=spec.seed_list)  # fmt: skip
-    callback = MLflowTrialCallback(tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path,
-                                   describe, search=search.name)  # fmt: skip
+    describe = partial(
+        describe_trial,
+        base=config.model_dump(mode="json"),
+        cell=search.cell,
+        grid=list(spec.grid),
+        seeds=spec.seed_list,
+    )
+    callback = MLflowTrialCallback(
+        tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path, describe, search=search.name
+    )
     tune, param_space = tune_config(search, max_concurrent)
     tuner = ray.tune.Tuner(
-        trainable, param_space=param_space, tune_config=tune,
+        trainable,
+        param_space=param_space,
+        tune_config=tune,
         run_config=ray.tune.RunConfig(
-            name=search.name, storage_path=config.storage_path,
+            name=search.name,
+            storage_path=config.storage_path,
             failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[SearchControl(search.name), callback, shown], verbose=0,
+            callbacks=[SearchControl(search.name), callback, shown],
+            verbose=0,
         ),
     )
     return _finished(tuner.fit(), search)
@@ -183,10 +238,14 @@ def _score_stopped_trial(client, config: ExperimentConfig, result: LanguageResul
     """ASHA stopped the best trial before its own test scoring: score its best adapter now, as a Ray task."""
     checkpoint = client.get_run(result.run_id).data.tags.get(mlflow_runs.CHECKPOINT_TAG)
     if not checkpoint:
-        log.warning("best trial %s of %s has no checkpoint to score on the test split", result.trial_id, result.language)
+        log.warning(
+            "best trial %s of %s has no checkpoint to score on the test split", result.trial_id, result.language
+        )
         return {}
     gpus = config.scaling.resources_per_worker()["GPU"]
-    scores, frame = ray.get(ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path))
+    scores, frame = ray.get(
+        ray.remote(num_gpus=min(gpus, 1.0))(score_checkpoint).remote(checkpoint, config.storage_path)
+    )
     mlflow_runs.log_scores(client, result.run_id, scores)
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_parquet(Path(tmp) / "test.parquet", index=False)

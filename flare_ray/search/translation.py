@@ -43,9 +43,16 @@ def translate_configs(config: ExperimentConfig) -> list[TranslateConfig]:
     task = config.task.model_dump(exclude={"language", "languages", "splits", "mt_dir"})
     roles = mt_roles(config)
     back = runs_xmixup(config) and "train" in roles
-    return [TranslateConfig(**config.translation.model_dump(), task=TaskConfig(**task, language=language),
-                            mt_dir=config.task.mt_dir, roles=roles, back_translate=back)  # fmt: skip
-            for language in config.task.languages]
+    return [
+        TranslateConfig(
+            **config.translation.model_dump(),
+            task=TaskConfig(**task, language=language),
+            mt_dir=config.task.mt_dir,
+            roles=roles,
+            back_translate=back,
+        )
+        for language in config.task.languages
+    ]
 
 
 @dataclass
@@ -67,8 +74,10 @@ class TranslationStage:
         return len(self.splits) - self.cached
 
     def line(self) -> str:
-        return (f"translation: {self.languages} language(s) x {len(self.roles)} role(s) ({', '.join(self.roles)}), "
-                f"{self.model}: cached {self.cached} / made {self.made}")
+        return (
+            f"translation: {self.languages} language(s) x {len(self.roles)} role(s) ({', '.join(self.roles)}), "
+            f"{self.model}: cached {self.cached} / made {self.made}"
+        )
 
 
 def plan_line(config: ExperimentConfig) -> str | None:
@@ -93,8 +102,10 @@ def plan_line(config: ExperimentConfig) -> str | None:
             made += known.get("mt_model") == model
     total = len(config.task.languages) * len(roles)
     back = ", the training set back into English for X-Mixup" if runs_xmixup(config) and "train" in roles else ""
-    return (f"translation: {len(config.task.languages)} language(s) x {len(roles)} role(s) ({', '.join(roles)}){back}, "
-            f"{model}, into {config.task.mt_dir}: cached {made} / to make {total - made}")
+    return (
+        f"translation: {len(config.task.languages)} language(s) x {len(roles)} role(s) ({', '.join(roles)}){back}, "
+        f"{model}, into {config.task.mt_dir}: cached {made} / to make {total - made}"
+    )
 
 
 def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
@@ -113,10 +124,19 @@ def ensure_translations(config: ExperimentConfig) -> TranslationStage | None:
         for result in pipeline.run(job):
             provenance = result.provenance
             splits[f"{job.task.language}/{result.role}"] = {
-                "path": str(result.path), "cached": result.cached, "records": provenance.get("records_out"),
-                "dropped": len(provenance.get("dropped") or []), "segments": (provenance.get("run") or {}).get("segments"),
-                "created": provenance.get("created"), "cache_key": provenance.get("cache_key"),
+                "path": str(result.path),
+                "cached": result.cached,
+                "records": provenance.get("records_out"),
+                "dropped": len(provenance.get("dropped") or []),
+                "segments": (provenance.get("run") or {}).get("segments"),
+                "created": provenance.get("created"),
+                "cache_key": provenance.get("cache_key"),
                 "back_translation": bool(provenance.get("back_translation")),
-            }  # fmt: skip
-    return TranslationStage(config.translation.model, len(config.task.languages), mt_roles(config), splits,
-                            round(time.perf_counter() - started, 1))  # fmt: skip
+            }
+    return TranslationStage(
+        config.translation.model,
+        len(config.task.languages),
+        mt_roles(config),
+        splits,
+        round(time.perf_counter() - started, 1),
+    )

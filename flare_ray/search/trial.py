@@ -56,8 +56,14 @@ def trial_log(storage_path: str, search: str, trial: str) -> Path:
     return logs_folder(storage_path) / search / f"{trial}.log"
 
 
-def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language: str, seeds: list[int | None],
-              search: str = "search") -> None:
+def run_trial(
+    sample: dict[str, Any],
+    *,
+    experiment: ExperimentConfig,
+    language: str,
+    seeds: list[int | None],
+    search: str = "search",
+) -> None:
     """The Tune trainable of a search: one trial of ``experiment`` with Tune's ``sample`` written in."""
     # Tune reuses this process for a later trial once this one ended or ASHA stopped it, and waits for this
     # function to return first: 2 s by default, after which it fails the *later* trial ("Trainable runner
@@ -66,10 +72,12 @@ def run_trial(sample: dict[str, Any], *, experiment: ExperimentConfig, language:
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_SECONDS))
     config = apply_sample(experiment, seeded(sample, seeds))
     name = ray.tune.get_context().get_trial_name()
-    inputs = TrialInput(config, language, log_file=str(trial_log(config.storage_path, search, name)),
-                        trial_started=time.time())
-    run(config.scaling, train_entry, inputs, name, join(config.storage_path, "train"),
-        config.search.worker_max_failures)
+    inputs = TrialInput(
+        config, language, log_file=str(trial_log(config.storage_path, search, name)), trial_started=time.time()
+    )
+    run(
+        config.scaling, train_entry, inputs, name, join(config.storage_path, "train"), config.search.worker_max_failures
+    )
 
 
 def in_process(scaling, worker_max_failures: int = 0) -> bool:
@@ -94,8 +102,9 @@ def drivers_on_head() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1
 
 
-def run(scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, storage_path: str,
-        worker_max_failures: int = 0) -> None:
+def run(
+    scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, storage_path: str, worker_max_failures: int = 0
+) -> None:
     """Run a recipe (``loop(inputs)``) from within a Tune trial: in this process, or as a Ray Train run
     whose reports reach Tune through ``TuneReportCallback``."""
     if in_process(scaling, worker_max_failures):
@@ -130,14 +139,24 @@ def train_entry(inputs: TrialInput) -> None:
     from flare_ray.training.loop import train_loop_per_worker
 
     rank, world = session.world()
-    print(f"worker rank {rank} of {world} on Ray node {ray.get_runtime_context().get_node_id()} "
-          f"({ray.util.get_node_ip_address()})", flush=True)
+    print(
+        f"worker rank {rank} of {world} on Ray node {ray.get_runtime_context().get_node_id()} "
+        f"({ray.util.get_node_ip_address()})",
+        flush=True,
+    )
 
     train_loop_per_worker(inputs)
 
 
-def trainer(scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, storage_path: str,
-            worker_max_failures: int = 0, callbacks: list | None = None):
+def trainer(
+    scaling,
+    loop: Callable[[Inputs], None],
+    inputs: Inputs,
+    name: str,
+    storage_path: str,
+    worker_max_failures: int = 0,
+    callbacks: list | None = None,
+):
     """The Ray Train run of a recipe on ``scaling.num_workers`` workers, each running ``loop(inputs)``."""
     from ray.train.torch import TorchTrainer
 
@@ -145,7 +164,9 @@ def trainer(scaling, loop: Callable[[Inputs], None], inputs: Inputs, name: str, 
         partial(_unpacked, loop),
         train_loop_config={INPUTS_KEY: inputs},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker(),
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.resources_per_worker(),
         ),
         run_config=ray.train.RunConfig(
             name=name,

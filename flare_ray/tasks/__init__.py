@@ -15,4 +15,17 @@ def get_task(config: TaskConfig | dict) -> Task:
     return TASKS[config.name](config)
 
 
-__all__ = ["DATA_DIR", "ROLES", "TASKS", "NusaX", "Role", "SplitRecipe", "Task", "TaskConfig", "TaskDataError", "TyDiQA", "XNLI", "get_task"]
+__all__ = [
+    "DATA_DIR",
+    "ROLES",
+    "TASKS",
+    "NusaX",
+    "Role",
+    "SplitRecipe",
+    "Task",
+    "TaskConfig",
+    "TaskDataError",
+    "TyDiQA",
+    "XNLI",
+    "get_task",
+]

@@ -107,6 +107,7 @@ class Task(ABC):
     def metrics(cls) -> tuple[str, ...]:
         """The names :meth:`score` reports."""
         return CLASSIFICATION_METRICS if cls.labels else QA_METRICS
+
     languages: ClassVar[dict[str, str]]  # language code -> name used by the data files
     hub_languages: ClassVar[dict[str, str] | None] = None  # a hub copy's (config.hub_id); None: the same
     recipes: ClassVar[dict[Role, dict[str, SplitRecipe]]]  # role -> recipe name -> recipe
@@ -123,8 +124,11 @@ class Task(ABC):
         if config.language not in known:
             where = ""
             if self.hub_languages is not None:
-                where = f" (the hub copy {config.hub_id}'s)" if config.hub_id else \
-                    f" (the offline copy's; a hub copy, task.hub_id, has {sorted(self.hub_languages)})"
+                where = (
+                    f" (the hub copy {config.hub_id}'s)"
+                    if config.hub_id
+                    else f" (the offline copy's; a hub copy, task.hub_id, has {sorted(self.hub_languages)})"
+                )
             raise TaskDataError(
                 f"task {self.name}: unknown language {config.language!r}; expected one of {sorted(known)}{where}"
             )
@@ -144,11 +148,14 @@ class Task(ABC):
     # -- which rows each role is made of ---------------------------------------------
     #: Pairs of roles that must not be made of the same rows, and why.
     APART: ClassVar[tuple[tuple[Role, Role, str], ...]] = (
-        ("validation", "test", "model selection and early stopping would see the test set, and the test score "
-         "would not be held out"),
+        (
+            "validation",
+            "test",
+            "model selection and early stopping would see the test set, and the test score would not be held out",
+        ),
         ("train", "test", "the model would be trained on the test set"),
         ("train", "validation", "model selection would score the training set"),
-    )  # fmt: skip
+    )
 
     def split_rows(self, role: Role, recipe: str) -> str | None:
         """Which rows of the data ``role`` is made of with ``recipe``, as a description naming them
@@ -180,14 +187,22 @@ class Task(ABC):
 
     def provenance(self) -> dict[str, Any]:
         """What every split is made of, and where it departs from the paper (recorded with each run)."""
-        out: dict[str, Any] = {"task": self.name, "language": self.language, "data": self.config.hub_id or str(self.data_dir)}
+        out: dict[str, Any] = {
+            "task": self.name,
+            "language": self.language,
+            "data": self.config.hub_id or str(self.data_dir),
+        }
         for role in ROLES:
             name = self.recipe(role)
             recipe = self.recipes[role][name]
             if self.config.hub_id and name != "mt":
                 name, recipe = "hub", self.hub_recipes.get(role, recipe)
-            out[role] = {"recipe": name, "made_of": recipe.describe(), "as_in_paper": recipe.paper,
-                         "gold_source": recipe.gold_source}
+            out[role] = {
+                "recipe": name,
+                "made_of": recipe.describe(),
+                "as_in_paper": recipe.paper,
+                "gold_source": recipe.gold_source,
+            }
         return out
 
     def load(self, role: Role) -> datasets.Dataset:
@@ -223,7 +238,9 @@ class Task(ABC):
 
         records = datasets.Dataset(pq.read_table(path))  # from_parquet refuses a zero-row file
         if len(records) == 0:
-            raise TaskDataError(f"{path}: the translated {role} split is empty (see its .provenance.json: dropped records)")
+            raise TaskDataError(
+                f"{path}: the translated {role} split is empty (see its .provenance.json: dropped records)"
+            )
         return records
 
     def mt_provenance(self, role: Role) -> dict[str, Any] | None:

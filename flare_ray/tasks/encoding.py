@@ -126,12 +126,16 @@ class TaskEncoder:
             longest = max(len(tokenizer(" " + label, add_special_tokens=False).input_ids) for label in task.labels)
             self.answer_budget = min(self.answer_budget, longest + 1)
         # The one prompt budget of every prompt (target in training and at inference, source).
-        self.prompt_budget = max_length - self.answer_budget if self.family is ArchitectureFamily.DECODER else max_length
+        self.prompt_budget = (
+            max_length - self.answer_budget if self.family is ArchitectureFamily.DECODER else max_length
+        )
         self.side_length = max_length  # what a task head's input (each side of input fusion) is cut to
         if max_positions is not None:
             if max_length > max_positions:
-                raise ValueError(f"training.max_length: {max_length} tokens is more than the model reads "
-                                 f"({max_positions} positions); expected at most {max_positions}")
+                raise ValueError(
+                    f"training.max_length: {max_length} tokens is more than the model reads "
+                    f"({max_positions} positions); expected at most {max_positions}"
+                )
             if input_fusion:  # the joined input must fit too: each side at most half of what the model reads
                 self.side_length = min(max_length, max_positions // 2)
                 if self.family is ArchitectureFamily.DECODER:
@@ -184,8 +188,12 @@ class TaskEncoder:
 
     def _tokenize(self, texts: list[list[str]], **kwargs):
         return self.tokenizer(
-            *texts, truncation=self._truncation(len(texts)), max_length=self.side_length, padding=True,
-            return_tensors="pt", **kwargs,
+            *texts,
+            truncation=self._truncation(len(texts)),
+            max_length=self.side_length,
+            padding=True,
+            return_tensors="pt",
+            **kwargs,
         )
 
     def _encoder_batch(self, records, with_labels: bool) -> Batch:
@@ -220,7 +228,9 @@ class TaskEncoder:
                 inputs.update(self._source_spans(records, source) if with_labels else {})
         if self.xmixup and all(f"back_translation_{f}" in records[0] for f in self.task.text_fields):
             back = self._tokenize(self._sides(records, "back_translation"))
-            inputs.update(back_translation_input_ids=back.input_ids, back_translation_attention_mask=back.attention_mask)
+            inputs.update(
+                back_translation_input_ids=back.input_ids, back_translation_attention_mask=back.attention_mask
+            )
         if self.mt_tokenizer is not None:
             read = [
                 [_kept_text(text, offsets[i], target.sequence_ids(i), k) for i, text in enumerate(texts)]
@@ -235,9 +245,13 @@ class TaskEncoder:
         offsets = source.pop("offset_mapping").tolist()
         if not all(r.get("source_answers") for r in records):
             return {}
-        spans = [_answer_tokens(r["source_answers"][0], offsets[i], source.sequence_ids(i)) for i, r in enumerate(records)]
-        return {"source_start_positions": torch.tensor([a for a, _ in spans]),
-                "source_end_positions": torch.tensor([b for _, b in spans])}  # fmt: skip
+        spans = [
+            _answer_tokens(r["source_answers"][0], offsets[i], source.sequence_ids(i)) for i, r in enumerate(records)
+        ]
+        return {
+            "source_start_positions": torch.tensor([a for a, _ in spans]),
+            "source_end_positions": torch.tensor([b for _, b in spans]),
+        }
 
     def _fused_encoder_batch(self, records, with_labels: bool) -> Batch:
         """Input-level fusion for task heads: ``[x_S; sep; x_T]``, each side truncated on its own."""
@@ -253,12 +267,19 @@ class TaskEncoder:
             rows.append(src + tgt)
             meta.append({"id": r["id"]})
             if qa:
-                shift, offsets, sequence_ids = len(src), target.pop("offset_mapping")[0].tolist(), target.sequence_ids(0)
+                shift, offsets, sequence_ids = (
+                    len(src),
+                    target.pop("offset_mapping")[0].tolist(),
+                    target.sequence_ids(0),
+                )
                 start, end = _answer_tokens(r["target_answers"][0], offsets, sequence_ids)
                 starts.append(start + shift if (start, end) != (0, 0) else 0)
                 ends.append(end + shift if (start, end) != (0, 0) else 0)
-                meta[-1].update(context=r["target_context"], offsets=[[0, 0]] * shift + offsets,
-                                sequence_ids=[None] * shift + sequence_ids)  # fmt: skip
+                meta[-1].update(
+                    context=r["target_context"],
+                    offsets=[[0, 0]] * shift + offsets,
+                    sequence_ids=[None] * shift + sequence_ids,
+                )
         width = max(map(len, rows))
         inputs = {
             "input_ids": torch.tensor([row + [tok.pad_token_id] * (width - len(row)) for row in rows]),
@@ -348,8 +369,11 @@ class TaskEncoder:
         limit = self.mt_tokenizer.model_max_length
         limit = limit if limit is not None and limit < _NO_LIMIT else None
         mt = self.mt_tokenizer(
-            *segments, truncation=self._truncation(len(segments)) if limit else False, max_length=limit,
-            padding=True, return_tensors="pt",
+            *segments,
+            truncation=self._truncation(len(segments)) if limit else False,
+            max_length=limit,
+            padding=True,
+            return_tensors="pt",
         )
         return {"mt_input_ids": mt.input_ids, "mt_attention_mask": mt.attention_mask}
 
@@ -414,7 +438,9 @@ def _answer_tokens(answer: dict[str, Any], offsets: list[list[int]], sequence_id
 
 def _span_text(start_logits, end_logits, meta, max_answer_tokens: int = 30) -> str:
     """The best-scoring context span (start <= end, within the context) as a string."""
-    context_tokens = [i for i, s in enumerate(meta["sequence_ids"]) if s == 1 and meta["offsets"][i][0] != meta["offsets"][i][1]]
+    context_tokens = [
+        i for i, s in enumerate(meta["sequence_ids"]) if s == 1 and meta["offsets"][i][0] != meta["offsets"][i][1]
+    ]
     if not context_tokens:
         return ""
     idx = torch.tensor(context_tokens)

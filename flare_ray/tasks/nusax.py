@@ -16,10 +16,19 @@ if TYPE_CHECKING:
     import datasets  # imported where records are made: a config is checked without it
 
 LANGUAGES = {
-    "ace": "acehnese", "ban": "balinese", "bbc": "toba_batak", "bjn": "banjarese", "bug": "buginese",
-    "eng": "english", "ind": "indonesian", "jav": "javanese", "mad": "madurese", "min": "minangkabau",
-    "nij": "ngaju", "sun": "sundanese",
-}  # fmt: skip
+    "ace": "acehnese",
+    "ban": "balinese",
+    "bbc": "toba_batak",
+    "bjn": "banjarese",
+    "bug": "buginese",
+    "eng": "english",
+    "ind": "indonesian",
+    "jav": "javanese",
+    "mad": "madurese",
+    "min": "minangkabau",
+    "nij": "ngaju",
+    "sun": "sundanese",
+}
 _FILES = {"train": "train", "validation": "valid", "test": "test"}
 
 
@@ -94,8 +103,12 @@ class NusaX(Task):
         for row in target:
             source = by_id.get(row["id"])
             if source is None or source["label"] != row["label"]:
-                raise TaskDataError(f"{self.config.hub_id} ({self.language}, {split}): id {row['id']} has no matching English row")
-            records.append({"id": row["id"], "label": row["label"], "target_text": row["text"], "source_text": source["text"]})
+                raise TaskDataError(
+                    f"{self.config.hub_id} ({self.language}, {split}): id {row['id']} has no matching English row"
+                )
+            records.append(
+                {"id": row["id"], "label": row["label"], "target_text": row["text"], "source_text": source["text"]}
+            )
         return datasets.Dataset.from_list(records)
 
     def prompt(self, record: dict[str, Any], side: str) -> str:
@@ -105,16 +118,14 @@ class NusaX(Task):
         return classification_scores(predictions, records["label"], self.labels)
 
 
-
 def _hub_rows(hub_id: str, config: str, split: str) -> list[dict[str, str]]:
     import datasets
 
     data = datasets.load_dataset(hub_id, config, split=split)
     missing = {"id", "text", "label"} - set(data.column_names)
     if missing:
-        raise TaskDataError(f"{hub_id} ({config}, {split}): missing columns {sorted(missing)}; expected id, text, label")
+        raise TaskDataError(
+            f"{hub_id} ({config}, {split}): missing columns {sorted(missing)}; expected id, text, label"
+        )
     names = getattr(data.features["label"], "names", None)
-    return [
-        {"id": str(r["id"]), "text": r["text"], "label": names[r["label"]] if names else r["label"]}
-        for r in data
-    ]
+    return [{"id": str(r["id"]), "text": r["text"], "label": names[r["label"]] if names else r["label"]} for r in data]

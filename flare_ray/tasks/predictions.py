@@ -24,10 +24,20 @@ def gold_of(task: Task, records) -> list:
     return [[a["text"] for a in answers] for answers in records["target_answers"]]
 
 
-def predictions_frame(task: Task, records, predictions: Sequence[str | None], split: str, epoch: int | None) -> pd.DataFrame:
+def predictions_frame(
+    task: Task, records, predictions: Sequence[str | None], split: str, epoch: int | None
+) -> pd.DataFrame:
     gold = gold_of(task, records)
-    frame = pd.DataFrame({"id": list(records["id"]), "language": task.language, "split": split, "epoch": epoch,
-                          "gold": gold, "prediction": list(predictions)})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": list(records["id"]),
+            "language": task.language,
+            "split": split,
+            "epoch": epoch,
+            "gold": gold,
+            "prediction": list(predictions),
+        }
+    )
     if task.labels:
         frame["correct"] = [float(p == g) for p, g in zip(predictions, gold)]
     else:

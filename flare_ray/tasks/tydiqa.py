@@ -26,9 +26,16 @@ if TYPE_CHECKING:
     import datasets  # imported where records are made: a config is checked without it
 
 LANGUAGES = {
-    "ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish", "id": "indonesian",
-    "ko": "korean", "ru": "russian", "sw": "swahili", "te": "telugu",
-}  # fmt: skip
+    "ar": "arabic",
+    "bn": "bengali",
+    "en": "english",
+    "fi": "finnish",
+    "id": "indonesian",
+    "ko": "korean",
+    "ru": "russian",
+    "sw": "swahili",
+    "te": "telugu",
+}
 
 
 class TyDiQA(Task):
@@ -40,14 +47,20 @@ class TyDiQA(Task):
     recipes = {
         "train": {
             "english": SplitRecipe("the English training set (no translate-train offline)", "the same", paper=False),
-            "mt": SplitRecipe("NLLB translation of the English training set (answers via markers)", "English train", paper=True),
+            "mt": SplitRecipe(
+                "NLLB translation of the English training set (answers via markers)", "English train", paper=True
+            ),
         },
         "validation": {
             "english": SplitRecipe("the English dev set (no MT validation offline)", "the same", paper=False),
-            "mt": SplitRecipe("NLLB translation of the English dev set (answers via markers)", "English dev", paper=True),
+            "mt": SplitRecipe(
+                "NLLB translation of the English dev set (answers via markers)", "English dev", paper=True
+            ),
         },
         "test": {
-            "self": SplitRecipe("gold dev set of the language", "the target text itself (no English side offline)", paper=False),
+            "self": SplitRecipe(
+                "gold dev set of the language", "the target text itself (no English side offline)", paper=False
+            ),
             "mt": SplitRecipe(
                 "gold dev set of the language",
                 "its NLLB translation into English, the gold answer projected by markers (translate-test scores "
@@ -93,7 +106,9 @@ class TyDiQA(Task):
                     for answer in qa["answers"]:
                         start, text = answer.get("answer_start"), answer.get("text")
                         if not isinstance(start, int) or context[start : start + len(text or "")] != text:
-                            raise TaskDataError(f"{where}: answer {text!r} is not at answer_start {start} of the context")
+                            raise TaskDataError(
+                                f"{where}: answer {text!r} is not at answer_start {start} of the context"
+                            )
                     answers = [{"text": x["text"], "answer_start": x["answer_start"]} for x in qa["answers"]]
                     records.append({"id": qa["id"], "question": qa["question"], "context": context, "answers": answers})
         return records
@@ -114,7 +129,9 @@ class TyDiQA(Task):
             [
                 {
                     "id": r["id"],
-                    **{f"{side}_{k}": r[k] for side in ("target", "source") for k in ("question", "context", "answers")},
+                    **{
+                        f"{side}_{k}": r[k] for side in ("target", "source") for k in ("question", "context", "answers")
+                    },
                 }
                 for r in rows
             ]
@@ -133,7 +150,9 @@ class TyDiQA(Task):
         for r in data:
             if not r["id"].startswith(prefix):
                 continue
-            answers = [{"text": t, "answer_start": a} for t, a in zip(r["answers"]["text"], r["answers"]["answer_start"])]
+            answers = [
+                {"text": t, "answer_start": a} for t, a in zip(r["answers"]["text"], r["answers"]["answer_start"])
+            ]
             rows.append({"id": r["id"], "question": r["question"], "context": r["context"], "answers": answers})
         if not rows:
             raise TaskDataError(f"{self.config.hub_id} ({split}): no question with an id starting {prefix!r}")

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 LANGUAGES = {"sw": "sw", "ur": "ur", "my": "my"}  # the offline copy (akhtet/myXNLI)
 #: A hub copy's: XNLI's fourteen target languages (the paper's, Table 6; facebook/xnli's configs besides en) and
 #: myXNLI's my (akhtet/myXNLI)
-HUB_LANGUAGES = {code: code for code in ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")}
+HUB_LANGUAGES = {
+    code: code for code in ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+}
 HUB_LANGUAGES.update(LANGUAGES)
 # The dev set holds three hypotheses per premise, in consecutive rows: split at a group boundary
 # (2001 = 667 premises), or one premise would sit in both train and validation (rows 1998-2000).
@@ -65,7 +67,9 @@ class XNLI(Task):
     }
     defaults = {"train": "dev_head", "validation": "dev_tail", "test": "trans_test"}
     hub_recipes = {
-        "train": SplitRecipe("MultiNLI machine-translated by the XNLI authors (not NLLB)", "English MultiNLI", paper=False),
+        "train": SplitRecipe(
+            "MultiNLI machine-translated by the XNLI authors (not NLLB)", "English MultiNLI", paper=False
+        ),
         "validation": SplitRecipe("human-translated XNLI dev set", "English dev set", paper=False),
         "test": SplitRecipe("gold XNLI test set", "gold English test set", paper=False, gold_source=True),
     }
@@ -100,7 +104,9 @@ class XNLI(Task):
         lang = self.language
         fields = ["sentence1", "sentence2"]
         if role == "test":
-            rows = self._read(f"{lang}/{lang}.trans.test.tsv", ["label"] + [f"{s}_{x}" for x in (lang, "en") for s in fields])
+            rows = self._read(
+                f"{lang}/{lang}.trans.test.tsv", ["label"] + [f"{s}_{x}" for x in (lang, "en") for s in fields]
+            )
             english, ids = rows, range(len(rows))
         else:
             rows = self._read(f"{lang}/{lang}.genre.dev.tsv", ["label"] + [f"{s}_{lang}" for s in fields])
@@ -114,7 +120,9 @@ class XNLI(Task):
         for i in ids:
             row, source = rows[i], english[i]
             if row["label"] != source["label"]:
-                raise TaskDataError(f"XNLI {lang} {role}: row {i} is {row['label']!r} but {source['label']!r} in English")
+                raise TaskDataError(
+                    f"XNLI {lang} {role}: row {i} is {row['label']!r} but {source['label']!r} in English"
+                )
             records.append(
                 {
                     "id": f"{role}-{i}",
@@ -134,20 +142,27 @@ class XNLI(Task):
         import datasets
 
         split = {"train": "train", "validation": "validation", "test": "test"}[role]
-        target, english = (datasets.load_dataset(self.config.hub_id, code, split=split) for code in (self.language, "en"))
+        target, english = (
+            datasets.load_dataset(self.config.hub_id, code, split=split) for code in (self.language, "en")
+        )
         for data, code in ((target, self.language), (english, "en")):
             missing = {"premise", "hypothesis", "label"} - set(data.column_names)
             if missing:
                 raise TaskDataError(f"{self.config.hub_id} ({code}, {split}): missing columns {sorted(missing)}")
         if len(target) != len(english):
-            raise TaskDataError(f"{self.config.hub_id} ({split}): {len(target)} {self.language} rows but {len(english)} English rows")
+            raise TaskDataError(
+                f"{self.config.hub_id} ({split}): {len(target)} {self.language} rows but {len(english)} English rows"
+            )
         names = target.features["label"].names
         return datasets.Dataset.from_list(
             [
                 {
-                    "id": f"{role}-{i}", "label": names[t["label"]],
-                    "target_premise": t["premise"], "target_hypothesis": t["hypothesis"],
-                    "source_premise": e["premise"], "source_hypothesis": e["hypothesis"],
+                    "id": f"{role}-{i}",
+                    "label": names[t["label"]],
+                    "target_premise": t["premise"],
+                    "target_hypothesis": t["hypothesis"],
+                    "source_premise": e["premise"],
+                    "source_hypothesis": e["hypothesis"],
                 }
                 for i, (t, e) in enumerate(zip(target, english))
             ]

@@ -109,8 +109,15 @@ class MLflowTrialCallback(Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, parent_run_id: str, language: str, metric: str, mode: str, storage_path: str,
-        describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None, search: str = "",
+        self,
+        tracking_uri: str,
+        parent_run_id: str,
+        language: str,
+        metric: str,
+        mode: str,
+        storage_path: str,
+        describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None,
+        search: str = "",
     ) -> None:
         """``describe``: a trial's Tune config -> (its resolved config as nested params, its tags); ``search``:
         the search's name, tagged on its runs."""
@@ -137,8 +144,9 @@ class MLflowTrialCallback(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None,
-                             _restored=True)
+        self.__dict__.update(
+            state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None, _restored=True
+        )
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
         if self._restored:  # the first step of a resumed search: Tune's ``trials`` are the ones it saved
@@ -150,23 +158,32 @@ class MLflowTrialCallback(Callback):
         lost (the searcher suggests other trials in their place), and a run left behind would duplicate one."""
         known = {trial.trial_id for trial in trials}
         earlier = self._earlier_runs()
-        unsaved = [run for trial_id, run in earlier.items()
-                   if self.search and run.data.tags.get(SEARCH_TAG) == self.search and trial_id not in known]  # fmt: skip
+        unsaved = [
+            run
+            for trial_id, run in earlier.items()
+            if self.search and run.data.tags.get(SEARCH_TAG) == self.search and trial_id not in known
+        ]
         for run in unsaved:
             self.client.delete_run(run.info.run_id)
             earlier.pop(run.data.tags.get(TRIAL_TAG))
         if unsaved:
-            log.warning("search %s: deleted the MLflow runs of %d trial(s) that started after its last saved state "
-                        "(%s); Tune runs other trials in their place", self.search, len(unsaved),
-                        ", ".join(run.data.tags.get(TRIAL_TAG, "?") for run in unsaved))  # fmt: skip
+            log.warning(
+                "search %s: deleted the MLflow runs of %d trial(s) that started after its last saved state "
+                "(%s); Tune runs other trials in their place",
+                self.search,
+                len(unsaved),
+                ", ".join(run.data.tags.get(TRIAL_TAG, "?") for run in unsaved),
+            )
 
     def _earlier_runs(self) -> dict[str, Any]:
         """The parent's child runs made before a resume, by trial id: read once (one paged search), not looked
         up by tag for every trial."""
         if self._earlier is None:
             self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-            self._earlier = {run.data.tags.get(TRIAL_TAG): run
-                             for run in child_runs(self.client, self._experiment_id, self.parent_run_id)}  # fmt: skip
+            self._earlier = {
+                run.data.tags.get(TRIAL_TAG): run
+                for run in child_runs(self.client, self._experiment_id, self.parent_run_id)
+            }
         return self._earlier
 
     def _existing(self, trial_id: str) -> str | None:
@@ -183,12 +200,21 @@ class MLflowTrialCallback(Callback):
             self.writers.submit(run_id, "status", lambda: self.client.update_run(run_id, status="RUNNING"))
         else:
             params, tags = self.describe(trial.config)
-            run = self.client.create_run(self._experiment_id, tags={
-                **{k: redact(v) for k, v in tags.items()}, MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
-                TRIAL_TAG: trial.trial_id, LANGUAGE_TAG: self.language, **({SEARCH_TAG: self.search} if self.search else {}),
-            })  # fmt: skip
+            run = self.client.create_run(
+                self._experiment_id,
+                tags={
+                    **{k: redact(v) for k, v in tags.items()},
+                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                    MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
+                    TRIAL_TAG: trial.trial_id,
+                    LANGUAGE_TAG: self.language,
+                    **({SEARCH_TAG: self.search} if self.search else {}),
+                },
+            )
             run_id = run.info.run_id
-            self.writers.submit(run_id, "params", lambda: log_params(self.client, run_id, {**params, "language": self.language}))
+            self.writers.submit(
+                run_id, "params", lambda: log_params(self.client, run_id, {**params, "language": self.language})
+            )
         self._runs[trial.trial_id] = run_id
         return run_id
 

@@ -15,7 +15,9 @@ class TrackingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tracking_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db")
+    tracking_uri: str | None = Field(
+        None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db"
+    )
     experiment_name: str | None = Field(None, description="MLflow experiment; null: the sweep name")
 
 
@@ -26,7 +28,9 @@ def resolve_tracking_uri(config, environ: dict[str, str] | None = None) -> str:
         return env.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
     folder = local_folder(config.storage_path)
     if folder is None:
-        raise ValueError(f"storage_path {config.storage_path!r} is remote: set tracking.tracking_uri or MLFLOW_TRACKING_URI")
+        raise ValueError(
+            f"storage_path {config.storage_path!r} is remote: set tracking.tracking_uri or MLFLOW_TRACKING_URI"
+        )
     return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
 
 

@@ -101,8 +101,12 @@ def child_runs(client: MlflowClient, experiment_id: str, parent: str) -> list:
     """Every child run of ``parent`` (all pages of the search)."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
-                                  max_results=1000, page_token=token)  # fmt: skip
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
+            max_results=1000,
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -132,13 +136,16 @@ def start_parent_run(
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     else:
-        experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location,
-                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        experiment_id = client.create_experiment(
+            experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
     existing = find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
-    run = client.create_run(experiment_id, run_name=sweep, tags={**(tags or {}), SWEEP_TAG: sweep, "git_commit": git_commit()})
+    run = client.create_run(
+        experiment_id, run_name=sweep, tags={**(tags or {}), SWEEP_TAG: sweep, "git_commit": git_commit()}
+    )
     run_id = run.info.run_id
     log_params(client, run_id, config)
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
@@ -149,7 +156,9 @@ def start_parent_run(
     return run_id
 
 
-def register_best(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str], description: str | None = None) -> str:
+def register_best(
+    client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str], description: str | None = None
+) -> str:
     """Register the adapter artifact of ``run_id``; returns the new version."""
     try:
         client.get_registered_model(model_name)
@@ -183,7 +192,9 @@ def artifact_location(tracking_uri: str, storage_path: str) -> str | None:
 
 def child_run(client: MlflowClient, parent: str, trial_id: str) -> str | None:
     """The child run of a trial of the sweep."""
-    found = find_run(client, client.get_run(parent).info.experiment_id, {TRIAL_TAG: trial_id, MLFLOW_PARENT_RUN_ID: parent})
+    found = find_run(
+        client, client.get_run(parent).info.experiment_id, {TRIAL_TAG: trial_id, MLFLOW_PARENT_RUN_ID: parent}
+    )
     return found.info.run_id if found else None
 
 
@@ -208,14 +219,28 @@ def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
     client.set_tag(parent, f"{prefix}.run_id", best.run_id)
     client.set_tag(parent, f"{prefix}.hyperparameters", json.dumps(best.hyperparameters, default=str))
     client.set_tag(parent, f"{prefix}.seeds", json.dumps(best.seeds))
-    log_scores(client, parent, {f"{prefix}.validation": best.validation, f"{prefix}.validation_std": best.validation_std,
-                                **{f"{prefix}.{k.replace('/', '.')}": v for k, v in best.test.items()}})  # fmt: skip
-    if "adapter_config.json" not in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(best.run_id, ADAPTER_PATH)}:
+    log_scores(
+        client,
+        parent,
+        {
+            f"{prefix}.validation": best.validation,
+            f"{prefix}.validation_std": best.validation_std,
+            **{f"{prefix}.{k.replace('/', '.')}": v for k, v in best.test.items()},
+        },
+    )
+    if "adapter_config.json" not in {
+        a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(best.run_id, ADAPTER_PATH)
+    }:
         return None
     tags = {
-        "task": config.task.name, LANGUAGE_TAG: best.language, "metric": config.search.metric,
-        "validation": f"{best.validation:.4f}", "hyperparameters": json.dumps(best.hyperparameters, default=str),
-        "base_model": config.model.name_or_path, "method": config.method.kind, SEED_TAG: str(best.seed),
+        "task": config.task.name,
+        LANGUAGE_TAG: best.language,
+        "metric": config.search.metric,
+        "validation": f"{best.validation:.4f}",
+        "hyperparameters": json.dumps(best.hyperparameters, default=str),
+        "base_model": config.model.name_or_path,
+        "method": config.method.kind,
+        SEED_TAG: str(best.seed),
     }
     method = best.hyperparameters.get("method.kind", config.method.kind)
     tags["method"] = str(method)

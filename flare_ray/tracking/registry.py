@@ -18,8 +18,9 @@ def check_tracking_uri(tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri[len("sqlite:///") :])
         if not path.is_file():
-            raise LookupFailed(f"{path}: no MLflow store (tracking URI {tracking_uri}); pass --tracking-uri or set "
-                               "MLFLOW_TRACKING_URI")  # fmt: skip
+            raise LookupFailed(
+                f"{path}: no MLflow store (tracking URI {tracking_uri}); pass --tracking-uri or set MLFLOW_TRACKING_URI"
+            )
     return tracking_uri
 
 
@@ -55,7 +56,9 @@ def resolve_model(tracking_uri: str, reference: str) -> tuple[str, str, str | No
         if not _not_found(err):
             raise LookupFailed(f"model {reference!r}: {str(err).splitlines()[0]} ({tracking_uri})") from None
         if match:
-            raise LookupFailed(f"unknown model {reference!r}: {name!r} has no version {version} in {tracking_uri}") from None
+            raise LookupFailed(
+                f"unknown model {reference!r}: {name!r} has no version {version} in {tracking_uri}"
+            ) from None
     return _run_id(client, ref, reference, tracking_uri), ADAPTER_PATH, None, None
 
 
@@ -65,8 +68,9 @@ def _run_id(client, run_id: str, reference: str, tracking_uri: str) -> str:
     try:
         return client.get_run(run_id).info.run_id
     except MlflowException:
-        raise LookupFailed(f"unknown model {reference!r}: no registered model of that name and no run with that id "
-                           f"in {tracking_uri}") from None  # fmt: skip
+        raise LookupFailed(
+            f"unknown model {reference!r}: no registered model of that name and no run with that id in {tracking_uri}"
+        ) from None
 
 
 def _source(source: str, run_id: str | None) -> tuple[str, str]:
@@ -86,8 +90,11 @@ def download_adapter(tracking_uri: str, reference: str, destination: Path) -> tu
     check_tracking_uri(tracking_uri)
     run_id, path, name, version = resolve_model(tracking_uri, reference)
     try:
-        folder = Path(download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=tracking_uri,
-                                         dst_path=str(destination)))  # fmt: skip
+        folder = Path(
+            download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=tracking_uri, dst_path=str(destination))
+        )
     except Exception as err:  # noqa: BLE001 - mlflow and the artifact stores raise many types
-        raise LookupFailed(f"{reference}: cannot download {path}/ of run {run_id}: {str(err).splitlines()[0]}") from None
+        raise LookupFailed(
+            f"{reference}: cannot download {path}/ of run {run_id}: {str(err).splitlines()[0]}"
+        ) from None
     return run_id, folder, name, version

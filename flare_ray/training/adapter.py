@@ -61,8 +61,12 @@ def build_adapter(model, method):
     whole = authors_modules(model) if method.lora.modules_to_save is None else method.lora.modules_to_save
     heads = list(dict.fromkeys([*untrained_task_heads(model), *newly_initialised(model), *whole]))
     tied = bool(getattr(model.config, "tie_word_embeddings", False)) and bool({"lm_head", "embed_tokens"} & set(heads))
-    lora = LoraConfig(**method.lora.peft_kwargs(), task_type=default_task_type(model), modules_to_save=heads or None,
-                      ensure_weight_tying=tied)  # a tied LM head and embeddings stay one matrix, trained once
+    lora = LoraConfig(
+        **method.lora.peft_kwargs(),
+        task_type=default_task_type(model),
+        modules_to_save=heads or None,
+        ensure_weight_tying=tied,
+    )  # a tied LM head and embeddings stay one matrix, trained once
     if method.kind in ("lora", "input_fusion"):
         return get_peft_model(model, lora)
     if method.kind == "xmixup":

@@ -57,17 +57,23 @@ class Engine:
         self.flare = model
         self.training = training
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=training.learning_rate, weight_decay=training.weight_decay
+        )
         self.scheduler = get_scheduler(
-            training.lr_scheduler, self.optimizer,
-            num_warmup_steps=int(training.warmup_ratio * total_steps), num_training_steps=total_steps,
+            training.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=int(training.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
         )
         self.deepspeed = scaling.deepspeed is not None
         if self.deepspeed:
             import deepspeed
 
             self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler,
+                model=model,
+                optimizer=self.optimizer,
+                lr_scheduler=self.scheduler,
                 config=_deepspeed_config(scaling.deepspeed, training),
             )
         else:
@@ -122,8 +128,10 @@ class Engine:
             total += value
             count += 1
         seconds = time.perf_counter() - started
-        self.throughput = {"tokens_per_second": seen / seconds if seconds > 0 else 0.0,
-                           "peak_memory_gb": peak_memory_gb(self.device)}
+        self.throughput = {
+            "tokens_per_second": seen / seconds if seconds > 0 else 0.0,
+            "peak_memory_gb": peak_memory_gb(self.device),
+        }
         return total / max(count, 1)
 
     def _optimizer_step(self, clip: float | None) -> None:

@@ -36,8 +36,16 @@ def score(task, encoder: TaskEncoder, model, records, training) -> dict[str, flo
     return task.score(predict_records(encoder, model, records, training), records)
 
 
-def evaluate(task, encoder: TaskEncoder, model, records, training, split: str, epoch: int | None = None,
-             shard: tuple[int, int] | None = None):
+def evaluate(
+    task,
+    encoder: TaskEncoder,
+    model,
+    records,
+    training,
+    split: str,
+    epoch: int | None = None,
+    shard: tuple[int, int] | None = None,
+):
     """The metrics of ``model`` on ``records`` and the per-example predictions table (see
     :mod:`flare_ray.tasks.predictions`). ``shard=(rank, world)``: this rank predicts its contiguous share of
     the records, the shares are gathered from every rank (a collective), and every rank scores them all."""
@@ -59,7 +67,9 @@ def _all_gather(value, world: int) -> list:
 
 
 @torch.no_grad()
-def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device, shard: tuple[int, int] | None = None) -> float:
+def mean_loss(
+    encoder: TaskEncoder, model, records, batch_size: int, device, shard: tuple[int, int] | None = None
+) -> float:
     """The mean training loss (teacher-forced) over ``records``: a smooth curve beside the metric
     (``shard``: as in :func:`evaluate`)."""
     if shard is not None:
@@ -79,7 +89,9 @@ def mean_loss(encoder: TaskEncoder, model, records, batch_size: int, device, sha
     return total / max(count, 1)
 
 
-def score_adapter(experiment: ExperimentConfig, language: str, folder: Path, role: str = "test", epoch: int | None = None):
+def score_adapter(
+    experiment: ExperimentConfig, language: str, folder: Path, role: str = "test", epoch: int | None = None
+):
     """A saved trial adapter's scores on ``role`` (``{"test/<metric>": ...}``), loaded by the trial's own setup,
     and its predictions table."""
     run = build_trial(experiment, language, roles=(role,), adapter=folder)

@@ -85,18 +85,27 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
         return _score_only(trial, experiment, language, rank)
     loader = train_loader(trial.splits["train"], trial.encoder, training, rank, world)
     engine = Engine(
-        trial.model, training, experiment.scaling, optimizer_steps(loader, training),
-        quantized=experiment.model.quantization != "none", rank=rank,
+        trial.model,
+        training,
+        experiment.scaling,
+        optimizer_steps(loader, training),
+        quantized=experiment.model.quantization != "none",
+        rank=rank,
     )
     fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
     cache = attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: each source pass once
     shared = None
     if cache is not None:  # the sweep's rows of this model state, built by the first trial that needs them
         records = [r for role in ("train", "validation", "test") for r in trial.splits[role]]
-        shared = share_source_cache(cache, trial.model, experiment, trial.encoder, records, engine.device, engine.autocast())
+        shared = share_source_cache(
+            cache, trial.model, experiment, trial.encoder, records, engine.device, engine.autocast()
+        )
         if shared["source_cache"] != "in memory":
-            print(f"source cache: {shared['source_cache']} {shared['where']} in {shared['seconds']:.1f} s "
-                  f"({len(cache.shards) if cache.shards is not None else 0} rows there)", flush=True)
+            print(
+                f"source cache: {shared['source_cache']} {shared['where']} in {shared['seconds']:.1f} s "
+                f"({len(cache.shards) if cache.shards is not None else 0} rows there)",
+                flush=True,
+            )
 
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best = BestEpoch()
@@ -117,7 +126,9 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
         check = fusion_check if epoch == first else contextlib.nullcontext
         train_loss = engine.train_epoch(loader, epoch, first_step=check)
         metrics: dict[str, Any] = {
-            "epoch": epoch, "train/loss": train_loss, "train/seconds": time.perf_counter() - started,
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "train/seconds": time.perf_counter() - started,
             "train/learning_rate": engine.learning_rate,
             **{f"train/{k}": v for k, v in engine.throughput.items()},
         }
@@ -134,16 +145,20 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             looked = (cache.hits, cache.misses)
             if cache.full and not warned_full:
                 warned_full = True
-                print(f"source cache full at {cache.nbytes / 2**30:.2f} GB ({len(cache)} examples; "
-                      "training.source_cache_gb): the others' source pass runs every step", flush=True)
+                print(
+                    f"source cache full at {cache.nbytes / 2**30:.2f} GB ({len(cache)} examples; "
+                    "training.source_cache_gb): the others' source pass runs every step",
+                    flush=True,
+                )
         checkpoint = None
         if best.score is None or better(metrics[metric], best.score, mode):
             with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
                 best = BestEpoch(metrics[metric], epoch, engine.adapter_state(), predictions)
                 if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
                     resume = {**engine.training_state(), "best": best.resume_state()}
-                    checkpoint = _checkpoint(engine.unwrapped, experiment, language, epoch, {"validation": predictions},
-                                             resume)  # fmt: skip
+                    checkpoint = _checkpoint(
+                        engine.unwrapped, experiment, language, epoch, {"validation": predictions}, resume
+                    )
         session.report(metrics, checkpoint)
 
     # 3. test, with the best epoch's adapter
@@ -151,8 +166,16 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
     scores, predictions = _evaluate(engine, trial, "test", best.epoch, rank, world)
     scores.update(trial.test_metrics)
     with engine.gathered():
-        _final(experiment, language, rank, engine.unwrapped, training.epochs, best, scores,
-               {"validation": best.predictions, "test": predictions})
+        _final(
+            experiment,
+            language,
+            rank,
+            engine.unwrapped,
+            training.epochs,
+            best,
+            scores,
+            {"validation": best.predictions, "test": predictions},
+        )
 
 
 def _startup(trial_started: float | None, started_training: float) -> dict[str, float]:
@@ -172,11 +195,13 @@ def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: i
     whose every forward pass is a collective of all ranks: there every rank scores every record."""
     records, shard = trial.splits[split], (rank, world) if world > 1 and not engine.zero3 else None
     with engine.autocast():
-        scores, predictions = evaluate(trial.task, trial.encoder, engine.unwrapped, records, engine.training, split,
-                                       epoch, shard=shard)  # fmt: skip
+        scores, predictions = evaluate(
+            trial.task, trial.encoder, engine.unwrapped, records, engine.training, split, epoch, shard=shard
+        )
         if loss:
-            scores["loss"] = mean_loss(trial.encoder, engine.unwrapped, records, engine.training.eval_batch_size,
-                                       engine.device, shard=shard)  # fmt: skip
+            scores["loss"] = mean_loss(
+                trial.encoder, engine.unwrapped, records, engine.training.eval_batch_size, engine.device, shard=shard
+            )
     return scores, predictions
 
 
@@ -203,9 +228,12 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -
     """A method that trains nothing: validation (one result, epoch 0) and test scores of the model as it is."""
     model = trial.model if experiment.model.quantization != "none" else trial.model.to(session.device())
     training, metric = experiment.training, experiment.search.metric
-    scores, validation = evaluate(trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0)
-    scores["loss"] = mean_loss(trial.encoder, model, trial.splits["validation"], training.eval_batch_size,
-                               next(model.parameters()).device)  # fmt: skip
+    scores, validation = evaluate(
+        trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0
+    )
+    scores["loss"] = mean_loss(
+        trial.encoder, model, trial.splits["validation"], training.eval_batch_size, next(model.parameters()).device
+    )
     metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}}
     session.report(metrics)
     scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
@@ -214,8 +242,16 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -
     _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
 
 
-def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch: int, best: BestEpoch, scores: dict,
-           predictions: dict):
+def _final(
+    experiment: ExperimentConfig,
+    language: str,
+    rank: int,
+    model,
+    epoch: int,
+    best: BestEpoch,
+    scores: dict,
+    predictions: dict,
+):
     """The trial's last result: the best epoch's score again (Optuna learns from the last result), the gold
     test scores, and a checkpoint with the best adapter and every split's predictions."""
     final = {"epoch": epoch, "final": True, "best_epoch": best.epoch, experiment.search.metric: best.score}
@@ -226,8 +262,14 @@ def _final(experiment: ExperimentConfig, language: str, rank: int, model, epoch:
     session.report(final, checkpoint)
 
 
-def _checkpoint(model, experiment: ExperimentConfig, language: str, epoch: int, predictions: dict,
-                resume: dict[str, Any] | None = None) -> Path:
+def _checkpoint(
+    model,
+    experiment: ExperimentConfig,
+    language: str,
+    epoch: int,
+    predictions: dict,
+    resume: dict[str, Any] | None = None,
+) -> Path:
     """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing; never the
     frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's config, the
     per-example predictions (``predictions/<split>.parquet``) and what a restart after a failure continues

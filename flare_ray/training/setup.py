@@ -74,8 +74,13 @@ def load_base(experiment: ExperimentConfig, task: Task, *, gradient_checkpointin
     if gradient_checkpointing is None:
         gradient_checkpointing = experiment.training.gradient_checkpointing
     model, tokenizer = load_model(
-        spec.name_or_path, family, labels=task.labels, head=head, quantization=spec.quantization,
-        dtype=spec.dtype, gradient_checkpointing=gradient_checkpointing,
+        spec.name_or_path,
+        family,
+        labels=task.labels,
+        head=head,
+        quantization=spec.quantization,
+        dtype=spec.dtype,
+        gradient_checkpointing=gradient_checkpointing,
     )
     if spec.stage1 not in (None, "auto"):
         with local_copy(str(spec.stage1)) as folder:  # a URI (remote storage): downloaded first
@@ -120,10 +125,14 @@ def safetensors_only(folder: Path) -> Path:
     """``folder`` when its adapter weights are safetensors; a checkpoint's pickled weights (peft's
     ``adapter_model.bin``, which peft would otherwise fall back to) are never loaded."""
     if not (Path(folder) / "adapter_model.safetensors").is_file():
-        pickled = " (it has adapter_model.bin, a pickle: convert it to safetensors)" if \
-            (Path(folder) / "adapter_model.bin").is_file() else ""  # fmt: skip
-        raise FileNotFoundError(f"{folder} holds no adapter_model.safetensors{pickled}; only safetensors "
-                                "weights are loaded")
+        pickled = (
+            " (it has adapter_model.bin, a pickle: convert it to safetensors)"
+            if (Path(folder) / "adapter_model.bin").is_file()
+            else ""
+        )
+        raise FileNotFoundError(
+            f"{folder} holds no adapter_model.safetensors{pickled}; only safetensors weights are loaded"
+        )
     return Path(folder)
 
 
@@ -135,10 +144,16 @@ def task_encoder(experiment: ExperimentConfig, task: Task, base: Base) -> TaskEn
     if method.kind == "flare_mt":
         mt_tokenizer = load_mt_tokenizer(method.flare.mt_encoder, task.language)
     return TaskEncoder(
-        task, base.tokenizer, base.family, experiment.training.max_length,
-        source=METHODS[method.kind].source, input_fusion=METHODS[method.kind].input_fusion,
-        mt_tokenizer=mt_tokenizer, generative=base.head == "generative",
-        answer_tokens=experiment.training.max_new_tokens, max_positions=max_input_positions(base.model.config),
+        task,
+        base.tokenizer,
+        base.family,
+        experiment.training.max_length,
+        source=METHODS[method.kind].source,
+        input_fusion=METHODS[method.kind].input_fusion,
+        mt_tokenizer=mt_tokenizer,
+        generative=base.head == "generative",
+        answer_tokens=experiment.training.max_new_tokens,
+        max_positions=max_input_positions(base.model.config),
         xmixup=method.kind == "xmixup",
     )
 
@@ -168,8 +183,11 @@ class EnglishTest:
         English by the markers; 0: the target-language gold answers)."""
         if self.answers is None:
             return {}
-        return {"examples": float(len(self.records)), "examples_total": float(self.total),
-                "english_answers": float(self.answers == "english")}  # fmt: skip
+        return {
+            "examples": float(len(self.records)),
+            "examples_total": float(self.total),
+            "english_answers": float(self.answers == "english"),
+        }
 
 
 def translate_test_split(task: Task, records: datasets.Dataset) -> EnglishTest:
@@ -195,8 +213,13 @@ def translate_test_split(task: Task, records: datasets.Dataset) -> EnglishTest:
     projected = [i for i, answers in enumerate(records["source_answers"]) if answers]
     if projected:
         if len(projected) < len(records):
-            log.info("%s: translate-test scores the %d of %d examples whose answer markers survived translation, "
-                     "against their answers projected into English", where, len(projected), len(records))  # fmt: skip
+            log.info(
+                "%s: translate-test scores the %d of %d examples whose answer markers survived translation, "
+                "against their answers projected into English",
+                where,
+                len(projected),
+                len(records),
+            )
         return EnglishTest(english.select(projected), len(records), "english")
     if (task.mt_provenance("test") or {}).get("answers_projected"):
         path = mt_split_path(task.config.mt_dir, task.name, task.language, "test")
@@ -205,10 +228,12 @@ def translate_test_split(task: Task, records: datasets.Dataset) -> EnglishTest:
             f"{len(records)} records; its provenance says answers_projected: true): translate-test has nothing to "
             "score; translate the test split again, e.g. with a larger translation.max_length"
         )
-    log.warning("%s: the English test side has no answers (translated without answer markers): translate-test is "
-                "scored against the target-language gold answers, not as the authors score it (answers projected "
-                "into English by markers); translate the test split again with `python -m flare_ray.translate`",
-                where)  # fmt: skip
+    log.warning(
+        "%s: the English test side has no answers (translated without answer markers): translate-test is "
+        "scored against the target-language gold answers, not as the authors score it (answers projected "
+        "into English by markers); translate the test split again with `python -m flare_ray.translate`",
+        where,
+    )
     return EnglishTest(english, len(records), "target")
 
 
@@ -279,7 +304,9 @@ def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int)
     rows = list(records)
     sampler = DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=training.seed)
     return DataLoader(
-        rows, batch_size=training.batch_size, sampler=sampler,
+        rows,
+        batch_size=training.batch_size,
+        sampler=sampler,
         collate_fn=lambda batch: encoder.train_batch(batch).inputs,
         generator=torch.Generator().manual_seed(training.seed),  # keep the global RNG for dropout
     )

@@ -50,8 +50,16 @@ def state_key(model: FlareModel, experiment: ExperimentConfig) -> tuple:
     rows), and must not share FLARE-MT's cache."""
     flare, spec = experiment.method.flare, experiment.model
     mt_encoder = flare.mt_encoder if experiment.method.kind == "flare_mt" else None
-    return (spec.name_or_path, str(spec.stage1), spec.quantization, spec.dtype, experiment.training.precision,
-            str(flare.source_representation), mt_encoder, tuple(site.name for site in model.plan.sites))  # fmt: skip
+    return (
+        spec.name_or_path,
+        str(spec.stage1),
+        spec.quantization,
+        spec.dtype,
+        experiment.training.precision,
+        str(flare.source_representation),
+        mt_encoder,
+        tuple(site.name for site in model.plan.sites),
+    )
 
 
 def attach_source_cache(model, experiment: ExperimentConfig, zero3: bool = False) -> SourceCache | None:
@@ -69,8 +77,15 @@ def attach_source_cache(model, experiment: ExperimentConfig, zero3: bool = False
     return cache
 
 
-def share_source_cache(cache: SourceCache, model: FlareModel, experiment: ExperimentConfig, encoder,
-                       records: Iterable[Any], device: torch.device, autocast: ContextManager) -> dict[str, Any]:
+def share_source_cache(
+    cache: SourceCache,
+    model: FlareModel,
+    experiment: ExperimentConfig,
+    encoder,
+    records: Iterable[Any],
+    device: torch.device,
+    autocast: ContextManager,
+) -> dict[str, Any]:
     """Point ``cache`` at the sweep's shared rows of the model's state, building them first where no trial
     has (``records``: the examples whose source rows to build). What happened, for the trial's log and
     metrics: ``{"source_cache": "read" | "built" | "in memory" | "own", "seconds": ..., "where": ...}``."""
@@ -86,8 +101,9 @@ def share_source_cache(cache: SourceCache, model: FlareModel, experiment: Experi
             if claim(digest, True):
                 try:  # ``complete`` is written before a claim is given back: look again, now that it is ours
                     if not exists(join(where, COMPLETE)):
-                        _build(cache, model, encoder, records, experiment.training.eval_batch_size, device, autocast,
-                               where)  # fmt: skip
+                        _build(
+                            cache, model, encoder, records, experiment.training.eval_batch_size, device, autocast, where
+                        )
                         outcome = "built"
                 finally:
                     claim(digest, False)  # built, or failed: another trial may build it
@@ -99,8 +115,16 @@ def share_source_cache(cache: SourceCache, model: FlareModel, experiment: Experi
     return {"source_cache": outcome, "seconds": time.perf_counter() - started, "where": where}
 
 
-def _build(cache: SourceCache, model: FlareModel, encoder, records: Iterable[Any], batch_size: int,
-           device: torch.device, autocast: ContextManager, where: str) -> None:
+def _build(
+    cache: SourceCache,
+    model: FlareModel,
+    encoder,
+    records: Iterable[Any],
+    batch_size: int,
+    device: torch.device,
+    autocast: ContextManager,
+    where: str,
+) -> None:
     """The source pass over ``records`` into ``cache`` (as the training steps would fill it), then written
     to ``where`` with ``complete`` last."""
     rows = list(records)
@@ -138,8 +162,9 @@ def _builds():
         return
     # detached: owned by no trial process (a trial that made it and ended would take it along while another one
     # still asks it); it ends with the cluster, holding no resources. Detached actors live in a named namespace.
-    actor = _Builds.options(name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True,
-                            lifetime="detached").remote()
+    actor = _Builds.options(
+        name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
     me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
     yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
 

@@ -52,7 +52,9 @@ def stage1_experiment(experiment: ExperimentConfig) -> ExperimentConfig:
     """The experiment as stage 1 runs it: plain LoRA (``stage1.lora``), ``stage1.training``, no stage 1."""
     update = {
         "model": experiment.model.model_copy(update={"stage1": None}),
-        "method": experiment.method.model_copy(update={"kind": "lora", "lora": experiment.stage1.lora or experiment.method.lora}),
+        "method": experiment.method.model_copy(
+            update={"kind": "lora", "lora": experiment.stage1.lora or experiment.method.lora}
+        ),
         "training": experiment.stage1.training or experiment.training,
         "search": experiment.search.model_copy(update={"space": {}}),
     }
@@ -101,8 +103,14 @@ def stage1_loop_per_worker(stage1_input: Stage1Input) -> None:
     run = build_trial(experiment, experiment.task.languages[0], roles=("train", "validation"), english=True)
     task, encoder, adapted, validation = run.task, run.encoder, run.model, run.splits["validation"]
     loader = train_loader(run.splits["train"], encoder, training, rank, world)
-    engine = Engine(adapted, training, experiment.scaling, optimizer_steps(loader, training),
-                    quantized=experiment.model.quantization != "none", rank=rank)
+    engine = Engine(
+        adapted,
+        training,
+        experiment.scaling,
+        optimizer_steps(loader, training),
+        quantized=experiment.model.quantization != "none",
+        rank=rank,
+    )
     best = BestStage1Epoch()
     for epoch in range(1, training.epochs + 1):
         loss = engine.train_epoch(loader, epoch)
@@ -112,7 +120,9 @@ def stage1_loop_per_worker(stage1_input: Stage1Input) -> None:
         if best.score is None or better(scores[metric], best.score, experiment.search.mode):
             with engine.gathered():
                 best = BestStage1Epoch(scores[metric], epoch, engine.adapter_state(), scores)
-        session.report({"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}})
+        session.report(
+            {"epoch": epoch, "train/loss": loss, **{f"english_validation/{k}": v for k, v in scores.items()}}
+        )
     engine.load_adapter_state(best.state)
     with engine.gathered(), tempfile.TemporaryDirectory(prefix="stage1-") as local:
         if rank != 0:
@@ -120,9 +130,14 @@ def stage1_loop_per_worker(stage1_input: Stage1Input) -> None:
         Path(local, "adapter").mkdir()
         adapted.save_pretrained(Path(local, "adapter"))
         info = {
-            "base_model": experiment.model.name_or_path, "task": task.name, "lora": experiment.method.lora.peft_kwargs(),
-            "training": training.model_dump(mode="json"), "best_epoch": best.epoch,
-            "english_validation": best.scores, "data": task.provenance(), "fingerprint": stage1_input.fingerprint,
+            "base_model": experiment.model.name_or_path,
+            "task": task.name,
+            "lora": experiment.method.lora.peft_kwargs(),
+            "training": training.model_dump(mode="json"),
+            "best_epoch": best.epoch,
+            "english_validation": best.scores,
+            "data": task.provenance(),
+            "fingerprint": stage1_input.fingerprint,
         }
         upload(Path(local, "adapter"), output)
         write_text(join(output, STAGE1_INFO), json.dumps(info, indent=2, default=str))  # last: the folder is complete
@@ -135,8 +150,9 @@ def stage1_done(output: str | Path) -> str | Path:
     return output
 
 
-def ensure_stage1(experiment: ExperimentConfig, train: Callable[[ExperimentConfig, str, str], Any]
-                  ) -> tuple[Path | str, dict[str, Any]]:
+def ensure_stage1(
+    experiment: ExperimentConfig, train: Callable[[ExperimentConfig, str, str], Any]
+) -> tuple[Path | str, dict[str, Any]]:
     """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
     reused if it exists, else trained now by ``train(experiment, folder, fingerprint)`` (which runs
     :func:`stage1_loop_per_worker`). Returns the folder (a local path, or a URI on remote storage) and its

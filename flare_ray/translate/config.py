@@ -49,7 +49,8 @@ class TranslationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        DEFAULT_MODEL, description=f"NLLB-200 checkpoint: a hub id ({', '.join(MODELS)}), a local folder or tiny:m2m_100"
+        DEFAULT_MODEL,
+        description=f"NLLB-200 checkpoint: a hub id ({', '.join(MODELS)}), a local folder or tiny:m2m_100",
     )
     batch_size: PositiveInt = Field(16, description="segments per translation batch (per actor)")
     max_length: PositiveInt = Field(
@@ -59,7 +60,8 @@ class TranslationSpec(BaseModel):
         "auto", description="model weights: auto is bfloat16 on GPU, float32 on CPU"
     )
     concurrency: PositiveInt | None = Field(
-        None, description="translation actors, each loading the model once; default: GPUs in the cluster / num_gpus, or 1"
+        None,
+        description="translation actors, each loading the model once; default: GPUs in the cluster / num_gpus, or 1",
     )
     num_gpus: NonNegativeFloat | None = Field(
         None, description="GPUs per actor; default: 1 if the Ray cluster has GPUs, else 0"
@@ -96,13 +98,16 @@ class TranslateConfig(TranslationSpec):
     """What to translate (a task's language, which roles, where to), and how (:class:`TranslationSpec`)."""
 
     task: TaskConfig = Field(description="which task's splits to translate (each role with the task's default recipe)")
-    mt_dir: Path = Field(description="output folder: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json")
+    mt_dir: Path = Field(
+        description="output folder: <mt_dir>/<task>/<language>/<role>.parquet and <role>.provenance.json"
+    )
     roles: list[Role] = Field(
         default_factory=lambda: list(ROLES),
         description="roles to translate: train and validation from English into the language, test from the language into English",
     )
     back_translate: bool = Field(
-        False, description="also translate the (translated) training set back into English, as back_translation_<field> "
+        False,
+        description="also translate the (translated) training set back into English, as back_translation_<field> "
         "columns of the train split: X-Mixup's scheduled source (the sweep sets it when X-Mixup runs)",
     )
 
@@ -113,10 +118,14 @@ class TranslateConfig(TranslationSpec):
 
         languages = TASKS[task.name].source_languages(task.hub_id)
         if task.language not in languages:
-            raise ValueError(f"language {task.language!r} is not a language of {task.name}; expected one of {sorted(languages)}")
+            raise ValueError(
+                f"language {task.language!r} is not a language of {task.name}; expected one of {sorted(languages)}"
+            )
         if any(getattr(task, key) for key in NOT_HERE):
-            raise ValueError("task.splits and task.mt_dir do not apply: each role is translated from the task's "
-                             "default recipe, and written under mt_dir")
+            raise ValueError(
+                "task.splits and task.mt_dir do not apply: each role is translated from the task's "
+                "default recipe, and written under mt_dir"
+            )
         nllb_language(task.language)  # ValueError if NLLB has no code and no fallback
         return task
 
@@ -151,7 +160,9 @@ def load_config(path: str | Path) -> TranslateConfig:
     except YAMLSyntaxError as err:
         raise ConfigError(str(path), [], summary=str(err)) from None
     if duplicates:
-        raise ConfigError(str(path), [Problem(p, f"duplicate key (first at line {first})") for p, first in duplicates], lines)
+        raise ConfigError(
+            str(path), [Problem(p, f"duplicate key (first at line {first})") for p, first in duplicates], lines
+        )
     return parse_config(data, str(path), lines)
 
 

@@ -55,7 +55,13 @@ def insert_markers(context: str, answer: dict[str, Any], markers: Markers = Mark
     if not text or context[start : start + len(text)] != text:
         raise MarkerError("answer_not_in_context", f"answer {text!r} is not at answer_start {start} of the context")
     end = start + len(text)
-    return markers.scrub(context[:start]) + markers.open + markers.scrub(text) + markers.close + markers.scrub(context[end:])
+    return (
+        markers.scrub(context[:start])
+        + markers.open
+        + markers.scrub(text)
+        + markers.close
+        + markers.scrub(context[end:])
+    )
 
 
 def extract_markers(translation: str, markers: Markers = Markers()) -> tuple[str, dict[str, Any]]:
@@ -69,11 +75,17 @@ def extract_markers(translation: str, markers: Markers = Markers()) -> tuple[str
     if opens == 0 and closes == 0:
         raise MarkerError("markers_lost", "the translation has no answer markers")
     if opens != 1 or closes != 1:
-        raise MarkerError("markers_malformed", f"expected one pair of markers, found {opens} opening and {closes} closing")
+        raise MarkerError(
+            "markers_malformed", f"expected one pair of markers, found {opens} opening and {closes} closing"
+        )
     i, j = translation.index(markers.open), translation.index(markers.close)
     if j < i:
         raise MarkerError("markers_malformed", "the closing marker comes before the opening one")
-    before, inner, after = translation[:i], translation[i + len(markers.open) : j], translation[j + len(markers.close) :]
+    before, inner, after = (
+        translation[:i],
+        translation[i + len(markers.open) : j],
+        translation[j + len(markers.close) :],
+    )
     text = inner.strip()
     if not text:
         raise MarkerError("empty_answer", "nothing between the answer markers")

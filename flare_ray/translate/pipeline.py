@@ -86,14 +86,18 @@ def prepare(config: TranslateConfig) -> tuple[Task, NllbLanguage, list[RoleJob]]
         plan = plan_role(task, role, records, language, config.answer_markers())
         key_material = {
             "pipeline_version": PIPELINE_VERSION,
-            "task": task.name, "language": task.language, "role": role, "recipe": task.provenance()[role]["recipe"],
+            "task": task.name,
+            "language": task.language,
+            "role": role,
+            "recipe": task.provenance()[role]["recipe"],
             "mt_model": config.model,
-            "source_nllb": plan.direction.src.code, "target_nllb": plan.direction.tgt.code,
+            "source_nllb": plan.direction.src.code,
+            "target_nllb": plan.direction.tgt.code,
             "decoding": {**GREEDY, "max_length": config.max_length, "dtype": config.dtype},
             "markers": list(config.markers) if plan.marked else None,
             "input_records_sha256": records_sha256(records),
             "back_translation": config.back_translate and role == "train",
-        }  # fmt: skip
+        }
         jobs.append(RoleJob(plan, mt_split_path(config.mt_dir, task.name, task.language, role), key_material))
     return task, language, jobs
 
@@ -139,8 +143,9 @@ def _provenance(
     }
 
 
-def _back_translate(task: Task, language: NllbLanguage, train: Outcome | None, config: TranslateConfig,
-                    translate: Translate | None) -> dict[str, Any]:  # fmt: skip
+def _back_translate(
+    task: Task, language: NllbLanguage, train: Outcome | None, config: TranslateConfig, translate: Translate | None
+) -> dict[str, Any]:
     """The assembled training records translated back into English (X-Mixup's scheduled source), after the
     forward translation they read."""
     if train is None or train.records is None or len(train.records) == 0:
@@ -151,8 +156,12 @@ def _back_translate(task: Task, language: NllbLanguage, train: Outcome | None, c
     start = time.perf_counter()
     translations, run_info = (translate or translate_with_ray)(unique, config)
     records = with_back_translation(task, train.records, segments, dict(zip(unique, translations)))
-    run_info = {**run_info, "segments": len(unique), "total_seconds": round(time.perf_counter() - start, 3),
-                "columns": [f"back_translation_{f}" for f in task.text_fields]}  # fmt: skip
+    run_info = {
+        **run_info,
+        "segments": len(unique),
+        "total_seconds": round(time.perf_counter() - start, 3),
+        "columns": [f"back_translation_{f}" for f in task.text_fields],
+    }
     return {"records": records, "run": run_info}
 
 
@@ -170,15 +179,22 @@ def run(
         if cached is not None:
             logger.info(
                 "%s: reusing cached translation %s (same model, languages, decoding settings and inputs; "
-                "created %s); the model is not loaded for it", job.plan.role, job.path, cached.get("created"),
-            )  # fmt: skip
+                "created %s); the model is not loaded for it",
+                job.plan.role,
+                job.path,
+                cached.get("created"),
+            )
             results.append(RoleResult(job.plan.role, job.path, True, cached))
         else:
             todo.append(job)
             logger.info(
-                "%s: %d records, %s -> %s, to %s", job.plan.role, len(job.plan.records),
-                job.plan.direction.src.code, job.plan.direction.tgt.code, job.path,
-            )  # fmt: skip
+                "%s: %d records, %s -> %s, to %s",
+                job.plan.role,
+                len(job.plan.records),
+                job.plan.direction.src.code,
+                job.plan.direction.tgt.code,
+                job.path,
+            )
     if check or not todo:
         if check:
             logger.info("--check: configuration and data are valid; %d role(s) would be translated", len(todo))
@@ -201,13 +217,21 @@ def run(
         write_split(outcome.records, provenance, job.path)
         logger.info(
             "%s: wrote %s (%d of %d records; %d dropped, %d inputs truncated)",
-            job.plan.role, job.path, len(outcome.records), len(job.plan.records), len(outcome.dropped),
+            job.plan.role,
+            job.path,
+            len(outcome.records),
+            len(job.plan.records),
+            len(outcome.dropped),
             len(outcome.truncated),
-        )  # fmt: skip
+        )
         if outcome.markers_lost:
-            logger.info("%s: %d of %d records lost their answer markers in translation (kept without English "
-                        "answers; translate-test leaves them out)", job.plan.role, len(outcome.markers_lost),
-                        len(outcome.records))  # fmt: skip
+            logger.info(
+                "%s: %d of %d records lost their answer markers in translation (kept without English "
+                "answers; translate-test leaves them out)",
+                job.plan.role,
+                len(outcome.markers_lost),
+                len(outcome.records),
+            )
         if len(outcome.records) == 0:
             logger.warning("%s: every record was dropped (see %s)", job.plan.role, job.path.name)
         results.append(RoleResult(job.plan.role, job.path, False, provenance))

@@ -118,11 +118,14 @@ BACK = "back_translation"  # the columns of the back-translation (X-Mixup): back
 def back_segments(task: Task, records: datasets.Dataset, language: NllbLanguage) -> list[list[Segment]]:
     """The target side of the (translated) training records, to translate back into English: per record, per
     text field (a QA context as the model reads it, without markers)."""
-    return [[Segment(language.code, ENGLISH.code, record[f"target_{f}"]) for f in task.text_fields] for record in records]
+    return [
+        [Segment(language.code, ENGLISH.code, record[f"target_{f}"]) for f in task.text_fields] for record in records
+    ]
 
 
-def with_back_translation(task: Task, records: datasets.Dataset, segments: list[list[Segment]],
-                          translations: dict[Segment, Translation]) -> datasets.Dataset:  # fmt: skip
+def with_back_translation(
+    task: Task, records: datasets.Dataset, segments: list[list[Segment]], translations: dict[Segment, Translation]
+) -> datasets.Dataset:
     """``records`` with a ``back_translation_<field>`` column per text field."""
     for k, f in enumerate(task.text_fields):
         records = records.add_column(f"{BACK}_{f}", [translations[segs[k]].text for segs in segments])

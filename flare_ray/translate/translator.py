@@ -62,7 +62,9 @@ class NllbTranslator:
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         if not hasattr(self.tokenizer, "src_lang"):
-            raise ValueError(f"{model}: {type(self.tokenizer).__name__} has no src_lang; expected an NLLB-200 tokenizer")
+            raise ValueError(
+                f"{model}: {type(self.tokenizer).__name__} has no src_lang; expected an NLLB-200 tokenizer"
+            )
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device).eval()
         logger.info("loaded MT model %s (%s) on %s in process %d", model, dtype, self.device, os.getpid())
 
@@ -81,10 +83,15 @@ class NllbTranslator:
         lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
         if src_id not in inputs["input_ids"][0].tolist():
-            raise ValueError(f"setting src_lang={src!r} did not put its code on the input; expected an NLLB-200 tokenizer")
+            raise ValueError(
+                f"setting src_lang={src!r} did not put its code on the input; expected an NLLB-200 tokenizer"
+            )
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs.to(self.device), forced_bos_token_id=self._code_id(tgt), max_new_tokens=self.max_length, **GREEDY
+                **inputs.to(self.device),
+                forced_bos_token_id=self._code_id(tgt),
+                max_new_tokens=self.max_length,
+                **GREEDY,
             )
         return self.tokenizer.batch_decode(output, skip_special_tokens=True), [n > self.max_length for n in lengths]
 
@@ -128,8 +135,14 @@ def resources(config: TranslateConfig) -> dict[str, Any]:
     else:
         concurrency = max(1, int(cluster_gpus // num_gpus)) if num_gpus > 0 else 1
     dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if num_gpus > 0 else "float32")
-    return {"num_gpus": num_gpus, "num_cpus": config.num_cpus, "concurrency": concurrency, "dtype": dtype,
-            "batch_size": config.batch_size, "cluster_gpus": cluster_gpus}  # fmt: skip
+    return {
+        "num_gpus": num_gpus,
+        "num_cpus": config.num_cpus,
+        "concurrency": concurrency,
+        "dtype": dtype,
+        "batch_size": config.batch_size,
+        "cluster_gpus": cluster_gpus,
+    }
 
 
 def translate_with_ray(segments: list[Segment], config: TranslateConfig) -> tuple[list[Translation], dict[str, Any]]:
@@ -140,16 +153,26 @@ def translate_with_ray(segments: list[Segment], config: TranslateConfig) -> tupl
     run = {"ray": where, **resources(config)}
     logger.info(
         "translating %d segments with %s: %d actor(s), %s GPU and %s CPU each, batches of %d, %s",
-        len(segments), config.model, run["concurrency"], run["num_gpus"], run["num_cpus"], config.batch_size, run["dtype"],
-    )  # fmt: skip
+        len(segments),
+        config.model,
+        run["concurrency"],
+        run["num_gpus"],
+        run["num_cpus"],
+        config.batch_size,
+        run["dtype"],
+    )
     # Longest first, grouped by direction: batches of similar length, and an out-of-memory error comes early.
     order = sorted(range(len(segments)), key=lambda i: (segments[i].src, segments[i].tgt, -len(segments[i].text)))
     items = [{"key": i, **segments[i]._asdict()} for i in order]
     start = time.perf_counter()
     dataset = ray.data.from_items(items).map_batches(
         NllbTranslator,
-        fn_constructor_kwargs={"model": config.model, "max_length": config.max_length, "dtype": run["dtype"],
-                               "use_gpu": run["num_gpus"] > 0},  # fmt: skip
+        fn_constructor_kwargs={
+            "model": config.model,
+            "max_length": config.max_length,
+            "dtype": run["dtype"],
+            "use_gpu": run["num_gpus"] > 0,
+        },
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=run["concurrency"]),
         num_gpus=run["num_gpus"],
