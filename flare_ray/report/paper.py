@@ -32,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "data" / "paper" / "results.c
 CITATION = "Borchert et al., Language Fusion for Parameter-Efficient Cross-lingual Transfer"
 PER_LANGUAGE_TABLE = {"xnli": 6, "tydiqa": 7, "nusax": 8}
 COLUMNS = ["paper_table", "paper_mean", "paper_std", "difference"]
+AVERAGE = "average"  # the column of a row's mean over its languages, as in the paper's tables
 # Other names of the paper's models (folder or hub names, lower case) -> the hub id in results.csv
 ALIASES = {"meta-llama-3.1-8b": "meta-llama/Llama-3.1-8B", "xlm-roberta-large": "FacebookAI/xlm-roberta-large"}
 
@@ -83,8 +84,6 @@ def _matches(cell: pd.Series, row_key: dict) -> bool:
 def paper_cells(table: pd.DataFrame, columns, row_keys: dict[str, dict]) -> pd.DataFrame:
     """``table`` (the report's lines) with the published cell each matches: :data:`COLUMNS` (NaN where none).
     ``row_keys``: each row's grid cell and method."""
-    from .table import AVERAGE
-
     out = table.copy()
     for name in COLUMNS:
         out[name] = math.nan
@@ -167,8 +166,6 @@ def note(table: pd.DataFrame) -> str:
 
 def paper_frame(table: pd.DataFrame, columns, rows: list[str]) -> pd.DataFrame | None:
     """Rows × columns of :func:`describe`, for the Markdown and HTML; None where nothing matches."""
-    from .table import AVERAGE
-
     if "paper_mean" not in table or not table["paper_mean"].notna().any():
         return None
     names = [c.name for c in columns] + ([AVERAGE] if AVERAGE in set(table["column"]) else [])

@@ -25,11 +25,9 @@ import pandas as pd
 from flare_ray.selection import best_configuration
 from flare_ray.tasks import TASKS
 
-from .paper import paper_cells, row_keys_of
+from .paper import AVERAGE, paper_cells, row_keys_of
 from .records import ReportError, SweepRecords
 from .significance import LEVEL, paired_bootstrap
-
-AVERAGE = "average"
 
 
 @dataclass
