@@ -10,7 +10,7 @@
 #               TORCH_SPEC= or TORCH_SPEC=skip: install no torch, keep the one already in the venv.
 #               Given on the command line (not skip), the install steps run again even if the stamp is current.
 #   ARGS        extra arguments of `make quickstart` (e.g. ARGS=--dry-run)
-#   PYTEST_ARGS arguments of `make test` (e.g. PYTEST_ARGS='-x -q tests/test_entry_points.py')
+#   PYTEST_ARGS arguments of `make test` (e.g. PYTEST_ARGS='-x -q tests/unit/test_entry_points.py')
 #
 # Reuse: the install steps leave the stamp $(VENV)/.flare_ray-installed; while it is newer than
 # pyproject.toml, `make setup` (and so quickstart/test) does not call pip at all. `make clean` removes the

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny offline models (built once per session, no network)."""
+"""Shared fixtures: tiny offline models (built once per session, no network), a local Ray, a Ray cluster of three
+nodes, a local S3 API and MLflow server. Every test under ``e2e/`` is marked ``e2e``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from .hub_cache import fake_hub_cache
+from tests.hub_cache import fake_hub_cache
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Offline, the pre-flight checks look hub models up in the local cache: one holding the config.json of the
 # hub models the shipped YAMLs name (set before huggingface_hub is imported: it reads HF_HUB_CACHE once).
 os.environ["HF_HUB_CACHE"] = str(fake_hub_cache(Path(tempfile.mkdtemp(prefix="flare_ray-hub-cache-"))))
+
+
+def pytest_collection_modifyitems(items):
+    from tests.helpers import TESTS  # not at the top: tests.helpers imports transformers (HF_HUB_CACHE set above)
+
+    e2e = TESTS / "e2e"
+    for item in items:
+        if item.path.is_relative_to(e2e):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,31 +122,14 @@ def two_worker_nodes(ray_cluster):
     return ray_cluster
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _served(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
-    """A local server, started from ``command`` and returned once ``url`` answers; stopped on exit
-    (``benchmarks/common.py``'s, which the benchmarks start theirs with)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from common import served
-
-    return served(command, url, env, log, timeout)
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 API on a free localhost port (moto's server mode) with the bucket ``flare-sweeps``; the AWS
     variables (credentials, region, ``AWS_ENDPOINT_URL``, read by pyarrow, boto3 and so MLflow) are set in
     this process for the session, so the sweeps and servers the tests start inherit them."""
     import sys
+
+    from tests.helpers import free_port, served
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -151,7 +144,7 @@ def s3_server(tmp_path_factory):
     os.environ.update(env)
     log = tmp_path_factory.mktemp("s3") / "moto.log"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with _served(command, endpoint + "/moto-api/", dict(os.environ), log):
+    with served(command, endpoint + "/moto-api/", dict(os.environ), log):
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="flare-sweeps")
@@ -163,6 +156,8 @@ def mlflow_server(tmp_path_factory, s3_server):
     """An MLflow tracking server on a free localhost port: runs in sqlite, artifacts proxied to the S3 API
     (``s3://flare-sweeps/mlartifacts``)."""
     import sys
+
+    from tests.helpers import free_port, served
 
     port = free_port()
     folder = tmp_path_factory.mktemp("mlflow-server")
@@ -183,5 +178,5 @@ def mlflow_server(tmp_path_factory, s3_server):
         "--artifacts-destination",
         "s3://flare-sweeps/mlartifacts",
     ]
-    with _served(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120):
+    with served(command, url + "/health", dict(os.environ), folder / "server.log", timeout=120):
         yield url

@@ -1,8 +1,9 @@
-"""Small builders shared by the tests."""
+"""Small builders shared by the tests (unit and e2e); the sweep and Ray-cluster ones are in ``sweeps.py``."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, Iterator
 from unittest import mock
 
@@ -11,6 +12,10 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from flare_ray.fusion import FlareConfig, get_flare_model
+
+TESTS = Path(__file__).resolve().parent  # tests/: configs/, data/, schemas/ beside unit/ and e2e/
+REPO = TESTS.parent
+QUICKSTART = TESTS / "configs" / "small-flare-search.yaml"  # the small FLARE search (TPE + ASHA) the tests build on
 
 # family -> (tiny architecture, transformers auto class, extra from_pretrained kwargs)
 FAMILIES = {
@@ -121,3 +126,42 @@ def trial_trainer(config, language: str, name: str, loop: Callable | None = None
         join(config.storage_path, "train"),
         config.search.worker_max_failures,
     )
+
+
+def train_steps(fm, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
+    """``steps`` AdamW steps of ``fm`` on one batch; the loss of each."""
+    params = [p for p in fm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    fm.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = fm(**batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def no_model(*args, **kwargs):
+    """A stand-in for what would load or run a model: a test that must get by without one fails if it is called."""
+    raise AssertionError("a model would be loaded here")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served(command: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 60):
+    """A local server, started from ``command`` and returned once ``url`` answers; stopped on exit
+    (``benchmarks/common.py``'s, which the benchmarks start theirs with)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import common
+
+    return common.served(command, url, env, log, timeout)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # MLflow's tracking server for flare_ray sweeps, as cluster/docker-compose.yaml and cluster/mlflow.yaml run
-# it (and tests/test_cluster_security.py, on localhost): basic auth on, every credential from the environment.
+# it (and tests/e2e/test_mlflow_auth.py, on localhost): basic auth on, every credential from the environment.
 #
 #   MLFLOW_BACKEND_STORE_URI      postgresql://mlflow@postgres:5432/mlflow (the password: PGPASSWORD)
 #   MLFLOW_AUTH_DATABASE_URI      postgresql://mlflow@postgres:5432/mlflow_auth (users and permissions)

@@ -2,7 +2,7 @@
 autoscaler can still add, and so the resources a sweep may plan its concurrent trials on.
 
 What an autoscaler may add has no public Ray API; Ray's private ones say it, all called in
-:func:`_ray_private_cluster_info` (``tests/test_cluster.py`` fails where Ray moves them), else the cluster
+:func:`_ray_private_cluster_info` (``tests/unit/test_cluster.py`` fails where Ray moves them), else the cluster
 launcher's bootstrap config on the head node does.
 """
 
@@ -102,7 +102,7 @@ def autoscaling_capacity(bootstrap: Path | None = None) -> dict[str, float] | No
 
 def _ray_private_cluster_info() -> tuple[list, dict]:
     """What only Ray's private APIs say about the joined cluster's autoscaler: the one place this project calls
-    them (``tests/test_cluster.py`` imports each of them and fails where Ray moves one).
+    them (``tests/unit/test_cluster.py`` imports each of them and fails where Ray moves one).
 
     * the node groups of the cluster config in the GCS (``autoscaler_pb2.NodeGroupConfig``: ``resources``,
       ``min_count``, ``max_count``; ``-1``: unlimited), where the platform publishes it (nothing in Ray's own

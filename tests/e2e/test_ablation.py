@@ -22,10 +22,9 @@ from mlflow.artifacts import download_artifacts
 from flare_ray.experiment import SCHEMA_VERSION
 from flare_ray.tasks import TaskConfig, get_task
 from flare_ray.tasks.predictions import score_frame
+from tests.sweeps import mlflow_runs, run_tune
 
-from .test_platform import mlflow_runs, run_tune
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TINY = [
     "task.max_records={train: 32, validation: 24, test: 24}",
@@ -275,6 +274,7 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
     assert "jav p" in done.stdout and "Failed to load" not in done.stdout
 
 
+@pytest.mark.browser
 def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
     """Debian's Chromium (installed by .ci/run) opens the page: the table is there and every image decoded."""
     from selenium import webdriver

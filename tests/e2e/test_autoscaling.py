@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import FAKE_HEAD_NODE_ID, AutoscalingCluster
 
-from .test_faults import ONE_TRIAL, finish, start, worker_nodes
-from .test_platform import mlflow_runs
+from tests.sweeps import ONE_TRIAL, finish, mlflow_runs, start, worker_nodes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 class LocalAutoscalingCluster(AutoscalingCluster):

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from .test_platform import REPO, environment
+from tests.helpers import REPO
+from tests.sweeps import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_the_small_benchmark_reports_every_ratio_to_lora(tmp_path):

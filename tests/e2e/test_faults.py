@@ -8,47 +8,15 @@ injected, trials completed, MLflow runs, duplicates), repeated at the end of the
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .test_platform import REPO, environment, mlflow_runs, tune_command
+from tests.sweeps import ON_A_WORKER_NODE, ONE_TRIAL, finish, mlflow_runs, start, worker_nodes
 
-pytestmark = pytest.mark.slow
-
-ONE_TRIAL = ["search.space={}", "search.num_samples=1", "search.scheduler=null", "training.epochs=3"]
-ON_A_WORKER_NODE = ["scaling.cpus_per_worker=1.5"]  # one worker per worker node, none on the head
-
-
-def cluster_env(cluster, faults: dict | None = None) -> dict[str, str]:
-    env = {**environment(), "RAY_ADDRESS": cluster.address}
-    if faults:
-        env["FLARE_RAY_FAULTS"] = json.dumps(faults)
-    return env
-
-
-def start(storage: Path, cluster, *overrides: str, faults: dict | None = None, resume: bool = False):
-    return subprocess.Popen(
-        tune_command(storage, *overrides, resume=resume),
-        env=cluster_env(cluster, faults),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return output
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def results(storage: Path) -> list[dict]:
@@ -68,13 +36,6 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 300, every: 
         assert process.poll() is None, process.stdout.read()[-3000:]
         time.sleep(every)
     raise AssertionError("timed out")
-
-
-def worker_nodes(log: Path) -> list[tuple[int, str]]:
-    """(rank, Ray node id) of every worker start the trial's log records."""
-    return [
-        (int(r), node) for r, node in re.findall(r"^worker rank (\d+) of \d+ on Ray node (\w+)", log.read_text(), re.M)
-    ]
 
 
 def duplicates(children) -> int:

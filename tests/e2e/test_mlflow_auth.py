@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _served, free_port
-from .test_platform import QUICKSTART, REPO, SHORT, environment
+from tests.helpers import QUICKSTART, REPO, free_port, served
+from tests.sweeps import SHORT, environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SERVE = REPO / "cluster" / "mlflow" / "serve.sh"
 USER = "flare"
@@ -48,7 +48,7 @@ def auth_server(tmp_path_factory, s3_server):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
     }
     url = f"http://127.0.0.1:{port}"
-    with _served(
+    with served(
         [shutil.which("sh") or "/bin/sh", str(SERVE)], url + "/health", env, folder / "server.log", timeout=180
     ):
         yield url, admin

@@ -20,47 +20,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+from tests.helpers import QUICKSTART, REPO
+from tests.sweeps import SHORT, environment, mlflow_runs, run_tune, tune_command
 
-REPO = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO / "tests" / "configs" / "small-flare-search.yaml"  # a small FLARE search (TPE + ASHA)
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 SEQUENTIAL = ["search.max_concurrent_trials=1"]  # deterministic ASHA decisions and trial order
-SHORT = ["training.epochs=2", "search.scheduler=null"]  # where ASHA is not under test
-
-
-def tune_command(storage: Path, *overrides: str, resume: bool = False) -> list[str]:
-    command = [sys.executable, "-m", "flare_ray.tune", str(QUICKSTART), "--set", f"storage_path={storage}"]
-    for override in overrides:
-        command += ["--set", override]
-    return command + (["--resume"] if resume else [])
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"}}
-    env.update(RAY_TRAIN_V2_ENABLED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
-
-
-def run_tune(storage: Path, *overrides: str, resume: bool = False) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        tune_command(storage, *overrides, resume=resume),
-        env=environment(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
-
-
-def mlflow_runs(storage: Path):
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("quickstart")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "flare_ray.sweep" in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
 
 
 def best_of(client, run, metric: str, mode: str) -> float:

@@ -26,9 +26,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 MARGIN = 10.0  # test macro-F1 points, FLARE's mean over LoRA's (measured: 21.6)
 NOISE = (
     "LOAD_FAST",

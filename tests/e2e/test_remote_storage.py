@@ -16,9 +16,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .test_platform import QUICKSTART, environment
+from tests.helpers import QUICKSTART
+from tests.sweeps import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 BUCKET = "flare-sweeps"
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .test_faults import ON_A_WORKER_NODE, finish, start, worker_nodes
-from .test_platform import REPO, mlflow_runs, run_tune
+from tests.helpers import QUICKSTART, REPO
+from tests.sweeps import ON_A_WORKER_NODE, environment, finish, mlflow_runs, run_tune, start, worker_nodes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 GPU_CHECK = REPO / "benchmarks" / "gpu" / "qlora-flare.yaml"
 ON_CPU = [
@@ -37,8 +37,6 @@ def test_qlora_lora_and_flare_trials_through_the_sweep_report_throughput(tmp_pat
     """The GPU check's YAML (4-bit NF4 base in bf16, bf16 autocast, LoRA and FLARE as a grid) on the tiny Llama."""
     import subprocess
     import sys
-
-    from .test_platform import environment
 
     command = [
         sys.executable,
@@ -114,8 +112,6 @@ def test_deepspeed_zero3_on_two_nodes_checkpoints_the_whole_adapter(tmp_path, tw
     from flare_ray.tasks import get_task
     from flare_ray.training.adapter import build_adapter
     from flare_ray.training.setup import load_base
-
-    from .test_platform import QUICKSTART
 
     config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}"])
     base = load_base(config, get_task(config.task.task_config("jav")))

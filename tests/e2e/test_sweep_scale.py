@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from .test_platform import REPO, environment
+from tests.helpers import REPO
+from tests.sweeps import environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_fifty_simulated_trials_on_two_nodes_have_one_mlflow_run_each_and_the_best_is_selected(tmp_path):

@@ -16,8 +16,7 @@ import torch
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.models.loading import initialised_modules, load_model, newly_initialised
 from flare_ray.training.setup import build_trial
-
-from .test_recipe import LORA, SETTINGS, minimal_peft_loop, run_trial
+from tests.sweeps import LORA, SETTINGS, minimal_peft_loop, run_trial
 
 LABELS = ("positive", "neutral", "negative")
 
@@ -122,6 +121,7 @@ def test_stage1_trials_predict_and_restarts_see_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_lora_trial_on_a_checkpoint_without_pooler_matches_a_plain_peft_loop(tmp_path, local_ray):
     """No stage 1: the trial draws pooler and classifier from its seed and trains them with the LoRA, as a
     plain peft loop that names the pooler in ``modules_to_save`` does."""

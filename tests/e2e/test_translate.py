@@ -29,8 +29,7 @@ from flare_ray.translate.config import NOT_HERE, TranslateConfig, parse_config
 from flare_ray.translate.markers import MarkerError, Markers, extract_markers, insert_markers
 from flare_ray.translate.store import provenance_path
 from flare_ray.translate.translator import NllbTranslator, Translation
-
-from .helpers import help_text
+from tests.helpers import help_text
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -254,6 +253,7 @@ def test_cache_key_follows_model_decoding_and_inputs(tmp_path):
 
 
 # -- end to end -------------------------------------------------------------------------------------------------
+@pytest.mark.ray
 def test_nusax_end_to_end_on_ray_then_cached(tmp_path, tiny_path, local_ray, monkeypatch, caplog, capsys):
     mt_dir = tmp_path / "mt"
     limits = {"train": 4, "validation": 2, "test": 3}
@@ -298,6 +298,7 @@ def test_nusax_end_to_end_on_ray_then_cached(tmp_path, tiny_path, local_ray, mon
     assert {p: p.stat().st_mtime_ns for p in mt_dir.rglob("*") if p.is_file()} == stamps
 
 
+@pytest.mark.ray
 def test_tydiqa_answers_through_markers_on_ray(tmp_path, tiny_path, local_ray):
     mt_dir = tmp_path / "mt"
     config = parse_config(

@@ -13,8 +13,8 @@ import pytest
 
 from flare_ray.experiment import ExperimentConfigError, load_experiment
 from flare_ray.tasks.base import mt_split_path
-
-from .test_platform import QUICKSTART, REPO, environment, mlflow_runs, run_tune
+from tests.helpers import QUICKSTART, REPO
+from tests.sweeps import environment, mlflow_runs, run_tune
 
 MT = [
     "task.splits={train: mt, validation: mt, test: mt}",
@@ -34,6 +34,7 @@ TINY = [
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_the_sweep_translates_once_and_a_later_sweep_reuses_every_split(tmp_path):
     config = load_experiment(QUICKSTART, [f"storage_path={tmp_path}", *MT, *TINY])
     assert config.translates and config.task.mt_dir == tmp_path / "mt"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from .test_faults import ON_A_WORKER_NODE, finish, start, worker_nodes
-from .test_platform import mlflow_runs
+from tests.helpers import free_port
+from tests.sweeps import ON_A_WORKER_NODE, finish, mlflow_runs, start, worker_nodes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,6 @@ def cluster_with_driver_head():
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
     )
-    from .conftest import free_port
 
     # the dashboard answers the state API (which actor ran on which node)
     cluster = Cluster(

@@ -18,14 +18,15 @@ import copy
 import gzip
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
+from tests.helpers import REPO, TESTS
+
+CLUSTER = REPO / "cluster"
+SCHEMAS = TESTS / "schemas"
 LAUNCHER = ["aws-gpu.yaml", "gcp-gpu.yaml"]
 KUBERAY = {"kuberay-cluster.yaml": "raycluster", "kuberay-job.yaml": "rayjob"}
 KUBERNETES = ["mlflow.yaml"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flare_ray.fusion import FlareConfig, resolve_layers
-
-from .helpers import flare
+from tests.helpers import flare
 
 
 def test_layer_specs():

@@ -16,12 +16,10 @@ import pytest
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfig, ExperimentConfigError, apply_sample, load_experiment
 from flare_ray.experiment.space import SampleCheck
+from tests.helpers import REPO, counted_validations
+from tests.hub_cache import fake_hub_cache
 
-from .helpers import counted_validations
-from .hub_cache import fake_hub_cache
-
-ROOT = Path(__file__).resolve().parent.parent
-SPACES = ROOT / "search_spaces"
+SPACES = REPO / "search_spaces"
 SHIPPED = sorted(SPACES.rglob("*.yaml"))
 HEAVY = ("torch", "transformers", "peft", "ray", "mlflow", "datasets")
 
@@ -65,7 +63,7 @@ def test_the_dry_run_imports_no_heavy_package(name, tmp_path):
         [sys.executable, "-c", code, str(SPACES / name), *HEAVY],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         timeout=300,
     )

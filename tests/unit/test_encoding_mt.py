@@ -81,7 +81,7 @@ def test_mt_input_is_the_model_input_in_the_target_language(
 
 @pytest.mark.parametrize("family,task_name,language", [("encoder", "xnli", "sw"), ("decoder", "tydiqa", "sw")])
 def test_a_flare_mt_model_trains_and_predicts_on_these_batches(tiny_path, mt_path, family, task_name, language):
-    from .helpers import flare
+    from tests.helpers import flare
 
     fm, tok = flare(tiny_path, family, mt_encoder=mt_path)
     task = get_task({"name": task_name, "language": language, "max_records": {"test": 4}})

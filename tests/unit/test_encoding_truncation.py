@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from flare_ray.fusion import FlareConfig, get_flare_model
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import IGNORE, TaskEncoder
-
-from .helpers import randomize_lora
+from tests.helpers import randomize_lora
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import torch
 from flare_ray.experiment.training import ScalingSpec, TrainingSpec
 from flare_ray.training.engine import Engine, tokens
 from flare_ray.training.session import in_tune_trial
-
-from .helpers import batches, flare, source_kwargs, task_kwargs
+from tests.helpers import batches, flare, source_kwargs, task_kwargs
 
 
 def setup(tiny_path, precision: str = "fp32", **training):

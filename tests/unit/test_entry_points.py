@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -14,9 +16,9 @@ import pytest
 
 from flare_ray.cli import main as cli_main
 from flare_ray.cli import tune as cli_tune
+from tests.helpers import REPO
 
-ROOT = Path(__file__).parents[1]
-QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 COMMANDS = ["tune", "stage1", "translate", "report", "predict"]
 
 
@@ -90,14 +92,31 @@ def test_front_end_help_imports_no_command():
         print("IMPORTED", heavy, file=sys.stderr)
         sys.exit(1 if heavy else 0)
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
 
 
-def test_console_script_is_declared():
-    tomllib = pytest.importorskip("tomllib")
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["flare-ray"] == "flare_ray.cli.main:run"  # main(), then exit_promptly
+def console_script() -> Path:
+    """The ``flare-ray`` that installing the project wrote into this environment's scripts folder."""
+    script = Path(sysconfig.get_path("scripts")) / "flare-ray"
+    assert script.is_file(), f"{script} is missing: the project is not installed here (make setup, pip install -e .)"
+    return script
+
+
+def test_the_installed_console_script_is_the_front_end(capsys):
+    script = str(console_script())
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: flare-ray"), shown.stdout + shown.stderr
+    for name in COMMANDS:
+        assert f"\n    {name}" in shown.stdout, name
+
+    dry = subprocess.run([script, "tune", str(QUICKSTART), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert cli_tune.main([str(QUICKSTART), "--dry-run"]) == 0
+    assert dry.stdout == capsys.readouterr().out  # the dry run of python -m flare_ray.tune, in this directory
+
+    missing = subprocess.run([script, "tune", "missing.yaml", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: missing.yaml"), missing.stderr  # its status
 
 
 # --- Makefile ----------------------------------------------------------------------------------------------
@@ -116,7 +135,7 @@ MAKE_VARIABLES = (
 )
 
 
-def _make(*args: str, cwd: Path = ROOT, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _make(*args: str, cwd: Path = REPO, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     make = shutil.which("make")
     if make is None:
         pytest.fail(
@@ -126,27 +145,52 @@ def _make(*args: str, cwd: Path = ROOT, extra_env: dict[str, str] | None = None)
     env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}  # not the caller's `make test` flags
     env.update(extra_env or {})
     run = subprocess.run(
-        [make, "-f", str(ROOT / "Makefile"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [make, "-f", str(REPO / "Makefile"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, f"make {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
     return run
 
 
-def test_make_quickstart_runs_the_quickstart_sweep():
-    out = _make("-n", "quickstart").stdout
-    assert ".venv/bin/flare-ray tune search_spaces/quickstart.yaml" in out
-    assert "--dry-run" in _make("-n", "quickstart", "ARGS=--dry-run").stdout
+@pytest.fixture
+def installed(tmp_path) -> Path:
+    """A VENV for the Makefile that is this environment, installed: its ``python`` and ``flare-ray`` run this
+    environment's, and its install stamp is newer than pyproject.toml, so `make setup` (the first step of
+    `make quickstart` and `make test`) calls no pip."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, target in (("python", sys.executable), ("flare-ray", console_script())):
+        wrapper = venv / "bin" / name
+        wrapper.write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+        wrapper.chmod(0o755)
+    (venv / ".flare_ray-installed").touch()
+    return venv
 
 
-def test_make_test_runs_pytest():
-    out = _make("-n", "test").stdout
-    assert ".venv/bin/python -m pytest" in out
-    assert "-m pytest -x -q tests/x.py" in _make("-n", "test", "PYTEST_ARGS=-x -q tests/x.py").stdout
+def test_make_quickstart_runs_the_quickstart_sweep(installed):
+    out = _make("quickstart", "ARGS=--dry-run", f"VENV={installed}").stdout
+    assert "installing" not in out  # the stamp is current: no pip
+    dry = subprocess.run(
+        [str(console_script()), "tune", "search_spaces/quickstart.yaml", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0 and "# experiment quickstart (from search_spaces/quickstart.yaml)" in dry.stdout
+    assert dry.stdout in out  # the quickstart's dry run, with ARGS
+
+
+def test_make_test_runs_pytest_with_its_arguments(installed):
+    out = _make("test", "PYTEST_ARGS=-q -rA tests/unit/test_layers.py", f"VENV={installed}").stdout
+    assert "installing" not in out
+    passed = re.findall(r"^PASSED (\S+)::", out, re.M)  # -rA: a line per test
+    assert passed and set(passed) == {"tests/unit/test_layers.py"}, out
+    assert re.search(rf"^{len(passed)} passed in ", out, re.M), out
 
 
 def test_make_help_is_the_default_target():
     out = _make().stdout
-    for target in ("setup", "quickstart", "test", "dry-run", "clean"):
+    for target in ("setup", "quickstart", "test", "lint", "format", "dry-run", "clean"):
         assert f"\n  {target} " in out, target
 
 
@@ -238,15 +282,3 @@ def test_an_unreachable_tracking_server_is_an_error_before_ray_starts(capsys, fa
         duplicates=0,
         exit_status=f"2 after {took:.1f} s, before Ray started",
     )
-
-
-def test_a_worker_bigger_than_this_machine_is_an_error_before_any_trial(capsys, tmp_path):
-    import ray
-
-    small = ROOT / "tests" / "configs" / "small-flare-search.yaml"
-    code = cli_main.main(
-        ["tune", str(small), "--set", "scaling.cpus_per_worker=64", "--set", f"storage_path={tmp_path}"]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and "a trial's worker asks for 64 CPU, 0 GPU" in err and "no trial could ever start" in err, err
-    assert not ray.is_initialized()

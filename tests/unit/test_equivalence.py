@@ -8,8 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from flare_ray.fusion import default_task_type
-
-from .helpers import FAMILIES, FUSIONS, batches, flare, load_base, randomize_lora, source_kwargs
+from tests.helpers import FAMILIES, FUSIONS, batches, flare, load_base, randomize_lora, source_kwargs
 
 
 def logits(out):

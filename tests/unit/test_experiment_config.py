@@ -22,9 +22,9 @@ from flare_ray.experiment import (
 )
 from flare_ray.search.plan import dry_run_text, plan_searches
 from flare_ray.tracking.mlflow_runs import resolve_tracking_uri
+from tests.helpers import QUICKSTART, REPO
 
-SMALL_SEARCH = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SEARCH_SPACES = REPO / "search_spaces"
 SHIPPED = sorted(SEARCH_SPACES.rglob("*.yaml"))
 
 BASE = """\
@@ -454,7 +454,7 @@ def test_when_on_a_fixed_key():
 
 
 def test_apply_sample_refuses_an_invalid_sample():
-    config = load_experiment(SMALL_SEARCH)
+    config = load_experiment(QUICKSTART)
     assert apply_sample(config, {"method.flare.fusion": "mul"}).method.flare.fusion == "mul"
     assert config.method.flare.fusion == "add_relu"  # the original is untouched
     with pytest.raises(

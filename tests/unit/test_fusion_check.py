@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from flare_ray.fusion import FusionNotAppliedError
-
-from .helpers import batches, flare, randomize_lora, source_kwargs, task_kwargs
+from tests.helpers import batches, flare, randomize_lora, source_kwargs, task_kwargs
 
 
 def _step(fm, tok, family, with_source=True):

@@ -11,8 +11,7 @@ import torch
 
 from flare_ray.fusion import FUSION_FUNCTIONS, FlareConfig, register_fusion
 from flare_ray.fusion.functions import FusionFunction
-
-from .helpers import FUSIONS, flare, randomize_lora
+from tests.helpers import FUSIONS, flare, randomize_lora
 
 
 def hand_fusion(name, fusion_module, a_s, a_t, source_mask):

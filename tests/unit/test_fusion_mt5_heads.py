@@ -13,8 +13,7 @@ from peft import TaskType
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
 from flare_ray.fusion import FlareConfig, default_task_type, get_flare_model
-
-from .helpers import batches, randomize_lora, source_kwargs
+from tests.helpers import batches, randomize_lora, source_kwargs
 
 HEADS = {
     "seq_cls": (AutoModelForSequenceClassification, {"num_labels": 3}, TaskType.SEQ_CLS, "classification_head"),

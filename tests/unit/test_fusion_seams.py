@@ -10,8 +10,7 @@ from flare_ray.fusion.model import step_span
 from flare_ray.fusion.mt import MTSource
 from flare_ray.fusion.provider import SourceBatch
 from flare_ray.fusion.source import SourcePass, SourceStates
-
-from .helpers import batches, flare
+from tests.helpers import batches, flare
 
 
 def _left_padded(lengths: list[int], width: int) -> torch.Tensor:

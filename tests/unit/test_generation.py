@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import batches, flare, randomize_lora, source_kwargs
+from tests.helpers import batches, flare, randomize_lora, source_kwargs
 
 GEN = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_scores=True)
 

@@ -13,8 +13,7 @@ from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from flare_ray.fusion import FlareConfig, get_flare_model
-
-from .helpers import batches, flare, randomize_lora, source_kwargs, task_kwargs
+from tests.helpers import batches, flare, randomize_lora, source_kwargs, task_kwargs
 
 OTHER_SOURCE = ["My cat sleeps on the warm sofa all day.", "Rain."]
 

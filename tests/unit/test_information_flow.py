@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import flare
+from tests.helpers import flare
 
 MARKERS = [40, 41, 42]  # token ids that carry the label on the source side
 

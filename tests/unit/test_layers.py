@@ -12,7 +12,9 @@ import ast
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "flare_ray"
+from tests.helpers import REPO
+
+PACKAGE = REPO / "flare_ray"
 LAYERS = [
     "cli",
     "report",

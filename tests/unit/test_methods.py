@@ -1,14 +1,14 @@
 """Every method of the paper on the tiny offline models, without Ray: what each one reads, trains and scores.
 
-zero-shot and translate-test change no parameter (and translate-test reads the English side); input-level
+Each method trains or not, and its batches carry the English side it reads (FLARE and X-Mixup the source text,
+FLARE-MT the MT encoder's input; the model's outputs follow it); zero-shot and translate-test change no parameter
+(and translate-test reads the English side); input-level
 fusion reads both texts, each within its budget (X-Mixup: ``test_xmixup.py``); FLARE train-only (``fusion_probability``, ``source_at_inference``) fuses only some instances and
 never runs the source pass at test time (counted). The same methods end to end through
-``python -m flare_ray.tune`` are in ``test_ablation.py``.
+``python -m flare_ray.tune`` are in ``e2e/test_ablation.py``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,12 +23,10 @@ from flare_ray.tasks import TaskConfig, get_task
 from flare_ray.tasks.encoding import TaskEncoder
 from flare_ray.tasks.predictions import score_frame
 from flare_ray.training import loop
-from flare_ray.training.adapter import METHODS, build_adapter
+from flare_ray.training.adapter import build_adapter
 from flare_ray.training.setup import build_trial, english_side
+from tests.helpers import QUICKSTART, randomize_lora
 
-QUICKSTART = (
-    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-)  # the small search the tests build on
 SMALL = ["task.max_records={train: 16, validation: 12, test: 12}", "search.space={}", "search.scheduler=null"]
 
 
@@ -73,10 +71,32 @@ def test_scoring_only_methods_change_no_parameter_and_read_their_side(tmp_path, 
     assert score_frame(task, frame) == expected == {k[5:]: v for k, v in final.items() if k.startswith("test/")}
 
 
-def test_every_method_is_registered_with_what_it_reads():
-    assert set(METHODS) == {"zero_shot", "translate_test", "lora", "input_fusion", "xmixup", "flare", "flare_mt"}
-    assert [k for k, m in METHODS.items() if not m.trains] == ["zero_shot", "translate_test"]
-    assert [k for k, m in METHODS.items() if m.source] == ["xmixup", "flare"]
+# -- every method: what it trains, and the English side its batches carry ---------------------------------------
+SOURCE, MT = ("source_input_ids", "source_attention_mask"), ("mt_input_ids", "mt_attention_mask")
+READS = {  # kind: (trains, the English side in its batches: the source text, or the MT encoder's input)
+    "zero_shot": (False, ()),
+    "translate_test": (False, ()),  # its splits' English side in place of the target: above
+    "lora": (True, ()),
+    "input_fusion": (True, ()),  # both texts in one input: below
+    "xmixup": (True, SOURCE),
+    "flare": (True, SOURCE),
+    "flare_mt": (True, MT),
+}
+
+
+@pytest.mark.parametrize("kind", list(READS))
+def test_each_method_trains_or_not_and_reads_the_english_side_its_batches_carry(tmp_path, kind):
+    trains, side = READS[kind]
+    extra = {"flare_mt": ["method.flare.mt_encoder=tiny:m2m_100"], "xmixup": ["method.xmixup.layer=1"]}
+    trial = build_trial(experiment(tmp_path, f"method.kind={kind}", *extra.get(kind, [])), "jav", roles=("train",))
+    assert any(p.requires_grad for p in trial.model.parameters()) == trains
+    batch = trial.encoder.train_batch(list(trial.splits["train"])[:2]).inputs
+    assert {k for k in batch if k.startswith(("source_", "mt_"))} == set(side)
+    if side:  # the model reads it: each row with the other row's English side, other outputs
+        randomize_lora(trial.model)  # past peft's initialisation (LoRA B = 0), where the fusion adds nothing
+        swapped = {**batch, **{k: batch[k].flip(0) for k in side}}
+        with torch.no_grad():
+            assert not torch.allclose(trial.model.eval()(**batch).logits, trial.model(**swapped).logits)
 
 
 # -- input-level fusion -------------------------------------------------------------------------------

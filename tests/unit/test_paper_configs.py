@@ -12,9 +12,9 @@ from flare_ray.experiment import load_experiment, parse_override
 from flare_ray.fusion import FUSION_FUNCTIONS
 from flare_ray.tasks import get_task
 from flare_ray.training.adapter import METHODS
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-SPACES = ROOT / "search_spaces"
+SPACES = REPO / "search_spaces"
 PAPER_FILES = sorted(p for p in SPACES.rglob("*.yaml") if p.name != "quickstart.yaml")
 TOY_FILES = sorted((SPACES / "paper").glob("*.yaml")) + [SPACES / "rank.yaml"]  # the files with a toy command
 # Table 5 (XLM-R Large, mT5-XL): epochs, batch size, sequence length, learning rate; the decoders (Llama 3.1 8B,
@@ -269,7 +269,7 @@ def test_table4_is_the_grid_it_claims_to_be_with_gold_english_at_inference(task)
 @pytest.mark.parametrize("path", TOY_FILES, ids=lambda p: str(p.relative_to(SPACES)))
 def test_every_paper_header_shows_the_toy_overrides(path):
     words = toy_command(path)
-    assert words[:4] == ["python", "-m", "flare_ray.tune", str(path.relative_to(ROOT))]  # its own file
+    assert words[:4] == ["python", "-m", "flare_ray.tune", str(path.relative_to(REPO))]  # its own file
     overrides = dict(parse_override(o) for o in toy_overrides(path))
     assert TOY_KEYS <= set(overrides), f"missing {sorted(TOY_KEYS - set(overrides))}"
     paper = load_experiment(path)

@@ -10,13 +10,13 @@ one deliberate exception).
 import csv
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CSV_PATH = ROOT / "flare_ray" / "data" / "paper" / "results.csv"
-TEXT_PATH = ROOT / "tests" / "data" / "flare-paper-tables.txt"
+from tests.helpers import REPO, TESTS
+
+CSV_PATH = REPO / "flare_ray" / "data" / "paper" / "results.csv"
+TEXT_PATH = TESTS / "data" / "flare-paper-tables.txt"
 
 COLUMNS = ["table", "model", "task", "language", "setting", "method", "variant", "metric", "mean", "std"]
 KEY = COLUMNS[:7]

@@ -13,8 +13,7 @@ import pytest
 
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
-
-from .hub_cache import SHIPPED_MODELS, fake_hub_cache
+from tests.hub_cache import SHIPPED_MODELS, fake_hub_cache
 
 BASE = """\
 name: t

@@ -1,6 +1,6 @@
 """The report's pieces on records built here: the paired bootstrap, the per-example metrics behind it, the
 table's aggregation (mean ± std over seeds, n, best, average) and the figures (decoded PNGs). The report
-of real sweeps from MLflow: tests/test_ablation.py."""
+of real sweeps from MLflow: tests/e2e/test_ablation.py."""
 
 from __future__ import annotations
 

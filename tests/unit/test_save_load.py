@@ -9,9 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from flare_ray.fusion import FlareConfig, FlareModel
-
-from .helpers import batches, flare, load_base, randomize_lora, source_kwargs
-from .test_training import train_steps
+from tests.helpers import batches, flare, load_base, randomize_lora, source_kwargs, train_steps
 
 
 @pytest.mark.parametrize(

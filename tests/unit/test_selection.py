@@ -4,7 +4,6 @@ its registered trial is its best-validation seed; Ray Tune's Repeater keeps its 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from ray.tune.search import Searcher
@@ -12,6 +11,7 @@ from ray.tune.search import Searcher
 from flare_ray.experiment import load_experiment
 from flare_ray.search.searches import SeedRepeater, concurrency, plan_searches, seeded
 from flare_ray.search.summary import select_best
+from tests.helpers import QUICKSTART
 
 
 def row(trial, configuration, seed, validation, test):
@@ -92,12 +92,11 @@ def test_seed_repeater_runs_each_configuration_once_per_seed_and_survives_a_resu
 
 
 def test_trials_at_once_default_to_the_train_runs_the_cluster_holds_shared_by_the_languages():
-    quickstart = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-    cpu = plan_searches(load_experiment(quickstart, ["search.max_concurrent_trials=null"]))[0]  # 0.5 CPU per worker
+    cpu = plan_searches(load_experiment(QUICKSTART, ["search.max_concurrent_trials=null"]))[0]  # 0.5 CPU per worker
     assert concurrency(cpu, {"CPU": 2.0}) == 4 and concurrency(cpu, {"CPU": 2.0}, searches=3) == 1
     gpu = plan_searches(
         load_experiment(
-            quickstart,
+            QUICKSTART,
             [
                 "search.max_concurrent_trials=null",
                 "scaling.use_gpu=true",
@@ -109,7 +108,7 @@ def test_trials_at_once_default_to_the_train_runs_the_cluster_holds_shared_by_th
     assert concurrency(gpu, {"CPU": 64.0, "GPU": 8.0}) == 4  # 2 GPUs per trial
     assert concurrency(gpu, {"CPU": 64.0, "GPU": 8.0}, searches=2) == 2
     assert concurrency(gpu, {"CPU": 64.0}) == 1  # no GPU yet (an autoscaling cluster): one at a time, not none
-    assert concurrency(plan_searches(load_experiment(quickstart))[0], {"CPU": 64.0}) == 2  # as the YAML says
+    assert concurrency(plan_searches(load_experiment(QUICKSTART))[0], {"CPU": 64.0}) == 2  # as the YAML says
 
 
 def test_grid_cells_leave_out_what_their_method_does_not_read():
@@ -132,9 +131,8 @@ def test_grid_cells_leave_out_what_their_method_does_not_read():
     assert all("method.flare.mt_encoder" not in c for c in cells if c["method.kind"] == "lora")
     assert len(grid_cells({"method.flare.fusion": ["add", "mul"]}, kind="lora")) == 1  # the method outside the grid
 
-    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
     config = load_experiment(
-        small,
+        QUICKSTART,
         [
             "search.space={}",
             "search.scheduler=null",
@@ -155,9 +153,8 @@ def test_grid_cells_leave_out_what_their_method_does_not_read():
 
 
 def test_a_grid_cell_whose_method_reads_no_space_key_runs_once_per_seed():
-    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
     config = load_experiment(
-        small,
+        QUICKSTART,
         [
             "search.scheduler=null",
             "search.seeds=[0, 1]",
@@ -170,7 +167,7 @@ def test_a_grid_cell_whose_method_reads_no_space_key_runs_once_per_seed():
     assert set(lora.config.search.space) == {"training.learning_rate"}  # it reads no fusion function
     assert flare.expected_trials == lora.expected_trials == 3 * 2
     only_fusion = load_experiment(
-        small,
+        QUICKSTART,
         [
             "search.scheduler=null",
             "search.seeds=[0, 1]",
@@ -186,9 +183,8 @@ def test_a_grid_cell_whose_method_reads_no_space_key_runs_once_per_seed():
 def test_the_console_names_a_trial_by_what_it_varied():
     from flare_ray.search.console import describe
 
-    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
     config = load_experiment(
-        small,
+        QUICKSTART,
         [
             "search.space={}",
             "search.scheduler=null",
@@ -208,8 +204,7 @@ def test_the_console_names_a_trial_by_what_it_varied():
 def test_a_worker_no_node_can_hold_is_found_before_trials_start():
     from flare_ray.search.plan import unplaceable
 
-    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-    gpu = load_experiment(small, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
+    gpu = load_experiment(QUICKSTART, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
     cpu_nodes = [{"CPU": 2.0}, {"CPU": 16.0}]
     assert unplaceable(gpu, cpu_nodes) == (
         "a trial's worker asks for 4 CPU, 1 GPU (scaling.cpus_per_worker, "
@@ -218,14 +213,13 @@ def test_a_worker_no_node_can_hold_is_found_before_trials_start():
     )
     assert unplaceable(gpu, [*cpu_nodes, {"CPU": 8.0, "GPU": 1.0}]) is None  # one node holds a whole worker
     assert unplaceable(gpu, [{"CPU": 2.0, "GPU": 8.0}, {"CPU": 16.0}]) is not None  # not split across nodes
-    assert unplaceable(load_experiment(small), cpu_nodes) is None
+    assert unplaceable(load_experiment(QUICKSTART), cpu_nodes) is None
 
 
 def test_an_autoscaler_that_can_add_a_node_holding_the_worker_makes_the_sweep_wait():
     from flare_ray.search.plan import unplaceable
 
-    small = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-    gpu = load_experiment(small, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
+    gpu = load_experiment(QUICKSTART, ["scaling.use_gpu=true", "scaling.cpus_per_worker=4"])
     head = [{"CPU": 2.0}]
     assert not unplaceable(gpu, head).fits_a_node_type  # a fixed-size cluster: an error
     assert not unplaceable(gpu, head, [{"CPU": 16.0}]).fits_a_node_type  # the autoscaler's nodes have no GPU

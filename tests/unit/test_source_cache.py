@@ -10,8 +10,7 @@ import torch
 
 from flare_ray.fusion import SourceCache
 from flare_ray.fusion.provider import SourceBatch
-
-from .helpers import FAMILIES, TARGET, batches, flare, randomize_lora, source_kwargs, task_kwargs
+from tests.helpers import FAMILIES, TARGET, batches, flare, randomize_lora, source_kwargs, task_kwargs
 
 MiB = 2**20
 
@@ -184,43 +183,6 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
     assert attach_source_cache(model, config(training__source_cache_gb=0)) is None
     lora = fewer.peft_model  # a plain LoRA model: nothing to cache
     assert attach_source_cache(lora, config()) is None
-
-
-@pytest.mark.slow
-def test_in_a_sweep_one_trial_builds_the_shared_cache_and_the_other_reads_it(tmp_path):
-    """Through `python -m flare_ray.tune`: two FLARE trials at once, in two processes. One builds the sweep's
-    shared rows before its first step, the other waits for them and reads them by memory map; both read
-    every source row back in every epoch, and log their start-up time."""
-    from .test_platform import mlflow_runs, run_tune
-
-    run_tune(
-        tmp_path,
-        "search.space={}",
-        "search.num_samples=2",
-        "search.max_concurrent_trials=2",
-        "search.scheduler=null",
-        "training.epochs=2",
-    )
-    client, _, children = mlflow_runs(tmp_path)
-    assert len(children) == 2
-    rates = [
-        [
-            m.value
-            for m in sorted(
-                client.get_metric_history(c.info.run_id, "train/source_cache_hit_rate"), key=lambda m: m.step
-            )
-        ]
-        for c in children
-    ]
-    assert rates == [[1.0, 1.0], [1.0, 1.0]], rates  # the rows were there before the first step
-    logs = [f.read_text() for f in (tmp_path / "logs").rglob("run_trial_*.log")]
-    built = [line for text in logs for line in text.splitlines() if line.startswith("source cache: built")]
-    read = [line for text in logs for line in text.splitlines() if line.startswith("source cache: read")]
-    assert len(built) == 1 and len(read) == 1, logs  # built once, never twice
-    [folder] = (tmp_path / "source_cache").iterdir()
-    assert (folder / "complete").is_file() and (folder / "rows.safetensors").stat().st_size > 0
-    assert all(c.data.metrics["startup/trial_seconds"] > 0 for c in children)
-    assert all("startup/source_cache_seconds" in c.data.metrics for c in children)
 
 
 def test_saved_rows_are_read_back_by_another_cache_and_give_the_same_step(tiny_path, tmp_path):

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flare_ray.experiment import load_experiment
 from flare_ray.training.stage1 import fingerprint, stage1_experiment
-
-QUICKSTART = (
-    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-)  # the small search the tests build on
+from tests.helpers import QUICKSTART
 
 
 def config(*overrides):

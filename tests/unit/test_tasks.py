@@ -14,8 +14,7 @@ from flare_ray.tasks import DATA_DIR, TaskConfig, TaskDataError, get_task
 from flare_ray.tasks.encoding import IGNORE, TaskEncoder
 from flare_ray.tasks.metrics import classification_scores, squad_scores
 from flare_ray.tasks.nusax import LANGUAGES as NUSAX_LANGUAGES
-
-from .helpers import flare
+from tests.helpers import flare
 
 
 # -- vendored data and alignment ---------------------------------------------

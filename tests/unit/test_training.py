@@ -9,22 +9,7 @@ from flare_ray.fusion import FlareConfig, get_flare_model
 from flare_ray.models.loading import load_model
 from flare_ray.tasks import get_task
 from flare_ray.tasks.encoding import TaskEncoder
-
-from .helpers import FAMILIES, FUSIONS, batches, flare, source_kwargs, task_kwargs
-
-
-def train_steps(fm, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    params = [p for p in fm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    fm.train()
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = fm(**batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+from tests.helpers import FAMILIES, FUSIONS, batches, flare, source_kwargs, task_kwargs, train_steps
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

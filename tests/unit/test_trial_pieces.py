@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +17,7 @@ from flare_ray.tasks.encoding import TaskEncoder
 from flare_ray.tasks.predictions import score_frame
 from flare_ray.training.adapter import METHODS, build_adapter
 from flare_ray.training.loop import TRIAL_CONFIG_NAME
-
-QUICKSTART = (
-    Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
-)  # the small search the tests build on
+from tests.helpers import QUICKSTART
 
 
 def experiment(tmp_path, *overrides):

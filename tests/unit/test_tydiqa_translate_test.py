@@ -29,8 +29,8 @@ from flare_ray.tasks.base import TaskDataError, mt_split_path
 from flare_ray.tasks.predictions import score_frame
 from flare_ray.training import loop
 from flare_ray.training.setup import build_trial, translate_test_split
+from tests.helpers import QUICKSTART
 
-QUICKSTART = Path(__file__).resolve().parent / "configs" / "small-flare-search.yaml"
 TOTAL, LOST = 6, (1, 4)  # test examples, and those whose markers did not survive translation
 KEPT = TOTAL - len(LOST)
 
