@@ -5,14 +5,21 @@ error naming the file, line, key path and what was expected, made from pydantic'
 Numbers and booleans are read as YAML 1.2 reads them: ``2e-4`` is a float (YAML
 1.1 and PyYAML's default read it as a string) and only ``true``/``false`` are
 booleans (``no``/``on`` stay strings, as language codes may be).
+
+What is read is bounded (:func:`read_config_text`, :func:`parse_yaml`, :func:`parse_value`): a file over
+:data:`MAX_BYTES` or not UTF-8, nesting beyond :data:`MAX_DEPTH`, more than :data:`MAX_NODES` nodes once
+aliases are expanded, and a recursive alias are each one :class:`ConfigTextError` naming the file, line and limit.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
@@ -20,6 +27,13 @@ from pydantic import ValidationError
 
 KeyPath = tuple[str | int, ...]  # mapping keys (str) and list indices (int)
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
+
+# Limits on what is read as a config (the file, and each --set value), far above any real one: the largest
+# shipped experiment YAML is under 5 KB, under 100 lines and under 10 levels deep. They keep a hostile or broken
+# file from taking gigabytes, minutes or Python's stack ("billion laughs": a few KB of nested aliases).
+MAX_BYTES = 1024 * 1024  # a config file's size (1 MiB); no more than this is read
+MAX_DEPTH = 100  # sections and lists inside each other
+MAX_NODES = 100_000  # keys, values, lists and mappings, an alias (*name) counted as all it stands for
 
 
 class FieldError(ValueError):
@@ -34,8 +48,53 @@ class YAMLSyntaxError(ValueError):
     """The text is not YAML; the message names the source, line and column."""
 
 
+class ConfigTextError(YAMLSyntaxError):
+    """The text is not one this reader takes: over a limit (:data:`MAX_BYTES`, :data:`MAX_DEPTH`,
+    :data:`MAX_NODES`) or not UTF-8; the message names the source, the line where known, and the limit."""
+
+
+class _Refused(yaml.YAMLError):
+    """A limit passed while composing: ``problem`` (to follow "the YAML" or "the value") at ``mark``."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats (``1e-4``) and booleans (``true``/``false`` only)."""
+    """SafeLoader with YAML 1.2 floats (``1e-4``) and booleans (``true``/``false`` only), that refuses
+    (:class:`_Refused`) nesting beyond :data:`MAX_DEPTH`, more than :data:`MAX_NODES` nodes with aliases
+    expanded, and an alias used inside its own anchor (a recursive structure)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # collections being composed around the current node
+        self._nodes = 0  # nodes composed so far, each alias counted as the nodes it stands for
+        self._sizes: dict[int, int] = {}  # id of each composed node -> its nodes with aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        target = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+        if target is not None and id(target) not in self._sizes:  # still being composed: the alias is inside it
+            name = event.anchor
+            raise _Refused(
+                f"uses the alias *{name} inside its own anchor &{name} (a recursive structure)", event.start_mark
+            )
+        self._nodes += self._sizes[id(target)] if target is not None else 1
+        if self._nodes > MAX_NODES:
+            raise _Refused(
+                f"holds more than the limit of {MAX_NODES:,} nodes (an alias counted as all it stands for)",
+                event.start_mark,
+            )
+        if isinstance(event, yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"nests deeper than the limit of {MAX_DEPTH} levels", event.start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in _children(node))
+        return node
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -50,30 +109,79 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes right inside ``node``: a mapping's keys and values, a list's items."""
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file; :class:`ConfigTextError` when it is over :data:`MAX_BYTES` (no more than
+    that is read) or not UTF-8 (naming the line and column of the first bad byte). ``OSError`` if unreadable."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno())
+        if stat.S_ISREG(size.st_mode) and size.st_size > MAX_BYTES:
+            raise ConfigTextError(f"{path}: {size.st_size:,} bytes, over the limit of {MAX_BYTES:,} for a config file")
+        data = file.read(MAX_BYTES + 1)  # a pipe or device has no size to look at first
+    if len(data) > MAX_BYTES:
+        raise ConfigTextError(f"{path}: over the limit of {MAX_BYTES:,} bytes for a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1  # of the bad byte's line
+        line, column = data.count(b"\n", 0, start) + 1, len(data[start : err.start].decode("utf-8")) + 1
+        raise ConfigTextError(
+            f"{path}, line {line}, column {column}: not UTF-8 text (byte 0x{data[err.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def _unprintable(text: str, err: yaml.reader.ReaderError) -> str:
+    """Where in ``text`` the character that YAML does not allow is, and which (``line 2, column 5: ...``)."""
+    line, column = text.count("\n", 0, err.position) + 1, err.position - text.rfind("\n", 0, err.position)
+    return f"line {line}, column {column}: YAML does not allow the control character #x{err.character:04x}"
+
+
+def _at(source: str, mark: yaml.Mark | None) -> str:
+    return f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tuple[KeyPath, int]]]:
     """The document, the line (1-based) of every key path in it, and each duplicate key with the line
-    of its first occurrence. :class:`YAMLSyntaxError` naming ``source`` and the line."""
-    loader = _Loader(text)
+    of its first occurrence. :class:`YAMLSyntaxError` naming ``source`` and the line
+    (:class:`ConfigTextError` beyond :data:`MAX_DEPTH` or :data:`MAX_NODES`, or for a recursive alias)."""
+    loader = None
     try:
+        loader = _Loader(text)  # checks every character first
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as err:  # a control character, e.g. NUL
+        raise YAMLSyntaxError(f"{source}, {_unprintable(text, err)}") from None
+    except _Refused as err:
+        raise ConfigTextError(f"{_at(source, err.mark)}: the YAML {err.problem}") from None
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
         problem = " ".join(str(p) for p in (err.context, err.problem) if p)
+        where = _at(source, err.problem_mark or err.context_mark)
         raise YAMLSyntaxError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as err:
         raise YAMLSyntaxError(f"{source}: YAML error: {err}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[KeyPath, int] = {}
     duplicates: list[tuple[KeyPath, int]] = []
     if node is not None:
-        _index(node, (), lines, duplicates)
+        _index(node, (), lines, duplicates, set())
     return data, lines, duplicates
 
 
-def _index(node: yaml.Node, path: KeyPath, lines: dict, duplicates: list) -> None:
+def _index(node: yaml.Node, path: KeyPath, lines: dict, duplicates: list, seen: set[int]) -> None:
+    """Record the line of every key path under ``node`` (at ``path``) and each duplicate key. A node met again
+    through an alias is not indexed again: its keys have their lines at the anchor's path (and a path under the
+    alias falls back to the alias's line), so the aliases are never expanded here."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -82,17 +190,25 @@ def _index(node: yaml.Node, path: KeyPath, lines: dict, duplicates: list) -> Non
                 duplicates.append((path + (key,), first[key]))
             first.setdefault(key, line)
             lines[path + (key,)] = line
-            _index(value_node, path + (key,), lines, duplicates)
+            _index(value_node, path + (key,), lines, duplicates, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
-            _index(item, path + (i,), lines, duplicates)
+            _index(item, path + (i,), lines, duplicates, seen)
 
 
 def parse_value(text: str) -> Any:
-    """One value written as YAML (``3``, ``[a, b]``, ``{r: 4}``); empty text is null."""
+    """One value written as YAML (``3``, ``[a, b]``, ``{r: 4}``); empty text is null. ``ValueError`` when it is
+    not YAML, or over a limit (:data:`MAX_BYTES` characters, :data:`MAX_DEPTH`, :data:`MAX_NODES`)."""
+    if len(text) > MAX_BYTES:
+        raise ValueError(f"the value is {len(text):,} characters, over the limit of {MAX_BYTES:,}")
     try:
         return yaml.load(text, Loader=_Loader) if text.strip() else None
+    except _Refused as err:
+        line = f"line {err.mark.line + 1}, " if err.mark.line else ""
+        raise ValueError(f"the value {err.problem} ({line}column {err.mark.column + 1})") from None
+    except yaml.reader.ReaderError as err:
+        raise ValueError(f"the value is not valid YAML: {_unprintable(text, err)}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"the value is not valid YAML: {err}") from None
 

@@ -13,6 +13,29 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
+from flare_ray.secrets import redact
+
+SCHEMES = ("file", "s3", "gs")  # the URIs a sweep's storage may be (pyarrow's filesystems, as Ray Tune reads them)
+
+
+def storage_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a sweep's storage (a blank one, or a URI of a scheme not in
+    :data:`SCHEMES`), or None where it is a local path or a URI of a supported store."""
+    expected = f"expected a local folder or a URI ({', '.join(f'{s}://' for s in SCHEMES)})"
+    shown = repr(redact(value))  # never a password in an error
+    if not value.strip():
+        return f"{shown} is blank; {expected}"
+    if value != value.strip():
+        return f"{shown} starts or ends with white space; {expected}"
+    if "://" not in value:
+        return None
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in SCHEMES:
+        return f"{shown}: {scheme}:// is not a storage a sweep can use; {expected}"
+    if not rest.strip("/"):
+        return f"{shown} names no {'folder' if scheme.lower() == 'file' else 'bucket'}; {expected}"
+    return None
+
 
 def local_path(value: str) -> str:
     """A local path made absolute; a URI (``scheme://...``) as it is."""

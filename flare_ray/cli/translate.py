@@ -77,12 +77,10 @@ def main(argv: list[str] | None = None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flare_ray").setLevel(args.log_level)
 
-    from flare_ray.translate.pipeline import (
-        run,  # after argument parsing: --help stays fast
-    )
-
     try:
         config = load_config(args.config)
+        from flare_ray.translate.pipeline import run  # after the config is read: --help and bad configs stay quick
+
         results = run(config, force=args.force, check=args.check)
     except (ConfigError, TaskDataError) as err:
         print(f"error: {err}", file=sys.stderr)

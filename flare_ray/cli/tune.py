@@ -59,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 every trial finished; 1 some trials failed (the sweep went on) or the sweep failed;
-    2 the config is invalid or the tracking server does not answer (nothing ran); 130 interrupted
-    (``--resume`` continues)."""
+    2 the config is invalid, the tracking server does not answer as MLflow's, or this machine can never hold
+    a trial's worker (nothing ran); 130 interrupted (``--resume`` continues)."""
     args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
     from flare_ray.search.plan import dry_run_text
@@ -70,32 +70,61 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not _ready(config, args.dry_run):
+        return 2
     if args.dry_run:
         print(dry_run_text(config))
         return 0
     from flare_ray.logs import stop_logging_to_file
+    from flare_ray.secrets import redact
 
     try:
         code = _sweep(config, args)
     except Exception:  # the driver's own error: its traceback, then leave (never hang on a library's thread)
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)  # (MLflow's errors hold the URI)
         code = 1
+    except KeyboardInterrupt:  # outside the searches (starting Ray, stage 1): they handle their own Ctrl-C
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        code = 130
     finally:
         stop_logging_to_file()
         _stop_ray()
     return code
 
 
+def _ready(config, dry_run: bool) -> bool:
+    """What is checked before Ray starts beyond the config itself (``load_experiment``), in the dry run too:
+    the tracking server answers as MLflow's does (before MLflow's own retries, which take minutes; a server
+    that does not answer is only a warning in the dry run, which may run away from the cluster's network), and
+    this machine can hold a trial's worker where the sweep starts a local Ray. Prints each error (then False)
+    and warning on stderr."""
+    from flare_ray.search.plan import unplaceable_here
+    from flare_ray.tracking.config import NotMLflow, TrackingUnreachable, check_reachable, resolve_tracking_uri
+
+    try:
+        check_reachable(resolve_tracking_uri(config))
+    except TrackingUnreachable as err:
+        if dry_run and not isinstance(err, NotMLflow):
+            print(f"warning: {err}", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
+            return False
+    except ValueError as err:  # no tracking URI for remote storage: the dry run shows it
+        if not dry_run:
+            print(f"error: {err}", file=sys.stderr)
+            return False
+    error, warning = unplaceable_here(config)
+    if error:
+        print(f"error: {config.source}: {error}", file=sys.stderr)
+        return False
+    if warning:
+        print(f"warning: {config.source}: {warning}", file=sys.stderr)
+    return True
+
+
 def _sweep(config, args) -> int:
     from flare_ray.logs import log_to_file, quiet_libraries, timestamped
     from flare_ray.search.trial import logs_folder
-    from flare_ray.tracking.config import TrackingUnreachable, check_reachable, resolve_tracking_uri
-
-    try:  # before Ray starts (and before MLflow's own retries, which take minutes)
-        check_reachable(resolve_tracking_uri(config))
-    except TrackingUnreachable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
     quiet_environment(args.verbose)
     log = log_to_file(timestamped(logs_folder(config.storage_path), config.name), verbose=args.verbose)
@@ -197,6 +226,7 @@ def report_sweep(config, summary) -> None:
 
     from flare_ray.cli.report import show
     from flare_ray.report import build_report, log_report
+    from flare_ray.secrets import redact
     from flare_ray.storage import local_folder
     from flare_ray.tracking.mlflow_runs import connect
 
@@ -210,8 +240,8 @@ def report_sweep(config, summary) -> None:
         log_report(client, report)
     except Exception as err:  # noqa: BLE001 - the sweep itself is done and recorded; its report can be made again
         print(
-            f"warning: the report failed ({type(err).__name__}: {err}); make it again with "
-            f"python -m flare_ray.report {summary.parent_run_id} --tracking-uri {summary.tracking_uri}",
+            f"warning: the report failed ({type(err).__name__}: {redact(str(err))}); make it again with "
+            f"python -m flare_ray.report {summary.parent_run_id} --tracking-uri {redact(summary.tracking_uri)}",
             file=sys.stderr,
         )
         return

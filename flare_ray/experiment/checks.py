@@ -6,7 +6,11 @@
   offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``); online it is accepted. ``tiny:<arch>`` needs
   nothing. Every value the search space or grid gives the key is checked too.
 * no value holds a URI with a password (:mod:`flare_ray.secrets`; credentials come from the environment).
-* ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json``).
+* ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json`` and
+  ``adapter_model.safetensors``: a pickled ``adapter_model.bin`` is never loaded).
+* ``task``: the files every split reads from the task's local data (``task.data_dir``, else the vendored
+  copy; none with a ``hub_id``; for an ``mt`` split, the rows the sweep translates, where it does), for every
+  target language: there, with their columns and labels (:meth:`flare_ray.tasks.Task.check_data`).
 * ``method.flare.fusion_layers`` (the config's and every value of the space and grid): no block beyond the
   model's, whose number is read from its ``config.json`` alone (no weights, no transformers; the tiny models'
   from :data:`flare_ray.models.tiny.LAYERS`). Skipped where no ``config.json`` is at hand (a hub id online
@@ -33,6 +37,7 @@ from flare_ray.models.positions import max_input_positions
 from flare_ray.models.tiny import LAYERS as TINY_LAYERS
 from flare_ray.models.tiny import POSITIONS as TINY_POSITIONS
 from flare_ray.secrets import has_password, redact
+from flare_ray.tasks import ROLES, TASKS, TaskDataError
 
 from .config import ExperimentConfig
 
@@ -65,6 +70,7 @@ def preflight_problems(config: ExperimentConfig) -> list[Problem]:
             if p is not None
         ]
     problems += _stage1_problems(config)
+    problems += _task_data_problems(config)
     problems += _credential_problems(config)
     if kinds & set(_FLARE):
         problems += _fusion_layer_problems(config)
@@ -229,7 +235,44 @@ def _stage1_problems(config: ExperimentConfig) -> list[Problem]:
                 "(written by `python -m flare_ray.stage1`), 'auto' or null",
             )
         ]
+    if not (folder / "adapter_model.safetensors").is_file():  # only safetensors are loaded (training.setup)
+        bin_only = (folder / "adapter_model.bin").is_file()
+        pickled = " (only adapter_model.bin, a pickle, which is never loaded: convert it)" if bin_only else ""
+        return [
+            Problem(
+                path,
+                f"{str(folder)!r} holds no adapter_model.safetensors{pickled}; expected a stage-1 adapter folder "
+                "with adapter_config.json and adapter_model.safetensors (written by `python -m flare_ray.stage1`), "
+                "'auto' or null",
+            )
+        ]
     return []
+
+
+def _task_data_problems(config: ExperimentConfig) -> list[Problem]:
+    """The task's local files (``task.data_dir``, else the vendored copy) for every target language: each
+    split a trial (or the sweep's translation stage) reads from them must be there, with its columns and labels
+    (:meth:`~flare_ray.tasks.Task.check_data`)."""
+    task = config.task
+    if task.data_dir is not None and not task.data_dir.is_dir():
+        made_elsewhere = not config.translates and all(task.splits.get(role) == "mt" for role in ROLES)
+        if task.hub_id is None and not made_elsewhere:
+            return [
+                Problem(
+                    ("task", "data_dir"),
+                    f"{str(task.data_dir)!r} is no folder (it does not exist); expected a local copy of the "
+                    f"{task.name} data, or no data_dir for the vendored copy",
+                )
+            ]
+    problems: list[Problem] = []
+    for i, language in enumerate(task.languages):
+        try:
+            TASKS[task.name](task.task_config(language)).check_data(translated_here=config.translates)
+        except TaskDataError as err:
+            path = ("task", "data_dir") if task.data_dir is not None else ("task", "languages", i)
+            if all(str(err) not in p.message for p in problems):  # a file the languages share: once
+                problems.append(Problem(path, str(err)))
+    return problems
 
 
 def _fusion_layer_problems(config: ExperimentConfig) -> list[Problem]:

@@ -19,7 +19,7 @@ from flare_ray.baselines import XMixupConfig
 from flare_ray.configfile import FieldError
 from flare_ray.fusion import FlareConfig
 from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
-from flare_ray.storage import is_remote, local_folder, local_path
+from flare_ray.storage import is_remote, local_folder, local_path, storage_problem
 from flare_ray.tasks import TASKS, TaskConfig, TaskDataError
 from flare_ray.tracking.config import TrackingSpec
 from flare_ray.translate.config import TranslationSpec
@@ -203,6 +203,22 @@ class SchedulerSpec(_Section):
     )
 
 
+def _lists_twice(values: list[Any]) -> bool:
+    """Does the list hold a value twice (``==``)? In linear time for hashable values (YAML's scalars)."""
+    seen: set[Any] = set()
+    unhashable: list[Any] = []  # lists and mappings: compared one by one
+    for value in values:
+        try:
+            if value in seen:
+                return True
+            seen.add(value)
+        except TypeError:
+            if value in unhashable:
+                return True
+            unhashable.append(value)
+    return False
+
+
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
@@ -249,7 +265,7 @@ class SearchSpec(_Section):
         for key, values in self.grid.items():
             if not values:
                 raise FieldError(("grid", key), "expected a non-empty list of values")
-            if any(v in values[:i] for i, v in enumerate(values)):
+            if _lists_twice(values):
                 raise FieldError(("grid", key), f"{values} lists a value twice: every cell runs exactly once")
             if key in self.space:
                 raise FieldError(("grid", key), "is also in search.space; a key is either gridded or sampled")
@@ -322,6 +338,15 @@ class ExperimentConfig(_Section):
     )
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
     _translates: bool = PrivateAttr(False)  # task.mt_dir was not given: the sweep makes the translations there
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _supported(cls, value: Any) -> Any:
+        """A blank storage, or a URI of a store a sweep cannot write (``ftp://``), refused before Ray starts."""
+        problem = storage_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("storage_path")
     @classmethod

@@ -68,12 +68,11 @@ class Categorical(_Distribution):
 
     @model_validator(mode="after")
     def _unique(self) -> "Categorical":
-        labels = self.labels()
-        for i, label in enumerate(labels):
-            if label in labels[:i]:
-                raise ValueError(
-                    f"values[{i}]: duplicate choice {self.values[i]!r} (also values[{labels.index(label)}])"
-                )
+        first: dict[Any, int] = {}  # label -> where it is first (labels are scalars or JSON text: hashable)
+        for i, label in enumerate(self.labels()):
+            if label in first:
+                raise ValueError(f"values[{i}]: duplicate choice {self.values[i]!r} (also values[{first[label]}])")
+            first[label] = i
         return self
 
     def labels(self) -> list[Any]:

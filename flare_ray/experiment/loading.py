@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from flare_ray.configfile import Problem, YAMLSyntaxError, parse_value, parse_yaml, set_path
+from flare_ray.configfile import Problem, YAMLSyntaxError, parse_value, parse_yaml, read_config_text, set_path
 
 from .checks import preflight_problems
 from .config import ExperimentConfig
@@ -56,7 +56,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str)
     """
     origins: dict[tuple, str] = {}
     for override in overrides:
-        label = f"--set {override.removeprefix('--set').strip()}"
+        label = _label(override)
         try:
             key, value = parse_override(override)
             parts = _override_parts(data, key)
@@ -65,6 +65,12 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str)
             raise ExperimentConfigError(source, [Problem((), f"bad override: {err}", origin=label)]) from None
         origins[parts] = label
     return origins
+
+
+def _label(override: str) -> str:
+    """How an override is named in errors: ``--set key.path=value``, a long value cut short."""
+    label = f"--set {override.removeprefix('--set').strip()}"
+    return label if len(label) <= 100 else f"{label[:97]}..."
 
 
 def _attribute(problems: list[Problem], origins: dict[tuple, str]) -> list[Problem]:
@@ -104,16 +110,15 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experime
     """Read, override (``["training.epochs=3", ...]``; a leading ``--set`` is allowed) and validate a YAML file.
 
     Raises :class:`ExperimentConfigError` (a ``ValueError``) with one readable
-    message naming the file, the key path (and line) and what was expected.
+    message naming the file, the key path (and line) and what was expected; also for a file or ``--set``
+    value over the limits of :mod:`flare_ray.configfile` (size, nesting, aliases) or not UTF-8.
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data, lines, duplicates = parse_yaml(read_config_text(path), source)
     except OSError as err:
         summary = f"{source}: cannot read the experiment config: {err.strerror or err}"
         raise ExperimentConfigError(source, [], summary=summary) from None
-    try:
-        data, lines, duplicates = parse_yaml(text, source)
     except YAMLSyntaxError as err:
         raise ExperimentConfigError(source, [], summary=str(err)) from None
     if duplicates:

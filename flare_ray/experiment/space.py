@@ -133,6 +133,23 @@ class SampleCheck:
             return [Problem((), str(err))]
         return [p for head in self._alone if head in data for p in self._section(head, data[head])]
 
+    def section_problems(self, head: str, sample: Mapping[str, Any]) -> list[Problem]:
+        """What is wrong with the section ``head`` on its own (one of :attr:`alone`) once ``sample``, keys
+        under ``head``, is written in; :meth:`problems` of a sample that changes no key the checks across
+        sections read is these of each section it changes, in the order of the sections."""
+        data = {head: copy.deepcopy(self.base[head])}
+        try:
+            for key, value in sample.items():
+                set_path(data, key.split("."), copy.deepcopy(value))
+        except ValueError as err:  # a key path through a value
+            return [Problem((), str(err))]
+        return self._section(head, data[head])
+
+    @property
+    def alone(self) -> set[str]:
+        """The sections checked on their own (no check of ``ExperimentConfig``'s own reads them alone)."""
+        return set(self._alone)
+
     def message(self, sample: Mapping[str, Any]) -> str | None:
         """The problems of :meth:`problems` as one line; None: the sample gives a valid config."""
         problems = self.problems(sample)
@@ -198,11 +215,12 @@ def _structure_problems(config: ExperimentConfig, check: SampleCheck) -> list[Pr
     return problems
 
 
-def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | None:
-    """Values that make the ``when`` of these keys hold (None: they cannot hold together)."""
+def _conditions(space: dict[str, Any], keys: list[str]) -> dict[str, Any] | None:
+    """Values that make the ``when`` of these keys hold (None: they cannot hold together); ``space``: the
+    searched keys (:func:`_searched`)."""
     out: dict[str, Any] = {}
     for key in keys:
-        dist = _searched(config)[key]
+        dist = space[key]
         for ref in dist.when:
             options = dist.condition_values(ref)
             if ref in out and out[ref] not in options:
@@ -213,9 +231,9 @@ def _conditions(config: ExperimentConfig, keys: list[str]) -> dict[str, Any] | N
 
 
 def _value_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
-    problems = []
-    for key, dist in _searched(config).items():
-        base = _conditions(config, [key]) or {}
+    problems, space = [], _searched(config)
+    for key, dist in space.items():
+        base = _conditions(space, [key]) or {}
         for i, value in enumerate(dist.candidates()):
             problem = check.message({**base, key: value})
             if problem:
@@ -236,7 +254,7 @@ def _pair_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem
     )
     failed: set[tuple[str, str]] = set()
     for k1, k2, v1, v2 in itertools.islice(pairs, PAIR_CHECK_LIMIT):
-        base = _conditions(config, [k1, k2])
+        base = _conditions(space, [k1, k2])
         problem = None if base is None or (k1, k2) in failed else check.message({**base, k1: v1, k2: v2})
         if problem:
             failed.add((k1, k2))
@@ -247,12 +265,45 @@ def _pair_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem
 
 
 def _cell_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
-    """The first grid cell that gives an invalid config (with at most two keys the pairs were each a cell)."""
+    """The first grid cell that gives an invalid config (with at most two keys the pairs were each a cell).
+
+    Linear in the cells, with a validation per distinct section content rather than one per cell: a cell is
+    valid when each section it changes is valid on its own (:meth:`SampleCheck.section_problems`) and, where
+    it changes keys the checks across sections read (``ExperimentConfig.ACROSS_KEYS``), a cell with the same
+    values of those keys was valid as a whole. Only a cell that may be invalid is validated as a whole (its
+    message is :meth:`SampleCheck.message`'s)."""
     grid = config.search.grid
     if len(grid) <= 2:
         return []
-    for values in itertools.product(*grid.values()):
-        cell = dict(zip(grid, values))
+    keys, heads = list(grid), [key.split(".")[0] for key in grid]
+    if not set(heads) <= check.alone:  # (search keys are refused before this)
+        return _first_invalid_cell(grid, itertools.product(*(range(len(v)) for v in grid.values())), check)
+    by_head = {head: [i for i, h in enumerate(heads) if h == head] for head in dict.fromkeys(heads)}
+    across = [i for i, key in enumerate(keys) if any(_overlap(key, a) for a in ExperimentConfig.ACROSS_KEYS)]
+    sections: dict[tuple, bool] = {}  # (head, positions of its keys' values) -> valid on its own
+    whole: set[tuple[int, ...]] = set()  # positions of the across keys' values of a cell valid as a whole
+
+    def alone(head: str, at: tuple[int, ...]) -> bool:
+        known = (head, *(at[i] for i in by_head[head]))
+        if known not in sections:
+            sample = {keys[i]: grid[keys[i]][at[i]] for i in by_head[head]}
+            sections[known] = not check.section_problems(head, sample)
+        return sections[known]
+
+    for at in itertools.product(*(range(len(v)) for v in grid.values())):
+        if all(alone(head, at) for head in by_head) and (not across or tuple(at[i] for i in across) in whole):
+            continue  # valid: each section on its own, and as a whole for these values of the across keys
+        problem = _first_invalid_cell(grid, [at], check)
+        if problem:
+            return problem
+        whole.add(tuple(at[i] for i in across))
+    return []
+
+
+def _first_invalid_cell(grid: dict[str, list[Any]], cells, check: SampleCheck) -> list[Problem]:
+    """The problem of the first of ``cells`` (positions of the grid's values) that gives an invalid config."""
+    for at in cells:
+        cell = {key: values[i] for (key, values), i in zip(grid.items(), at)}
         problem = check.message(cell)
         if problem:
             where = ", ".join(f"{k} = {v!r}" for k, v in cell.items())

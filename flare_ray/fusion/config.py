@@ -131,7 +131,10 @@ class FlareConfig:
     @field_validator("fusion_layers")
     @classmethod
     def _layers(cls, spec: Any) -> Any:
-        resolve_layers(spec, num_layers=10_000)  # against a large stack, so a typo fails here
+        try:  # its syntax and ranges' order; the blocks are checked against the model (experiment.checks)
+            resolve_layers(spec, num_layers=None)
+        except ValueError as err:
+            raise ValueError(str(err).removeprefix("fusion_layers: ")) from None  # pydantic names the key
         return spec
 
     # -- serialisation -------------------------------------------------------
@@ -181,8 +184,17 @@ def registered_fusions() -> tuple[str, ...]:
     return tuple(registry) if registry is not None else BUILTIN_FUSIONS
 
 
-def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> list[int]:
-    """Turn a ``fusion_layers`` spec into sorted, unique block indices in ``[0, num_layers)``."""
+def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int | None) -> list[int]:
+    """Turn a ``fusion_layers`` spec into sorted, unique block indices in ``[0, num_layers)``.
+
+    ``num_layers=None``: the model's number of blocks is unknown (the schema, before the model is known): the
+    spec's syntax and its ranges' order are checked, and an empty list is returned."""
+    if num_layers is None:
+        if not _items(spec) and spec not in LAYER_GROUPS:
+            raise ValueError("selects no block")
+        for item in _items(spec):
+            _bounds(item, None)
+        return []
     if isinstance(spec, str) and spec in LAYER_GROUPS:
         half = num_layers // 2
         return {
@@ -190,27 +202,46 @@ def resolve_layers(spec: str | int | Sequence[int | str], num_layers: int) -> li
             "lower_half": list(range(half)),
             "upper_half": list(range(half, num_layers)),
         }[spec]
-    items: Sequence[int | str] = [spec] if isinstance(spec, (int, str)) else spec
-    if isinstance(spec, str):
-        items = [s for s in spec.split(",") if s.strip()]
     out: set[int] = set()
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"{item!r} is not a block index")
-        if isinstance(item, int):
-            lo = hi = item
-        elif isinstance(item, str) and _RANGE.match(item):
-            lo, hi = (int(g) for g in _RANGE.match(item).groups())
-        elif isinstance(item, str) and item.strip().lstrip("-").isdigit():
-            lo = hi = int(item)
-        else:
-            raise ValueError(
-                f"cannot read {item!r}; expected one of {LAYER_GROUPS}, a block index, or an inclusive range like '0-5'"
-            )
-        lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
-        if not (0 <= lo <= hi < num_layers):
-            raise ValueError(f"fusion_layers: {item!r} is outside the {num_layers} blocks of this model")
+    for item in _items(spec):
+        lo, hi = _bounds(item, num_layers)
         out.update(range(lo, hi + 1))
     if not out:
         raise ValueError("selects no block")
     return sorted(out)
+
+
+def _items(spec: str | int | Sequence[int | str]) -> Sequence[int | str]:
+    """The indices and ranges of a spec other than a group: ``"0-1,5"`` is ``["0-1", "5"]``."""
+    if isinstance(spec, str):
+        return [] if spec in LAYER_GROUPS else [s for s in spec.split(",") if s.strip()]
+    return [spec] if isinstance(spec, int) else spec
+
+
+def _bounds(item: int | str, num_layers: int | None) -> tuple[int, int]:
+    """The first and last block of an index or an inclusive range (negative ones count from the last block);
+    ``num_layers=None``: as written, checked only for what holds in any model (a range's order, where its two
+    ends count from the same side)."""
+    if isinstance(item, bool):
+        raise ValueError(f"{item!r} is not a block index")
+    if isinstance(item, int):
+        lo = hi = item
+    elif isinstance(item, str) and _RANGE.match(item):
+        lo, hi = (int(g) for g in _RANGE.match(item).groups())
+    elif isinstance(item, str) and item.strip().lstrip("-").isdigit():
+        lo = hi = int(item)
+    else:
+        raise ValueError(
+            f"cannot read {item!r}; expected one of {LAYER_GROUPS}, a block index, or an inclusive range like '0-5'"
+        )
+    written = lo, hi
+    if num_layers is not None:
+        lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
+        if not (0 <= lo < num_layers and 0 <= hi < num_layers):
+            raise ValueError(f"fusion_layers: {item!r} is outside the {num_layers} blocks of this model")
+    if lo > hi and (num_layers is not None or (lo < 0) == (hi < 0)):
+        blocks = f" (blocks {lo} to {hi} of {num_layers})" if (lo, hi) != written else ""
+        raise ValueError(
+            f"fusion_layers: {item!r} is a reversed range{blocks}; expected the lower block first, e.g. '{hi}-{lo}'"
+        )
+    return lo, hi

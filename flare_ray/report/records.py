@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from flare_ray.secrets import redact
 from flare_ray.tasks import TASKS
 from flare_ray.tracking import mlflow_runs
 
@@ -121,7 +122,7 @@ def find_parent(client: MlflowClient, reference: str):
         else []
     )
     if not runs:
-        raise ReportError(f"no sweep named {reference!r} and no run with that id in {client.tracking_uri}")
+        raise ReportError(f"no sweep named {reference!r} and no run with that id in {redact(client.tracking_uri)}")
     return runs[0]
 
 

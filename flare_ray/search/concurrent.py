@@ -6,10 +6,11 @@ Two things Tune does not do for Tuners in threads, done here:
 * **start one at a time**: Tune's trainable registry is not thread-safe while a Tuner starts, so each
   search starts after the previous one has set up (:class:`SearchControl`'s ``setup``);
 * **Ctrl-C**: Tune catches SIGINT only in the main thread. The driver's handler asks every search to
-  stop; each one keeps running until Tune has saved its experiment state once more (at most
-  ``TUNE_GLOBAL_CHECKPOINT_S`` seconds), stops in the step of that save, and ``--resume`` continues all
-  of them (the MLflow callback deletes the runs of trials that started after the last state that
-  reached storage).
+  stop; each one saves its experiment state at the end of its next step of Tune's loop (where Tune's
+  controller cannot be found, it waits for Tune's next periodic save: at most ``TUNE_GLOBAL_CHECKPOINT_S``
+  seconds), stops in the step of that save, and ``--resume`` continues all of them (the MLflow callback
+  deletes the runs of trials that started after the last state that reached storage). Searches not yet
+  started do not start. A second Ctrl-C stops at once: each search resumes from the last state it saved.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class Interrupted(RuntimeError):
     """Raised inside a search's Tune loop after Ctrl-C, once its state is saved."""
 
 
+class SearchesSaved(KeyboardInterrupt):
+    """Ctrl-C stopped the searches, each once it had saved its state (a second Ctrl-C raises a plain
+    KeyboardInterrupt: stopped at once)."""
+
+
 def _checkpoint_period() -> float:
     try:
         return float(os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "10"))
@@ -74,14 +80,34 @@ class SearchControl(ray.tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if not _INTERRUPT.is_set():
             return
+        if self._saved_at <= _interrupted_at[0]:  # save now, not at Tune's next period (minutes for a long search)
+            controller = _tune_controller()
+            if controller is not None:
+                controller.checkpoint(force=True, wait=True)  # as Tune does when it catches Ctrl-C itself
         if self._saved_at > _interrupted_at[0] or time.time() - _interrupted_at[0] > _checkpoint_period() + 1:
             raise Interrupted(f"search {self.name} interrupted; its state is saved")
+
+
+def _tune_controller():
+    """The ``TuneController`` whose loop calls the callback that calls this (Tune hands callbacks no handle on
+    it): found up the stack; None where Tune's internals differ."""
+    try:
+        from ray.tune.execution.tune_controller import TuneController
+    except ImportError:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), TuneController):
+            return frame.f_locals["self"]
+        frame = frame.f_back
+    return None
 
 
 def run_concurrently(names: list[str], fit: Callable[[str], T]) -> dict[str, T | None]:
     """``fit(name)`` for every search at once; None for a search that was interrupted.
 
-    Raises KeyboardInterrupt after the searches stopped if the user pressed Ctrl-C."""
+    Raises :class:`SearchesSaved` after the searches stopped if the user pressed Ctrl-C, and KeyboardInterrupt
+    at once, without waiting for the searches' threads, if they pressed it again."""
     _INTERRUPT.clear()
     results: dict[str, T | None] = {}
 
@@ -107,24 +133,29 @@ def run_concurrently(names: list[str], fit: Callable[[str], T]) -> dict[str, T |
             )
 
         previous = signal.signal(signal.SIGINT, on_sigint)
+    pool = ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="search")
+    at_once = False
     try:
-        with ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="search") as pool:
-            futures = {}
-            for name in names:
-                _STARTED[name] = threading.Event()
-                futures[name] = pool.submit(one, name)
-                while not _STARTED[name].wait(0.2):  # the next search starts once this one has set up
-                    if futures[name].done():
-                        break
-                if _INTERRUPT.is_set():
+        futures = {}
+        for name in names:
+            _STARTED[name] = threading.Event()
+            futures[name] = pool.submit(one, name)
+            while not _STARTED[name].wait(0.2):  # the next search starts once this one has set up
+                if futures[name].done():
                     break
-            for name, future in futures.items():
-                results[name] = future.result()
+            if _INTERRUPT.is_set():
+                break
+        for name, future in futures.items():
+            results[name] = future.result()
+    except KeyboardInterrupt:  # Ctrl-C again: leave the searches' threads to Ray's shutdown
+        at_once = True
+        raise
     finally:
+        pool.shutdown(wait=not at_once, cancel_futures=at_once)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         for name in names:
             _STARTED.pop(name, None)
     if _INTERRUPT.is_set():
-        raise KeyboardInterrupt
+        raise SearchesSaved
     return results

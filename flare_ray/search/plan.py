@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,6 +20,7 @@ from flare_ray.experiment import ExperimentConfig, apply_sample
 from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
 from flare_ray.experiment.training import method_reads
+from flare_ray.secrets import redact
 from flare_ray.tracking.config import resolve_tracking_uri
 
 from .translation import plan_line
@@ -30,26 +35,36 @@ class Search:
     cell: dict[str, Any] = field(default_factory=dict)  # the grid values this search fixes (grid and space)
     name: str = ""
 
-    @property
+    @cached_property
     def expected_trials(self) -> int:
+        """The trials this search runs: each configuration (every cell of Ray Tune's grid, or each of
+        ``num_samples``) once per seed."""
         search = self.config.search
-        cells = grid_cells(search.grid, self.config.method.kind)
-        runs = len(cells) if search.grid and not search.space else search.num_samples
-        return runs * len(search.seed_list)
+        if search.grid and not search.space:
+            return len(grid_cells(search.grid, self.config.method.kind)) * len(search.seed_list)
+        return search.num_samples * len(search.seed_list)
 
 
 def grid_cells(grid: dict[str, list[Any]], kind: str = "flare") -> list[dict[str, Any]]:
     """Every cell of a grid, ``{key: value}``, in the order Ray Tune's grid search runs them. A key the cell's
     method does not read (``method.flare.*`` in a LoRA cell, :func:`~flare_ray.experiment.training.method_reads`)
     is left out of that cell, and cells that are then the same run once: ``method.kind: [lora, flare]`` with
-    ``method.flare.fusion: [add, mul]`` is three cells, not four. ``kind``: the method outside the grid."""
+    ``method.flare.fusion: [add, mul]`` is three cells, not four. ``kind``: the method outside the grid.
+
+    Linear in the cells: a cell is known by the positions of its values in their lists (a key lists no value
+    twice, ``SearchSpec``), so two cells are the same exactly when those positions are."""
+    keys = list(grid)
+    kind_at = keys.index("method.kind") if "method.kind" in grid else None
+    methods = grid["method.kind"] if kind_at is not None else [kind]
+    reads = [[method_reads(method, key) for key in keys] for method in methods]  # per method.kind value
     cells: list[dict[str, Any]] = []
-    for values in itertools.product(*grid.values()):
-        cell = dict(zip(grid, values))
-        method = cell.get("method.kind", kind)
-        cell = {key: value for key, value in cell.items() if method_reads(method, key)}
-        if cell not in cells:
-            cells.append(cell)
+    seen: set[tuple[int, ...]] = set()
+    for at in itertools.product(*(range(len(values)) for values in grid.values())):
+        read = reads[at[kind_at] if kind_at is not None else 0]
+        known = tuple(i if r else -1 for i, r in zip(at, read))
+        if known not in seen:
+            seen.add(known)
+            cells.append({key: grid[key][i] for key, i, r in zip(keys, at, read) if r})
     return cells
 
 
@@ -115,19 +130,77 @@ def _condition(ref: str, values: list) -> str:
     return f"{ref} = {flow(values[0])}" if len(values) == 1 else f"{ref} in {flow(values)}"
 
 
-def _budget(config: ExperimentConfig) -> str:
+@dataclass
+class PlanSize:
+    """How big a sweep is, counted from its grid's cells without building (and validating) a config per cell:
+    what :func:`plan_searches` would give."""
+
+    cells: int  # the grid's cells, less those that differ only in what their method ignores (1: no grid)
+    searches: int  # per target language: one, or one per cell (a grid and a space)
+    trials: int  # per target language
+    every_cell_samples: bool = True  # (a grid and a space) every cell's method reads a space key: num_samples each
+
+    def total(self, languages: int) -> int:
+        """The trials of the whole sweep, of ``languages`` target languages."""
+        return self.trials * languages
+
+
+def plan_size(config: ExperimentConfig) -> PlanSize:
+    """The cells, searches and trials of a sweep (per target language), in time linear in the grid's cells."""
+    search = config.search
+    seeds = len(search.seed_list)
+    if not search.grid:
+        return PlanSize(1, 1, search.num_samples * seeds)
+    cells = grid_cells(search.grid, config.method.kind)
+    if not search.space:
+        return PlanSize(len(cells), 1, len(cells) * seeds)
+    reads_space = {  # per method: does it read a space key? (a cell that reads none runs once, _cell_config)
+        method: any(method_reads(method, key) for key in search.space)
+        for method in search.grid.get("method.kind", [config.method.kind])
+    }
+    sampled = sum(reads_space[cell.get("method.kind", config.method.kind)] for cell in cells)
+    runs = sampled * search.num_samples + len(cells) - sampled
+    return PlanSize(len(cells), len(cells), runs * seeds, sampled == len(cells))
+
+
+LARGE_SWEEP = 1000  # more trials than this (all languages together): the dry run and the sweep's plan warn
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'s' if n != 1 else ''}"
+
+
+def size_warning(config: ExperimentConfig, size: PlanSize | None = None) -> str | None:
+    """A warning naming the trial count and what multiplies it, for a sweep of more than :data:`LARGE_SWEEP`
+    trials; None for a smaller one."""
+    size = size or plan_size(config)
+    search, languages = config.search, len(config.task.languages)
+    total = size.total(languages)
+    if total <= LARGE_SWEEP:
+        return None
+    factors = [_count(size.cells, "cell")] if search.grid else []
+    if search.space:
+        factors.append(("" if size.every_cell_samples else "up to ") + _count(search.num_samples, "configuration"))
+    elif not search.grid:
+        factors.append(_count(search.num_samples, "run"))
+    factors += [_count(len(search.seed_list), "seed"), _count(languages, "language")]
+    return (
+        f"warning: {total:,} trials ({' x '.join(factors)}), more than {LARGE_SWEEP:,}: check that the grid and "
+        "the budget are what you meant"
+    )
+
+
+def _budget(config: ExperimentConfig, size: PlanSize | None = None) -> str:
     """How many trials each language runs, and how they are made."""
     search = config.search
-    cells = len(grid_cells(search.grid, config.method.kind)) if search.grid else 1
-    grid = f"grid of {cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
+    size = size or plan_size(config)
+    grid = f"grid of {size.cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
     if search.space:
         per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of a {grid}" if grid else "")
     else:
         per = grid or f"{search.num_samples} run(s) of the fixed config"
-    language = config.task.languages[0]
-    trials = sum(s.expected_trials for s in plan_searches(config) if s.language == language)
     with_seeds = f" x {len(search.seed_list)} seeds {search.seeds}" if search.seeds else ""
-    return f"{per}{with_seeds} = {trials} trials per language"
+    return f"{per}{with_seeds} = {size.trials} trials per language"
 
 
 def dry_run_text(config: ExperimentConfig) -> str:
@@ -136,7 +209,7 @@ def dry_run_text(config: ExperimentConfig) -> str:
     data = config.model_dump(mode="json")
     data["search"].pop("space")
     try:
-        tracking = resolve_tracking_uri(config)
+        tracking = redact(resolve_tracking_uri(config))
     except ValueError as err:
         tracking = f"<unresolved: {err}>"
     scheduler = (
@@ -145,13 +218,16 @@ def dry_run_text(config: ExperimentConfig) -> str:
         if search.scheduler
         else "none (every trial runs all epochs)"
     )
+    size = plan_size(config)
+    warning = size_warning(config, size)
     out = [
         f"# experiment {config.name}" + (f" (from {config.source})" if config.source else ""),
         "# resolved config (search.space below):",
         yaml.safe_dump(data, sort_keys=False, width=120).rstrip(),
         "",
-        f"# search: {_budget(config)} x {len(config.task.languages)} language(s) {config.task.languages}, "
+        f"# search: {_budget(config, size)} x {len(config.task.languages)} language(s) {config.task.languages}, "
         f"all languages at once; objective {search.metric} ({search.mode})",
+        *([f"# {warning}"] if warning else []),
         f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, {search.sampler.n_startup_trials} random "
         "startup trials)"
         if search.space
@@ -174,8 +250,9 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
     """What the sweep will run, where, and where its records go: printed when it starts."""
     search, scaling = config.search, config.scaling
     languages = config.task.languages
-    trials = sum(s.expected_trials for s in plan_searches(config))
-    searches = len(plan_searches(config))
+    size = plan_size(config)
+    trials, searches = size.total(len(languages)), size.searches * len(languages)
+    warning = size_warning(config, size)
     stage1 = " after stage 1 (English)" if config.model.stage1 == "auto" else ""
     where = (
         "in its Tune trial's process"
@@ -188,13 +265,14 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
     translation = plan_line(config)
     return "\n".join(
         [
-            f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config)} ({trials} in all, "
-            f"{searches} search(es)){stage1}; selected on {search.metric}",
+            f"sweep '{config.name}': {config.task.name} {', '.join(languages)}; {_budget(config, size)} ({trials} in "
+            f"all, {searches} search(es)){stage1}; selected on {search.metric}",
+            *([f"  {warning}"] if warning else []),
             *([f"  {translation}"] if translation else []),
             f"  each trial: {config.model.name_or_path}, {scaling.num_workers} worker(s) of {worker}, trained {where}; "
             f"{at_once} at once on this cluster ({cluster})",
-            f"  MLflow: {resolve_tracking_uri(config)} (experiment '{config.tracking.experiment_name}'); storage: "
-            f"{config.storage_path}",
+            f"  MLflow: {redact(resolve_tracking_uri(config))} (experiment '{config.tracking.experiment_name}'); "
+            f"storage: {redact(config.storage_path)}",
             f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
             "",
         ]
@@ -214,15 +292,79 @@ def unplaceable(
     """Why no trial worker of ``config`` fits on any of the cluster's ``nodes`` (their total resources), or
     None when one does. A worker must fit on one node (its CPUs and GPUs); a trial's workers may spread.
     ``node_types``: the resources of the nodes an autoscaler can add (``{}``: unknown, may fit anything)."""
-    need = {k: v for k, v in config.scaling.resources_per_worker().items() if v > 0}
+    need = _worker_needs(config)
     fits = lambda node: all(node.get(k, 0.0) >= v for k, v in need.items())  # noqa: E731
     if not nodes or any(fits(node) for node in nodes):
         return None
     largest = max(nodes, key=lambda node: tuple(node.get(k, 0.0) for k in ("GPU", "CPU")))
-    show = lambda resources: ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))  # noqa: E731
     problem = Unplaceable(
-        f"a trial's worker asks for {show(need)} (scaling.cpus_per_worker, scaling.gpus_per_worker / use_gpu), "
-        f"but the largest of the cluster's {len(nodes)} node(s) has {show(largest)}"
+        f"a trial's worker asks for {_show(need)} ({_KEYS}), "
+        f"but the largest of the cluster's {len(nodes)} node(s) has {_show(largest)}"
     )
     problem.fits_a_node_type = any(not node_type or fits(node_type) for node_type in node_types or [])
     return problem
+
+
+_KEYS = "scaling.cpus_per_worker, scaling.gpus_per_worker / use_gpu"  # what a worker's resources are set by
+
+
+def _worker_needs(config: ExperimentConfig) -> dict[str, float]:
+    return {k: v for k, v in config.scaling.resources_per_worker().items() if v > 0}
+
+
+def _show(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))
+
+
+def starts_a_local_ray() -> bool:
+    """Whether ``ray.init()`` would start a Ray of its own on this machine rather than join one, asked before
+    Ray starts: this process is not connected to one already, ``RAY_ADDRESS`` names no cluster (unset, empty or
+    ``local``) and no ``ray start`` left the address of one here (``ray_current_cluster`` in Ray's temporary
+    folder, which ``ray.init()`` joins). Imports no Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address == "local":
+        return True
+    if address:
+        return False
+    temporary = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # as Ray finds it, on Linux
+    return not Path(temporary, "ray", "ray_current_cluster").exists()
+
+
+def this_machine() -> dict[str, float]:
+    """What a Ray started on this machine offers at most, as far as it is known without Ray: its CPUs
+    (``os.cpu_count()``; Ray counts no more) and its NVIDIA GPUs (``CUDA_VISIBLE_DEVICES`` where set, else
+    the ``/dev/nvidia<N>`` devices; Ray may find GPUs these miss)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")])
+    else:
+        gpus = len([d for d in Path("/dev").glob("nvidia*") if d.name[6:].isdigit()])
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
+
+
+def unplaceable_here(config: ExperimentConfig) -> tuple[str | None, str | None]:
+    """Before Ray starts, where the sweep would start a local Ray (:func:`starts_a_local_ray`): what of a
+    trial's worker this machine can never hold, as (an error, a warning); ``(None, None)`` where it holds one
+    or the sweep joins a cluster. More CPUs than :func:`this_machine` has are an error; more GPUs than it shows
+    a warning (they are found without Ray, and the paper's YAMLs, which ask for GPUs, are dry-run on laptops;
+    the real run asks Ray once it has started, :func:`unplaceable`)."""
+    if not starts_a_local_ray():
+        return None, None
+    need, here = _worker_needs(config), this_machine()
+    asks = f"a trial's worker asks for {_show(need)} ({_KEYS})"
+    local = "the sweep starts a local Ray: no RAY_ADDRESS names a cluster to join"
+    if need.get("CPU", 0.0) > here["CPU"]:
+        return (
+            f"{asks}, but this machine has {here['CPU']:g} CPU: no trial could ever start on this machine "
+            f"({local}); expected scaling.cpus_per_worker of at most {here['CPU']:g}, or RAY_ADDRESS",
+            None,
+        )
+    if need.get("GPU", 0.0) > here["GPU"]:
+        return None, (
+            f"{asks}, but this machine shows {here['GPU']:g} GPU (CUDA_VISIBLE_DEVICES, /dev/nvidia*; {local}): "
+            "no trial starts here unless Ray finds more (--set scaling.use_gpu=false trains on the CPU)"
+        )
+    return None, None

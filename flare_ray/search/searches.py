@@ -1,8 +1,8 @@
 """What a sweep runs: one Tune search (a ``Tuner``) per target language, and with a grid and a space, per
 language and grid cell. Each search keeps its own searcher state, scheduler and experiment folder.
 
-* **grid, no space**: one search per language over Ray Tune's ``grid_search`` of every grid key (and
-  of ``training.seed`` over ``search.seeds``): each cell runs exactly once per seed;
+* **grid, no space**: one search per language over every cell of the grid, each exactly once per seed
+  (:class:`GridCells`: Ray Tune's grid search, one trial at a time);
 * **space** (TPE): ``num_samples`` configurations from Optuna, each run once per seed (Ray Tune's
   ``Repeater``, which reports the mean over the seeds to Optuna); with a grid, every cell is a
   search of its own with its own Optuna study, the cell's values fixed in its config;
@@ -15,13 +15,17 @@ import copy
 import json
 import os
 import pickle
+import uuid
 from typing import Any
 
 import ray.tune
+from ray.tune.experiment.config_parser import _create_trial_from_spec
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter, Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
+from ray.tune.search.variant_generator import _resolve_nested_dict, format_vars
+from ray.tune.utils.util import flatten_dict, merge_dicts
 
 from flare_ray.configfile import get_path, set_path
 from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, build_sampler
@@ -48,6 +52,81 @@ class SeedRepeater(Repeater):
         if os.path.exists(checkpoint_path + ".groups"):
             with open(checkpoint_path + ".groups", "rb") as f:
                 self.set_state(pickle.load(f))
+
+
+class GridCells(Searcher):
+    """Ray Tune's grid search over a search's cells (and ``search.seeds``) as a searcher: the same trial
+    configs (``{GRID_CELL: cell, "training.seed": seed}``) in the same order (every cell with the first seed,
+    then with the next), made as Tune asks for them. Tune's own grid search makes every trial before the first
+    starts, each from a copy of the whole grid: time quadratic in the cells (minutes for 10,000), in one step
+    of its loop, which Ctrl-C cannot cut short. Its state, saved with the search's, is how many it made."""
+
+    def __init__(self, cells: list[dict[str, Any]], seeds: list[int] | None = None) -> None:
+        super().__init__()
+        self.cells, self.seeds, self.made = cells, list(seeds or []), 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the configs are the grid's; the scheduler has the metric
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.made >= len(self.cells) * max(len(self.seeds), 1):
+            return Searcher.FINISHED
+        seed, cell = divmod(self.made, len(self.cells))
+        self.made += 1
+        config: dict[str, Any] = {GRID_CELL: copy.deepcopy(self.cells[cell])}
+        if self.seeds:
+            config["training.seed"] = self.seeds[seed]
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # a grid learns nothing from results
+
+    def get_state(self) -> dict[str, Any]:
+        return {"made": self.made}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.made = state["made"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class InOrder(SearchGenerator):
+    """Tune's ``SearchGenerator`` (the trials of a searcher) naming its trials in the order it makes them,
+    ``<prefix>_00000``, ``<prefix>_00001``, ... as Tune's grid search does (its own names are random): the
+    report reads a search's trials in the order of their ids. Otherwise Tune's own (Ray 2.60)."""
+
+    def __init__(self, searcher: Searcher) -> None:
+        super().__init__(searcher)
+        self._prefix = uuid.uuid4().hex[:5] + "_"
+
+    def create_trial_if_possible(self, experiment_spec: dict[str, Any]):
+        trial_id = f"{self._prefix}{self._counter:05d}"
+        suggested = self.searcher.suggest(trial_id)
+        if suggested == Searcher.FINISHED:
+            self._finished = True
+            return None
+        if suggested is None:
+            return None
+        spec = copy.deepcopy(experiment_spec)
+        spec["config"] = merge_dicts(spec["config"], copy.deepcopy(suggested))
+        self._counter += 1
+        tag = f"{self._counter}_{format_vars(_resolve_nested_dict(spec['config']))}"
+        return _create_trial_from_spec(
+            spec, self._parser, evaluated_params=flatten_dict(suggested), experiment_tag=tag, trial_id=trial_id
+        )
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "prefix": self._prefix}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._prefix = state.pop("prefix", self._prefix)
+        super().set_state(state)
 
 
 def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
@@ -114,12 +193,16 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         num_samples = spec.num_samples * len(seeds)
+    elif spec.grid:  # every cell once per seed (cells that differ only in what their method ignores are one)
+        searcher = GridCells(grid_cells(spec.grid, config.method.kind), spec.seeds)
+        if max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+        searcher = InOrder(searcher)
+        num_samples = search.expected_trials
     else:
-        if spec.grid:  # the cells as one grid axis: cells that differ only in what their method ignores are one
-            param_space[GRID_CELL] = ray.tune.grid_search(grid_cells(spec.grid, config.method.kind))
         if spec.seeds:
             param_space["training.seed"] = ray.tune.grid_search(list(spec.seeds))
-        num_samples = 1 if spec.grid else spec.num_samples
+        num_samples = spec.num_samples
     scheduler = None
     if spec.scheduler is not None:
         scheduler = ASHAScheduler(

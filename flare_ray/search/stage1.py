@@ -11,6 +11,7 @@ import ray.tune
 
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.logs import tee_output
+from flare_ray.secrets import keep_out_of_runtime_envs
 from flare_ray.storage import join, local_path
 from flare_ray.training.inputs import Stage1Input
 
@@ -37,6 +38,7 @@ def train_stage1(
     one-trial Tune run, its epochs on ``console``."""
     from flare_ray.training.stage1 import stage1_done, stage1_experiment
 
+    keep_out_of_runtime_envs()  # the trial inherits the AWS credentials; Ray would log them
     stage1 = stage1_experiment(experiment)
     output = local_path(str(output))
     name = f"{experiment.name}-stage1-{key or 'manual'}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from flare_ray.secrets import redact
 from flare_ray.selection import best_configuration
 
 from .searches import Search, configuration, seeded
@@ -171,7 +172,7 @@ class SweepSummary:
     def where(self) -> str:
         return (
             f"MLflow: experiment '{self.experiment_name}', parent run {self.parent_run_id}\n"
-            f"  mlflow ui --backend-store-uri {self.tracking_uri}"
+            f"  mlflow ui --backend-store-uri {redact(self.tracking_uri)}"
         )
 
 

@@ -14,6 +14,7 @@ registered in the MLflow model registry.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -21,12 +22,13 @@ from pathlib import Path
 import ray.tune
 
 from flare_ray.experiment import SCHEMA_VERSION, ExperimentConfig
+from flare_ray.secrets import has_password, keep_out_of_runtime_envs
 from flare_ray.storage import local_folder
 from flare_ray.tasks import get_task
 from flare_ray.tracking import mlflow_runs
 from flare_ray.tracking.callback import MLflowTrialCallback
 
-from .concurrent import SearchControl, run_concurrently, set_checkpoint_period
+from .concurrent import SearchControl, SearchesSaved, run_concurrently, set_checkpoint_period
 from .console import Console
 from .console import describe as label_trial
 from .plan import dry_run_text
@@ -53,11 +55,14 @@ def run_sweep(
 ) -> SweepSummary:
     """``resources``: what the cluster holds at most (an autoscaling cluster's, as it may grow), which sets how
     many trials run at once; None: its current resources."""
+    keep_out_of_runtime_envs()  # the trials inherit the AWS credentials; Ray would log them
     console = console or Console()
     folder = local_folder(config.storage_path)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
+    if has_password(tracking_uri):  # MLflow prints a link to each run it ends: the URI, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     client = mlflow_runs.connect(tracking_uri)
     provenance = {lang: get_task(config.task.task_config(lang)).provenance() for lang in config.task.languages}
     parent = mlflow_runs.start_parent_run(
@@ -88,7 +93,13 @@ def run_sweep(
                 "(model.stage1: auto trains it)",
                 config.model.name_or_path,
             )
-        searches = {s.name: s for s in plan_searches(config)}
+        try:  # with a grid and a space, a validation per cell: seconds for thousands of cells
+            searches = {s.name: s for s in plan_searches(config)}
+        except KeyboardInterrupt:
+            raise SweepInterrupted(
+                "the sweep was interrupted while it planned its searches, before any started: run the same "
+                "command with --resume to continue"
+            ) from None
         if folder is not None:  # Ctrl-C waits for one save of each search's state
             set_checkpoint_period(max(s.expected_trials for s in searches.values()))
         try:
@@ -104,10 +115,15 @@ def run_sweep(
                     console,
                 ),
             )
-        except KeyboardInterrupt:
+        except SearchesSaved:
             raise SweepInterrupted(
                 "the sweep was interrupted; the state of every search is saved: run the same "
                 "command with --resume to continue"
+            ) from None
+        except KeyboardInterrupt:  # Ctrl-C twice: stopped without waiting for the searches to save their state
+            raise SweepInterrupted(
+                "the sweep was stopped at once (Ctrl-C twice); each search continues from the last state it "
+                "saved: run the same command with --resume to continue"
             ) from None
         summary.trials = sum(len(grid) for grid in grids.values() if grid is not None)
         summary.failed = sum(grid.num_errors for grid in grids.values() if grid is not None)

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flare_ray.configfile import FieldError
+
 from .metrics import CLASSIFICATION_METRICS, QA_METRICS
 
 if TYPE_CHECKING:
@@ -93,6 +95,18 @@ class TaskConfig(BaseModel):
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         return path.expanduser().resolve() if path is not None else None
+
+    @field_validator("max_records")
+    @classmethod
+    def _some_rows(cls, limits: dict[Role, int]) -> dict[Role, int]:
+        for role, limit in limits.items():
+            if limit < 1:
+                raise FieldError(
+                    role,
+                    f"{limit} rows would leave the {role} split empty (scikit-learn refuses an empty one); "
+                    f"expected at least 1, or no max_records.{role} for all of its rows",
+                )
+        return limits
 
 
 class Task(ABC):
@@ -220,8 +234,29 @@ class Task(ABC):
         self.validate(records, where=f"{self.name}/{self.language}/{role}")
         return records
 
+    def check_data(self, translated_here: bool = False) -> None:
+        """:class:`TaskDataError` where a split that is read from local files (``data_dir``; not a ``hub_id``)
+        cannot be: a missing file, a column or a label it lacks, rows of the two sides that do not match. What
+        :meth:`load` would refuse in a trial, found before Ray starts (rows are read, no dataset is made). An
+        ``mt`` split is read as it is (made elsewhere), except where ``translated_here``: the sweep translates
+        the rows of the role's default recipe first, which are checked instead."""
+        if self.config.hub_id:
+            return
+        for role in ROLES:
+            recipe = self.recipe(role)
+            if recipe != "mt":
+                self._local_records(role, recipe)
+            elif translated_here:
+                self._local_records(role, self.defaults[role])
+
+    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
+        import datasets
+
+        return datasets.Dataset.from_list(self._local_records(role, recipe))
+
     @abstractmethod
-    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset: ...
+    def _local_records(self, role: Role, recipe: str) -> list[dict[str, Any]]:
+        """The parallel records of a role read from the local files (``data_dir``), checked as they are read."""
 
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         raise TaskDataError(f"task {self.name}: loading from the hub is not supported; use data_dir")

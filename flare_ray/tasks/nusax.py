@@ -73,9 +73,7 @@ class NusaX(Task):
                 raise TaskDataError(f"{path}: line {i}: label {row['label']!r} is not one of {list(self.labels)}")
         return rows
 
-    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
-        import datasets
-
+    def _local_records(self, role: Role, recipe: str) -> list[dict[str, Any]]:
         target = self._read(self.language, role)
         english = {row["id"]: row for row in self._read("eng", role)}
         records = []
@@ -90,7 +88,7 @@ class NusaX(Task):
             records.append(
                 {"id": row["id"], "label": row["label"], "target_text": row["text"], "source_text": source["text"]}
             )
-        return datasets.Dataset.from_list(records)
+        return records
 
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         """``indonlp/NusaX-senti``-style: one config per language code, columns id, text, label."""

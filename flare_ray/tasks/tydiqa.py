@@ -73,7 +73,7 @@ class TyDiQA(Task):
 
     def split_rows(self, role: Role, recipe: str) -> str:
         """Every recipe (and the hub) makes train of the English train set, validation of the English dev
-        set and test of the target language's dev set (see :meth:`_load_local`, :meth:`_load_hub`)."""
+        set and test of the target language's dev set (see :meth:`_local_records`, :meth:`_load_hub`)."""
         language = self.language if role == "test" else "en"
         split = "train" if role == "train" else "dev"
         return f"{LANGUAGES[language].capitalize()} {split} set ({LANGUAGES[language]}_tydiqa_{split}.json)"
@@ -113,7 +113,7 @@ class TyDiQA(Task):
                     records.append({"id": qa["id"], "question": qa["question"], "context": context, "answers": answers})
         return records
 
-    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
+    def _local_records(self, role: Role, recipe: str) -> list[dict[str, Any]]:
         if role == "test":
             rows = self._read(self.language, "dev")
         else:
@@ -121,21 +121,15 @@ class TyDiQA(Task):
         return self._parallel(rows)
 
     @staticmethod
-    def _parallel(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    def _parallel(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Without a translation, one side serves as both target and source (see the recipes)."""
-        import datasets
-
-        return datasets.Dataset.from_list(
-            [
-                {
-                    "id": r["id"],
-                    **{
-                        f"{side}_{k}": r[k] for side in ("target", "source") for k in ("question", "context", "answers")
-                    },
-                }
-                for r in rows
-            ]
-        )
+        return [
+            {
+                "id": r["id"],
+                **{f"{side}_{k}": r[k] for side in ("target", "source") for k in ("question", "context", "answers")},
+            }
+            for r in rows
+        ]
 
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         """``google-research-datasets/tydiqa`` ``secondary_task`` (GoldP): all languages in one
@@ -156,7 +150,7 @@ class TyDiQA(Task):
             rows.append({"id": r["id"], "question": r["question"], "context": r["context"], "answers": answers})
         if not rows:
             raise TaskDataError(f"{self.config.hub_id} ({split}): no question with an id starting {prefix!r}")
-        return self._parallel(rows)
+        return datasets.Dataset.from_list(self._parallel(rows))
 
     def prompt(self, record: dict[str, Any], side: str) -> str:
         return f"Context: {record[f'{side}_context']}\nQuestion: {record[f'{side}_question']}\nAnswer:"

@@ -98,9 +98,7 @@ class XNLI(Task):
                 raise TaskDataError(f"{path}: line {i}: label {row['label']!r} is not one of {list(self.labels)}")
         return rows
 
-    def _load_local(self, role: Role, recipe: str) -> datasets.Dataset:
-        import datasets
-
+    def _local_records(self, role: Role, recipe: str) -> list[dict[str, Any]]:
         lang = self.language
         fields = ["sentence1", "sentence2"]
         if role == "test":
@@ -133,7 +131,7 @@ class XNLI(Task):
                     "source_hypothesis": source["sentence2_en"],
                 }
             )
-        return datasets.Dataset.from_list(records)
+        return records
 
     def _load_hub(self, role: Role, recipe: str) -> datasets.Dataset:
         """``facebook/xnli``-style: one config per language, row-aligned with ``en``; columns

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,7 @@ from ray.tune.integration.ray_train import (
     CHECKPOINT_PATH_KEY,  # where Train's checkpoint path reaches Tune
 )
 
-from flare_ray.secrets import redact
+from flare_ray.secrets import redact, unredact
 from flare_ray.storage import is_remote, local_copy
 
 from .mlflow_runs import (
@@ -141,11 +142,14 @@ class MLflowTrialCallback(Callback):
         state = self.__dict__.copy()
         for live in ("client", "writers", "_earlier"):
             state.pop(live)
+        state["tracking_uri"] = redact(self.tracking_uri)  # saved without its credentials (in tuner.pkl)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # --resume runs with the same $MLFLOW_TRACKING_URI, which gives the saved URI its credentials back
+        uri = unredact(state["tracking_uri"], os.environ.get("MLFLOW_TRACKING_URI"))
         self.__dict__.update(
-            state, client=MlflowClient(state["tracking_uri"]), writers=OrderedWriters(), _earlier=None, _restored=True
+            state, tracking_uri=uri, client=MlflowClient(uri), writers=OrderedWriters(), _earlier=None, _restored=True
         )
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:

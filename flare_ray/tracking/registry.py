@@ -6,11 +6,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from flare_ray.secrets import redact
+
 from .mlflow_runs import ADAPTER_PATH, connect
 
 
 class LookupFailed(ValueError):
-    """No such store, model, version or run, or its adapter could not be downloaded: one line."""
+    """No such store, model, version or run, or its adapter could not be downloaded: one line, the credentials
+    of the URIs in it (the tracking URI's, MLflow's error's) blanked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def check_tracking_uri(tracking_uri: str) -> str:

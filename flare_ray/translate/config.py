@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from flare_ray.configfile import ConfigFileError, Problem, YAMLSyntaxError, parse_yaml, problems_of
+from flare_ray.configfile import ConfigFileError, Problem, YAMLSyntaxError, parse_yaml, problems_of, read_config_text
 from flare_ray.languages import nllb_language
 from flare_ray.tasks.base import ROLES, Role, TaskConfig
 
@@ -151,12 +151,17 @@ def parse_config(data: Any, source: str = "config", lines: dict | None = None) -
 
 
 def load_config(path: str | Path) -> TranslateConfig:
-    """Read and validate a YAML configuration file."""
+    """Read and validate a YAML configuration file (within the limits of :mod:`flare_ray.configfile`: size,
+    nesting, aliases, UTF-8)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [], summary=f"{path}: configuration file not found")
     try:
-        data, lines, duplicates = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        data, lines, duplicates = parse_yaml(read_config_text(path), str(path))
+    except OSError as err:
+        raise ConfigError(
+            str(path), [], summary=f"{path}: cannot read the configuration: {err.strerror or err}"
+        ) from None
     except YAMLSyntaxError as err:
         raise ConfigError(str(path), [], summary=str(err)) from None
     if duplicates:

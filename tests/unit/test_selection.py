@@ -144,7 +144,11 @@ def test_grid_cells_leave_out_what_their_method_does_not_read():
     (search,) = plan_searches(config)
     assert search.expected_trials == 3 * 2
     tune, param_space = tune_config(search)
-    assert param_space[GRID_CELL]["grid_search"] == grid_cells(grid) and tune.num_samples == 1
+    assert param_space == {} and tune.num_samples == 3 * 2  # every cell once per seed, in Ray Tune's grid order
+    made = [tune.search_alg.searcher.suggest(str(i)) for i in range(3 * 2 + 1)]
+    assert made == [{GRID_CELL: cell, "training.seed": seed} for seed in (0, 1) for cell in grid_cells(grid)] + [
+        "FINISHED"
+    ]
     # A trial's Tune config, as key paths again: the cell's values and the seed
     assert seeded({GRID_CELL: {"method.kind": "lora"}, "training.seed": 1}, [0, 1]) == {
         "method.kind": "lora",
