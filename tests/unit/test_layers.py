@@ -31,6 +31,7 @@ LAYERS = [
     "selection",
     "configfile",
     "logs",
+    "digests",
     "storage",
     "secrets",
     "languages",
