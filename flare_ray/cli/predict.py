@@ -96,6 +96,7 @@ def tracking_uri(explicit: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the console: one line at the end
+    from mlflow.exceptions import MlflowException
     from pydantic import ValidationError
 
     from flare_ray.experiment import ExperimentConfig
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from flare_ray.predict.english import translation_settings
     from flare_ray.predict.predictor import plan_input, predict
     from flare_ray.predict.tables import PREDICTION_COLUMN, PredictError, read_rows, table_format, write_rows
+    from flare_ray.secrets import redact
     from flare_ray.training.evaluate import TRIAL_CONFIG_NAME
 
     with tempfile.TemporaryDirectory(prefix="flare-ray-predict-") as tmp:
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         except PredictError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except MlflowException as err:  # its message may hold the tracking URI: shown without credentials
+            print(f"error: MLflow at {redact(tracking_uri(args.tracking_uri))}: {redact(str(err))}", file=sys.stderr)
+            return 1
         settings = None
         if plan.translate:
             settings = translation_settings(

@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         print(f"error: no MLflow store at {uri}; pass --tracking-uri or set MLFLOW_TRACKING_URI", file=sys.stderr)
         return 2
+    from mlflow.exceptions import MlflowException
+
     from flare_ray.report import ReportError, build_report, log_report
     from flare_ray.report.significance import RESAMPLES, SEED
+    from flare_ray.secrets import redact
     from flare_ray.tracking.mlflow_runs import connect
 
     client = connect(uri)
@@ -62,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(
             client, args.sweeps, folder, args.resamples or RESAMPLES, SEED if args.seed is None else args.seed
         )
+        if args.log_to_mlflow:
+            log_report(client, report)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.log_to_mlflow:
-        log_report(client, report)
+    except MlflowException as err:  # its message may hold the tracking URI: shown without credentials
+        print(f"error: MLflow at {redact(uri)}: {redact(str(err))}", file=sys.stderr)
+        return 1
     print(show(report))
     return 0
 

@@ -8,9 +8,12 @@ launcher's bootstrap config on the head node does.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
 """Where the cluster launcher (``ray up``) leaves the cluster's config on its head node (Ray Tune's private
@@ -78,8 +81,6 @@ def autoscaling_capacity(bootstrap: Path | None = None) -> dict[str, float] | No
     this (head) node (``bootstrap``, by default :data:`BOOTSTRAP_CONFIG`). None where no node type says how
     many of it may come (then a sweep runs as many trials as its current nodes hold, or
     ``search.max_concurrent_trials``)."""
-    import yaml
-
     total: dict[str, float] = {}
 
     def add(resources: dict, count: int) -> None:
@@ -92,12 +93,25 @@ def autoscaling_capacity(bootstrap: Path | None = None) -> dict[str, float] | No
             add(dict(group.resources), group.max_count - group.min_count)
     path = bootstrap or BOOTSTRAP_CONFIG.expanduser()
     if not groups and path.is_file():
-        config = yaml.safe_load(path.read_text()) or {}
+        config = _bootstrap_config(path)
         head = config.get("head_node_type")
         for name, kind in (config.get("available_node_types") or {}).items():
             if name != head:
                 add(kind.get("resources"), int(kind.get("max_workers", 0)) - int(kind.get("min_workers", 0)))
     return total or None
+
+
+def _bootstrap_config(path: Path) -> dict:
+    """The cluster launcher's config, read within the limits of any config file (a file on the head node that
+    anyone with access to it may have written); {} with a warning where it is not a YAML mapping within them."""
+    from flare_ray.configfile import YAMLSyntaxError, parse_yaml, read_config_text
+
+    try:
+        config = parse_yaml(read_config_text(path), str(path))[0]
+    except (OSError, YAMLSyntaxError) as err:
+        log.warning("the cluster launcher's config is not read: %s", err)
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _ray_private_cluster_info() -> tuple[list, dict]:

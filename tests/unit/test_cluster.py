@@ -74,3 +74,18 @@ def test_an_autoscaler_status_naming_node_types_means_unknown_node_types(ray_say
     assert autoscaling_node_types() == [{}]
     ray_says([], {"autoscaler_report": {"node_type_mapping": {"10.0.0.1": "node_10.0.0.1"}}})  # plain `ray start`
     assert autoscaling_node_types() is None and autoscaling_capacity() is None
+
+
+def test_a_bootstrap_config_beyond_the_limits_of_a_config_file_is_not_read(ray_says, tmp_path, caplog):
+    """The launcher's config on the head node is read with the limits of every config file: aliases that
+    would expand to billions of nodes are refused at once, with a warning, rather than exhausting memory."""
+    ray_says([])
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(8)]
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text("\n".join(laughs) + "\navailable_node_types: {gpu: {resources: {GPU: 1}, max_workers: 2}}\n")
+    with caplog.at_level("WARNING", logger="flare_ray.search.cluster"):
+        assert autoscaling_capacity(path) is None
+    assert "not read" in caplog.text and "100,000 nodes" in caplog.text
+    path.write_text("available_node_types: {gpu: {resources: {GPU: 1}, max_workers: 2}}\n")
+    assert autoscaling_capacity(path) == {"GPU": 2.0}

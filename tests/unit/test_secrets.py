@@ -110,3 +110,27 @@ def test_ray_tune_copies_no_aws_credentials_into_the_trials_runtime_environment(
 
     env = _ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
     assert not any(name.startswith("AWS_") for name in env), env
+
+
+@pytest.mark.parametrize("command", ["report", "predict"])
+def test_report_and_predict_show_mlflow_errors_without_the_uris_password(command, tmp_path, monkeypatch, capsys):
+    """A tracking server that refuses the connection: MLflow's own error names the URI, password and all; the
+    commands print it redacted, with an exit status, instead of a traceback."""
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://alice:s3cr3t-pw@127.0.0.1:{free_port()}/?token=t0ken-value"
+    if command == "report":
+        from flare_ray.cli.report import main
+
+        code = main(["some-sweep", "--tracking-uri", uri, "--output", str(tmp_path / "r")])
+    else:
+        from flare_ray.cli.predict import main
+
+        rows = tmp_path / "in.jsonl"
+        rows.write_text('{"text": "apik"}\n')
+        code = main(["flare/1", "--input", str(rows), "--output", str(tmp_path / "out.jsonl"), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.startswith("error: ") and "http://alice:***@127.0.0.1" in err, err
+    assert "s3cr3t-pw" not in err and "t0ken-value" not in err and "Traceback" not in err
