@@ -165,3 +165,23 @@ def served(command: list[str], url: str, env: dict[str, str], log: Path, timeout
     import common
 
     return common.served(command, url, env, log, timeout)
+
+
+TINY_EXPERIMENT = """\
+name: t
+model:
+  name_or_path: "tiny:xlm-roberta"
+task: {name: nusax, languages: [jav]}
+training: {epochs: 2}
+"""
+"""The smallest experiment YAML: a tiny encoder on NusaX Javanese (tests of what loading checks write
+variations of it)."""
+
+
+def write_experiment(tmp_path: Path, text: str) -> Path:
+    """``text`` (dedented) as ``<tmp_path>/exp.yaml``."""
+    import textwrap
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,15 +18,7 @@ import pytest
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
 from flare_ray.tasks import DATA_DIR
-from tests.helpers import QUICKSTART, free_port
-
-BASE = """\
-name: t
-model:
-  name_or_path: "tiny:xlm-roberta"
-task: {name: nusax, languages: [jav]}
-training: {epochs: 2}
-"""
+from tests.helpers import QUICKSTART, TINY_EXPERIMENT, free_port, write_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -44,12 +35,6 @@ def before_ray(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
     monkeypatch.chdir(tmp_path)
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "exp.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def errors(path: Path, capsys) -> str:
@@ -90,7 +75,9 @@ def rewrite(path: Path, edit) -> None:
 
 # -- the task's data -------------------------------------------------------------------------------------
 def test_a_data_dir_that_does_not_exist(tmp_path, capsys):
-    path = write(tmp_path, BASE.replace("languages: [jav]", "languages: [jav], data_dir: no-such-data"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("languages: [jav]", "languages: [jav], data_dir: no-such-data")
+    )
     message = errors(path, capsys)
     assert (
         f"line 4, task.data_dir: '{tmp_path / 'no-such-data'}' is no folder (it does not exist); expected a local "
@@ -101,19 +88,24 @@ def test_a_data_dir_that_does_not_exist(tmp_path, capsys):
 def test_the_data_dir_the_sweeps_translation_stage_reads(tmp_path, capsys):
     every_role_mt = "splits: {train: mt, validation: mt, test: mt}"
     task = f"task: {{name: nusax, languages: [jav], data_dir: no-such-data, {every_role_mt}}}"
-    path = write(
-        tmp_path, BASE.replace("task: {name: nusax, languages: [jav]}", task) + "translation: {model: tiny:m2m_100}\n"
+    path = write_experiment(
+        tmp_path,
+        TINY_EXPERIMENT.replace("task: {name: nusax, languages: [jav]}", task) + "translation: {model: tiny:m2m_100}\n",
     )
     assert f"line 4, task.data_dir: '{tmp_path / 'no-such-data'}' is no folder" in errors(path, capsys)
     made_elsewhere = task.replace("data_dir:", "mt_dir: theirs, data_dir:")  # read as they are: no data_dir read
-    load_experiment(write(tmp_path, BASE.replace("task: {name: nusax, languages: [jav]}", made_elsewhere)))
+    load_experiment(
+        write_experiment(tmp_path, TINY_EXPERIMENT.replace("task: {name: nusax, languages: [jav]}", made_elsewhere))
+    )
 
 
 def test_a_csv_without_the_label_column(tmp_path, capsys):
     data = nusax_copy(tmp_path / "data")
     train = data / "sentiment" / "javanese" / "train.csv"
     rewrite(train, lambda rows: [[value for value, name in zip(row, rows[0]) if name != "label"] for row in rows])
-    path = write(tmp_path, BASE.replace("languages: [jav]", f"languages: [jav], data_dir: {data}"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("languages: [jav]", f"languages: [jav], data_dir: {data}")
+    )
     message = errors(path, capsys)
     assert f"line 4, task.data_dir: {train}: missing columns ['label']; expected id, text, label" in message
 
@@ -127,7 +119,9 @@ def test_a_csv_with_an_unknown_label(tmp_path, capsys):
         return rows
 
     rewrite(test, happy)
-    path = write(tmp_path, BASE.replace("languages: [jav]", f"languages: [jav], data_dir: {data}"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("languages: [jav]", f"languages: [jav], data_dir: {data}")
+    )
     message = errors(path, capsys)
     assert (
         f"line 4, task.data_dir: {test}: line 6: label 'happy' is not one of ['positive', 'neutral', 'negative']"
@@ -137,7 +131,9 @@ def test_a_csv_with_an_unknown_label(tmp_path, capsys):
 def test_a_missing_split_file(tmp_path, capsys):
     data = nusax_copy(tmp_path / "data")
     (data / "sentiment" / "javanese" / "valid.csv").unlink()
-    path = write(tmp_path, BASE.replace("languages: [jav]", f"languages: [jav], data_dir: {data}"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("languages: [jav]", f"languages: [jav], data_dir: {data}")
+    )
     message = errors(path, capsys)
     assert f"task.data_dir: {data / 'sentiment' / 'javanese' / 'valid.csv'}: file not found" in message
     load_experiment(QUICKSTART)  # the vendored copy: every split there
@@ -145,7 +141,9 @@ def test_a_missing_split_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("limit", [0, -3])
 def test_max_records_of_no_rows(limit, tmp_path, capsys):
-    path = write(tmp_path, BASE.replace("languages: [jav]", f"languages: [jav], max_records: {{train: {limit}}}"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("languages: [jav]", f"languages: [jav], max_records: {{train: {limit}}}")
+    )
     message = errors(path, capsys)
     assert (
         f"line 4, task.max_records.train: {limit} rows would leave the train split empty (scikit-learn refuses an "
@@ -159,7 +157,9 @@ def test_a_stage1_folder_with_pickled_weights_only(tmp_path, capsys):
     folder.mkdir()
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.bin").write_bytes(b"a pickle")
-    path = write(tmp_path, BASE.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path")
+    )
     message = errors(path, capsys)
     assert (
         f"line 3, model.stage1: '{folder}' holds no adapter_model.safetensors (only adapter_model.bin, a pickle, "
@@ -181,7 +181,7 @@ def test_a_stage1_folder_with_pickled_weights_only(tmp_path, capsys):
     ],
 )
 def test_a_storage_path_no_sweep_can_use(value, problem, tmp_path, capsys):
-    message = errors(write(tmp_path, BASE + f"storage_path: {value}\n"), capsys)
+    message = errors(write_experiment(tmp_path, TINY_EXPERIMENT + f"storage_path: {value}\n"), capsys)
     assert f"line 6, storage_path: {problem}; expected a local folder or a URI (file://, s3://, gs://)" in message
 
 
@@ -194,7 +194,9 @@ def test_a_storage_path_no_sweep_can_use(value, problem, tmp_path, capsys):
     ],
 )
 def test_fusion_layers_name_the_models_own_blocks(spec, problem, tmp_path, capsys):
-    message = errors(write(tmp_path, BASE + f"method: {{flare: {{fusion_layers: {spec}}}}}\n"), capsys)
+    message = errors(
+        write_experiment(tmp_path, TINY_EXPERIMENT + f"method: {{flare: {{fusion_layers: {spec}}}}}\n"), capsys
+    )
     assert f"line 6, method.flare.fusion_layers: {problem}" in message
     assert "10000 blocks" not in message
 
@@ -238,7 +240,7 @@ def http_server():
 
 def test_a_tracking_uri_that_answers_404_is_no_mlflow_server(tmp_path, capsys, http_server):
     url = http_server(404)
-    path = write(tmp_path, BASE + f"tracking: {{tracking_uri: '{url}'}}\n")
+    path = write_experiment(tmp_path, TINY_EXPERIMENT + f"tracking: {{tracking_uri: '{url}'}}\n")
     message = cli_error([str(path)], capsys)
     assert (
         f"error: no MLflow tracking server at {url}: it answers HTTP 404 (Not Found) at /health, which an MLflow "
@@ -249,7 +251,7 @@ def test_a_tracking_uri_that_answers_404_is_no_mlflow_server(tmp_path, capsys, h
 
 def test_a_tracking_server_that_does_not_answer_is_a_warning_in_the_dry_run_only(tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: maybe the dry run is away from the cluster
-    path = write(tmp_path, BASE + f"tracking: {{tracking_uri: '{url}'}}\n")
+    path = write_experiment(tmp_path, TINY_EXPERIMENT + f"tracking: {{tracking_uri: '{url}'}}\n")
     assert main([str(path), "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("# experiment ")
@@ -260,7 +262,7 @@ def test_a_tracking_server_that_does_not_answer_is_a_warning_in_the_dry_run_only
 
 @pytest.mark.parametrize("status", [200, 401])
 def test_a_tracking_server_that_answers_or_asks_for_credentials_passes(status, tmp_path, capsys, http_server):
-    path = write(tmp_path, BASE + f"tracking: {{tracking_uri: '{http_server(status)}'}}\n")
+    path = write_experiment(tmp_path, TINY_EXPERIMENT + f"tracking: {{tracking_uri: '{http_server(status)}'}}\n")
     assert main([str(path), "--dry-run"]) == 0, capsys.readouterr().err
 
 

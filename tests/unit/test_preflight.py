@@ -13,15 +13,8 @@ import pytest
 
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
+from tests.helpers import TINY_EXPERIMENT, write_experiment
 from tests.hub_cache import SHIPPED_MODELS, fake_hub_cache
-
-BASE = """\
-name: t
-model:
-  name_or_path: "tiny:xlm-roberta"
-task: {name: nusax, languages: [jav]}
-training: {epochs: 2}
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -35,14 +28,8 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "exp.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def model(name_or_path: str, extra: str = "") -> str:
-    return BASE.replace('"tiny:xlm-roberta"', json.dumps(name_or_path)) + extra
+    return TINY_EXPERIMENT.replace('"tiny:xlm-roberta"', json.dumps(name_or_path)) + extra
 
 
 def errors(path: Path, capsys, overrides: tuple[str, ...] = ()) -> list[str]:
@@ -74,7 +61,7 @@ def local_model(folder: Path, layers: int) -> Path:
     ["/no/such/models/xlmr", "./models/xlmr", "../xlmr", "~/no-such-flare-model", "models/xlmr/large", "not a hub id"],
 )
 def test_a_local_model_folder_that_does_not_exist(value, tmp_path, capsys):
-    path = write(tmp_path, model(value))
+    path = write_experiment(tmp_path, model(value))
     relative = "" if value.startswith(("/", "~")) else f" (relative to {tmp_path})"
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
@@ -85,7 +72,7 @@ def test_a_local_model_folder_that_does_not_exist(value, tmp_path, capsys):
 
 
 def test_an_override_naming_a_missing_folder_is_named(tmp_path, capsys):
-    path = write(tmp_path, BASE)
+    path = write_experiment(tmp_path, TINY_EXPERIMENT)
     for message in errors(path, capsys, ("model.name_or_path=/no/such/model",)):
         assert (
             "model.name_or_path (from --set model.name_or_path=/no/such/model): '/no/such/model' does not exist"
@@ -94,7 +81,7 @@ def test_an_override_naming_a_missing_folder_is_named(tmp_path, capsys):
 
 def test_a_local_folder_is_local_even_when_it_looks_like_a_hub_id(tmp_path, capsys):
     local_model(tmp_path / "FacebookAI" / "xlm-roberta-base", layers=12)  # not in the hub cache, and offline
-    config = loads(write(tmp_path, model("FacebookAI/xlm-roberta-base")), capsys)
+    config = loads(write_experiment(tmp_path, model("FacebookAI/xlm-roberta-base")), capsys)
     assert config.model.name_or_path == str(tmp_path / "FacebookAI" / "xlm-roberta-base")
 
 
@@ -102,7 +89,7 @@ def test_a_local_folder_is_local_even_when_it_looks_like_a_hub_id(tmp_path, caps
 def test_a_hub_model_missing_from_the_cache_while_offline(switch, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv(switch, "1")
-    path = write(tmp_path, model("some-org/not-downloaded"))
+    path = write_experiment(tmp_path, model("some-org/not-downloaded"))
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
         assert (
@@ -114,23 +101,30 @@ def test_a_hub_model_missing_from_the_cache_while_offline(switch, tmp_path, caps
 
 def test_a_hub_model_in_the_cache_offline_or_any_online(tmp_path, capsys, monkeypatch):
     assert "FacebookAI/xlm-roberta-large" in SHIPPED_MODELS  # in the cache
-    loads(write(tmp_path, model("FacebookAI/xlm-roberta-large")), capsys)
+    loads(write_experiment(tmp_path, model("FacebookAI/xlm-roberta-large")), capsys)
     monkeypatch.delenv("HF_HUB_OFFLINE")  # online: a hub id is accepted as it is (nothing is downloaded)
-    loads(write(tmp_path, model("some-org/not-downloaded")), capsys)
+    loads(write_experiment(tmp_path, model("some-org/not-downloaded")), capsys)
 
 
 def test_a_hub_mt_model_missing_from_the_cache_while_offline(tmp_path, capsys):
-    path = write(tmp_path, BASE + "method: {kind: flare_mt, flare: {mt_encoder: some-org/no-mt-model}}\n")
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT + "method: {kind: flare_mt, flare: {mt_encoder: some-org/no-mt-model}}\n"
+    )
     for message in errors(path, capsys):
         assert (
             "line 6, method.flare.mt_encoder: hub model 'some-org/no-mt-model' is not in the local Hugging Face "
             "cache and the hub is offline (HF_HUB_OFFLINE=1); expected a cached model"
         ) in message
-    loads(write(tmp_path, BASE + "method: {kind: flare_mt, flare: {mt_encoder: tiny:m2m_100}}\n"), capsys)
+    loads(
+        write_experiment(tmp_path, TINY_EXPERIMENT + "method: {kind: flare_mt, flare: {mt_encoder: tiny:m2m_100}}\n"),
+        capsys,
+    )
 
 
 def test_a_searched_model_is_checked_for_every_value(tmp_path, capsys):
-    path = write(tmp_path, BASE + "search:\n  grid:\n    model.name_or_path: ['tiny:xlm-roberta', /no/such/model]\n")
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT + "search:\n  grid:\n    model.name_or_path: ['tiny:xlm-roberta', /no/such/model]\n"
+    )
     for message in errors(path, capsys):
         assert (
             "line 8, search.grid.model.name_or_path[1]: '/no/such/model' does not exist; expected a model folder"
@@ -139,7 +133,9 @@ def test_a_searched_model_is_checked_for_every_value(tmp_path, capsys):
 
 # -- model.stage1 ----------------------------------------------------------------------------------
 def test_a_stage1_folder_that_does_not_exist(tmp_path, capsys):
-    path = write(tmp_path, BASE.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path")
+    )
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
         assert (
@@ -150,7 +146,9 @@ def test_a_stage1_folder_that_does_not_exist(tmp_path, capsys):
 
 def test_a_stage1_folder_without_its_adapter(tmp_path, capsys):
     (tmp_path / "stage1-adapter").mkdir()
-    path = write(tmp_path, BASE.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path"))
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT.replace("  name_or_path", "  stage1: stage1-adapter\n  name_or_path")
+    )
     for message in errors(path, capsys):
         assert (
             f"line 3, model.stage1: '{tmp_path / 'stage1-adapter'}' holds no stage-1 adapter; expected a "
@@ -163,7 +161,7 @@ def test_a_stage1_folder_without_its_adapter(tmp_path, capsys):
 
 # -- method.flare.fusion_layers --------------------------------------------------------------------
 def test_fusion_layers_beyond_a_tiny_model(tmp_path, capsys):
-    path = write(tmp_path, BASE + "method: {flare: {fusion_layers: [0, 4]}}\n")
+    path = write_experiment(tmp_path, TINY_EXPERIMENT + "method: {flare: {fusion_layers: [0, 4]}}\n")
     for message in errors(path, capsys):
         assert f"{path}: invalid experiment config (1 problem)" in message
         assert (
@@ -171,12 +169,12 @@ def test_fusion_layers_beyond_a_tiny_model(tmp_path, capsys):
             "xlm-roberta model); expected block indices 0 to 3 (negative ones count from the last), ranges of "
             "them such as '0-3', or one of ['all', 'lower_half', 'upper_half']"
         ) in message
-    loads(write(tmp_path, BASE + "method: {flare: {fusion_layers: [0, -4, '1-3']}}\n"), capsys)
+    loads(write_experiment(tmp_path, TINY_EXPERIMENT + "method: {flare: {fusion_layers: [0, -4, '1-3']}}\n"), capsys)
 
 
 def test_fusion_layers_beyond_a_local_model_read_from_its_config_json(tmp_path, capsys):
     folder = local_model(tmp_path / "xlmr-6", layers=6)
-    path = write(tmp_path, model(str(folder), "method: {flare: {fusion_layers: '0-7'}}\n"))
+    path = write_experiment(tmp_path, model(str(folder), "method: {flare: {fusion_layers: '0-7'}}\n"))
     for message in errors(path, capsys):
         assert (
             f"line 6, method.flare.fusion_layers: '0-7': '0-7' is outside the 6 blocks of {folder} "
@@ -185,7 +183,9 @@ def test_fusion_layers_beyond_a_local_model_read_from_its_config_json(tmp_path, 
 
 
 def test_fusion_layers_beyond_a_cached_hub_model(tmp_path, capsys):
-    path = write(tmp_path, model("FacebookAI/xlm-roberta-large", "method: {flare: {fusion_layers: [23, 24]}}\n"))
+    path = write_experiment(
+        tmp_path, model("FacebookAI/xlm-roberta-large", "method: {flare: {fusion_layers: [23, 24]}}\n")
+    )
     for message in errors(path, capsys):
         assert (
             "line 6, method.flare.fusion_layers: [23, 24]: 24 is outside the 24 blocks of FacebookAI/xlm-roberta-large"
@@ -195,13 +195,16 @@ def test_fusion_layers_beyond_a_cached_hub_model(tmp_path, capsys):
 
 def test_fusion_layers_of_a_hub_model_online_and_not_cached_are_not_checked(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    loads(write(tmp_path, model("some-org/not-downloaded", "method: {flare: {fusion_layers: [100]}}\n")), capsys)
+    loads(
+        write_experiment(tmp_path, model("some-org/not-downloaded", "method: {flare: {fusion_layers: [100]}}\n")),
+        capsys,
+    )
 
 
 def test_fusion_layers_in_the_search_space_every_value(tmp_path, capsys):
-    path = write(
+    path = write_experiment(
         tmp_path,
-        BASE
+        TINY_EXPERIMENT
         + textwrap.dedent("""\
         search:
           space:
@@ -218,7 +221,9 @@ def test_fusion_layers_in_the_search_space_every_value(tmp_path, capsys):
 
 
 def test_fusion_layers_in_the_grid_every_value(tmp_path, capsys):
-    path = write(tmp_path, BASE + "search:\n  grid:\n    method.flare.fusion_layers: [all, '0-5', upper_half]\n")
+    path = write_experiment(
+        tmp_path, TINY_EXPERIMENT + "search:\n  grid:\n    method.flare.fusion_layers: [all, '0-5', upper_half]\n"
+    )
     for message in errors(path, capsys):
         assert (
             "line 8, search.grid.method.flare.fusion_layers[1]: '0-5': '0-5' is outside the 4 blocks of "
@@ -227,14 +232,14 @@ def test_fusion_layers_in_the_grid_every_value(tmp_path, capsys):
 
 
 def test_fusion_layers_are_not_checked_for_methods_without_fusion(tmp_path, capsys):
-    loads(write(tmp_path, BASE + "method: {kind: lora, flare: {fusion_layers: [9]}}\n"), capsys)
+    loads(write_experiment(tmp_path, TINY_EXPERIMENT + "method: {kind: lora, flare: {fusion_layers: [9]}}\n"), capsys)
 
 
 # -- credentials ------------------------------------------------------------------------------------
 def test_a_uri_with_a_password_is_refused_and_the_password_never_shown(tmp_path, capsys):
-    path = write(
+    path = write_experiment(
         tmp_path,
-        BASE + "tracking: {tracking_uri: 'http://bob:hunter2@mlflow.internal:5000'}\n"
+        TINY_EXPERIMENT + "tracking: {tracking_uri: 'http://bob:hunter2@mlflow.internal:5000'}\n"
         "storage_path: 's3://key:secret@bucket/x'\n",
     )
     for message in errors(path, capsys):
