@@ -154,6 +154,10 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tu
     try:
         loader = _Loader(text)  # checks every character first
         node = loader.get_single_node()
+        lines: dict[KeyPath, int] = {}
+        duplicates: list[tuple[KeyPath, int]] = []
+        if node is not None:  # before the document is constructed, which writes merge keys (<<) into the mappings
+            _index(node, (), lines, duplicates, set())
         data = loader.construct_document(node) if node is not None else None
     except yaml.reader.ReaderError as err:  # a control character, e.g. NUL
         raise YAMLSyntaxError(f"{source}, {_unprintable(text, err)}") from None
@@ -168,10 +172,6 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int], list[tu
     finally:
         if loader is not None:
             loader.dispose()
-    lines: dict[KeyPath, int] = {}
-    duplicates: list[tuple[KeyPath, int]] = []
-    if node is not None:
-        _index(node, (), lines, duplicates, set())
     return data, lines, duplicates
 
 

@@ -175,3 +175,12 @@ def test_aliases_within_the_limits_load_and_are_indexed_once():
     assert data == {"base": {"lr": 2}, "copy": {"lr": 2}}
     assert lines[("base", "lr")] == 1 and lines[("copy",)] == 2 and ("copy", "lr") not in lines
     assert duplicates == [(("base", "lr"), 1)]  # once, at the anchor
+
+
+def test_a_merge_key_and_the_keys_it_overrides_are_no_duplicates():
+    """``<<: *base`` then a key of base's: YAML's merge, the later key winning; a real duplicate still counts."""
+    text = "base: &b {lr: 1, r: 8}\ntraining:\n  <<: *b\n  lr: 2\nother: {a: 1, a: 2}\n"
+    data, lines, duplicates = parse_yaml(text, "t.yaml")
+    assert data["training"] == {"lr": 2, "r": 8}
+    assert lines[("training", "lr")] == 4
+    assert duplicates == [(("other", "a"), 5)]
