@@ -6,7 +6,8 @@
 * :func:`tee_output` (a trial's worker process): everything the process writes to its stdout and
   stderr, Python or native code, is also written to the trial's log file, which outlives the trial.
 
-Standard library only: the trial's workers call it before anything heavy is imported.
+Standard library (and the light :mod:`flare_ray.storage`) only: the trial's workers call it before anything heavy
+is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from flare_ray.storage import is_disk_full
 
 LIBRARIES = (
     "ray",
@@ -38,17 +41,42 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _OursOrErrors(logging.Filter):
-    """The console handler: flare_ray's warnings, anyone's errors."""
+    """The console handler: flare_ray's warnings, anyone's errors (but a full disk's: see :class:`_NotDiskFull`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ours = record.name.startswith("flare_ray") and record.levelno >= logging.WARNING
-        return ours or record.levelno >= logging.ERROR
+        return (ours or record.levelno >= logging.ERROR) and _NOT_DISK_FULL.filter(record)
+
+
+class _NotDiskFull(logging.Filter):
+    """Keeps a full disk's errors off the console: once the disk is full every trial, Tune's state saves and
+    MLflow's store each log a traceback of it, and the command says it in one line instead (the sweep's
+    :class:`~flare_ray.search.disk.DiskGuard`). They still go to the log file where it can be written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (is_disk_full(record.getMessage()) or (record.exc_info and is_disk_full(record.exc_info[1])))
+
+
+_NOT_DISK_FULL = _NotDiskFull()
+
+
+class _LogFile(logging.FileHandler):
+    """The log file's handler: a record it cannot write because the disk is full is lost quietly (Python would
+    print a traceback for each), counted in ``lost``."""
+
+    lost = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if is_disk_full(sys.exc_info()[1]):
+            self.lost += 1
+            return
+        super().handleError(record)
 
 
 def log_to_file(path: Path, verbose: bool = False) -> Path:
     """Send this process's logging to ``path`` (INFO and above) and keep the console for people."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file = _LogFile(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter(_FORMAT))
     to_file.setLevel(logging.INFO)
     root = logging.getLogger()
@@ -91,6 +119,9 @@ def quiet_libraries() -> None:
                 if handler is not to_file and not _VERBOSE[0] and handler.level < logging.ERROR:
                     _UNDO.append(lambda handler=handler, level=handler.level: handler.setLevel(level))
                     handler.setLevel(logging.ERROR)
+                if handler is not to_file and not _VERBOSE[0] and _NOT_DISK_FULL not in handler.filters:
+                    handler.addFilter(_NOT_DISK_FULL)
+                    _UNDO.append(lambda handler=handler: handler.removeFilter(_NOT_DISK_FULL))
         # torch keeps its loggers' levels itself (TORCH_LOGS) and adds a console handler of its own when a part
         # of it (inductor) is first imported, which would then print every INFO record: its level stays.
         if name != "torch" and (logger.level == logging.NOTSET or logger.level > logging.INFO):
@@ -103,7 +134,11 @@ def stop_logging_to_file() -> None:
     while _UNDO:
         _UNDO.pop()()
     if _FILE[0] is not None:
-        _FILE[0].close()
+        try:
+            _FILE[0].close()
+        except OSError as err:  # its last records could not be flushed: the disk is full (the command said so)
+            if not is_disk_full(err):
+                raise
     _FILE[0] = None
 
 

@@ -6,6 +6,8 @@ made absolute, URIs kept as written); these helpers join and read it.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +17,8 @@ from urllib.parse import unquote, urlparse
 
 from flare_ray.secrets import redact
 
+FULL = ("No space left on device", "database or disk is full", "Errno 28")
+"""How a full disk reads in an error's text (an OSError's, sqlite's, or one relayed from a trial's process)."""
 SCHEMES = ("file", "s3", "gs")  # the URIs a sweep's storage may be (pyarrow's filesystems, as Ray Tune reads them)
 
 
@@ -35,6 +39,19 @@ def storage_problem(value: str) -> str | None:
     if not rest.strip("/"):
         return f"{shown} names no {'folder' if scheme.lower() == 'file' else 'bucket'}; {expected}"
     return None
+
+
+def is_disk_full(error: BaseException | str | None) -> bool:
+    """Whether ``error`` (an exception, with its causes, or a text) says the disk is full."""
+    seen = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if any(marker in str(error) for marker in FULL):
+            return True
+        error = error.__cause__ or error.__context__
+    return isinstance(error, str) and any(marker in error for marker in FULL)
 
 
 def local_path(value: str) -> str:
@@ -135,3 +152,34 @@ def write_text(path: str | Path, text: str) -> None:
     filesystem, inner = _filesystem(str(path))
     with filesystem.open_output_stream(inner) as stream:
         stream.write(text.encode())
+
+
+def unwritable(storage_path: str) -> str | None:
+    """Why a sweep cannot write its local storage folder (a file, under a file, read-only, not creatable), or
+    None where it can, or where it is a remote store (``s3://``, ``gs://``: written through its filesystem, which
+    says so itself). Creates the folder where it is missing, and writes and removes a probe file in it: a
+    permission check alone would miss a read-only filesystem or a full one."""
+    folder = local_folder(storage_path)
+    if folder is None:
+        return None
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file; expected a folder"
+    above = next((parent for parent in folder.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"{folder} cannot be created: {above} is a file; expected a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"{folder} cannot be created ({_why(err)})"
+    probe = folder / f".flare_ray-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        return f"{folder} cannot be written ({err.strerror or err})"
+    return None
+
+
+def _why(err: OSError) -> str:
+    """An OSError in words, naming the path it is about (a missing folder above the one asked for)."""
+    return f"{err.strerror or err}: {err.filename}" if err.filename else f"{err.strerror or err}"

@@ -41,19 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     if config.model.stage1 not in (None, "auto"):
         print(f"error: model.stage1 is {config.model.stage1}: stage 1 starts from model.name_or_path", file=sys.stderr)
         return 2
+    from flare_ray.storage import unwritable
+
+    problem = unwritable(config.storage_path)  # its logs go there
+    if problem:
+        print(f"error: {config.source}: storage_path: {problem}", file=sys.stderr)
+        return 2
     from flare_ray.cli.tune import quiet_environment
     from flare_ray.logs import log_to_file, quiet_libraries, stop_logging_to_file, timestamped
     from flare_ray.search.trial import logs_folder
 
     quiet_environment(args.verbose)
     log = log_to_file(timestamped(logs_folder(config.storage_path), f"{config.name}-stage1"), verbose=args.verbose)
-    import ray
-
+    from flare_ray.local_ray import init_ray
     from flare_ray.search.stage1 import train_stage1
 
     quiet_libraries()
     try:
-        ray.init(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
+        init_ray(ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose)
         quiet_libraries()
         output = train_stage1(config, args.output)
     finally:

@@ -9,6 +9,7 @@ MLflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -97,10 +98,16 @@ def _ready(config, dry_run: bool) -> bool:
     the tracking server answers as MLflow's does (before MLflow's own retries, which take minutes; a server
     that does not answer is only a warning in the dry run, which may run away from the cluster's network), and
     this machine can hold a trial's worker where the sweep starts a local Ray. Prints each error (then False)
-    and warning on stderr."""
+    and warning on stderr. First of all, a local ``storage_path`` is a folder this command can write (its logs and
+    the default tracking store are there too)."""
     from flare_ray.search.plan import unplaceable_here
+    from flare_ray.storage import unwritable
     from flare_ray.tracking.config import NotMLflow, TrackingUnreachable, check_reachable, resolve_tracking_uri
 
+    problem = unwritable(config.storage_path)
+    if problem:
+        print(f"error: {config.source}: storage_path: {problem}", file=sys.stderr)
+        return False
     try:
         check_reachable(resolve_tracking_uri(config))
     except TrackingUnreachable as err:
@@ -128,19 +135,19 @@ def _sweep(config, args) -> int:
 
     quiet_environment(args.verbose)
     log = log_to_file(timestamped(logs_folder(config.storage_path), config.name), verbose=args.verbose)
-    import ray
-
+    from flare_ray.local_ray import init_ray
     from flare_ray.search.cluster import joins_a_cluster, probe_cluster
     from flare_ray.search.console import Console
     from flare_ray.search.plan import run_plan_text, unplaceable
     from flare_ray.search.sweep import SweepFailed, SweepInterrupted, run_sweep
+    from flare_ray.storage import is_disk_full
 
     quiet_libraries()  # Ray, MLflow and Optuna set up their console handlers when imported
 
-    # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray. Workers' output stays in the
-    # trials' log files (and Ray's) unless --verbose.
+    # RAY_ADDRESS (set by `ray job submit`) joins a cluster; else a local Ray, listening on 127.0.0.1 only.
+    # Workers' output stays in the trials' log files (and Ray's) unless --verbose.
     joined = joins_a_cluster()
-    ray.init(
+    init_ray(
         ignore_reinit_error=True, log_to_driver=args.verbose, configure_logging=args.verbose, runtime_env=_runtime_env()
     )
     quiet_libraries()
@@ -155,14 +162,20 @@ def _sweep(config, args) -> int:
         print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
         return 2
     console.print(run_plan_text(config, cluster.resources, log))
+    guard = _disk_guard(config)
     try:
-        summary = run_sweep(config, resume=args.resume, console=console, resources=cluster.resources)
-    except SweepInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        return 130
-    except SweepFailed as err:
-        print(f"error: {err}\n(the sweep's log: {log})", file=sys.stderr)
-        return 1
+        with guard or contextlib.nullcontext():
+            summary = run_sweep(config, resume=args.resume, console=console, resources=cluster.resources)
+    except BaseException as err:  # a full disk first: it stops the sweep in any of the ways below
+        if (guard is not None and guard.tripped.is_set()) or is_disk_full(err):
+            return _disk_full(config, guard)
+        if isinstance(err, SweepInterrupted):
+            print(f"interrupted: {err}", file=sys.stderr)
+            return 130
+        if isinstance(err, SweepFailed):
+            print(f"error: {err}\n(the sweep's log: {log})", file=sys.stderr)
+            return 1
+        raise
     print()
     print(f"Best trials of sweep '{summary.name}' (selected on {summary.metric}):")
     print(summary.table())
@@ -179,6 +192,50 @@ def _sweep(config, args) -> int:
         )
         return 1
     return 0
+
+
+def _disk_guard(config):
+    """The guard that stops the sweep when the disk of its local storage folder fills up; None for a remote store."""
+    from flare_ray.search.disk import DiskGuard
+    from flare_ray.storage import local_folder
+
+    folder = local_folder(config.storage_path)
+    return DiskGuard(folder) if folder is not None else None
+
+
+def _disk_full(config, guard) -> int:
+    """The disk filled up: the parent run and the runs of the trials still running are marked FAILED with the
+    reason (where the tracking store can still be written), and one line says so. Exit status 1."""
+    from flare_ray.search.disk import DiskGuard
+    from flare_ray.storage import local_folder
+
+    guard = guard or DiskGuard(local_folder(config.storage_path) or Path.cwd())
+    line = guard.line()
+    _stop_ray()  # the trials write no more: the guard's reserve is for the runs' status
+    guard.release()
+    try:
+        _mark_failed(config, line.removeprefix("error: "))
+    except Exception:  # noqa: BLE001 - the store is on the full disk too: what it holds stays as it was
+        logging.getLogger("flare_ray.tune").info("the runs could not be marked FAILED", exc_info=True)
+        line = line.replace("the runs are marked FAILED", "the runs could not be marked FAILED (the store is full)")
+    print(line, file=sys.stderr)
+    return 1
+
+
+def _mark_failed(config, reason: str) -> None:
+    """This sweep's parent run, unless it finished, and its children still RUNNING: FAILED, with ``reason``."""
+    from flare_ray.tracking import mlflow_runs
+    from flare_ray.tracking.callback import ERROR_TAG  # a failed trial's reason, on its run
+
+    client = mlflow_runs.connect(mlflow_runs.resolve_tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    parent = experiment and mlflow_runs.find_run(client, experiment.experiment_id, {mlflow_runs.SWEEP_TAG: config.name})
+    if parent is None or parent.info.status == "FINISHED":
+        return
+    children = mlflow_runs.child_runs(client, experiment.experiment_id, parent.info.run_id)
+    for run in [*(c for c in children if c.info.status == "RUNNING"), parent]:
+        client.set_tag(run.info.run_id, ERROR_TAG, reason)
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _runtime_env() -> dict | None:

@@ -7,10 +7,12 @@
   nothing. Every value the search space or grid gives the key is checked too.
 * no value holds a URI with a password (:mod:`flare_ray.secrets`; credentials come from the environment).
 * ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json`` and
-  ``adapter_model.safetensors``: a pickled ``adapter_model.bin`` is never loaded).
+  ``adapter_model.safetensors``: a pickled ``adapter_model.bin`` is never loaded), its files intact: as its
+  ``sha256.json`` lists them, or without one, parsing (:func:`stage1_folder_problem`).
 * ``task``: the files every split reads from the task's local data (``task.data_dir``, else the vendored
   copy; none with a ``hub_id``; for an ``mt`` split, the rows the sweep translates, where it does), for every
-  target language: there, with their columns and labels (:meth:`flare_ray.tasks.Task.check_data`).
+  target language: there, with their columns and labels (:meth:`flare_ray.tasks.Task.check_data`); a translated
+  split in a ``task.mt_dir`` the config names, where a digest is written beside it, matching it.
 * ``method.flare.fusion_layers`` (the config's and every value of the space and grid): no block beyond the
   model's, whose number is read from its ``config.json`` alone (no weights, no transformers; the tiny models'
   from :data:`flare_ray.models.tiny.LAYERS`). Skipped where no ``config.json`` is at hand (a hub id online
@@ -32,12 +34,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from flare_ray.configfile import KeyPath, Problem
+from flare_ray.digests import SUFFIX, file_problem, folder_problem, has_manifest
 from flare_ray.fusion.config import LAYER_GROUPS, resolve_layers
 from flare_ray.models.positions import max_input_positions
 from flare_ray.models.tiny import LAYERS as TINY_LAYERS
 from flare_ray.models.tiny import POSITIONS as TINY_POSITIONS
 from flare_ray.secrets import has_password, redact
 from flare_ray.tasks import ROLES, TASKS, TaskDataError
+from flare_ray.tasks.base import mt_split_path
 
 from .config import ExperimentConfig
 
@@ -71,6 +75,7 @@ def preflight_problems(config: ExperimentConfig) -> list[Problem]:
         ]
     problems += _stage1_problems(config)
     problems += _task_data_problems(config)
+    problems += _translation_problems(config)
     problems += _credential_problems(config)
     if kinds & set(_FLARE):
         problems += _fusion_layer_problems(config)
@@ -246,7 +251,49 @@ def _stage1_problems(config: ExperimentConfig) -> list[Problem]:
                 "'auto' or null",
             )
         ]
+    problem = stage1_folder_problem(folder)
+    if problem is not None:
+        return [
+            Problem(
+                path,
+                f"{str(folder)!r} is damaged: {problem}; expected the files as stage 1 wrote them: write the "
+                "folder again (`python -m flare_ray.stage1`), or use model.stage1: auto",
+            )
+        ]
     return []
+
+
+def stage1_folder_problem(folder: Path) -> str | None:
+    """What is wrong with the files of a stage-1 adapter folder, naming the file (None: nothing found). Against
+    its ``sha256.json`` where it has one (flare_ray writes it with the folder); a folder without one (made by
+    hand, by peft, or by an earlier flare_ray) is checked as far as that can be done without it: its
+    ``adapter_config.json`` parses, and each safetensors file's header parses and covers the file (a truncated
+    file fails there, not in every trial)."""
+    folder = Path(folder)
+    if has_manifest(folder):
+        return folder_problem(folder)
+    config = folder / "adapter_config.json"
+    try:
+        json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        return f"{config} is unreadable ({type(err).__name__}: {err})"
+    for path in sorted(folder.rglob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem is not None:
+            return problem
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is no readable safetensors file (None: its header parses and its tensors cover the file).
+    Reads the header only: no torch, nothing loaded."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            return None
+    except (SafetensorError, OSError) as err:
+        return f"{path} is no readable safetensors file ({err}): truncated or corrupted"
 
 
 def _task_data_problems(config: ExperimentConfig) -> list[Problem]:
@@ -272,6 +319,30 @@ def _task_data_problems(config: ExperimentConfig) -> list[Problem]:
             path = ("task", "data_dir") if task.data_dir is not None else ("task", "languages", i)
             if all(str(err) not in p.message for p in problems):  # a file the languages share: once
                 problems.append(Problem(path, str(err)))
+    return problems
+
+
+def _translation_problems(config: ExperimentConfig) -> list[Problem]:
+    """A translated split in a ``task.mt_dir`` the config names (made elsewhere: the sweep does not make it
+    again) whose parquet no longer matches the digest written beside it. A split without one (shipped with the
+    data, or made by an earlier version) is read as it is; where the sweep translates, it makes a damaged split
+    again (:mod:`flare_ray.translate.store`)."""
+    task = config.task
+    roles = [role for role in ROLES if task.splits.get(role) == "mt"]
+    if config.translates or task.mt_dir is None or not roles:
+        return []
+    problems = []
+    for language in task.languages:
+        for role in roles:
+            split = mt_split_path(task.mt_dir, task.name, language, role)
+            if split.with_name(split.name + SUFFIX).is_file() and (problem := file_problem(split)) is not None:
+                problems.append(
+                    Problem(
+                        ("task", "mt_dir"),
+                        f"{problem}; expected the {role} split of {language} as it was translated: translate it "
+                        "again (`python -m flare_ray.translate`) or remove task.mt_dir for the sweep to translate",
+                    )
+                )
     return problems
 
 

@@ -12,9 +12,10 @@ fused sites (:mod:`flare_ray.training.source_cache`).
 one: rows it holds are read back, the others computed by the inner provider in one sub-batch and stored,
 until the cache reaches its size limit; past it, missing rows are computed every time (and the cache says
 so in :attr:`SourceCache.full`). A cache can be written to a folder (:meth:`SourceCache.save`: one
-safetensors file per stored tensor of a row, rows end to end, and a JSON index) and another process, on
-any node, reads it back by memory map (:class:`SourceShards`, given as ``SourceCache.shards``): rows it
-holds are copied into the cache when first read. Positions that are padding get zeros instead of the pass's values there,
+safetensors file per stored tensor of a row, rows end to end, a JSON index and, last, their ``sha256.json``)
+and another process, on any node, reads it back by memory map (:class:`SourceShards`, given as
+``SourceCache.shards``, opened by :func:`open_shards`, which checks the files first): rows it holds are copied
+into the cache when first read. Positions that are padding get zeros instead of the pass's values there,
 which no fusion reads (they are masked), so a cached step equals an uncached one up to the half precision.
 """
 
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from flare_ray.digests import folder_problem, write_manifest
 
 from .provider import SourceBatch, SourceProvider
 from .sites import FusionSite
@@ -81,6 +84,7 @@ class SourceCache:
         tensors = {f"slot{i}": torch.cat([self.rows[k][i].cpu() for k in keys]) for i in range(slots)}
         save_file(tensors, str(folder / SHARDS_FILE))
         (folder / INDEX_FILE).write_text(json.dumps({"layout": self.layout, "rows": index}))
+        write_manifest(folder)  # last: checked before another process maps the rows (open_shards)
 
     def stats(self, since: tuple[int, int] = (0, 0)) -> dict[str, float]:
         """The share of rows read back among those looked up after ``since`` (``(hits, misses)`` then), the
@@ -210,3 +214,20 @@ class SourceShards:
             return None
         start, length = where
         return [slot[start : start + length] for slot in self._slots]
+
+
+def open_shards(folder: Path) -> tuple[SourceShards | None, str | None]:
+    """The rows a :class:`SourceCache` saved to ``folder``, checked first: ``(shards, None)``, or ``(None, what
+    is wrong)`` naming the file, where a file does not match the ``sha256.json`` written with it (a truncated
+    shard would fail a trial deep in a step, or crash it on a memory-mapped read past the end), there is no
+    ``sha256.json`` (an unfinished save, or an earlier version's: the owner builds the rows again), or the
+    files do not load."""
+    from safetensors import SafetensorError
+
+    problem = folder_problem(folder)
+    if problem is not None:
+        return None, problem
+    try:
+        return SourceShards(folder), None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        return None, f"{folder} does not load ({type(err).__name__}: {err})"

@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +19,7 @@ from flare_ray.experiment import ExperimentConfig, apply_sample
 from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
 from flare_ray.experiment.training import method_reads
+from flare_ray.local_ray import starts_a_local_ray
 from flare_ray.secrets import redact
 from flare_ray.tracking.config import resolve_tracking_uri
 
@@ -314,23 +314,6 @@ def _worker_needs(config: ExperimentConfig) -> dict[str, float]:
 
 def _show(resources: dict[str, float]) -> str:
     return ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))
-
-
-def starts_a_local_ray() -> bool:
-    """Whether ``ray.init()`` would start a Ray of its own on this machine rather than join one, asked before
-    Ray starts: this process is not connected to one already, ``RAY_ADDRESS`` names no cluster (unset, empty or
-    ``local``) and no ``ray start`` left the address of one here (``ray_current_cluster`` in Ray's temporary
-    folder, which ``ray.init()`` joins). Imports no Ray."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address == "local":
-        return True
-    if address:
-        return False
-    temporary = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # as Ray finds it, on Linux
-    return not Path(temporary, "ray", "ray_current_cluster").exists()
 
 
 def this_machine() -> dict[str, float]:

@@ -7,7 +7,8 @@ model once): train and validation from English into the language, test from the 
 where X-Mixup runs the translated training set back into English (its scheduled source).
 Each split is kept with its provenance and a cache key of everything it depends on (task, language, role,
 NLLB model, directions, decoding, the input records, the pipeline's version), so a later sweep with the same
-key reuses it and translates nothing; a split whose key changed is made again. A sweep killed while
+key reuses it and translates nothing; a split whose key changed, or whose parquet no longer matches the digest
+written beside it, is made again (with a warning naming the file). A sweep killed while
 translating keeps the languages it finished. A ``task.mt_dir`` elsewhere holds translations made elsewhere
 (``python -m flare_ray.translate``), read as they are.
 """
@@ -89,17 +90,17 @@ def plan_line(config: ExperimentConfig) -> str | None:
     import json
 
     from flare_ray.tasks.base import mt_split_path
-    from flare_ray.translate.store import provenance_path
+    from flare_ray.translate.store import provenance_path, split_problem
 
     roles, model, made = mt_roles(config), config.translation.model, 0
     for language in config.task.languages:
         for role in roles:
-            path = provenance_path(mt_split_path(config.task.mt_dir, config.task.name, language, role))
+            split = mt_split_path(config.task.mt_dir, config.task.name, language, role)
             try:
-                known = json.loads(path.read_text())
+                known = json.loads(provenance_path(split).read_text())
             except (OSError, ValueError):
                 continue
-            made += known.get("mt_model") == model
+            made += known.get("mt_model") == model and split_problem(split) is None  # damaged: made again
     total = len(config.task.languages) * len(roles)
     back = ", the training set back into English for X-Mixup" if runs_xmixup(config) and "train" in roles else ""
     return (

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.baselines import XMixupModel
 from flare_ray.experiment import ExperimentConfig
+from flare_ray.experiment.checks import stage1_folder_problem
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, newly_initialised, resolve_head
 from flare_ray.models.positions import max_input_positions
@@ -95,6 +96,11 @@ def merge_stage1(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
         raise FileNotFoundError(
             f"model.stage1: {folder} holds no stage-1 adapter (adapter_config.json); "
             "write one with `python -m flare_ray.stage1` or use model.stage1: auto"
+        )
+    damaged = stage1_folder_problem(folder)  # checked before the sweep too; a URI's files only here, once fetched
+    if damaged is not None:
+        raise ValueError(
+            f"model.stage1: {damaged}; write the folder again (`python -m flare_ray.stage1`) or use model.stage1: auto"
         )
     holds_initialised(model, folder, "model.stage1")
     # low_cpu_mem_usage: the adapter's layers are made empty and filled from the file, not initialised at random

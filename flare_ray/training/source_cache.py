@@ -11,7 +11,9 @@ time, so its size limit holds per process).
 Shared by every process and node of the sweep (:func:`share_source_cache`): the first trial of a model
 state builds it before its first step, with the source pass over its training, validation and test
 records (the passes its first epoch and its scoring would otherwise run), and writes it to the sweep's storage,
-``<storage_path>/source_cache/<state>/`` (safetensors rows and a JSON index; ``complete`` last). A named
+``<storage_path>/source_cache/<state>/`` (safetensors rows, a JSON index and their ``sha256.json``;
+``complete`` last). Rows that fail their check when read (a truncated or altered file) are built again, with
+a warning in the trial's log, instead of failing the trial. A named
 Ray actor lets one trial build a state at a time; the others wait for ``complete``, then read the rows by
 memory map (after one download per node where the storage is remote). A builder that fails gives its claim
 back and a waiting trial builds instead; one that dies leaves the others to compute their own rows after
@@ -23,16 +25,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import ray
 import torch
 
+from flare_ray.digests import MANIFEST
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel, SourceCache, SourceShards
+from flare_ray.fusion.cache import open_shards
 from flare_ray.fusion.provider import SourceBatch
 from flare_ray.storage import download, exists, join, local_folder, upload, write_text
 
@@ -47,12 +53,13 @@ POLL_SECONDS = 1.0
 def state_key(model: FlareModel, experiment: ExperimentConfig) -> tuple:
     """What a cached row depends on. The MT encoder counts for FLARE-MT only: a FLARE trial of a grid that sets
     ``method.flare.mt_encoder`` for its FLARE-MT cells runs the source pass (another source, another layout of
-    rows), and must not share FLARE-MT's cache."""
+    rows), and must not share FLARE-MT's cache. Stage 1 counts by its files where its ``sha256.json`` lists
+    them (a damaged stage-1 folder trained again in the same place is another model state)."""
     flare, spec = experiment.method.flare, experiment.model
     mt_encoder = flare.mt_encoder if experiment.method.kind == "flare_mt" else None
     return (
         spec.name_or_path,
-        str(spec.stage1),
+        _stage1_identity(spec.stage1),
         spec.quantization,
         spec.dtype,
         experiment.training.precision,
@@ -60,6 +67,14 @@ def state_key(model: FlareModel, experiment: ExperimentConfig) -> tuple:
         mt_encoder,
         tuple(site.name for site in model.plan.sites),
     )
+
+
+def _stage1_identity(stage1) -> str:
+    """The stage-1 folder, with the hash of its manifest where it has one on this machine."""
+    manifest = Path(str(stage1)) / MANIFEST
+    if stage1 in (None, "auto") or not manifest.is_file():
+        return str(stage1)
+    return f"{stage1}#{hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]}"
 
 
 def attach_source_cache(model, experiment: ExperimentConfig, zero3: bool = False) -> SourceCache | None:
@@ -87,32 +102,87 @@ def share_source_cache(
     autocast: ContextManager,
 ) -> dict[str, Any]:
     """Point ``cache`` at the sweep's shared rows of the model's state, building them first where no trial
-    has (``records``: the examples whose source rows to build). What happened, for the trial's log and
-    metrics: ``{"source_cache": "read" | "built" | "in memory" | "own", "seconds": ..., "where": ...}``."""
+    has (``records``: the examples whose source rows to build), or where the rows there fail their check
+    (:func:`~flare_ray.fusion.cache.open_shards`: a truncated or altered file, or one that does not load):
+    then they are built again, with a warning in the trial's log, rather than failing the trial. What happened,
+    for the trial's log and metrics: ``{"source_cache": "read" | "built" | "rebuilt" | "in memory" | "own",
+    "seconds": ..., "where": ...}``."""
     if cache.shards is not None:
         return {"source_cache": "in memory", "seconds": 0.0, "where": ""}
     digest = hashlib.blake2b(repr(state_key(model, experiment)).encode(), digest_size=12).hexdigest()
     where = join(experiment.storage_path, "source_cache", digest)
     started = time.perf_counter()
-    outcome = "read"
+    build = partial(_build, cache, model, encoder, records, experiment.training.eval_batch_size, device, autocast)
+    outcome, shards, warned = "read", None, set()
     with _builds() as claim:
         deadline = time.monotonic() + WAIT_SECONDS
-        while not exists(join(where, COMPLETE)):
+        while True:
+            if exists(join(where, COMPLETE)):
+                shards, problem = _open(where, digest)
+                if shards is not None:
+                    break
+                _warn(where, problem, warned)
             if claim(digest, True):
-                try:  # ``complete`` is written before a claim is given back: look again, now that it is ours
-                    if not exists(join(where, COMPLETE)):
-                        _build(
-                            cache, model, encoder, records, experiment.training.eval_batch_size, device, autocast, where
-                        )
-                        outcome = "built"
+                try:
+                    shards, outcome = _build_or_open(where, digest, build, warned)
                 finally:
                     claim(digest, False)  # built, or failed: another trial may build it
                 break
             if time.monotonic() > deadline:
-                return {"source_cache": "own", "seconds": time.perf_counter() - started, "where": where}
+                break
             time.sleep(POLL_SECONDS)
-    cache.shards = SourceShards(_local(where, digest))
+    if shards is None:  # no rows readable in time: this trial computes its own
+        return {"source_cache": "own", "seconds": time.perf_counter() - started, "where": where}
+    cache.shards = shards
     return {"source_cache": outcome, "seconds": time.perf_counter() - started, "where": where}
+
+
+def _build_or_open(
+    where: str, digest: str, build: Callable[[str], None], warned: set[str]
+) -> tuple[SourceShards | None, str]:
+    """Under the claim on ``digest``: the rows at ``where`` if another trial built them meanwhile (``complete``
+    is written before a claim is given back), else built now (damaged ones removed first); and how."""
+    shards, problem = _open(where, digest) if exists(join(where, COMPLETE)) else (None, None)
+    if shards is not None:
+        return shards, "read"
+    if problem is not None:
+        _warn(where, problem, warned)
+        _discard(where, digest)
+    build(where)
+    shards, after = _open(where, digest)
+    _warn(where, after, warned)  # (built just now and still unreadable: the trial computes its own rows)
+    return shards, "rebuilt" if problem is not None else "built"
+
+
+def _open(where: str, digest: str) -> tuple[SourceShards | None, str | None]:
+    """The shared rows at ``where``, checked (:func:`~flare_ray.fusion.cache.open_shards`); a node's copy of
+    remote rows that fails is fetched again once before the rows there count as damaged."""
+    local = _local(where, digest)
+    shards, problem = open_shards(local)
+    if shards is None and local_folder(where) is None:
+        shutil.rmtree(local, ignore_errors=True)  # (a process that maps its files keeps them)
+        shards, problem = open_shards(_local(where, digest))
+    return shards, problem
+
+
+def _warn(where: str, problem: str | None, warned: set[str]) -> None:
+    """One line in the trial's log per problem found (a waiting trial looks again every second)."""
+    if problem is not None and problem not in warned:
+        warned.add(problem)
+        print(f"warning: source cache {where}: {problem}: building its rows again", flush=True)
+
+
+def _discard(where: str, digest: str) -> None:
+    """Remove damaged shared rows before they are built again: ``complete`` first (no trial reads them from
+    then on), then the files, unlinked rather than overwritten (a process that maps them keeps its copy). On
+    remote storage the new files replace them, object by object, ``complete`` last again; this node's copy is
+    removed."""
+    folder = local_folder(where)
+    if folder is None:
+        shutil.rmtree(Path(tempfile.gettempdir()) / "flare_ray-source-cache" / digest, ignore_errors=True)
+        return
+    (folder / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _build(

@@ -12,7 +12,9 @@ With ``model.stage1: auto`` the sweep calls :func:`ensure_stage1`: the folder is
 keyed by a fingerprint of everything stage 1 depends on (base model, head,
 quantization, task, the English records, LoRA and training settings with the
 seed), trained once and reused by every trial and every later sweep with the
-same fingerprint.
+same fingerprint. The folder holds a ``sha256.json`` of the adapter's files (written before ``stage1.json``,
+which is written last); a folder whose files no longer match it (or, from an earlier version without one,
+whose safetensors do not parse) is trained again, with a warning naming the file.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from flare_ray.digests import has_manifest, write_manifest
 from flare_ray.experiment import ExperimentConfig
-from flare_ray.storage import exists, is_remote, join, local_folder, read_text, upload, write_text
+from flare_ray.experiment.checks import stage1_folder_problem
+from flare_ray.storage import exists, is_remote, join, local_copy, local_folder, read_text, upload, write_text
 from flare_ray.tasks import get_task
 from flare_ray.tasks.metrics import better
 
@@ -129,6 +133,7 @@ def stage1_loop_per_worker(stage1_input: Stage1Input) -> None:
             return
         Path(local, "adapter").mkdir()
         adapted.save_pretrained(Path(local, "adapter"))
+        write_manifest(Path(local, "adapter"))  # checked on every reuse (ensure_stage1, the trials' merge)
         info = {
             "base_model": experiment.model.name_or_path,
             "task": task.name,
@@ -154,29 +159,75 @@ def ensure_stage1(
     experiment: ExperimentConfig, train: Callable[[ExperimentConfig, str, str], Any]
 ) -> tuple[Path | str, dict[str, Any]]:
     """The stage-1 adapter of this experiment's fingerprint under ``<storage_path>/stage1/``:
-    reused if it exists, else trained now by ``train(experiment, folder, fingerprint)`` (which runs
-    :func:`stage1_loop_per_worker`). Returns the folder (a local path, or a URI on remote storage) and its
-    ``stage1.json`` (with ``reused``)."""
+    reused if it exists and its files are intact (:func:`reuse_problem`), else trained now by
+    ``train(experiment, folder, fingerprint)`` (which runs :func:`stage1_loop_per_worker`), replacing a damaged
+    one. Returns the folder (a local path, or a URI on remote storage) and its ``stage1.json`` (with
+    ``reused``, and ``retrained``: what was wrong with the folder it replaced, where it did)."""
     key = fingerprint(experiment)
     if is_remote(experiment.storage_path):  # no rename there: the folder is complete once stage1.json is in it
         folder = join(experiment.storage_path, "stage1", key)
-        reused = exists(join(folder, STAGE1_INFO))
+        damaged = None
+        if exists(join(folder, STAGE1_INFO)):
+            with local_copy(folder) as copy:  # what every trial downloads anyway
+                damaged = _damaged(folder, reuse_problem(Path(copy)))
+        reused = exists(join(folder, STAGE1_INFO)) and damaged is None
         if not reused:
             log.info("stage 1: training %s (fingerprint %s)", folder, key)
-            stage1_done(train(experiment, folder, key))
+            stage1_done(train(experiment, folder, key))  # over the damaged files, stage1.json last again
         info = json.loads(read_text(join(folder, STAGE1_INFO)))
-        return folder, {**info, "reused": reused, "path": folder, "fingerprint": key}
+        return folder, {**info, "reused": reused, "path": folder, "fingerprint": key, "retrained": damaged}
     root = local_folder(experiment.storage_path) / "stage1"
     folder = root / key
-    reused = (folder / STAGE1_INFO).is_file()
+    damaged = _damaged(folder, reuse_problem(folder)) if (folder / STAGE1_INFO).is_file() else None
+    reused = (folder / STAGE1_INFO).is_file() and damaged is None
+    if reused and not has_manifest(folder):  # an earlier version's folder, its safetensors intact: from now on
+        write_manifest(folder)  # every reuse checks them against the hashes they have today
+        log.info("stage 1: %s had no sha256.json (an earlier version wrote it): written now", folder)
     if not reused:
         log.info("stage 1: training %s (fingerprint %s)", folder, key)
         scratch = root / f".{key}-{uuid.uuid4().hex[:8]}"  # a concurrent sweep may train the same one
         train(experiment, str(scratch), key)
         stage1_done(scratch)
+        if damaged is not None and reuse_problem(folder) is not None:  # (a concurrent sweep may have replaced it)
+            _set_aside(folder)
         try:
             scratch.rename(folder)
         except OSError:  # another sweep finished first: use its folder
             shutil.rmtree(scratch, ignore_errors=True)
     info = json.loads((folder / STAGE1_INFO).read_text())
-    return folder, {**info, "reused": reused, "path": str(folder), "fingerprint": key}
+    return folder, {**info, "reused": reused, "path": str(folder), "fingerprint": key, "retrained": damaged}
+
+
+def reuse_problem(folder: Path) -> str | None:
+    """Why a finished stage-1 folder (its ``stage1.json`` written) cannot be reused, naming the file; None when
+    it can: its files match its ``sha256.json`` (an earlier version's folder, without one: its safetensors and
+    adapter config parse), and its ``stage1.json`` parses."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is missing"
+    problem = stage1_folder_problem(folder)
+    if problem is not None:
+        return problem
+    try:
+        json.loads((folder / STAGE1_INFO).read_text())
+    except (OSError, ValueError) as err:
+        return f"{folder / STAGE1_INFO} is unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def _damaged(folder: Path | str, problem: str | None) -> str | None:
+    """``problem``, said where the sweep's log and console show it: the folder is trained again."""
+    if problem is not None:
+        log.warning("stage 1: %s cannot be reused: %s; training it again", folder, problem)
+    return problem
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a damaged stage-1 folder out of the way (a rename: a trial that holds its files open keeps them)
+    and delete it."""
+    aside = folder.with_name(f".{folder.name}-damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.rename(aside)
+    except OSError:  # gone already (another sweep set it aside)
+        return
+    shutil.rmtree(aside, ignore_errors=True)

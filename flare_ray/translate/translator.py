@@ -107,21 +107,20 @@ class NllbTranslator:
 
 
 def connect_ray() -> str:
-    """Connect to the Ray cluster at ``RAY_ADDRESS``, else start a local Ray; returns which."""
+    """Connect to the Ray cluster at ``RAY_ADDRESS``, else start a local Ray (on 127.0.0.1 only); returns which."""
     import ray
+
+    from flare_ray.local_ray import LOOPBACK, init_ray
 
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        where = "the Ray already initialised in this process"
-    elif address:
+        return "the Ray already initialised in this process"
+    if address and address != "local":
         logger.info("connecting to the Ray cluster at %s (RAY_ADDRESS)", address)
-        ray.init(address=address)
-        where = f"Ray cluster at {address}"
-    else:
-        logger.info("RAY_ADDRESS is not set: starting a local Ray")
-        ray.init()
-        where = "local Ray"
-    return where
+    if init_ray():
+        logger.info("RAY_ADDRESS names no cluster: started a local Ray, listening on %s only", LOOPBACK)
+        return "local Ray"
+    return f"Ray cluster at {address}" if address else "the Ray cluster started on this machine (ray start)"
 
 
 def resources(config: TranslateConfig) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import save_file
 
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
@@ -166,7 +167,7 @@ def test_a_stage1_folder_with_pickled_weights_only(tmp_path, capsys):
         "which is never loaded: convert it); expected a stage-1 adapter folder with adapter_config.json and "
         "adapter_model.safetensors"
     ) in message
-    (folder / "adapter_model.safetensors").write_bytes(b"")
+    save_file({}, str(folder / "adapter_model.safetensors"))
     assert load_experiment(path).model.stage1 == folder
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from safetensors.numpy import save_file
+
 from flare_ray.experiment import ExperimentConfig, load_experiment
 from flare_ray.storage import join, local_folder
 from flare_ray.tasks import DATA_DIR
@@ -16,7 +18,7 @@ def test_paths_are_resolved_once_at_load_and_uris_are_kept(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "stage1-adapter").mkdir()
     (tmp_path / "stage1-adapter" / "adapter_config.json").write_text("{}")
-    (tmp_path / "stage1-adapter" / "adapter_model.safetensors").write_bytes(b"")
+    save_file({}, str(tmp_path / "stage1-adapter" / "adapter_model.safetensors"))
     for language in ("javanese", "english"):  # the data the quickstart's splits read (checked at load)
         shutil.copytree(DATA_DIR / "nusax" / "sentiment" / language, tmp_path / "data" / "sentiment" / language)
     config = load_experiment(QUICKSTART, ["storage_path=runs/rel", "task.data_dir=data", "model.stage1=stage1-adapter"])

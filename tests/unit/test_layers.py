@@ -34,6 +34,7 @@ LAYERS = [
     "digests",
     "storage",
     "secrets",
+    "local_ray",
     "languages",
 ]
 # (importer, imported): the trial recipe never imports the translator or the model registry (that is

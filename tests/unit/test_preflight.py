@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import save_file
 
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
@@ -155,7 +156,7 @@ def test_a_stage1_folder_without_its_adapter(tmp_path, capsys):
             "folder with adapter_config.json (written by `python -m flare_ray.stage1`), 'auto' or null"
         ) in message
     (tmp_path / "stage1-adapter" / "adapter_config.json").write_text("{}")
-    (tmp_path / "stage1-adapter" / "adapter_model.safetensors").write_bytes(b"")  # its weights (only these load)
+    save_file({}, str(tmp_path / "stage1-adapter" / "adapter_model.safetensors"))  # its weights (only these load)
     assert loads(path, capsys).model.stage1 == tmp_path / "stage1-adapter"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.numpy import save_file
 
 from flare_ray.fusion import SourceCache
 from flare_ray.fusion.provider import SourceBatch
@@ -164,7 +165,7 @@ def test_a_trial_process_keeps_one_cache_per_model_state(tiny_path, tmp_path):
     stage1 = tmp_path / "stage1"
     stage1.mkdir()
     (stage1 / "adapter_config.json").write_text("{}")
-    (stage1 / "adapter_model.safetensors").write_bytes(b"")
+    save_file({}, str(stage1 / "adapter_model.safetensors"))
     changed = [
         config(model__name_or_path="tiny:mt5"),
         config(model__stage1=str(stage1)),
