@@ -29,6 +29,14 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _own_config_home(tmp_path_factory):
+    """The sweeps of the tests (and their subprocesses) keep the key that signs their state
+    (flare_ray.search.resume) in a folder of this test session, not in the user's ~/.config."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    os.environ.pop("FLARE_RAY_STATE_KEY", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _quiet_transformers():
     from transformers.utils import logging
 

@@ -60,8 +60,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 every trial finished; 1 some trials failed (the sweep went on) or the sweep failed;
-    2 the config is invalid, the tracking server does not answer as MLflow's, or this machine can never hold
-    a trial's worker (nothing ran); 130 interrupted (``--resume`` continues)."""
+    2 the config is invalid, the tracking server does not answer as MLflow's, this machine can never hold
+    a trial's worker, or ``--resume`` finds saved state this sweep did not sign or a changed plan (nothing
+    ran); 130 interrupted (``--resume`` continues)."""
     args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
     from flare_ray.search.plan import dry_run_text
@@ -139,7 +140,7 @@ def _sweep(config, args) -> int:
     from flare_ray.search.cluster import joins_a_cluster, probe_cluster
     from flare_ray.search.console import Console
     from flare_ray.search.plan import run_plan_text, unplaceable
-    from flare_ray.search.sweep import SweepFailed, SweepInterrupted, run_sweep
+    from flare_ray.search.sweep import ResumeRefused, SweepFailed, SweepInterrupted, run_sweep
     from flare_ray.storage import is_disk_full
 
     quiet_libraries()  # Ray, MLflow and Optuna set up their console handlers when imported
@@ -169,6 +170,9 @@ def _sweep(config, args) -> int:
     except BaseException as err:  # a full disk first: it stops the sweep in any of the ways below
         if (guard is not None and guard.tripped.is_set()) or is_disk_full(err):
             return _disk_full(config, guard)
+        if isinstance(err, ResumeRefused):  # nothing was started or changed
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if isinstance(err, SweepInterrupted):
             print(f"interrupted: {err}", file=sys.stderr)
             return 130

@@ -15,6 +15,7 @@ Two things Tune does not do for Tuners in threads, done here:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import Callable, TypeVar
 
 import ray.tune
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKPOINT_SECONDS = 2.0  # Tune's experiment-state period for local storage (TUNE_GLOBAL_CHECKPOINT_S)
 _USER_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S" in os.environ  # set by the user: kept as it is
@@ -62,10 +64,15 @@ def _checkpoint_period() -> float:
 class SearchControl(ray.tune.Callback):
     """In every search's Tune loop: says when it has started, and stops it after Ctrl-C, at the end of the
     first step that saved the experiment state after the interrupt (nothing starts between that save and
-    the stop)."""
+    the stop). With ``signs``, signs each save of Tune's state before Tune uploads it
+    (:func:`~flare_ray.search.resume.sign_staged`), so that ``--resume`` can tell it from a file put there by
+    someone else. It is pickled into ``tuner.pkl``: it holds no key."""
 
-    def __init__(self, name: str) -> None:
+    signs = False  # a SearchControl unpickled from an earlier version's tuner.pkl
+
+    def __init__(self, name: str, signs: bool = False) -> None:
         self.name = name
+        self.signs = signs
         self._saved_at = 0.0
 
     def setup(self, **info) -> None:
@@ -73,9 +80,24 @@ class SearchControl(ray.tune.Callback):
             _STARTED[self.name].set()
 
     def get_state(self) -> None:
-        """Tune asks every callback for its state as it saves the experiment state: note when."""
+        """Tune asks every callback for its state as it saves the experiment state (after it has written the
+        experiment and searcher state to its staging folder, before it uploads them): note when, and sign."""
         self._saved_at = time.time()
+        if self.signs:
+            self._sign()
         return None  # nothing to save
+
+    def _sign(self) -> None:
+        from .resume import sign_staged
+
+        controller = _tune_controller()
+        if controller is None:
+            log.warning("search %s: Tune's controller was not found; its saved state is not signed", self.name)
+            return
+        try:
+            sign_staged(controller._storage)
+        except Exception:  # noqa: BLE001 - Tune's save must go on: an unsigned state is refused on --resume
+            log.exception("search %s: signing its saved state failed; --resume will refuse it", self.name)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if not _INTERRUPT.is_set():
@@ -103,12 +125,19 @@ def _tune_controller():
     return None
 
 
+def request_stop() -> None:
+    """Stop the searches as Ctrl-C does (each saves its state first; ``--resume`` continues), without its
+    console line: for a stop the caller explains itself (a full disk, :mod:`flare_ray.search.disk`)."""
+    _interrupted_at[0] = time.time()
+    _INTERRUPT.set()
+
+
 def run_concurrently(names: list[str], fit: Callable[[str], T]) -> dict[str, T | None]:
     """``fit(name)`` for every search at once; None for a search that was interrupted.
 
     Raises :class:`SearchesSaved` after the searches stopped if the user pressed Ctrl-C, and KeyboardInterrupt
-    at once, without waiting for the searches' threads, if they pressed it again."""
-    _INTERRUPT.clear()
+    at once, without waiting for the searches' threads, if they pressed it again. A stop requested before
+    (:func:`request_stop`) stops each search at its first step."""
     results: dict[str, T | None] = {}
 
     def one(name: str) -> T | None:
@@ -156,6 +185,8 @@ def run_concurrently(names: list[str], fit: Callable[[str], T]) -> dict[str, T |
             signal.signal(signal.SIGINT, previous)
         for name in names:
             _STARTED.pop(name, None)
-    if _INTERRUPT.is_set():
+        stopped = _INTERRUPT.is_set()
+        _INTERRUPT.clear()  # for the next sweep of this process
+    if stopped:
         raise SearchesSaved
     return results

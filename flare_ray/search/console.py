@@ -3,7 +3,9 @@
 One :class:`Console` per sweep, shared by its searches (their Tune loops run in threads of the driver),
 prints one line per trial per epoch (the trial, its language, epoch, training loss, validation metric,
 elapsed time), a line when a trial ends, a status table of every search at most every ``interval``
-seconds, and for a trial that fails, what Ray reported and where the trial's full log is.
+seconds, and for a trial that fails, what Ray reported and where the trial's full log is. A restarted trial
+reports its earlier epochs again (``replayed``, :func:`flare_ray.training.loop._replay`): the console prints
+only those it has not shown, and says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ray.tune
 from ray.tune.experiment import Trial
 
 from flare_ray.tracking.callback import trial_error
+from flare_ray.training.checkpoints import REPLAYED_KEY
 
 from .searches import Search, configuration, seeded
 
@@ -39,6 +42,15 @@ def describe(search: Search, config: dict[str, Any]) -> str:
     if "training.seed" in sample and search.config.search.seeds:
         words.append(f"seed={sample['training.seed']}")
     return " ".join(words) or search.config.method.kind
+
+
+def _result_before(trial: Trial) -> dict[str, Any]:
+    """The trial's last result as Tune holds it before the one being handed out: in a resumed sweep, from the
+    search's saved state (or the checkpoint Tune restored the trial from). Read from its run metadata, not
+    ``Trial.last_result``, which asks the trial's process for default values where it is empty."""
+    metadata = getattr(trial, "run_metadata", None)
+    result = metadata.last_result if metadata is not None else getattr(trial, "last_result", None)
+    return result or {}
 
 
 def _duration(seconds: float) -> str:
@@ -115,13 +127,31 @@ class SearchConsole(ray.tune.Callback):
     ) -> None:
         self._console, self.name, self.language, self.label = console, name, language, label
         self.metric, self.epochs, self.log = metric, epochs, log
+        self._shown: dict[str, tuple[int, bool]] = {}  # trial id -> the last epoch printed, and whether "done"
 
     @property
     def console(self) -> Console:
         return self._console or _active[0] or Console()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_console": None}
+        return {**self.__dict__, "_console": None, "_shown": {}}  # what this process printed
+
+    def _new(self, trial: Trial, result: dict) -> bool:
+        """Whether to print a result (and note it): a result reported again after a restart only where this
+        console has not printed that epoch (or the trial's end) and, in a resumed sweep, the search's saved state
+        did not hold it either (Tune hands callbacks a result before it becomes the trial's ``last_result``)."""
+        shown = getattr(self, "_shown", None)
+        if shown is None:  # a callback saved before this field was
+            shown = self._shown = {}
+        if trial.trial_id not in shown:
+            before = _result_before(trial)
+            shown[trial.trial_id] = (int(before.get("epoch", 0) or 0), bool(before.get("final")))
+        last, done = shown[trial.trial_id]
+        epoch, final = int(result.get("epoch", 0) or 0), bool(result.get("final"))
+        if result.get(REPLAYED_KEY) and (done if final else epoch <= last):
+            return False
+        shown[trial.trial_id] = (max(last, epoch), done or final)
+        return True
 
     def _who(self, trial: Trial) -> str:
         return f"{self.language:<4} {self.label(trial.config):<28} ({trial.trial_id})"
@@ -131,13 +161,16 @@ class SearchConsole(ray.tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         self.console.changed = True
+        if not self._new(trial, result):
+            return
         elapsed = _duration(result.get("time_total_s", 0.0))
+        again = "  (reported again after a restart)" if result.get(REPLAYED_KEY) else ""
         if result.get("final"):
             tests = [
                 f"{k} {v:.2f}" for k, v in sorted(result.items()) if k.startswith("test/") and isinstance(v, float)
             ]
             self.console.print(
-                f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  {'  '.join(tests)}  {elapsed}"
+                f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  {'  '.join(tests)}  {elapsed}{again}"
             )
             return
         if not isinstance(result.get(self.metric), (int, float)):
@@ -146,7 +179,7 @@ class SearchConsole(ray.tune.Callback):
         if isinstance(result.get("train/loss"), float):
             words.append(f"loss {result['train/loss']:.3f}")
         words += [f"{self.metric} {result[self.metric]:.2f}", elapsed]
-        self.console.print("  ".join(words))
+        self.console.print("  ".join(words) + again)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self.console.changed = True

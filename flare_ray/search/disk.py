@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import threading
 from pathlib import Path
 
 from flare_ray.storage import is_disk_full
+
+from .concurrent import request_stop
 
 MAX_RESERVE = 8 * 2**20  # enough for the tracking store to record the runs FAILED (a few pages of sqlite)
 RESERVE_NAME = ".flare_ray-space-reserve"  # in the storage folder while a sweep runs; removed when it ends
@@ -41,8 +42,8 @@ class DiskGuard(logging.Handler):
     """Watches the filesystem of the local storage ``folder`` from a thread of the driver (every ``interval``
     seconds), and the driver's log records (a trial's error relayed by Tune, MLflow's store errors); trips once
     the space left beside its reserve (a tenth of the filesystem, at most :data:`MAX_RESERVE`) is below a
-    quarter of the reserve, or a record says the disk is full. Tripping sends this process SIGINT: the sweep's
-    own stop, which saves every search's state; the reserve is held until :meth:`release`."""
+    quarter of the reserve, or a record says the disk is full. Tripping stops the searches as Ctrl-C does
+    (:func:`~flare_ray.search.concurrent.request_stop`: each saves its state), quietly; the reserve is held until :meth:`release`."""
 
     def __init__(self, folder: Path, interval: float = 0.25) -> None:
         super().__init__(level=logging.WARNING)
@@ -50,6 +51,7 @@ class DiskGuard(logging.Handler):
         self.reserve = min(MAX_RESERVE, self._usage()[0] // 10)
         self.free_when_full: int | None = None
         self.tripped = threading.Event()
+        self._reported = threading.Event()  # a log record said the disk is full
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="disk-guard")
 
@@ -98,15 +100,17 @@ class DiskGuard(logging.Handler):
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if self.free() < self.reserve // 4:
+                if self._reported.is_set() or self.free() < self.reserve // 4:
                     self.trip()
             except OSError:  # a file removed while it was counted, the folder unmounted: look again
                 continue
 
     def emit(self, record: logging.LogRecord) -> None:
-        """A record of the driver that says the disk is full (its message or its exception) trips the guard."""
+        """A record of the driver that says the disk is full (its message or its exception) trips the guard, from
+        its own thread (a handler that logged or stopped the sweep itself could deadlock with the logging of
+        other threads)."""
         if is_disk_full(record.getMessage()) or (record.exc_info and is_disk_full(record.exc_info[1])):
-            self.trip()
+            self._reported.set()
 
     def trip(self) -> None:
         if self.tripped.is_set():
@@ -119,7 +123,7 @@ class DiskGuard(logging.Handler):
             size(self.free_when_full),
             size(self.reserve),
         )
-        os.kill(os.getpid(), signal.SIGINT)
+        request_stop()
 
     def line(self) -> str:
         """The one line the command prints when the guard stopped the sweep."""

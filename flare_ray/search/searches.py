@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import pickle
 import uuid
 from typing import Any
 
@@ -23,7 +22,7 @@ from ray.tune.experiment.config_parser import _create_trial_from_spec
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.search.repeater import TRIAL_INDEX
+from ray.tune.search.repeater import TRIAL_INDEX, _TrialGroup
 from ray.tune.search.variant_generator import _resolve_nested_dict, format_vars
 from ray.tune.utils.util import flatten_dict, merge_dicts
 
@@ -40,18 +39,48 @@ GRID_CELL = "grid_cell"  # the Tune config key of a grid search's cell (its key 
 
 class SeedRepeater(Repeater):
     """Ray Tune's ``Repeater`` (one configuration, every seed) that also saves its own groups with the
-    searcher's state, so that a resumed search knows which seeds of a configuration are still due."""
+    searcher's state, so that a resumed search knows which seeds of a configuration are still due. Its groups
+    are saved as JSON (``<state>.groups``): nothing the project reads back is unpickled."""
 
     def save(self, checkpoint_path: str) -> None:
         super().save(checkpoint_path)
-        with open(checkpoint_path + ".groups", "wb") as f:
-            pickle.dump(self.get_state(), f)
+        with open(checkpoint_path + ".groups", "w") as f:
+            json.dump(self.groups_state(), f, default=_plain)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         if os.path.exists(checkpoint_path + ".groups"):
-            with open(checkpoint_path + ".groups", "rb") as f:
-                self.set_state(pickle.load(f))
+            with open(checkpoint_path + ".groups") as f:
+                self.set_groups_state(json.load(f))
+
+    def groups_state(self) -> dict[str, Any]:
+        """The groups (each configuration, its trials and their scores) as JSON: trial ids name the groups."""
+        groups = self._groups
+        return {
+            "groups": [
+                {"primary": g.primary_trial_id, "config": g.config, "trials": g._trials, "max_trials": g.max_trials}
+                for g in groups
+            ],
+            "trial_to_group": {t: groups.index(g) for t, g in self._trial_id_to_group.items()},
+            "current": groups.index(self._current_group) if self._current_group is not None else None,
+        }
+
+    def set_groups_state(self, state: dict[str, Any]) -> None:
+        groups = []
+        for saved in state["groups"]:
+            group = _TrialGroup(saved["primary"], saved["config"], max_trials=saved["max_trials"])
+            group._trials = dict(saved["trials"])
+            groups.append(group)
+        self._groups = groups
+        self._trial_id_to_group = {t: groups[i] for t, i in state["trial_to_group"].items()}
+        self._current_group = groups[state["current"]] if state["current"] is not None else None
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar (a score, an Optuna value) as the Python number JSON writes."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
 
 
 class GridCells(Searcher):
@@ -59,7 +88,10 @@ class GridCells(Searcher):
     configs (``{GRID_CELL: cell, "training.seed": seed}``) in the same order (every cell with the first seed,
     then with the next), made as Tune asks for them. Tune's own grid search makes every trial before the first
     starts, each from a copy of the whole grid: time quadratic in the cells (minutes for 10,000), in one step
-    of its loop, which Ctrl-C cannot cut short. Its state, saved with the search's, is how many it made."""
+    of its loop, which Ctrl-C cannot cut short. Its state, saved with the search's, is how many it made (JSON,
+    in ``searcher-state-<session>.json``: nothing the project reads back is unpickled)."""
+
+    CKPT_FILE_TMPL = "searcher-state-{}.json"
 
     def __init__(self, cells: list[dict[str, Any]], seeds: list[int] | None = None) -> None:
         super().__init__()
@@ -88,12 +120,12 @@ class GridCells(Searcher):
         self.made = state["made"]
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
 
 
 class InOrder(SearchGenerator):

@@ -5,7 +5,9 @@ The searches (:mod:`~flare_ray.search.searches`: one per language, or per langua
 driver (:mod:`~flare_ray.search.concurrent`) so that all languages share the cluster. Each has its own
 searcher (Optuna TPE, define-by-run, behind ``Repeater`` for seeds and a ``ConcurrencyLimiter``) or
 Ray Tune's grid, optional ASHA, trial-level ``FailureConfig`` and the MLflow callback. ``--resume``
-restores every interrupted search of the same name (with its searcher's state). Afterwards the best
+restores every interrupted search of the same name (with its searcher's state), once every file of that state
+is found to be as this sweep wrote and signed it, and the search planned as it was
+(:mod:`~flare_ray.search.resume`; else :class:`ResumeRefused`, before anything starts). Afterwards the best
 configuration per language (the mean over its seeds of the MT-validation metric,
 :func:`~flare_ray.search.summary.select_best`) is tagged on the parent run and its best seed's adapter
 registered in the MLflow model registry.
@@ -32,6 +34,17 @@ from .concurrent import SearchControl, SearchesSaved, run_concurrently, set_chec
 from .console import Console
 from .console import describe as label_trial
 from .plan import dry_run_text
+from .resume import (
+    PLAN,
+    TUNER_PKL,
+    Folder,
+    ResumeRefused,  # noqa: F401 - raised by check_resume; the CLI's exit status 2
+    check_resume,
+    has_saved_state,
+    search_plan,
+    sign_stored,
+    write_plan,
+)
 from .searches import Search, concurrency, describe_trial, plan_searches, search_path, tune_config
 from .summary import LanguageResult, NoTrialReported, SweepSummary, select_best, trial_rows
 from .trial import DRIVER_RESOURCE, drivers_on_head, run_trial, score_checkpoint, trial_log, trial_resources
@@ -60,6 +73,9 @@ def run_sweep(
     folder = local_folder(config.storage_path)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    stage1 = config.model.model_dump(mode="json")["stage1"]  # as written: "auto" becomes a folder below
+    if resume:  # before the parent run is touched: a refused resume leaves the sweep's runs as they are
+        _check_resume(config, console, stage1)
     tracking_uri = mlflow_runs.resolve_tracking_uri(config)
     if has_password(tracking_uri):  # MLflow prints a link to each run it ends: the URI, credentials and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -113,6 +129,7 @@ def run_sweep(
                     resume,
                     concurrency(searches[name], resources, len(searches)),
                     console,
+                    stage1,
                 ),
             )
         except SearchesSaved:
@@ -152,6 +169,19 @@ def run_sweep(
         mlflow_runs.end_sweep(client, parent, "FAILED")
         raise
     return summary
+
+
+def _check_resume(config: ExperimentConfig, console: Console, stage1) -> None:
+    """Raise :class:`ResumeRefused` where a search's saved state is not as this sweep signed it, or its plan
+    changed; say so where nothing was saved."""
+    try:
+        searches = plan_searches(config)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(
+            "the sweep was interrupted while it planned its searches, before any started: run the same "
+            "command with --resume to continue"
+        ) from None
+    check_resume(searches, config.storage_path, console.print, stage1)
 
 
 def _with_translations(client, parent: str, config: ExperimentConfig, console: Console) -> None:
@@ -194,8 +224,17 @@ def _with_stage1(client, parent: str, config: ExperimentConfig, console: Console
     return config.model_copy(update={"model": config.model.model_copy(update={"stage1": folder})})
 
 
-def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concurrent: int | None, console: Console):
-    """Run (or resume) one search to its end; its ``ResultGrid``."""
+def _fit(
+    search: Search,
+    tracking_uri: str,
+    parent: str,
+    resume: bool,
+    max_concurrent: int | None,
+    console: Console,
+    stage1=None,
+):
+    """Run (or resume) one search to its end; its ``ResultGrid``. A new search records what it is and signs
+    ``tuner.pkl`` before Tune saves anything; Tune's saves are signed as they are made (``SearchControl``)."""
     config, spec = search.config, search.config.search
     trainable = ray.tune.with_parameters(
         run_trial, experiment=config, language=search.language, seeds=spec.seed_list, search=search.name
@@ -210,7 +249,8 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concu
         config.training.epochs,
         lambda trial: str(trial_log(config.storage_path, search.name, str(trial))),
     )
-    if resume and ray.tune.Tuner.can_restore(path):
+    folder = Folder.at(path)
+    if resume and has_saved_state(folder):  # checked by check_resume before the sweep started
         log.info("resuming %s from %s", search.name, path)
         tuner = ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         return _finished(tuner.fit(), search)
@@ -225,6 +265,7 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concu
         tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path, describe, search=search.name
     )
     tune, param_space = tune_config(search, max_concurrent)
+    write_plan(folder, search_plan(search, stage1))
     tuner = ray.tune.Tuner(
         trainable,
         param_space=param_space,
@@ -233,10 +274,14 @@ def _fit(search: Search, tracking_uri: str, parent: str, resume: bool, max_concu
             name=search.name,
             storage_path=config.storage_path,
             failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[SearchControl(search.name), callback, shown],
+            # every epoch checkpoints (the latest holds the best adapter); the one before is where a restart
+            # falls back when the latest is damaged (flare_ray.training.checkpoints)
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[SearchControl(search.name, signs=True), callback, shown],
             verbose=0,
         ),
-    )
+    )  # has written tuner.pkl
+    sign_stored(folder, search.name, [PLAN, TUNER_PKL])
     return _finished(tuner.fit(), search)
 
 

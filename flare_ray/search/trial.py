@@ -171,9 +171,10 @@ def trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            # The loop checkpoints only a new best epoch, and last the best adapter with the predictions:
-            # the latest checkpoint is the one to keep.
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # The loop checkpoints every epoch, each with the best adapter so far, and last the best adapter with
+            # the predictions: the latest checkpoint is the one to score; the one before is where a restart
+            # falls back when the latest does not match its content hash (flare_ray.training.checkpoints).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=worker_max_failures),
             callbacks=callbacks or [],
         ),
@@ -188,10 +189,15 @@ def _unpacked(loop: Callable[[Inputs], None], train_loop_config: dict[str, Input
 def score_checkpoint(checkpoint: str, storage_path: str | None = None, role: str = "test"):
     """Score a trial's checkpoint (a folder, local or on the sweep's storage) from its ``trial_config.json``:
     for the best trial of a search when ASHA stopped it before its own test scoring. The scores
-    (``{"test/<metric>": ...}``) and the per-example predictions table."""
+    (``{"test/<metric>": ...}``) and the per-example predictions table. A checkpoint with a ``sha256.json``
+    is checked against it first (:class:`~flare_ray.digests.DigestMismatch` names the file and what is wrong);
+    one an earlier version wrote, without, is scored as it is."""
+    from flare_ray.digests import check_folder, has_manifest
     from flare_ray.training.evaluate import TRIAL_CONFIG_NAME, score_adapter
 
     with local_copy(checkpoint, storage_path or checkpoint) as folder:
+        if has_manifest(Path(folder)):
+            check_folder(Path(folder))
         record = json.loads((Path(folder) / TRIAL_CONFIG_NAME).read_text())
         experiment = ExperimentConfig.model_validate(record["experiment"])  # the checkpoint's JSON record
         return score_adapter(experiment, record["language"], Path(folder), role, record.get("epoch"))

@@ -32,6 +32,7 @@ from ray.tune.integration.ray_train import (
     CHECKPOINT_PATH_KEY,  # where Train's checkpoint path reaches Tune
 )
 
+from flare_ray.digests import MANIFEST
 from flare_ray.secrets import redact, unredact
 from flare_ray.storage import is_remote, local_copy
 
@@ -47,6 +48,10 @@ from .mlflow_runs import (
 )
 
 ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
+# A restarted trial reports the results of the epochs its checkpoint holds again (flare_ray.training.loop._replay):
+# marked "replayed", the last naming the checkpoint it continues from (the names of
+# flare_ray.training.checkpoints.REPLAYED_KEY and REPLAYED_CHECKPOINT_KEY, which this layer does not import).
+REPLAYED_CHECKPOINT_KEY = "replayed_checkpoint"
 log = logging.getLogger(__name__)
 
 
@@ -135,12 +140,16 @@ class MLflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._earlier: dict[str, str] | None = None  # the parent's child runs from before a resume, read once
         self._experiment_id: str | None = None
-        self._checkpoints: dict[str, str] = {}  # trial id -> its latest (best) checkpoint
+        self._checkpoints: dict[str, str] = {}  # trial id -> its latest checkpoint (it holds the best adapter)
+        # trial id -> the last epoch logged to its run, and whether its final result was: a restarted trial that
+        # reports an epoch again (or its final result) logs it once (not saved with the callback: what a killed
+        # driver submitted may not have been written, so a resumed run's is read back from MLflow)
+        self._logged: dict[str, tuple[int, bool]] = {}
         self._restored = False  # set when Tune restores this callback (--resume): the search reconciles its runs
 
     def __getstate__(self) -> dict[str, Any]:  # Tune keeps its callbacks in the experiment state (--resume)
         state = self.__dict__.copy()
-        for live in ("client", "writers", "_earlier"):
+        for live in ("client", "writers", "_earlier", "_logged"):
             state.pop(live)
         state["tracking_uri"] = redact(self.tracking_uri)  # saved without its credentials (in tuner.pkl)
         return state
@@ -149,7 +158,13 @@ class MLflowTrialCallback(Callback):
         # --resume runs with the same $MLFLOW_TRACKING_URI, which gives the saved URI its credentials back
         uri = unredact(state["tracking_uri"], os.environ.get("MLFLOW_TRACKING_URI"))
         self.__dict__.update(
-            state, tracking_uri=uri, client=MlflowClient(uri), writers=OrderedWriters(), _earlier=None, _restored=True
+            state,
+            tracking_uri=uri,
+            client=MlflowClient(uri),
+            writers=OrderedWriters(),
+            _earlier=None,
+            _logged={},
+            _restored=True,
         )
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
@@ -216,11 +231,32 @@ class MLflowTrialCallback(Callback):
                 },
             )
             run_id = run.info.run_id
+            self._logged[trial.trial_id] = (-1, False)  # a new run: nothing logged yet
             self.writers.submit(
                 run_id, "params", lambda: log_params(self.client, run_id, {**params, "language": self.language})
             )
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def _already_logged(self, run_id: str) -> tuple[int, bool]:
+        """What a run made before a resume holds (two requests, once per run): its last epoch step and whether it
+        has its final result (its test scores)."""
+        steps = [m.step for m in self.client.get_metric_history(run_id, "epoch")]
+        metrics = self.client.get_run(run_id).data.metrics
+        return max(steps, default=-1), any(key.startswith("test/") for key in metrics)
+
+    def _new(self, trial_id: str, run_id: str, step: int, final: bool) -> bool:
+        """Whether a result is not on its run yet (and note it): a restarted trial reports again the epochs its
+        checkpoint holds (``replayed``; one whose result was lost in the stop is new here), and one restarted from
+        an earlier checkpoint than its last report trains the epochs between again; the run keeps each epoch as
+        first logged."""
+        if trial_id not in self._logged:  # its run was made before a resume
+            self._logged[trial_id] = self._already_logged(run_id)
+        last, finished = self._logged[trial_id]
+        if finished or (step <= last and not final):
+            return False
+        self._logged[trial_id] = (max(last, step), final)
+        return True
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         run_id = self.run_id(trial)
@@ -228,12 +264,14 @@ class MLflowTrialCallback(Callback):
         metrics = _metrics(result)
         if result.get("final"):  # the trial's summary: its test scores (validation curves are already logged)
             metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
-        if metrics:
+        if metrics and self._new(trial.trial_id, run_id, step, bool(result.get("final"))):
             now = int(1000 * result.get("timestamp", 0)) or 0
             batch = [Metric(k, v, now, step) for k, v in metrics.items()]
             self.writers.submit(run_id, f"metrics of step {step}", lambda: self.client.log_batch(run_id, metrics=batch))
-        if result.get(CHECKPOINT_PATH_KEY):  # the loop checkpoints only a new best (and last the best again)
+        if result.get(CHECKPOINT_PATH_KEY):  # every epoch's checkpoint holds the best adapter so far
             self._checkpoints[trial.trial_id] = result[CHECKPOINT_PATH_KEY]  # a Ray Train run's, via Tune
+        elif result.get(REPLAYED_CHECKPOINT_KEY):  # where a restarted trial continues from (Tune may not know it)
+            self._checkpoints[trial.trial_id] = result[REPLAYED_CHECKPOINT_KEY]
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint, **info) -> None:
         self._checkpoints[trial.trial_id] = checkpoint.path  # a trial that trained in its own process
@@ -255,7 +293,7 @@ class MLflowTrialCallback(Callback):
             with local_copy(path, self.storage_path) as folder:
                 folder = Path(folder)
                 for item in sorted(folder.iterdir()):
-                    if item.is_file():
+                    if item.is_file() and item.name != MANIFEST:  # the manifest lists resume/ too: not the adapter's
                         client.log_artifact(run_id, str(item), ADAPTER_PATH)
                 if (folder / PREDICTIONS_PATH).is_dir():
                     client.log_artifacts(run_id, str(folder / PREDICTIONS_PATH), PREDICTIONS_PATH)

@@ -5,12 +5,21 @@ A trial trains one adapter for one (task, target language), read top to bottom:
 1. setup (:func:`~flare_ray.training.setup.build_trial`): seed, splits, base
    model with stage 1 merged in, the method's adapter, the batch encoder;
 2. epochs: train on the translate-train split, score the MT-validation split
-   (model selection, as in the paper), report the metrics with an adapter-only
-   checkpoint whenever the epoch is the best so far. The first step of a
-   FLARE trial checks that every fusion site fused (never plain LoRA by
-   accident). A run restarted after a failure (Ray Train's worker group, or
-   Tune's trial) continues after its last checkpoint, whose training state
-   (``resume/``: safetensors and JSON) it loads first;
+   (model selection, as in the paper), report the metrics with a checkpoint
+   every epoch. Each checkpoint holds the best epoch's adapter and validation
+   predictions (so the latest checkpoint is always the one to score, register
+   and log), and the training state of the epoch just trained (``resume/``:
+   safetensors and JSON); its ``sha256.json``, written last, is checked before a
+   restart uses it. The first step of a FLARE trial checks that every fusion site
+   fused (never plain LoRA by accident). A run restarted after a failure (Ray
+   Train's worker group, Tune's trial, a sweep resumed after its driver died)
+   continues after its newest good checkpoint
+   (:func:`~flare_ray.training.session.latest_checkpoint`), so it never trains
+   an epoch twice. It first reports again, marked ``replayed``, the results of
+   the epochs that checkpoint holds (kept in its training state): a result
+   lost when the worker or the driver died after the checkpoint reached storage
+   reaches Tune and MLflow that way, and where it had arrived they keep the
+   first copy (:func:`_replay`);
 3. test: restore the best epoch's adapter and score the gold test split once; the last report's
    checkpoint holds that adapter and the per-example predictions of the best epoch's validation and
    of the test (``predictions/<split>.parquet``).
@@ -39,12 +48,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from flare_ray.digests import MANIFEST, write_manifest
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel
 from flare_ray.tasks.metrics import better
 
 from . import session
 from .adapter import METHODS
+from .checkpoints import REPLAYED_CHECKPOINT_KEY, REPLAYED_KEY, TRAINED_KEY
 from .engine import Engine
 from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
 from .inputs import TrialInput
@@ -108,17 +119,23 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             )
 
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
-    best = BestEpoch()
+    best, trained, kept = BestEpoch(), 0, None  # kept: the best epoch's adapter and predictions (rank 0)
+    history: list[dict[str, Any]] = []  # every epoch's reported metrics, kept in each checkpoint (replayed)
     with session.latest_checkpoint() as restored:
         resume = None  # a checkpoint of an earlier version holds no training state: start again
-        if restored is not None and has_state(restored / RESUME_NAME):
-            resume = load_state(restored / RESUME_NAME)  # safetensors and JSON: nothing unpickled
+        if restored is not None and has_state(restored.folder / RESUME_NAME):
+            resume = load_state(restored.folder / RESUME_NAME)  # safetensors and JSON: nothing unpickled
         if resume is not None and "final" in resume:  # it had finished (then its process was lost): done again
-            session.report(resume["final"], _copy(restored) if rank == 0 else None)
+            _replay(resume.get("history", []))
+            final = {**resume["final"], REPLAYED_KEY: 1}
+            session.report(final, _copy(restored.folder) if rank == 0 else None)
             return
         if resume is not None:
-            best = _restore(restored, resume, engine)
-    first = best.epoch + 1
+            best, trained = _restore(restored.folder, resume, engine)
+            kept = _keep_best(restored.folder) if rank == 0 else None
+            history = list(resume.get("history", []))  # none in a checkpoint of an earlier version
+            _replay(history, restored.where)
+    first = trained + 1
     startup = _startup(trial_input.trial_started, started_training=time.time())
     warned_full, looked = False, (cache.hits, cache.misses) if cache is not None else (0, 0)
     for epoch in range(first, training.epochs + 1):
@@ -150,16 +167,26 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
                     "training.source_cache_gb): the others' source pass runs every step",
                     flush=True,
                 )
+        history.append(_plain(metrics))
         checkpoint = None
-        if best.score is None or better(metrics[metric], best.score, mode):
-            with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
+        with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
+            improved = best.score is None or better(metrics[metric], best.score, mode)
+            if improved:
                 best = BestEpoch(metrics[metric], epoch, engine.adapter_state(), predictions)
-                if rank == 0:  # a checkpoint only when the epoch is the best so far: the latest one is the best one
-                    resume = {**engine.training_state(), "best": best.resume_state()}
-                    checkpoint = _checkpoint(
-                        engine.unwrapped, experiment, language, epoch, {"validation": predictions}, resume
-                    )
+            if rank == 0:  # every epoch: a restart continues after it; the best adapter rides along
+                if improved:
+                    kept = _save_best(engine.unwrapped, predictions, kept)
+                resume = {
+                    **engine.training_state(),
+                    "epoch": epoch,
+                    "adapter": None if improved else engine.adapter_state(),  # None: the best's, stored once
+                    "best": best.resume_state(),
+                    "history": history,
+                }
+                checkpoint = _epoch_checkpoint(kept, experiment, language, best.epoch, epoch, resume)
         session.report(metrics, checkpoint)
+    if kept is not None:
+        shutil.rmtree(kept, ignore_errors=True)
 
     # 3. test, with the best epoch's adapter
     engine.load_adapter_state(best.state)
@@ -175,7 +202,33 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             best,
             scores,
             {"validation": best.predictions, "test": predictions},
+            history,
         )
+
+
+def _replay(history: list[dict[str, Any]], where: str | None = None) -> None:
+    """Report again, marked :data:`~flare_ray.training.checkpoints.REPLAYED_KEY`, the results of the epochs a
+    restart continues after, as first reported (every rank, as every epoch: Ray Train's reports are collective).
+
+    The checkpoint of an epoch reaches storage before its result reaches the driver; a worker or a driver that
+    dies between the two leaves an epoch that is never trained again, so without this it would never reach Tune
+    or MLflow (a Ctrl-C can lose several: the trials train on while the driver saves its state). Which of them
+    did arrive, the trial cannot know: all go again, and each consumer keeps the first copy of an epoch it has
+    (the MLflow callback by the run's last epoch step, the console by the trial's last line; ASHA records a trial
+    once per rung, so an epoch it has seen changes nothing). No checkpoint rides along (the one the run continues
+    from is on storage already): the last result names it (:data:`REPLAYED_CHECKPOINT_KEY`), for the MLflow run
+    of a trial that ends before its next checkpoint (ASHA stops it on the result it had lost)."""
+    for i, metrics in enumerate(history):
+        again = {**metrics, REPLAYED_KEY: 1}
+        if where and i == len(history) - 1:
+            again[REPLAYED_CHECKPOINT_KEY] = where
+        session.report(again)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's metrics as the training state can keep them without pickle: numbers (numpy's as Python's),
+    strings, None."""
+    return {key: value.item() if hasattr(value, "item") else value for key, value in metrics.items()}
 
 
 def _startup(trial_started: float | None, started_training: float) -> dict[str, float]:
@@ -205,16 +258,72 @@ def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: i
     return scores, predictions
 
 
-def _restore(folder: Path, resume: dict[str, Any], engine: Engine) -> BestEpoch:
-    """Continue from a checkpoint: its epoch's adapter, the optimizer and schedule; the best epoch so far (with
-    its validation predictions), the epoch the checkpoint holds."""
+def _restore(folder: Path, resume: dict[str, Any], engine: Engine) -> tuple[BestEpoch, int]:
+    """Continue from a checkpoint: the adapter, optimizer and schedule of the epoch it was written after; the
+    best epoch so far (with its validation predictions). Also the number of epochs trained. A checkpoint of an
+    earlier version (written at a new best only) holds no ``epoch``: the best epoch is the one trained last."""
     frame = folder / PREDICTIONS_DIR / "validation.parquet"
     predictions = pd.read_parquet(frame) if frame.is_file() else None
     best = BestEpoch(resume["best"]["score"], resume["best"]["epoch"], resume["best"]["state"], predictions)
-    engine.load_adapter_state(best.state)
+    trained = resume.get("epoch", best.epoch)
+    current = resume.get("adapter")
+    engine.load_adapter_state(current if current is not None else best.state)
     engine.load_training_state(resume)
-    print(f"resumed from the checkpoint of epoch {best.epoch} ({folder})", flush=True)
-    return best
+    print(
+        f"resumed from the checkpoint of epoch {trained} (the best so far: epoch {best.epoch}) ({folder})", flush=True
+    )
+    return best, trained
+
+
+def _save_best(model, predictions: pd.DataFrame | None, previous: Path | None) -> Path:
+    """The best epoch's adapter (what a checkpoint's top level holds) and validation predictions, in a local
+    folder of its own that every checkpoint until the next best copies; the previous best's folder goes."""
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="trial-best-"))
+    if model is not None:
+        model.save_pretrained(folder)
+    (folder / PREDICTIONS_DIR).mkdir()
+    if predictions is not None:
+        predictions.to_parquet(folder / PREDICTIONS_DIR / "validation.parquet", index=False)
+    return folder
+
+
+def _keep_best(restored: Path) -> Path:
+    """The restored checkpoint's best adapter and validation predictions (everything at its top level but the
+    trial record, its manifest and the training state), kept for the checkpoints that follow."""
+    folder = Path(tempfile.mkdtemp(prefix="trial-best-"))
+    skip = {RESUME_NAME, TRIAL_CONFIG_NAME, MANIFEST}
+    for item in restored.iterdir():
+        if item.name in skip:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, folder / item.name)
+        else:
+            shutil.copy2(item, folder / item.name)
+    return folder
+
+
+def _epoch_checkpoint(
+    kept: Path, experiment: ExperimentConfig, language: str, best_epoch: int, trained: int, resume: dict[str, Any]
+) -> Path:
+    """An epoch's checkpoint: the best epoch's adapter and predictions (a copy of ``kept``), the trial record
+    (``epoch``: the best epoch, whose adapter it holds; ``trained_epochs``: how far it got) and the training
+    state, then its manifest."""
+    directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{trained}-"))
+    shutil.copytree(kept, directory, dirs_exist_ok=True)
+    save_state(resume, directory / RESUME_NAME)
+    _write_record(directory, experiment, language, best_epoch, trained)
+    write_manifest(directory)
+    return directory
+
+
+def _write_record(
+    directory: Path, experiment: ExperimentConfig, language: str, epoch: int, trained: int, final: bool = False
+) -> None:
+    record = {"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}
+    record.update({TRAINED_KEY: trained, **({"final": True} if final else {})})
+    (directory / TRIAL_CONFIG_NAME).write_text(json.dumps(record, indent=2))
 
 
 def _copy(folder: Path) -> Path:
@@ -239,7 +348,7 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -
     scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
     scores.update(trial.test_metrics)  # translate-test on QA: how many test examples it scored, against which answers
     best = BestEpoch(metrics[metric], 0)
-    _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test})
+    _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test}, [metrics])
 
 
 def _final(
@@ -251,14 +360,17 @@ def _final(
     best: BestEpoch,
     scores: dict,
     predictions: dict,
+    history: list[dict[str, Any]],
 ):
     """The trial's last result: the best epoch's score again (Optuna learns from the last result), the gold
-    test scores, and a checkpoint with the best adapter and every split's predictions."""
+    test scores, and a checkpoint with the best adapter and every split's predictions (and, with the final
+    result, every epoch's: a restart after it reports them all again, :func:`_replay`)."""
     final = {"epoch": epoch, "final": True, "best_epoch": best.epoch, experiment.search.metric: best.score}
     final.update({f"test/{k}": v for k, v in scores.items()})
     checkpoint = None
     if rank == 0:  # with the final result itself: a trial restarted after it (its process lost) reports it again
-        checkpoint = _checkpoint(model, experiment, language, best.epoch, predictions, {"final": final})
+        resume = {"final": final, "history": [_plain(m) for m in history]}
+        checkpoint = _checkpoint(model, experiment, language, best.epoch, predictions, resume, epoch)
     session.report(final, checkpoint)
 
 
@@ -268,24 +380,22 @@ def _checkpoint(
     language: str,
     epoch: int,
     predictions: dict,
-    resume: dict[str, Any] | None = None,
+    resume: dict[str, Any],
+    trained: int,
 ) -> Path:
-    """The adapter only (peft + FLARE weights, safetensors; none for a method that trains nothing; never the
-    frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's config, the
-    per-example predictions (``predictions/<split>.parquet``) and what a restart after a failure continues
-    from (``resume/``: safetensors and JSON: the best epoch so far with its adapter, the optimizer and schedule;
-    in the last checkpoint, the final result).
+    """The final checkpoint: the adapter only (peft + FLARE weights, safetensors; none for a method that trains
+    nothing; never the frozen base model, nor DeepSpeed's own checkpoint with its ZeRO shards), the trial's
+    record, the per-example predictions (``predictions/<split>.parquet``) and the final result (``resume/``,
+    reported again by a trial restarted after it); its manifest last.
     """
     directory = Path(tempfile.mkdtemp(prefix=f"trial-epoch{epoch}-"))
     if model is not None:
         model.save_pretrained(directory)
-    if resume is not None:
-        save_state(resume, directory / RESUME_NAME)
-    (directory / TRIAL_CONFIG_NAME).write_text(
-        json.dumps({"experiment": experiment.model_dump(mode="json"), "language": language, "epoch": epoch}, indent=2)
-    )
+    save_state(resume, directory / RESUME_NAME)
+    _write_record(directory, experiment, language, epoch, trained, final=True)
     (directory / PREDICTIONS_DIR).mkdir()
     for split, frame in predictions.items():
         if frame is not None:
             frame.to_parquet(directory / PREDICTIONS_DIR / f"{split}.parquet", index=False)
+    write_manifest(directory)
     return directory

@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from .checkpoints import TRIAL_CONFIG_NAME, Candidate, Restored, newest_good, read_record
 
 _LOCAL = threading.local()  # set in a Tune trial's thread while it runs a recipe itself
 
@@ -63,21 +66,82 @@ def prepare_model(model: torch.nn.Module, move_to_device: bool = True) -> torch.
 
 
 @contextlib.contextmanager
-def latest_checkpoint() -> Iterator[Path | None]:
-    """The run's latest checkpoint as a local folder, where it restarts after a failure (Ray Train's worker
-    group, ``search.worker_max_failures``; Tune's trial, ``search.max_failures``); None on a first start."""
+def latest_checkpoint() -> Iterator[Restored | None]:
+    """The run's newest good checkpoint (a local folder, and its place on storage), where it restarts after a
+    failure (Ray Train's worker group, ``search.worker_max_failures``; Tune's trial, ``search.max_failures``; a
+    sweep resumed after its driver died); None on a first start, or where no checkpoint is good (then the trial
+    starts from scratch).
+
+    Ray hands over the checkpoint its saved state knows; the run's folder on storage may hold newer ones (saved
+    after the driver last saved its state) and one of them may be damaged. So every checkpoint there is a
+    candidate: :func:`~flare_ray.training.checkpoints.newest_good` picks the newest whose files match their
+    content hash."""
+    given, filesystem, folder = _ray_checkpoint()
+    with newest_good(_candidates(given, filesystem, folder)) as chosen:
+        yield chosen
+
+
+def _ray_checkpoint():
+    """Ray's checkpoint for this run (or None), and the run's folder on storage with its filesystem (None, None
+    where Ray does not say)."""
     if tune_trial():
         import ray.tune
 
-        checkpoint = ray.tune.get_checkpoint()
-    else:
-        import ray.train
+        given = ray.tune.get_checkpoint()
+        try:  # Tune's trial folder: <storage>/<search>/<trial>/checkpoint_NNNNNN
+            from ray.train._internal.session import get_storage
 
-        checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        yield None
-        return
-    with checkpoint.as_directory() as folder:
+            storage = get_storage()
+            return given, storage.storage_filesystem, storage.trial_fs_path
+        except Exception:  # noqa: BLE001 - Ray's developer API moved: only Ray's checkpoint is a candidate
+            return given, None, None
+    import ray.train
+
+    given = ray.train.get_checkpoint()
+    try:  # the Ray Train run's folder: <storage>/train/<trial>/checkpoint_<time>
+        storage = ray.train.get_context().get_storage()
+        return given, storage.storage_filesystem, storage.experiment_fs_path
+    except Exception:  # noqa: BLE001 - as above
+        return given, None, None
+
+
+def _candidates(given, filesystem, folder: str | None) -> list[Candidate]:
+    """Ray's checkpoint and every ``checkpoint_*`` folder of the run's folder, each with its trial record."""
+    places = [(given.filesystem, given.path)] if given is not None else []
+    if filesystem is not None and folder:
+        places += [(filesystem, path) for path in _checkpoint_folders(filesystem, folder)]
+    return [Candidate(path, _record(fs, path), partial(_fetch, fs, path)) for fs, path in places]
+
+
+def _checkpoint_folders(filesystem, folder: str) -> list[str]:
+    import pyarrow.fs
+
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(
+        info.path
+        for info in infos
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+    )
+
+
+def _record(filesystem, path: str) -> dict | None:
+    """The checkpoint's trial record (small: read in place, before anything is downloaded)."""
+    try:
+        with filesystem.open_input_stream(f"{path}/{TRIAL_CONFIG_NAME}") as stream:
+            return read_record(stream.read())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _fetch(filesystem, path: str) -> Iterator[Path]:
+    """The checkpoint as a local folder (itself on local storage, a temporary copy otherwise)."""
+    import ray.train
+
+    with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as folder:
         yield Path(folder)
 
 

@@ -24,6 +24,9 @@ def test_a_callback_finds_its_tune_controller_and_forces_a_save(tmp_path, local_
                 controller = _tune_controller()
                 found.append(controller)
                 if controller is not None:
+                    assert hasattr(controller, "_storage"), (
+                        "TuneController has no _storage: update flare_ray/search/concurrent.py (SearchControl._sign)"
+                    )
                     controller.checkpoint(force=True, wait=True)
                     saved.extend(tmp_path.glob("probe/experiment_state-*.json"))
 
