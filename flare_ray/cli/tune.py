@@ -216,7 +216,7 @@ def _disk_full(config, guard) -> int:
     guard = guard or DiskGuard(local_folder(config.storage_path) or Path.cwd())
     line = guard.line()
     _stop_ray()  # the trials write no more: the guard's reserve is for the runs' status
-    guard.release()
+    guard.give_back_reserve()
     try:
         _mark_failed(config, line.removeprefix("error: "))
     except Exception:  # noqa: BLE001 - the store is on the full disk too: what it holds stays as it was

@@ -43,7 +43,7 @@ class DiskGuard(logging.Handler):
     seconds), and the driver's log records (a trial's error relayed by Tune, MLflow's store errors); trips once
     the space left beside its reserve (a tenth of the filesystem, at most :data:`MAX_RESERVE`) is below a
     quarter of the reserve, or a record says the disk is full. Tripping stops the searches as Ctrl-C does
-    (:func:`~flare_ray.search.concurrent.request_stop`: each saves its state), quietly; the reserve is held until :meth:`release`."""
+    (:func:`~flare_ray.search.concurrent.request_stop`: each saves its state), quietly; the reserve is held until :meth:`give_back_reserve`."""
 
     def __init__(self, folder: Path, interval: float = 0.25) -> None:
         super().__init__(level=logging.WARNING)
@@ -64,8 +64,10 @@ class DiskGuard(logging.Handler):
     def __exit__(self, *exc) -> None:
         self._stop.set()
         logging.getLogger().removeHandler(self)
-        if not self.tripped.is_set():  # else kept for the runs' FAILED status: :meth:`release`, once Ray stopped
-            self.release()
+        if (
+            not self.tripped.is_set()
+        ):  # else kept for the runs' FAILED status: :meth:`give_back_reserve`, once Ray stopped
+            self.give_back_reserve()
 
     def _hold_reserve(self) -> None:
         """Write the reserve file (random bytes: a compressing filesystem stores them in full); as much of it as
@@ -81,7 +83,7 @@ class DiskGuard(logging.Handler):
                 if not is_disk_full(err):
                     raise
 
-    def release(self) -> None:
+    def give_back_reserve(self) -> None:
         """Give the reserve back (the sweep is over, or stopped and its trials with it)."""
         (self.folder / RESERVE_NAME).unlink(missing_ok=True)
 
