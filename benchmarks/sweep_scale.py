@@ -63,6 +63,7 @@ def quality(sample: dict[str, Any]) -> float:
 def stand_in(trial_input) -> None:
     """In place of ``train_loop_per_worker`` (on the trial's ``TrialInput``): the recipe's reports and
     checkpoints, without training."""
+    from flare_ray.digests import write_manifest
     from flare_ray.training import session
     from flare_ray.training.loop import _checkpoint
 
@@ -88,8 +89,9 @@ def stand_in(trial_input) -> None:
         checkpoint = None
         if best["score"] is None or score > best["score"]:
             best.update(score=score, epoch=epoch)
-            checkpoint = _checkpoint(None, experiment, language, epoch, {"validation": _predictions()})
+            checkpoint = _checkpoint(None, experiment, language, epoch, {"validation": _predictions()}, {}, epoch)
             _adapter(checkpoint)
+            write_manifest(checkpoint)  # again, with the adapter
         session.report(metrics, checkpoint)
     # the recipe's last result (loop._final): the best score again, the test scores, the best adapter
     final = {
@@ -107,8 +109,10 @@ def stand_in(trial_input) -> None:
         best["epoch"],
         {"validation": _predictions(), "test": _predictions()},
         {"final": final},
+        experiment.training.epochs,
     )
     _adapter(checkpoint)
+    write_manifest(checkpoint)
     session.report(final, checkpoint)
 
 

@@ -115,9 +115,9 @@ class DiskGuard(logging.Handler):
             self._reported.set()
 
     def trip(self) -> None:
+        """Stop the sweep (called by the watching thread alone); ``tripped`` once it is asked to stop."""
         if self.tripped.is_set():
             return
-        self.tripped.set()
         self.free_when_full = self.free()
         logging.getLogger(__name__).info(  # the log file only: the command prints the one line
             "%s: %s free: stopping the sweep (its %s reserve is kept for the runs' status)",
@@ -126,6 +126,7 @@ class DiskGuard(logging.Handler):
             size(self.reserve),
         )
         request_stop()
+        self.tripped.set()
 
     def line(self) -> str:
         """The one line the command prints when the guard stopped the sweep."""

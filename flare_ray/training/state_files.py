@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -47,8 +47,10 @@ def save_state(state: Any, folder: Path) -> None:
 
 
 def load_state(folder: Path) -> Any:
-    """What :func:`save_state` wrote, tensors on the CPU."""
-    tensors = load_file(str(folder / TENSORS))
+    """What :func:`save_state` wrote, tensors on the CPU, in memory of their own: ``load_file``'s tensors map the
+    file, and a checkpoint folder is written over in place (Tune reuses a restored trial's checkpoint numbers),
+    which changed a restored optimizer's moments under it (a NaN loss an epoch after the restart)."""
+    tensors = load((folder / TENSORS).read_bytes())
 
     def decode(value: Any) -> Any:
         if isinstance(value, list):

@@ -80,3 +80,18 @@ def test_a_restarted_engine_continues_with_the_same_optimizer_and_schedule(tiny_
     again.train_epoch(loader, 2)
     for name, value in again.adapter_state().items():  # the same epoch 2 as the run that never stopped
         torch.testing.assert_close(value, continued[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_restored_state_keeps_its_values_when_its_checkpoint_is_written_over(tmp_path):
+    """Tune writes a restored trial's next checkpoint over the folder it was restored from (it reuses the
+    checkpoint numbers): the optimizer's moments read from there must not change with the file (a restart
+    trained one epoch, then its loss became NaN)."""
+    import shutil
+
+    from flare_ray.training.state_files import TENSORS, load_state, save_state
+
+    save_state({"optimizer": {"exp_avg": torch.ones(1000)}}, tmp_path / "restored")
+    save_state({"optimizer": {"exp_avg": torch.full((1000,), 7.0)}}, tmp_path / "next")
+    state = load_state(tmp_path / "restored")
+    shutil.copyfile(tmp_path / "next" / TENSORS, tmp_path / "restored" / TENSORS)  # in place, as a copy writes
+    assert torch.equal(state["optimizer"]["exp_avg"], torch.ones(1000))
