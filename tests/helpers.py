@@ -185,3 +185,17 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "exp.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def refuse_ray(tmp_path: Path, monkeypatch) -> None:
+    """Ray cannot start (a test that reaches ``ray.init`` fails), and a sweep would start a local Ray of its own:
+    no ``RAY_ADDRESS``, no cluster address left by ``ray start`` (a private ``RAY_TMPDIR``), no tracking URI."""
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))

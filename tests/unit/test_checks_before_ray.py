@@ -19,22 +19,14 @@ from safetensors.numpy import save_file
 from flare_ray.cli.tune import main
 from flare_ray.experiment import ExperimentConfigError, load_experiment
 from flare_ray.tasks import DATA_DIR
-from tests.helpers import QUICKSTART, TINY_EXPERIMENT, free_port, write_experiment
+from tests.helpers import QUICKSTART, TINY_EXPERIMENT, free_port, refuse_ray, write_experiment
 
 
 @pytest.fixture(autouse=True)
 def before_ray(tmp_path, monkeypatch):
     """Ray cannot start here (a test that reaches ``ray.init`` fails), and the sweep would start a local Ray:
     no RAY_ADDRESS, no cluster address left by ``ray start``."""
-    import ray
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray, "init", no_ray)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+    refuse_ray(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
 
 

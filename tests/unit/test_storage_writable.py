@@ -13,21 +13,13 @@ import pytest
 
 from flare_ray.cli.tune import main
 from flare_ray.storage import unwritable
-from tests.helpers import QUICKSTART
+from tests.helpers import QUICKSTART, refuse_ray
 
 
 @pytest.fixture(autouse=True)
 def before_ray(tmp_path, monkeypatch):
     """Ray cannot start here (a test that reaches ``ray.init`` fails); the sweep would start a local Ray."""
-    import ray
-
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray, "init", no_ray)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+    refuse_ray(tmp_path, monkeypatch)
 
 
 @pytest.fixture
