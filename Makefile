@@ -1,6 +1,7 @@
 # Two commands from a fresh clone:
 #     make setup        # .venv with the CPU build of torch, flare_ray (editable) and its test tools
 #     make quickstart   # the quickstart sweep (search_spaces/quickstart.yaml), on a laptop's CPU
+# then: make mlflow (the MLflow UI on the sweeps), make report NAME=quickstart, make help for the rest.
 #
 # Variables (on the command line, e.g. `make setup TORCH_SPEC=skip`):
 #   VENV        the virtual environment to create or reuse (default .venv)
@@ -9,7 +10,10 @@
 #               A CUDA build: TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126'
 #               TORCH_SPEC= or TORCH_SPEC=skip: install no torch, keep the one already in the venv.
 #               Given on the command line (not skip), the install steps run again even if the stamp is current.
-#   ARGS        extra arguments of `make quickstart` (e.g. ARGS=--dry-run)
+#   ARGS        extra arguments of `make quickstart` and `make report` (e.g. ARGS=--dry-run)
+#   NAME        the sweep `make report` reports on (default quickstart; a sweep name or a parent run id)
+#   PORT        the port of `make mlflow` (default 5000; it listens on 127.0.0.1 only)
+#   STORE       the MLflow store of `make mlflow` and `make report` (default outputs/mlflow.db, the sweeps')
 #   PYTEST_ARGS arguments of `make test` (e.g. PYTEST_ARGS='-x -q tests/unit/test_entry_points.py')
 #
 # Reuse: the install steps leave the stamp $(VENV)/.flare_ray-installed; while it is newer than
@@ -20,6 +24,10 @@ VENV        ?= .venv
 PYTHON      ?= python3
 TORCH_SPEC  ?= torch==2.13.0
 ARGS        ?=
+# (set here, not ?=: an exported PORT or NAME in the shell does not change them; the command line does)
+NAME        := quickstart
+PORT        := 5000
+STORE       := outputs/mlflow.db
 PYTEST_ARGS ?=
 
 SHELL       := bash
@@ -42,10 +50,10 @@ $(STAMP): FORCE
 endif
 endif
 
-.PHONY: help setup quickstart test lint format dry-run clean FORCE
+.PHONY: help setup quickstart mlflow report test lint format dry-run docs clean FORCE
 
 help: ## list the targets
-	@echo "usage: make TARGET [VAR=value ...]   (variables: VENV, PYTHON, TORCH_SPEC, ARGS, PYTEST_ARGS; see the Makefile)"
+	@echo "usage: make TARGET [VAR=value ...]   (variables: VENV, PYTHON, TORCH_SPEC, ARGS, NAME, PORT, STORE, PYTEST_ARGS; see the Makefile)"
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
 
@@ -53,6 +61,13 @@ setup: $(STAMP) ## create or reuse .venv (VENV): torch (TORCH_SPEC), flare_ray e
 
 quickstart: setup ## run the quickstart sweep: flare-ray tune search_spaces/quickstart.yaml ARGS
 	$(VENV)/bin/flare-ray tune search_spaces/quickstart.yaml $(ARGS)
+
+mlflow: setup ## the MLflow UI on the sweeps' store (STORE), at http://127.0.0.1:PORT
+	@test -f $(STORE) || { echo "no MLflow store at $(STORE): run a sweep first (make quickstart)" >&2; exit 2; }
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(PORT) --app-name flare-ray
+
+report: setup ## the report of a past sweep: flare-ray report NAME ARGS (from STORE)
+	$(VENV)/bin/flare-ray report $(NAME) --tracking-uri sqlite:///$(STORE) $(ARGS)
 
 test: setup ## run the test suite: python -m pytest PYTEST_ARGS
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
@@ -71,6 +86,9 @@ dry-run: setup ## check every shipped search space (search_spaces/**/*.yaml) wit
 	    if $(VENV)/bin/flare-ray tune "$$f" --dry-run >/dev/null; then echo "ok      $$f"; \
 	    else echo "FAILED  $$f"; failed=1; fi; \
 	done; exit $$failed
+
+docs: setup ## regenerate docs/config-reference.md from the schema's Field descriptions
+	$(VENV_PYTHON) -m flare_ray.experiment.reference docs/config-reference.md
 
 clean: ## remove the install stamp and build artefacts (keeps .venv and outputs/)
 	rm -rf $(STAMP) *.egg-info build dist

@@ -12,6 +12,7 @@ is imported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from flare_ray.storage import is_disk_full
 
@@ -127,6 +129,27 @@ def quiet_libraries() -> None:
         if name != "torch" and (logger.level == logging.NOTSET or logger.level > logging.INFO):
             _UNDO.append(lambda logger=logger, level=logger.level: logger.setLevel(level))
             logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def native_output_to_log() -> Iterator[None]:
+    """Within: what this process writes to file descriptor 2 (native code's messages, such as Ray's core worker's
+    error-level notices, which no logger sees) goes to the log file of :func:`log_to_file` instead of the console.
+    Nothing changes with ``verbose`` or without a log file."""
+    to_file = _FILE[0]
+    if to_file is None or _VERBOSE[0] or not isinstance(to_file, logging.FileHandler) or to_file.stream is None:
+        yield
+        return
+    sys.stderr.flush()
+    to_file.flush()
+    console = os.dup(2)
+    os.dup2(to_file.stream.fileno(), 2)  # opened for appending: the handler's records and these interleave
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
 
 
 def stop_logging_to_file() -> None:

@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  flare-ray tune search_spaces/quickstart.yaml\n"
         "  flare-ray tune search_spaces/rank.yaml --dry-run\n"
-        "  flare-ray report quickstart",
+        "  flare-ray report quickstart\n\n"
+        "documentation: README.md and docs/ in the repository (docs/config-reference.md: every key of the YAML)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -1,7 +1,7 @@
 """``python -m flare_ray.report SWEEP [SWEEP ...]``: the report of past sweeps, from MLflow alone.
 
 SWEEP is a sweep's name (its newest parent run) or a parent run id; several sweeps (e.g. one per task)
-join into one table. Writes report.md, report.csv, report.html and the PNG figures to ``--output``.
+join into one table. Writes report.md, report.csv, report.html, report.tex and the PNG figures to ``--output``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ DEFAULT_STORE = Path("outputs/mlflow.db")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m flare_ray.report",
+        prog="flare-ray report",
         description="Methods (or grid cells) x languages: mean ± std over seeds of the gold-test metric, the best "
         "marked, paired-bootstrap p-values against the best, and figures; from the sweeps' MLflow records.",
         epilog="examples:\n"
-        "  python -m flare_ray.report quickstart\n"
-        "  python -m flare_ray.report paper-table1-xnli paper-table1-nusax --output reports/table1\n"
-        "  python -m flare_ray.report 3f2c...e1 --tracking-uri http://mlflow:5000 --log-to-mlflow",
+        "  flare-ray report quickstart\n"
+        "  flare-ray report paper-table1-xnli paper-table1-nusax --output reports/table1\n"
+        "  flare-ray report 3f2c...e1 --tracking-uri http://mlflow:5000 --log-to-mlflow",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep name or parent run id")
@@ -34,6 +34,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="folder for the report (default: reports/<sweeps>)")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=None, help="the bootstrap's random seed (default 0)")
+    p.add_argument(
+        "--baseline",
+        metavar="ROW",
+        default=None,
+        help="a row's name or method (e.g. lora): every other row's difference to it, with its paired-bootstrap "
+        "95%% interval and p-value (default: the sweep's report.baseline, else none)",
+    )
     p.add_argument(
         "--log-to-mlflow",
         action="store_true",
@@ -63,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.output or Path("reports") / "+".join(args.sweeps)
     try:
         report = build_report(
-            client, args.sweeps, folder, args.resamples or RESAMPLES, SEED if args.seed is None else args.seed
+            client,
+            args.sweeps,
+            folder,
+            args.resamples or RESAMPLES,
+            SEED if args.seed is None else args.seed,
+            args.baseline,
         )
         if args.log_to_mlflow:
             log_report(client, report)
@@ -73,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     except MlflowException as err:  # its message may hold the tracking URI: shown without credentials
         print(f"error: MLflow at {redact(uri)}: {redact(str(err))}", file=sys.stderr)
         return 1
-    print(show(report))
+    print(show(report, uri))
     return 0
 
 
-def show(report) -> str:
-    """The table, its notes and where the files are, for the console."""
+def show(report, uri: str | None = None) -> str:
+    """The table, its notes and where the files are, for the console; with the tracking ``uri``, the address
+    of each sweep's runs table in MLflow's UI."""
+    from flare_ray.tracking.urls import runs_url, ui_command
+
     published = ["The paper's numbers:", "", report.published, ""] if report.published else []
     return "\n".join(
         [
@@ -89,7 +104,12 @@ def show(report) -> str:
             *published,
             *report.notes,
             "",
-            "report: " + ", ".join(str(p) for p in report.files[:3]),
+            "report: " + ", ".join(str(p) for p in report.files[:4]),
             "figures: " + ", ".join(str(p) for p in report.figures),
+            *(
+                f"MLflow: {runs_url(uri, s.experiment_id, metric=s.metric, mode=s.mode)}"
+                + (f"  (start the UI: {ui_command(uri)})" if not uri.startswith(("http://", "https://")) else "")
+                for s in (report.sweeps if uri else [])
+            ),
         ]
     )

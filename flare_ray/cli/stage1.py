@@ -1,10 +1,10 @@
-"""``python -m flare_ray.stage1 EXPERIMENT.yaml --output DIR``: the stage-1 English fine-tune.
+"""``flare-ray stage1 EXPERIMENT.yaml --output DIR`` (or ``python -m flare_ray.stage1``): the stage-1 English fine-tune.
 
 Trains ``stage1.lora`` (default ``method.lora``) on the English side of the
 task's training data with the experiment's model, ``stage1.training`` (default
 ``training``) and scaling settings, and saves the adapter (with its task head)
 to DIR. Trials merge it into the base model; point the sweep at it with
-``python -m flare_ray.tune EXPERIMENT.yaml --set model.stage1=DIR``, or let the
+``flare-ray tune EXPERIMENT.yaml --set model.stage1=DIR``, or let the
 sweep do all of this with ``model.stage1: auto``.
 """
 
@@ -14,9 +14,21 @@ import argparse
 import sys
 from pathlib import Path
 
+EXAMPLES = """\
+examples:
+  flare-ray stage1 search_spaces/rank.yaml --output outputs/stage1/xlmr-nusax
+  flare-ray tune search_spaces/rank.yaml --set model.stage1=outputs/stage1/xlmr-nusax
+  flare-ray stage1 search_spaces/quickstart.yaml --output outputs/stage1/tiny --set training.epochs=2"""
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flare_ray.stage1", description=__doc__.split("\n\n")[0])
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flare-ray stage1",
+        description="Train the stage-1 English fine-tune of an experiment (stage1.lora on the English side of the "
+        "task's training data, with its model, training and scaling settings) and save the adapter for its trials.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", type=Path, help="experiment YAML (its search section is ignored)")
     p.add_argument(
         "--output", required=True, help="folder (or URI, e.g. s3://bucket/stage1/xlmr) for the stage-1 adapter"
@@ -29,8 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY.PATH=VALUE",
         help="override a config value (YAML syntax); repeatable",
     )
-    p.add_argument("--verbose", action="store_true", help="also show every library's output on the console")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show every library's output on the console (always in the log file)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
 
     try:

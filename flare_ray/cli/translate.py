@@ -1,4 +1,4 @@
-"""Command line: ``python -m flare_ray.translate CONFIG.yaml [--check] [--force]``."""
+"""Command line: ``flare-ray translate CONFIG.yaml [--dry-run] [--force] [--verbose]`` (also ``python -m flare_ray.translate``)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ loading the model. Ray: connects to the cluster at RAY_ADDRESS when it is set,
 else starts a local Ray; actors use GPUs when the cluster has them."""
 
 EXAMPLE = """\
-example (translate_jav.yaml):
+examples:
+  flare-ray translate translate_jav.yaml --dry-run   # check the config and the data, say what would be made
+  flare-ray translate translate_jav.yaml             # translate (or reuse) every role
+  flare-ray translate translate_jav.yaml --force     # translate every role again
+
+translate_jav.yaml:
   task: {name: nusax, language: jav}
   mt_dir: outputs/mt
   model: facebook/nllb-200-distilled-600M
@@ -47,14 +52,14 @@ def _languages_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m flare_ray.translate",
+        prog="flare-ray translate",
         description=DESCRIPTION,
         epilog=f"configuration keys (YAML):\n{describe_keys()}\n\n{_languages_help()}\n\n{EXAMPLE}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="YAML configuration file (keys below)")
     parser.add_argument(
-        "--check",
+        "--dry-run",
         action="store_true",
         help="validate the configuration and the data, say what would be translated or reused, and exit "
         "(starts no Ray, loads no model)",
@@ -63,10 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="translate every role again, even where a cached split matches"
     )
     parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default INFO)",
+        "--verbose",
+        action="store_true",
+        help="also show every library's output on the console (and the job's debug messages)",
     )
     return parser
 
@@ -74,14 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None):
     """Run the pipeline; bad input exits with one error message (status 2) before any model is loaded."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("flare_ray").setLevel(args.log_level)
+    # The job's progress (INFO) always; with --verbose its DEBUG messages and every library's INFO too.
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.verbose else logging.WARNING,
+    )
+    logging.getLogger("flare_ray").setLevel(logging.DEBUG if args.verbose else logging.INFO)
 
     try:
         config = load_config(args.config)
         from flare_ray.translate.pipeline import run  # after the config is read: --help and bad configs stay quick
 
-        results = run(config, force=args.force, check=args.check)
+        results = run(config, force=args.force, check=args.dry_run)
     except (ConfigError, TaskDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

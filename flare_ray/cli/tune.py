@@ -19,12 +19,13 @@ from pathlib import Path
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m flare_ray.tune",
-        description="Search FLARE hyperparameters with Ray Tune + Optuna (+ ASHA); every trial is a Ray Train "
-        "run and an MLflow child run.",
+        prog="flare-ray tune",
+        description="Search FLARE hyperparameters and run ablations with Ray Tune (a grid, or Optuna + ASHA); "
+        "every trial is an MLflow child run. The YAML is checked before Ray starts.",
         epilog="examples:\n"
-        "  python -m flare_ray.tune search_spaces/quickstart.yaml\n"
-        "  python -m flare_ray.tune search_spaces/rank.yaml --set model.name_or_path=/models/xlmr --dry-run\n"
+        "  flare-ray tune search_spaces/quickstart.yaml\n"
+        "  flare-ray tune search_spaces/rank.yaml --set model.name_or_path=/models/xlmr --dry-run\n"
+        "  flare-ray tune search_spaces/rank.yaml --resume\n"
         "  ray job submit --working-dir . -- python -m flare_ray.tune search_spaces/rank.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verbose",
         action="store_true",
-        help="also show every library's and every trial's output on the console (always in the log files)",
+        help="also show every library's output on the console, every trial's too (always in the log files)",
     )
     p.add_argument(
         "--status-interval",
@@ -49,6 +50,14 @@ def parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="seconds between the status tables of every search (default 60)",
+    )
+    p.add_argument(
+        "--notify",
+        metavar="COMMAND_OR_URL",
+        help="when the sweep ends or fails: POST its summary as JSON to this http(s) webhook, or run this shell "
+        "command with the summary on its standard input and in FLARE_RAY_SWEEP, FLARE_RAY_STATUS "
+        "(finished|failed|interrupted), FLARE_RAY_SUMMARY; default $FLARE_RAY_NOTIFY. A notification that "
+        "fails is a warning",
     )
     p.add_argument(
         "--resume",
@@ -62,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 every trial finished; 1 some trials failed (the sweep went on) or the sweep failed;
     2 the config is invalid, the tracking server does not answer as MLflow's, this machine can never hold
     a trial's worker, or ``--resume`` finds saved state this sweep did not sign or a changed plan (nothing
-    ran); 130 interrupted (``--resume`` continues)."""
+    ran); 130 interrupted (``--resume`` continues). Once the sweep has started, its end (any of these) is
+    notified where ``--notify`` or ``$FLARE_RAY_NOTIFY`` asks (:mod:`flare_ray.search.notify`)."""
     args = parser().parse_args(argv)
     from flare_ray.experiment import ExperimentConfigError, load_experiment
     from flare_ray.search.plan import dry_run_text
@@ -80,18 +90,44 @@ def main(argv: list[str] | None = None) -> int:
     from flare_ray.logs import stop_logging_to_file
     from flare_ray.secrets import redact
 
+    ending: dict[str, str] = {}  # what the notification says (--notify): _sweep fills it in
     try:
-        code = _sweep(config, args)
+        code = _sweep(config, args, ending)
     except Exception:  # the driver's own error: its traceback, then leave (never hang on a library's thread)
-        print(redact(traceback.format_exc()), end="", file=sys.stderr)  # (MLflow's errors hold the URI)
+        trace = redact(traceback.format_exc())  # (MLflow's errors hold the URI)
+        print(trace, end="", file=sys.stderr)
+        ending["summary"] = trace.strip().splitlines()[-1]
         code = 1
     except KeyboardInterrupt:  # outside the searches (starting Ray, stage 1): they handle their own Ctrl-C
         print("interrupted (Ctrl-C)", file=sys.stderr)
+        ending["summary"] = "interrupted (Ctrl-C)"
         code = 130
     finally:
         stop_logging_to_file()
         _stop_ray()
+    _notify(args.notify, config, code, ending)
     return code
+
+
+def _notify(option: str | None, config, code: int, ending: dict[str, str]) -> None:
+    """The notification of the sweep's end (``--notify`` or ``$FLARE_RAY_NOTIFY``), if one is asked for: a warning
+    if it fails, never another exit status."""
+    from flare_ray.search.notify import notify, payload, target
+
+    where = target(option)
+    if where is None:
+        return
+    message = payload(
+        config.name,
+        code,
+        ending.get("summary", ""),
+        experiment=config.tracking.experiment_name,
+        parent_run_id=ending.get("parent_run_id"),
+        tracking_uri=ending.get("tracking_uri"),
+    )
+    warning = notify(where, message)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _ready(config, dry_run: bool) -> bool:
@@ -130,7 +166,8 @@ def _ready(config, dry_run: bool) -> bool:
     return True
 
 
-def _sweep(config, args) -> int:
+def _sweep(config, args, ending: dict[str, str]) -> int:
+    """The sweep, and its exit status; ``ending``: what its notification says (``summary``, its parent run)."""
     from flare_ray.logs import log_to_file, quiet_libraries, timestamped
     from flare_ray.search.trial import logs_folder
 
@@ -161,6 +198,7 @@ def _sweep(config, args) -> int:
     elif problem:
         where = "this machine" if not cluster.joined else "this cluster (no autoscaler can add a node that holds it)"
         print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
+        ending["summary"] = f"error: {problem}: no trial could ever start on {where}"
         return 2
     console.print(run_plan_text(config, cluster.resources, log))
     guard = _disk_guard(config)
@@ -168,7 +206,9 @@ def _sweep(config, args) -> int:
         with guard or contextlib.nullcontext():
             summary = run_sweep(config, resume=args.resume, console=console, resources=cluster.resources)
     except BaseException as err:  # a full disk first: it stops the sweep in any of the ways below
+        ending["summary"] = f"{'interrupted' if isinstance(err, SweepInterrupted) else 'error'}: {err}"
         if (guard is not None and guard.tripped.is_set()) or is_disk_full(err):
+            ending["summary"] = f"error: the disk of {config.storage_path} is full; the sweep stopped"
             return _disk_full(config, guard)
         if isinstance(err, ResumeRefused):  # nothing was started or changed
             print(f"error: {err}", file=sys.stderr)
@@ -186,8 +226,19 @@ def _sweep(config, args) -> int:
     print()
     report_sweep(config, summary)
     print()
+    if summary.timing is not None:  # where the trials' time went
+        print("\n".join(summary.timing.lines()))
     print(summary.where())
     print(f"logs: {log}")
+    ending.update(parent_run_id=summary.parent_run_id, tracking_uri=summary.tracking_uri)
+    ending["summary"] = "\n".join(
+        [
+            f"Best trials of sweep '{summary.name}' (selected on {summary.metric}):",
+            summary.table(),
+            *(summary.timing.lines() if summary.timing is not None else []),
+            summary.where(),
+        ]
+    )
     if summary.failed:
         print(
             f"{summary.failed} of {summary.trials} trials failed (their errors and logs are above); the others "

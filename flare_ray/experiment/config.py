@@ -297,6 +297,18 @@ class SearchSpec(_Section):
         return list(self.seeds) if self.seeds else [None]
 
 
+class ReportSpec(_Section):
+    """The sweep's report (:mod:`flare_ray.report`), made at its end and again by ``flare-ray report``."""
+
+    baseline: str | None = Field(
+        None,
+        min_length=1,
+        description="a row to compare every other row with (its name, e.g. 'flare, fusion=add', or its method, "
+        "e.g. lora): the report gives each row's difference to it with a paired-bootstrap 95% interval and "
+        "p-value; null: none (flare-ray report --baseline overrides it)",
+    )
+
+
 class ExperimentConfig(_Section):
     """One hyperparameter search (per target language) of one method on one task and model."""
 
@@ -312,6 +324,7 @@ class ExperimentConfig(_Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="resources of a trial")
     search: SearchSpec = Field(default_factory=SearchSpec, description="the search space and how it is searched")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="the report made at the end of the sweep")
     translation: TranslationSpec = Field(
         default_factory=TranslationSpec,
         description="the sweep's translation stage (task.splits: mt without task.mt_dir): "

@@ -63,7 +63,7 @@ class _Distribution(BaseModel):
 class Categorical(_Distribution):
     """One of the listed values; Optuna samples their labels (strings) where a value is no scalar."""
 
-    type: Literal["categorical"]
+    type: Literal["categorical"] = Field(description="categorical: one of values")
     values: list[Any] = Field(min_length=1, description="the choices")
 
     @model_validator(mode="after")
@@ -111,11 +111,11 @@ class _Range(_Distribution):
 class IntRange(_Range):
     """An integer in ``[low, high]`` (both included) on a grid of ``step``, optionally log-scaled."""
 
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
+    type: Literal["int"] = Field(description="int: an integer between low and high")
+    low: int = Field(description="the smallest value")
+    high: int = Field(description="the largest value (included)")
+    step: int = Field(1, description="values low, low + step, ... up to high")
+    log: bool = Field(False, description="sample on a log scale (step must be 1)")
 
     def optuna(self) -> od.IntDistribution:
         return od.IntDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -127,11 +127,13 @@ class IntRange(_Range):
 class FloatRange(_Range):
     """A float in ``[low, high]``, optionally on a grid of ``step`` or log-scaled (learning rates)."""
 
-    type: Literal["float"]
-    low: float
-    high: float
-    step: float | None = None
-    log: bool = False
+    type: Literal["float"] = Field(
+        description="float: a number between low and high ('loguniform' is read as float with log: true)"
+    )
+    low: float = Field(description="the smallest value")
+    high: float = Field(description="the largest value")
+    step: float | None = Field(None, description="null: continuous; else values low, low + step, ... up to high")
+    log: bool = Field(False, description="sample on a log scale, e.g. learning rates (not with step)")
 
     def optuna(self) -> od.FloatDistribution:
         return od.FloatDistribution(self.low, self.high, log=self.log, step=self.step)

@@ -3,71 +3,29 @@ into English, as the translation job translates (Ray Data, greedy), cached per t
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 import pandas as pd
 
 from flare_ray.languages import ENGLISH, nllb_language
+from flare_ray.logs import native_output_to_log, quiet_libraries
 from flare_ray.models.loading import resolve_name_or_path
 from flare_ray.tasks import Task, TaskConfig
-from flare_ray.tasks.base import mt_split_path, provenance_path
-from flare_ray.translate.config import DEFAULT_MODEL, TranslateConfig
+from flare_ray.translate.config import TranslateConfig
 from flare_ray.translate.pipeline import PIPELINE_VERSION
 from flare_ray.translate.store import cached_provenance, sha256_json, write_split
 from flare_ray.translate.translator import GREEDY, Segment, translate_with_ray
 
-if TYPE_CHECKING:
-    from flare_ray.experiment import ExperimentConfig
+from .inputs import TranslationSettings, translation_settings
 
-
-@dataclass(frozen=True)
-class TranslationSettings:
-    """How a missing English side is made: NLLB-200 (greedy) from the target language into English."""
-
-    model: str = DEFAULT_MODEL
-    max_length: int = 512
-    batch_size: int = 16
-    dtype: str = "auto"
-    cache_dir: Path = Path("outputs/translations")
-    origin: str = "default"  # where the model and decoding settings come from
-
-
-def translation_settings(
-    experiment: ExperimentConfig,
-    language: str,
-    *,
-    model: str | None = None,
-    max_length: int | None = None,
-    batch_size: int | None = None,
-    cache_dir: Path | None = None,
-) -> TranslationSettings:
-    """The run's own: where its test split was translated (``task.splits.test: mt``), the model and decoding
-    settings of that split's provenance, so the new input's English side is made as the test set's was;
-    otherwise the translation pipeline's defaults. Explicit values win."""
-    found: dict[str, Any] = {}
-    spec = experiment.task
-    if spec.splits.get("test") == "mt" and spec.mt_dir is not None:
-        path = provenance_path(mt_split_path(spec.mt_dir, spec.name, language, "test"))
-        try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            found = {}
-    decoding, run = found.get("decoding", {}), found.get("run", {})
-    chosen = TranslationSettings(
-        model=model or found.get("mt_model") or DEFAULT_MODEL,
-        max_length=max_length or decoding.get("max_length") or 512,
-        batch_size=batch_size or run.get("batch_size") or 16,
-        dtype=decoding.get("dtype") or "auto",
-        cache_dir=Path(cache_dir or TranslationSettings.cache_dir),
-        origin="the run's test split" if found else "default",
-    )
-    return chosen
+__all__ = ["TranslationReport", "TranslationSettings", "cache_path", "english_sources", "translation_settings"]
 
 
 @dataclass
@@ -92,12 +50,14 @@ def cache_path(settings: TranslationSettings, src: str, model: str) -> tuple[Pat
 
 
 def english_sources(
-    task: Task, texts: dict[str, list[str]], settings: TranslationSettings
+    task: Task, texts: dict[str, list[str]], settings: TranslationSettings, *, verbose: bool = True
 ) -> tuple[dict[str, list[str]], TranslationReport]:
     """The English side of every text (``{field: [text per row]}``), translated by NLLB-200 from the task's
     language as the translation job does (:func:`~flare_ray.translate.translator.translate_with_ray`: Ray Data,
     greedy, batched). Translations are cached per text in one parquet file per model and decoding settings
-    (with a provenance JSON beside it): only texts not in the cache are translated."""
+    (with a provenance JSON beside it): only texts not in the cache are translated. Not ``verbose``: a Ray this
+    call starts keeps its workers' output off the console (in Ray's logs), Ray Data shows no progress bars, and
+    what the driver's native code writes to stderr goes to the log file of :func:`flare_ray.logs.log_to_file`."""
     language = nllb_language(task.language)
     model = resolve_name_or_path(settings.model)
     path, key, material = cache_path(settings, language.code, model)
@@ -117,8 +77,12 @@ def english_sources(
             batch_size=settings.batch_size,
             dtype=settings.dtype,
         )
+        where = None if verbose else _quiet_ray()
         started = time.perf_counter()
-        translations, run = translate_with_ray([Segment(language.code, ENGLISH.code, t) for t in todo], config)
+        with contextlib.nullcontext() if verbose else native_output_to_log():
+            translations, run = translate_with_ray([Segment(language.code, ENGLISH.code, t) for t in todo], config)
+        if where is not None:
+            run["ray"] = where
         cached.update({t: (tr.text, tr.truncated) for t, tr in zip(todo, translations)})
         entries = sorted(cached.items())
         records = datasets.Dataset.from_dict(
@@ -146,3 +110,24 @@ def english_sources(
         )
     english = {f: [cached[t][0] for t in column] for f, column in texts.items()}
     return english, TranslationReport(path, len(wanted), len(todo))
+
+
+def _quiet_ray() -> str | None:
+    """Ray Data without progress bars and, where Ray is not running yet, a Ray started (as the translation job
+    connects, :func:`~flare_ray.translate.translator.connect_ray`) without its workers' output on the console;
+    which Ray that is (None: one this process had already)."""
+    import ray
+    from ray.data import DataContext
+
+    from flare_ray.local_ray import init_ray
+
+    quiet_libraries()  # Ray Data sets up its loggers' handlers when imported
+    DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        return None
+    started = init_ray(log_to_driver=False, configure_logging=False)
+    quiet_libraries()
+    address = os.environ.get("RAY_ADDRESS")  # named as connect_ray names it
+    if started:
+        return "local Ray"
+    return f"Ray cluster at {address}" if address else "the Ray cluster started on this machine (ray start)"

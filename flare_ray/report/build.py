@@ -1,4 +1,5 @@
-"""A report of one or more sweeps: the table (Markdown, CSV, HTML), the significance tests and the figures.
+"""A report of one or more sweeps: the table (Markdown, CSV, LaTeX, HTML), the significance tests and the
+figures with their captions.
 
 :func:`build_report` reads everything from MLflow (:mod:`~flare_ray.report.records`), so it works on any
 past sweep; :func:`log_report` puts the files on each sweep's parent run (``report/``), gives that run
@@ -10,21 +11,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from flare_ray.tasks import TASKS
 from flare_ray.tracking import mlflow_runs
 
 from . import paper, plots
-from .records import SweepRecords, load_sweep
-from .render import NOT_PAPER, html_page, markdown, p_value, score
+from .records import ReportError, SweepRecords, load_sweep
+from .render import NOT_PAPER, html_page, latex, markdown, p_value, score
 from .significance import LEVEL, PROCEDURE, RESAMPLES, SEED
-from .table import AVERAGE, Column, cells
+from .table import AVERAGE, Column, cells, named_trials
 
-FILES = ("report.md", "report.csv", "report.html")
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+FILES = ("report.md", "report.csv", "report.html", "report.tex")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Report:
     folder: Path
     figures: list[Path] = field(default_factory=list)
     published: str = ""  # the paper's matching cells as a Markdown table ("" where none matches)
+    captions: dict[Path, str] = field(default_factory=dict)  # figure -> what it shows
+    baseline: str | None = None  # the row (or method) the Δ columns compare with
 
     @property
     def files(self) -> list[Path]:
@@ -51,11 +56,29 @@ class Report:
         return None
 
 
+def baseline_of(sweeps: Sequence[SweepRecords], given: str | None = None) -> str | None:
+    """The baseline row: ``given`` (``--baseline``), else the sweeps' ``report.baseline`` (one for all)."""
+    if given:
+        return given
+    named = {(s.config.get("report") or {}).get("baseline") for s in sweeps} - {None}
+    if len(named) > 1:
+        raise ReportError(
+            f"the sweeps name different baselines (report.baseline): {sorted(named)}; choose one with --baseline"
+        )
+    return named.pop() if named else None
+
+
 def build_report(
-    client: MlflowClient, references: Sequence[str], folder: Path, resamples: int = RESAMPLES, seed: int = SEED
+    client: MlflowClient,
+    references: Sequence[str],
+    folder: Path,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    baseline: str | None = None,
 ) -> Report:
-    """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``.
-    On a terminal, a progress bar on stderr follows its steps."""
+    """The report of the sweeps named (or whose parent run ids are) ``references``, written to ``folder``;
+    ``baseline``: the row (its name or method) to give every other row's difference to, else the sweeps'
+    ``report.baseline``. On a terminal, a progress bar on stderr follows its steps."""
     from tqdm.auto import tqdm
 
     progress = tqdm(total=4, desc="report", unit="step", leave=False, disable=None)
@@ -64,20 +87,29 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     progress.update()
     progress.set_postfix_str(f"the table and paired bootstrap ({resamples} resamples)")
-    table, columns = cells(sweeps, resamples, seed)
+    baseline = baseline_of(sweeps, baseline)
+    table, columns = cells(sweeps, resamples, seed, baseline)
     progress.update()
     progress.set_postfix_str("figures")
     title = "Report: " + " + ".join(s.name for s in sweeps)
-    notes = _notes(sweeps, table, columns, resamples, seed)
-    report = Report(title, sweeps, table, columns, markdown(table, columns), notes, folder)
+    notes = _notes(sweeps, table, columns, resamples, seed, baseline)
+    report = Report(title, sweeps, table, columns, markdown(table, columns), notes, folder, baseline=baseline)
 
-    figures = [plots.bars(table[table["column"] != AVERAGE], folder / "bars.png", title)]
+    languages = table[table["column"] != AVERAGE]
     by_run = {row.run_id: row._asdict() for s in sweeps for row in s.trials.itertuples()}
-    figures.append(plots.curves(table[table["column"] != AVERAGE], by_run, sweeps[0].metric, folder / "curves.png"))
+    captions = {
+        plots.bars(languages, folder / "bars.png", title): plots.bars_caption(languages),
+        plots.curves(languages, by_run, sweeps[0].metric, folder / "curves.png"): plots.curves_caption(
+            sweeps[0].metric
+        ),
+    }
+    trials, _ = named_trials(sweeps)
     for sweep in sweeps:
+        captions.update({path: plots.grid_caption(sweep) for path in plots.grid_plot(sweep, trials, folder)})
         for language in sweep.languages:
-            figures += plots.optuna_plots(sweep, language, folder)
-    report.figures = figures
+            for path in plots.optuna_plots(sweep, language, folder):
+                captions[path] = plots.optuna_caption(sweep, path)
+    report.figures, report.captions = list(captions), captions
     progress.update()
     progress.set_postfix_str("writing")
 
@@ -86,16 +118,32 @@ def build_report(
     published = paper.paper_frame(table, columns, list(dict.fromkeys(table["row"])))
     report.published = "" if published is None else published.to_markdown(index=False)
     beside = [] if published is None else ["## The paper's numbers", report.published]
+    figures = [f"![{f.name}]({f.name})\n\n*Figure {i}: {captions[f]}*" for i, f in enumerate(report.figures, 1)]
     (folder / "report.md").write_text(
-        "\n\n".join(
-            [f"# {title}", *intro, report.markdown, *beside, *notes, *(f"![{f.name}]({f.name})" for f in figures)]
-        )
-        + "\n"
+        "\n\n".join([f"# {title}", *intro, report.markdown, *beside, *notes, *figures]) + "\n"
     )
-    (folder / "report.html").write_text(html_page(title, intro, table, columns, notes, figures, published))
+    (folder / "report.tex").write_text(latex(table, columns, _caption(sweeps, notes)))
+    (folder / "report.html").write_text(
+        html_page(title, intro, table, columns, notes, report.figures, published, captions)
+    )
     progress.update()
     progress.close()
     return report
+
+
+def _caption(sweeps: list[SweepRecords], notes: list[str]) -> str:
+    """The LaTeX table's caption: what a cell is, and the notes on the significance tests."""
+    metrics = ", ".join(dict.fromkeys(f"test/{s.test_metric}" for s in sweeps))
+    deviating = any(s.deviations(lang) for s in sweeps for lang in s.languages)
+    return " ".join(
+        [
+            f"{metrics} on the gold target-language test split, mean ± std over seeds (n seeds); each row's "
+            "configuration selected on the mean over seeds of the validation metric; bold: the best row of each "
+            "column.",
+            *(n for n in notes if n.startswith(("Δ vs", "p-values"))),
+            *([f"{NOT_PAPER}: not the paper's setting (see the report's notes)."] if deviating else []),
+        ]
+    )
 
 
 def _intro(sweeps: list[SweepRecords]) -> list[str]:
@@ -111,19 +159,41 @@ def _intro(sweeps: list[SweepRecords]) -> list[str]:
 
 
 def _notes(
-    sweeps: list[SweepRecords], table: pd.DataFrame, columns: list[Column], resamples: int, seed: int
+    sweeps: list[SweepRecords],
+    table: pd.DataFrame,
+    columns: list[Column],
+    resamples: int,
+    seed: int,
+    baseline: str | None = None,
 ) -> list[str]:
-    notes = [
-        "Bold: the best row of each column. Column p: "
-        + PROCEDURE.format(resamples=resamples, seed=seed, level=LEVEL)
-        + "."
-    ]
+    notes = ["Bold: the best row of each column. Column p: " + PROCEDURE.format(resamples=resamples, seed=seed) + "."]
+    if baseline is not None:
+        notes.append(
+            f"Δ vs {baseline}: the row's test score minus {baseline}'s, on the test examples both were scored on "
+            f"(each the mean over its seeds), in brackets its paired-bootstrap 95 % interval (the 2.5th and 97.5th "
+            f"percentiles over the same {resamples} resamples); p vs {baseline}: two-sided, of no difference."
+        )
+    if table["p_value"].notna().any():
+        notes.append(_holm_note(table, baseline is not None))
     for column in columns:
         if column.deviations:
-            notes.append(f"{NOT_PAPER} {column.name}: not the paper's setting: " + "; ".join(column.deviations) + ".")
+            notes.append(
+                f"{NOT_PAPER} {column.name}: not the paper's setting:" + "".join(f"\n- {d}" for d in column.deviations)
+            )
     notes += translate_test_notes(sweeps, table)
     notes.append(paper.note(table))
     return list(dict.fromkeys(notes))  # sweeps side by side may bring the same column (and note) twice
+
+
+def _holm_note(table: pd.DataFrame, with_baseline: bool) -> str:
+    """One line under the table: the p-values are Holm-corrected, over how many comparisons per column."""
+    counts = {int(n) for n in table[table["column"] != AVERAGE].groupby("column")["p_value"].count()}
+    over = f"the {counts.pop()} comparisons" if len(counts) == 1 else "the comparisons"
+    which = "p and p vs the baseline" if with_baseline else "p"
+    return (
+        f"p-values ({which}) are Holm-corrected over {over} of each column (Holm 1979); * marks a corrected "
+        f"p < {LEVEL}; report.csv keeps the raw ones too."
+    )
 
 
 def translate_test_notes(sweeps: Sequence[SweepRecords], table: pd.DataFrame) -> list[str]:
@@ -199,7 +269,7 @@ def _description(sweep: SweepRecords, report: Report) -> str:
     lines = [
         f"**{sweep.name}**: {sweep.task}, {len(sweep.languages)} language(s), {len(sweep.trials)} trials, "
         f"selected on {sweep.metric}; the report (table, significance, figures) is under `report/` "
-        "(report.html, report.md, report.csv).",
+        "(report.html, report.md, report.csv, report.tex).",
         "",
         "Best per language (test/"
         + sweep.test_metric

@@ -3,9 +3,10 @@
 A sweep is found by its name (the parent run's ``flare_ray.sweep`` tag, the newest such run in any
 experiment) or by its parent run id. Its parent run holds the resolved config (``config.json``) and the
 data provenance per language (``data_provenance.json``); each child run (one per trial) is
-self-describing: its language, method, grid cell, configuration and seed as tags, its validation curve
-and test scores as metrics, and its per-example predictions as ``predictions/<split>.parquet``. So a
-report can be made of any past sweep, also one that ran on a cluster.
+self-describing: its language, method, grid cell, configuration and seed as tags, its resolved config as
+params, its validation and training-loss curves and test scores as metrics, and its per-example
+predictions as ``predictions/<split>.parquet``. So a report can be made of any past sweep, also one that
+ran on a cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from flare_ray.tasks import TASKS
 from flare_ray.tracking import mlflow_runs
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the console is for the report
+TRAIN_LOSS = "train/loss"  # the training loss per epoch, the report's second curve
 
 
 class ReportError(ValueError):
@@ -155,13 +157,15 @@ def load_sweep(client: MlflowClient, reference: str) -> SweepRecords:
 
 def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: dict[str, Any]) -> pd.DataFrame:
     """One row per child run: language, method, cell, configuration, seed, the best validation score over
-    its epochs (and that epoch), its validation curve, and its test scores (``test/<metric>`` columns)."""
+    its epochs (and that epoch), its validation curve (``curve``) and training-loss curve (``loss_curve``:
+    (epoch, ``train/loss``)), its params (the resolved config) and its test scores (``test/<metric>`` columns)."""
     rows = []
     for run in children:
         tags, metrics = run.data.tags, run.data.metrics
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
         history = [(s, v) for s, v in history if math.isfinite(v)]
         best = (max if mode == "max" else min)(history, key=lambda sv: sv[1]) if history else (None, math.nan)
+        losses = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, TRAIN_LOSS))
         seed = tags.get(mlflow_runs.SEED_TAG)
         rows.append(
             {
@@ -176,6 +180,8 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
                 "validation": best[1],
                 "best_epoch": best[0],
                 "curve": history,
+                "loss_curve": [(s, v) for s, v in losses if math.isfinite(v)],
+                "params": dict(run.data.params),
                 **{k: v for k, v in metrics.items() if k.startswith("test/")},
             }
         )
@@ -191,6 +197,8 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
         "validation",
         "best_epoch",
         "curve",
+        "loss_curve",
+        "params",
     ]
     frame = pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
     return frame.sort_values("trial_id", kind="stable", key=lambda ids: ids.fillna("")).reset_index(

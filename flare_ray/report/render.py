@@ -1,4 +1,5 @@
-"""The table as people read it: Markdown (console, MLflow), and one self-contained HTML page."""
+"""The table as people read it: Markdown (console, MLflow), LaTeX (booktabs, for a paper) and one self-contained
+HTML page."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .significance import LEVEL
 from .table import AVERAGE, Column
 
 NOT_PAPER = "‡"  # a column whose data, splits or model are not the paper's setting
@@ -30,19 +32,53 @@ def score(line) -> str:
     )
 
 
+def _p(p) -> str:
+    return f"{p:.3f}" + ("*" if p < LEVEL else "")
+
+
+def _missing(value) -> bool:
+    return not isinstance(value, float) or math.isnan(value)
+
+
 def p_value(line) -> str:
+    """The p-value against the column's best row, Holm-corrected (``p_holm``; the raw one where not)."""
     if line is None:
         return "–"
     if line["best"]:
         return "best"
-    p = line.get("p_value")
-    if not isinstance(p, float) or math.isnan(p):
+    p = line.get("p_holm", line.get("p_value"))
+    return "–" if _missing(p) else _p(p)
+
+
+def delta(line) -> str:
+    """``+22.42 [+19.80, +25.10]``: the difference to the baseline row and its 95 % interval."""
+    if line is None:
         return "–"
-    return f"{p:.3f}" + ("*" if line["significant"] else "")
+    if line.get("baseline") == line["row"]:
+        return "baseline"
+    if _missing(line.get("delta")):
+        return "–"
+    return f"{line['delta']:+.2f} [{line['delta_low']:+.2f}, {line['delta_high']:+.2f}]"
+
+
+def p_baseline(line) -> str:
+    """The two-sided p-value of no difference to the baseline row, Holm-corrected."""
+    p = None if line is None else line.get("p_baseline_holm")
+    return "–" if _missing(p) else _p(p)
+
+
+def _hyperparameters(table: pd.DataFrame, row: str) -> str:
+    """A row's chosen hyperparameters: once where every language chose the same, else per language."""
+    here = table[(table["row"] == row) & (table["column"] != AVERAGE)]
+    chosen = {c: h for c, h in zip(here["column"], here.get("hyperparameters", pd.Series(dtype=object))) if h == h}
+    if len(set(chosen.values())) == 1:
+        return next(iter(chosen.values())) or "–"
+    return "; ".join(f"{c}: {h or '–'}" for c, h in chosen.items()) or "–"
 
 
 def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> pd.DataFrame:
-    """Rows × (column, its p-value) + average, as display strings; the best per column in ``bold``."""
+    """Rows × (column, its p-value, with a baseline its Δ and p against it) + average + hyperparameters, as
+    display strings; the best per column in ``bold``."""
     rows = list(dict.fromkeys(table["row"]))
     multiple = len(rows) > 1
     names = [c.name for c in columns] + ([AVERAGE] if AVERAGE in set(table["column"]) else [])
@@ -57,6 +93,12 @@ def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> p
         ]
         if multiple and name != AVERAGE:
             out[f"{name} p"] = [p_value(lines.get(r)) for r in rows]
+            base = next((b for b in (lines[r].get("baseline") for r in lines) if isinstance(b, str)), None)
+            if base is not None:
+                out[f"{name} Δ vs {base} [95% CI]"] = [delta(lines.get(r)) for r in rows]
+                out[f"{name} p vs {base}"] = [p_baseline(lines.get(r)) for r in rows]
+    if "hyperparameters" in table:
+        out["hyperparameters"] = [_hyperparameters(table, r) for r in rows]
     return pd.DataFrame({"row": rows, **out})
 
 
@@ -64,9 +106,49 @@ def markdown(table: pd.DataFrame, columns: list[Column]) -> str:
     return wide(table, columns, ("**", "**")).to_markdown(index=False)
 
 
-def image_tag(path: Path) -> str:
+LATEX_SYMBOLS = {"±": r"$\pm$", NOT_PAPER: r"$^\ddagger$", "Δ": r"$\Delta$", "–": "--"}
+LATEX_SPECIAL = str.maketrans({**{c: "\\" + c for c in "_%&#${}"}, "<": "$<$", ">": "$>$"})
+
+
+def latex(table: pd.DataFrame, columns: list[Column], caption: str) -> str:
+    """The table as a LaTeX ``table`` with booktabs rules (``\\usepackage{booktabs}``), the best per column in
+    bold, the same numbers as :func:`markdown`; ``caption``: plain text, escaped here."""
+    marked = wide(table, columns, ("\x00", ""))
+    bold = marked.map(lambda v: isinstance(v, str) and v.startswith("\x00"))
+    frame = marked.map(lambda v: v.removeprefix("\x00") if isinstance(v, str) else v)
+    styler = (
+        frame.style.hide(axis="index")
+        .format(escape="latex")
+        .format_index(escape="latex", axis=1)
+        .apply(lambda _: bold.replace({True: "font-weight: bold", False: ""}), axis=None)
+    )
+    text = styler.to_latex(
+        hrules=True,
+        column_format="l" + "r" * (len(frame.columns) - 1),
+        caption=caption.translate(LATEX_SPECIAL),
+        label="tab:report",
+        position_float="centering",
+        convert_css=True,
+    )
+    for symbol, command in LATEX_SYMBOLS.items():
+        text = text.replace(symbol, command)
+    return text
+
+
+def image_tag(path: Path, caption: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption or path.name)}</figcaption></figure>"
+    )
+
+
+def note_html(note: str) -> str:
+    """A note as HTML: its first line a paragraph, its ``- `` lines a list."""
+    first, *items = note.split("\n- ")
+    return f"<p>{html.escape(first)}</p>" + (
+        "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>" if items else ""
+    )
 
 
 PAGE = """<!doctype html>
@@ -78,9 +160,11 @@ th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 tr th {{ text-align: center; }}
 thead th {{ background: #f3f3f3; }}
-figure {{ display: inline-block; margin: 1em 1em 1em 0; }}
+figure {{ display: inline-table; margin: 1em 1em 1em 0; vertical-align: top; }}
+figcaption {{ display: table-caption; caption-side: bottom; color: #444; font-size: 0.92em; padding-top: 0.3em; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
 .note {{ color: #555; font-size: 0.92em; }}
+.note ul {{ margin: 0.2em 0 0.8em 0; }}
 </style></head>
 <body>
 <h1>{title}</h1>
@@ -101,8 +185,10 @@ def html_page(
     notes: list[str],
     figures: list[Path],
     paper: pd.DataFrame | None = None,
+    captions: dict[Path, str] | None = None,
 ) -> str:
-    """The report as one HTML page; ``paper``: the paper's matching cells (rows × columns), as a second table."""
+    """The report as one HTML page; ``paper``: the paper's matching cells (rows × columns), as a second table;
+    ``captions``: what each figure shows."""
     frame = wide(table, columns, ("\x00b", "\x00/b"))  # placeholders survive escaping, then become <b>
     body = frame.to_html(escape=True, border=0, index=False)
     body = body.replace("\x00b", "<b>").replace("\x00/b", "</b>")
@@ -111,8 +197,8 @@ def html_page(
         title=html.escape(title),
         intro="\n".join(f"<p>{html.escape(p)}</p>" for p in intro),
         table=body,
-        notes="".join(f"<p>{html.escape(n)}</p>" for n in notes),
-        figures="\n".join(image_tag(f) for f in figures),
+        notes="".join(note_html(n) for n in notes),
+        figures="\n".join(image_tag(f, (captions or {}).get(f, "")) for f in figures),
         paper=""
         if paper is None
         else '<h2>The paper\'s numbers</h2>\n<table id="paper">'

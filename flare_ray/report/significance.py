@@ -1,19 +1,29 @@
-"""Is the best row really better? A paired bootstrap over the test examples, seeds pooled.
+"""Is one row really better than another? A paired bootstrap over the test examples, seeds pooled; and
+Holm's correction of a column's p-values.
 
-:func:`paired_bootstrap` compares two systems (rows of the report) on one language, each given as its
-seeds' per-example test predictions (``predictions/test.parquet``). The examples both were scored on
-(matched by ``id``) are resampled with replacement ``resamples`` times, the same resample for both
-systems and all their seeds. On each resample each system's score is the task metric (accuracy, macro
-F1, exact match or F1, on the resampled examples) averaged over its seeds, and the p-value is the
-share of resamples in which the first system does not beat the second, ``(1 + #{δ* <= 0}) / (1 + R)``
-(Koehn 2004; the add-one keeps a p-value from being 0 with finitely many resamples). Identical
-predictions give p = 1; a system right on every example the other gets wrong gives p = 1 / (1 + R).
-The generator is seeded, so the p-value is the same on every run.
+Two systems (rows of the report) on one language are each given as their seeds' per-example test
+predictions (``predictions/test.parquet``). The examples both were scored on (matched by ``id``) are
+resampled with replacement ``resamples`` times, the same resample for both systems and all their seeds
+(:func:`resampled_differences`). On each resample each system's score is the task metric (accuracy, macro
+F1, exact match or F1, on the resampled examples) averaged over its seeds, and δ* is the first system's
+score minus the second's. From these:
+
+* :func:`paired_bootstrap`, the p-value of "the first system is not better": the share of resamples in
+  which it does not beat the second, ``(1 + #{δ* <= 0}) / (1 + R)`` (Koehn 2004; the add-one keeps a
+  p-value from being 0 with finitely many resamples). Identical predictions give p = 1; a system right on
+  every example the other gets wrong gives p = 1 / (1 + R).
+* :func:`difference`, the difference Δ itself (on all shared examples, the seeds' mean), its percentile
+  95 % confidence interval (the 2.5th and 97.5th percentiles of δ*), and the two-sided p-value of Δ = 0,
+  ``min(1, 2 (1 + min(#{δ* <= 0}, #{δ* >= 0})) / (1 + R))``: the interval excludes 0 about when p < 0.05.
+* :func:`holm`, Holm's step-down correction of the p-values of one column (one family of comparisons).
+
+The generator is seeded, so every number is the same on every run.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,12 +31,49 @@ import pandas as pd
 RESAMPLES = 1000
 SEED = 0
 LEVEL = 0.05  # the marker's significance level
+CONFIDENCE = 0.95  # of the interval of a difference
 PROCEDURE = (
     "paired bootstrap over test examples (Koehn 2004): {resamples} resamples of the examples with replacement, "
     "the same for both rows and all their seeds; each row's score is the metric averaged over its seeds; "
-    "p = (1 + #{{resamples where the best row does not beat the other}}) / (1 + {resamples}); seed {seed}; "
-    "* marks p < {level}"
+    "p = (1 + #{{resamples where the best row does not beat the other}}) / (1 + {resamples}); seed {seed}"
 )
+
+
+class Difference(NamedTuple):
+    """``delta``: the first system's score minus the second's; ``low``, ``high``: its confidence interval;
+    ``p``: the two-sided p-value of no difference."""
+
+    delta: float
+    low: float
+    high: float
+    p: float
+
+
+def resampled_differences(
+    first: Sequence[pd.DataFrame],
+    second: Sequence[pd.DataFrame],
+    metric: str,
+    labels: Sequence[str] = (),
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, np.ndarray]:
+    """The difference of the seed-mean scores, ``first`` - ``second``, on the examples both were scored on,
+    and the same difference on each of ``resamples`` resamples of those examples (the same for every seed)."""
+    frames = [f.drop_duplicates("id").set_index("id") for f in (*first, *second)]
+    ids = frames[0].index
+    for f in frames[1:]:
+        ids = ids.intersection(f.index, sort=False)
+    if len(ids) == 0:
+        raise ValueError("the two systems share no scored example")
+    weights = np.random.default_rng(seed).multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples)
+    ones = np.ones((1, len(ids)), dtype=int)
+    scores, observed = [], []
+    for f in frames:
+        scores.append(resampled_scores(f.loc[ids], metric, weights, labels))
+        observed.append(resampled_scores(f.loc[ids], metric, ones, labels)[0])
+    k = len(first)
+    delta = float(np.mean(observed[:k]) - np.mean(observed[k:]))
+    return delta, np.mean(scores[:k], axis=0) - np.mean(scores[k:], axis=0)
 
 
 def paired_bootstrap(
@@ -39,18 +86,40 @@ def paired_bootstrap(
     mode: str = "max",
 ) -> float:
     """The p-value that the system with the seeds' predictions ``best`` is not better than ``other``."""
-    frames = [f.drop_duplicates("id").set_index("id") for f in (*best, *other)]
-    ids = frames[0].index
-    for f in frames[1:]:
-        ids = ids.intersection(f.index, sort=False)
-    if len(ids) == 0:
-        raise ValueError("the two systems share no scored example")
-    weights = np.random.default_rng(seed).multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples)
-    scores = [resampled_scores(f.loc[ids], metric, weights, labels) for f in frames]
-    delta = np.mean(scores[: len(best)], axis=0) - np.mean(scores[len(best) :], axis=0)
+    _, deltas = resampled_differences(best, other, metric, labels, resamples, seed)
     if mode != "max":
-        delta = -delta
-    return float((1 + np.sum(delta <= 0)) / (1 + resamples))
+        deltas = -deltas
+    return float((1 + np.sum(deltas <= 0)) / (1 + resamples))
+
+
+def difference(
+    system: Sequence[pd.DataFrame],
+    baseline: Sequence[pd.DataFrame],
+    metric: str,
+    labels: Sequence[str] = (),
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> Difference:
+    """Δ = ``system`` - ``baseline`` (each its seeds' per-example predictions), its paired-bootstrap
+    percentile interval at ``confidence``, and the two-sided p-value of Δ = 0."""
+    delta, deltas = resampled_differences(system, baseline, metric, labels, resamples, seed)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    p = min(1.0, 2 * (1 + min(np.sum(deltas <= 0), np.sum(deltas >= 0))) / (1 + resamples))
+    return Difference(delta, float(low), float(high), float(p))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of one family of p-values (NaN: no comparison, kept NaN, not counted):
+    the i-th smallest of m becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; reject where it is < the level."""
+    present = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+    out = [math.nan] * len(p_values)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def resampled_scores(frame: pd.DataFrame, metric: str, weights: np.ndarray, labels: Sequence[str] = ()) -> np.ndarray:

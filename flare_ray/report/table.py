@@ -7,7 +7,10 @@
 * A **cell** is the mean ± std over those seeds of the gold-test metric of the task (the paper's: accuracy
   for XNLI, exact match for TyDiQA, macro F1 for NusaX), with n, the number of seeds scored on test; the
   best per column is marked, and each other row carries the p-value of the best row against it
-  (:mod:`~flare_ray.report.significance`).
+  (:mod:`~flare_ray.report.significance`), Holm-corrected over the column's comparisons; with a **baseline**
+  row, every other row also carries its difference to it (Δ), the Δ's paired-bootstrap 95 % interval and its
+  Holm-corrected p-value. A cell also keeps its seeds' scores and the selected configuration's
+  hyperparameters (:func:`hyperparameters`).
 * The **average** of a row is over its languages, per seed (seeds scored on every language), then mean ± std.
 * The **paper's cell**, where a published one matches (:mod:`~flare_ray.report.paper`): its table, mean, std
   and the difference, yours - paper's.
@@ -27,7 +30,10 @@ from flare_ray.tasks import TASKS
 
 from .paper import AVERAGE, paper_cells, row_keys_of
 from .records import ReportError, SweepRecords
-from .significance import LEVEL, paired_bootstrap
+from .significance import LEVEL, difference, holm, paired_bootstrap
+
+# Shown for every row beside the keys its selection chose: the recipe's learning rate and LoRA rank
+RECIPE_KEYS = ("training.learning_rate", "method.lora.r")
 
 
 @dataclass
@@ -60,9 +66,34 @@ def row_names(keys: Sequence[dict[str, Any]]) -> list[str]:
     return [", ".join(f"{short(k)}{d[k]}" for k in varying if k in d) for d in keys]  # a LoRA row has no fusion
 
 
-def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd.DataFrame, list[Column]]:
-    """One line per (row, column): the selected configuration's seeds, their test and validation scores,
-    mean, std, n, whether it is the column's best, and its p-value against the best."""
+def short(key: str) -> str:
+    """``r`` for ``method.lora.r``: a key as a table names it."""
+    return key.rsplit(".", 1)[-1]
+
+
+def hyperparameters(row_key: dict[str, Any], configuration: dict[str, Any], params: dict[str, str] | None) -> str:
+    """What a row's selected configuration chose that its name does not say: the searched keys' values and
+    the recipe's :data:`RECIPE_KEYS` (from the trial's logged params), e.g. ``learning_rate=0.003, r=8``."""
+    values = {k: v for k, v in configuration.items() if k not in row_key}
+    for key in RECIPE_KEYS:
+        if key not in row_key and key not in values and params and key in params:
+            values[key] = params[key]
+    return ", ".join(f"{short(k)}={_number(v)}" for k, v in values.items())
+
+
+def _number(value: Any) -> str:
+    """A logged param (a string) or a configuration's value, numbers as ``%g``: ``0.003``, ``8``."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def named_trials(sweeps: Sequence[SweepRecords]) -> tuple[pd.DataFrame, list[Column]]:
+    """The trials of ``sweeps`` that reported the selection metric, each with its ``sweep``, ``row_key`` and
+    ``row`` (the table's row name); and the table's columns."""
     tasks = {s.task for s in sweeps}
     columns, frames = [], []
     for sweep in sweeps:
@@ -81,7 +112,16 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
     trials["row"] = [names[json.dumps(d, sort_keys=True)] for d in trials["row_key"]]
     if len(sweeps) > 1 and trials.groupby(["row", "language"])["sweep"].nunique().max() > 1:  # same rows, same task
         trials["row"] = trials["sweep"] + ": " + trials["row"]
+    return trials, columns
 
+
+def cells(
+    sweeps: Sequence[SweepRecords], resamples: int, seed: int, baseline: str | None = None
+) -> tuple[pd.DataFrame, list[Column]]:
+    """One line per (row, column): the selected configuration's seeds, their test and validation scores,
+    mean, std, n, whether it is the column's best, and its p-value against the best; with ``baseline`` (a row's
+    name, or its method), its difference to the baseline row of its column (:func:`_against_baseline`)."""
+    trials, columns = named_trials(sweeps)
     lines = []
     for column in columns:
         sweep, test = column.sweep, f"test/{column.sweep.test_metric}"
@@ -103,9 +143,11 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
                     "n": len(scored),
                     "trials": len(picked),
                     "seeds": json.dumps([None if pd.isna(s) else int(s) for s in scored["seed"]]),
+                    "scores": json.dumps([float(v) for v in scored[test]] if len(scored) else []),
                     "validation_mean": picked["validation"].mean(),
                     "validation_std": picked["validation"].std(),
                     "configuration": chosen,
+                    "hyperparameters": hyperparameters(picked["row_key"].iloc[0], json.loads(chosen), _params(picked)),
                     "run_ids": json.dumps(list(scored["run_id"])),
                     "paper_setting": not column.deviations,
                 }
@@ -116,12 +158,22 @@ def cells(sweeps: Sequence[SweepRecords], resamples: int, seed: int) -> tuple[pd
     table = table.sort_values(["row"], kind="stable").reset_index(drop=True)
     table["row"] = table["row"].astype(str)
     _mark_best_and_test(table, columns, resamples, seed)
+    if baseline is not None:
+        _against_baseline(table, columns, baseline, row_keys_of(trials), resamples, seed)
     table = pd.concat([table, _averages(table, trials, columns)], ignore_index=True)
     return paper_cells(table, columns, row_keys_of(trials)), columns
 
 
+def _params(picked: pd.DataFrame) -> dict[str, str] | None:
+    if "params" not in picked:
+        return None
+    params = picked["params"].iloc[0]
+    return params if isinstance(params, dict) else None
+
+
 def _mark_best_and_test(table: pd.DataFrame, columns: list[Column], resamples: int, seed: int) -> None:
-    """The best row per column (the highest mean test score) and every other row's p-value against it."""
+    """The best row per column (the highest mean test score) and every other row's p-value against it, raw
+    (``p_value``) and Holm-corrected over the column's comparisons (``p_holm``, which ``significant`` reads)."""
     table["best"], table["p_value"] = False, math.nan
     for column in columns:
         here = table[(table["column"] == column.name) & table["mean"].notna()]
@@ -136,7 +188,66 @@ def _mark_best_and_test(table: pd.DataFrame, columns: list[Column], resamples: i
             theirs = _predictions(column.sweep, other)
             if ours and theirs:
                 table.loc[index, "p_value"] = paired_bootstrap(ours, theirs, metric, labels, resamples, seed)
-    table["significant"] = table["p_value"] < LEVEL
+    table["p_holm"] = _holm_per_column(table, "p_value")
+    table["significant"] = table["p_holm"] < LEVEL
+
+
+def _holm_per_column(table: pd.DataFrame, p: str) -> pd.Series:
+    out = pd.Series(math.nan, index=table.index)
+    for _, here in table.groupby("column", sort=False):
+        out[here.index] = holm(list(here[p]))
+    return out
+
+
+def baseline_rows(table: pd.DataFrame, baseline: str, row_keys: dict[str, dict]) -> dict[str, str]:
+    """Column -> the name of its baseline row: the row named ``baseline`` (also after a sweep's ``name: ``
+    prefix), or else the one row whose method is ``baseline``. A column with no such row has none; a name that
+    matches no row of any column, or several rows of one column, is a :class:`ReportError`."""
+    out = {}
+    for column, here in table.groupby("column", sort=False):
+        rows = list(here["row"])
+        named = [r for r in rows if r == baseline or r.split(": ", 1)[-1] == baseline]
+        found = named or [r for r in rows if (row_keys.get(r) or {}).get("method.kind") == baseline]
+        if len(found) > 1:
+            raise ReportError(
+                f"baseline {baseline!r} matches {len(found)} rows of column {column}: {found}; name one of them"
+            )
+        if found:
+            out[column] = found[0]
+    if not out:
+        rows = list(dict.fromkeys(table["row"]))
+        raise ReportError(
+            f"baseline {baseline!r} matches no row of the report; expected a row's name or method: {rows}"
+        )
+    return out
+
+
+def _against_baseline(
+    table: pd.DataFrame, columns: list[Column], baseline: str, row_keys: dict[str, dict], resamples: int, seed: int
+) -> None:
+    """Every row's difference to its column's baseline row: ``delta`` (row - baseline, on the examples both
+    were scored on), its 95 % interval (``delta_low``, ``delta_high``), its two-sided p-value (``p_baseline``)
+    and that p-value Holm-corrected over the column's rows (``p_baseline_holm``); ``baseline``: the row."""
+    found = baseline_rows(table, baseline, row_keys)
+    for name in ("delta", "delta_low", "delta_high", "p_baseline"):
+        table[name] = math.nan
+    table["baseline"] = [found.get(c) for c in table["column"]]
+    for column in columns:
+        if column.name not in found:
+            continue
+        here = table[(table["column"] == column.name) & table["mean"].notna()]
+        base = here[here["row"] == found[column.name]]
+        theirs = _predictions(column.sweep, base.iloc[0]) if len(base) else None
+        if not theirs:
+            continue
+        labels = TASKS[column.sweep.task].labels
+        for index, line in here.drop(base.index).iterrows():
+            ours = _predictions(column.sweep, line)
+            if ours:
+                table.loc[index, ["delta", "delta_low", "delta_high", "p_baseline"]] = list(
+                    difference(ours, theirs, column.sweep.test_metric, labels, resamples, seed)
+                )
+    table["p_baseline_holm"] = _holm_per_column(table, "p_baseline")
 
 
 def _predictions(sweep: SweepRecords, line) -> list[pd.DataFrame] | None:

@@ -3,17 +3,19 @@
 One :class:`Console` per sweep, shared by its searches (their Tune loops run in threads of the driver),
 prints one line per trial per epoch (the trial, its language, epoch, training loss, validation metric,
 elapsed time), a line when a trial ends, a status table of every search at most every ``interval``
-seconds, and for a trial that fails, what Ray reported and where the trial's full log is. A restarted trial
+seconds (headed by the sweep's progress: ``k/N trials``, epochs, elapsed time and ETA, from the searches' plans,
+:mod:`~flare_ray.search.progress`), and for a trial that fails, what Ray reported and where the trial's full
+log is. A restarted trial
 reports its earlier epochs again (``replayed``, :func:`flare_ray.training.loop._replay`): the console prints
 only those it has not shown, and says so.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
-from collections import Counter
 from typing import Any, Callable
 
 import ray.tune
@@ -22,6 +24,8 @@ from ray.tune.experiment import Trial
 from flare_ray.tracking.callback import trial_error
 from flare_ray.training.checkpoints import REPLAYED_KEY
 
+from .progress import Progress, SearchPlan, TrialState, search_progress
+from .progress import duration as _duration
 from .searches import Search, configuration, seeded
 
 STATUS_INTERVAL = 60.0  # seconds between status tables
@@ -53,9 +57,12 @@ def _result_before(trial: Trial) -> dict[str, Any]:
     return result or {}
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+def _state(trial: Trial, final: dict | None = None) -> TrialState:
+    """A trial's state for the progress; ``final``: its final result, handed out before Tune marks it ended."""
+    ended = final is not None and trial.status not in ("TERMINATED", "ERROR")
+    result = final if ended else _result_before(trial)
+    status = "TERMINATED" if ended else trial.status
+    return TrialState(status, int(result.get("epoch", 0) or 0), float(result.get("time_total_s", 0.0) or 0.0))
 
 
 class Console:
@@ -69,6 +76,9 @@ class Console:
         self._lock = threading.Lock()
         self._last_status = time.monotonic()
         self._trials: dict[str, list[Trial]] = {}  # search name -> its trials
+        self._plans: dict[str, SearchPlan] = {}  # search name -> what it plans (every search, started or not)
+        self._epochs: dict[str, int] = {}  # search name -> training.epochs (a search without a plan)
+        self._finals: dict[str, dict] = {}  # trial id -> its final result (Tune marks the trial ended later)
         self.changed = False  # a trial reported or failed since the last status table
 
     def print(self, text: str) -> None:
@@ -86,7 +96,13 @@ class Console:
     ) -> "SearchConsole":
         """The Tune callback of one search (``name``): ``label`` names a trial from its Tune config,
         ``log`` gives its log file."""
+        self._epochs[name] = epochs
         return SearchConsole(self, name, language, label, metric, epochs, log)
+
+    def plan(self, plans: dict[str, SearchPlan]) -> None:
+        """The plan of every search of the sweep, before they start: the progress counts the trials of the searches
+        not started yet, and those their searchers have not made yet, as pending."""
+        self._plans = dict(plans)
 
     def update(self, name: str, trials: list[Trial]) -> None:
         """A search's trials, as its Tune loop sees them; prints the status table when one is due."""
@@ -96,19 +112,36 @@ class Console:
             self._last_status, self.changed = now, False
             self.print(self.status())
 
+    def progress(self) -> Progress:
+        """The progress of every search the sweep planned (before it planned them, of those under way: stage 1's,
+        whose plan is the trials Tune has made)."""
+        out = {}
+        for name in list(self._plans or self._trials):  # (other searches' threads add theirs)
+            states = [_state(t, self._finals.get(t.trial_id)) for t in self._trials.get(name, [])]
+            plan = self._plans.get(name)
+            if plan is None:
+                plan = SearchPlan(len(states), len(states) * self._epochs.get(name, 1), max(len(states), 1))
+            out[name] = search_progress(plan, states)
+        return Progress(out)
+
     def status(self) -> str:
         from tabulate import tabulate
 
-        rows, total = [], Counter()
-        for name, trials in self._trials.items():
-            counts = Counter(t.status for t in trials)
-            total.update(counts)
-            rows.append([name, counts["TERMINATED"], counts["RUNNING"], counts["PENDING"], counts["ERROR"]])
-        head = (
-            f"status after {_duration(time.monotonic() - self.started)}: {total['TERMINATED']} done, "
-            f"{total['RUNNING']} running, {total['PENDING']} pending, {total['ERROR']} failed"
-        )
-        return head + "\n" + tabulate(rows, headers=["search", "done", "running", "pending", "failed"]) + "\n"
+        progress = self.progress()
+        rows = [
+            [
+                name,
+                f"{p.done}/{p.planned}",
+                p.running,
+                p.pending,
+                p.failed,
+                f"{math.floor(p.epochs_done)}/{'≤' if p.bound else ''}{p.epochs}",
+            ]
+            for name, p in progress.searches.items()
+        ]
+        head = progress.line(time.monotonic() - self.started)
+        headers = ["search", "done", "running", "pending", "failed", "epochs"]
+        return head + "\n" + tabulate(rows, headers=headers, disable_numparse=True) + "\n"
 
 
 class SearchConsole(ray.tune.Callback):
@@ -171,6 +204,7 @@ class SearchConsole(ray.tune.Callback):
             ]
             self.console.print(
                 f"{self._who(trial)}  done: best epoch {result.get('best_epoch')}  {'  '.join(tests)}  {elapsed}{again}"
+                + self._so_far(trials, trial, result)
             )
             return
         if not isinstance(result.get(self.metric), (int, float)):
@@ -180,6 +214,15 @@ class SearchConsole(ray.tune.Callback):
             words.append(f"loss {result['train/loss']:.3f}")
         words += [f"{self.metric} {result[self.metric]:.2f}", elapsed]
         self.console.print("  ".join(words) + again)
+
+    def _so_far(self, trials: list[Trial], ending: Trial, final: dict) -> str:
+        """The sweep's trials done and its ETA, as a trial ends (once the sweep has planned its searches)."""
+        console = self.console
+        console._finals[ending.trial_id] = final
+        if self.name not in console._plans:
+            return ""
+        console._trials[self.name] = trials
+        return f"  [{console.progress().short()}]"
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         self.console.changed = True

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from flare_ray.secrets import redact
 from flare_ray.selection import best_configuration
+from flare_ray.tracking.urls import ui_command
 
 from .searches import Search, configuration, seeded
 
@@ -115,6 +115,8 @@ class SweepSummary:
     languages: list[LanguageResult] = field(default_factory=list)
     trials: int = 0  # trials of the sweep
     failed: int = 0  # of them, trials that errored
+    timing: Any = None  # where the trials' time went (flare_ray.search.progress.TimeAccount), once they ended
+    runs_url: str | None = None  # the browser URL of its runs table (flare_ray.tracking.mlflow_runs.sweep_runs_url)
 
     def average(self) -> dict[str, float]:
         """The mean over languages of the validation score and of each test score every language has."""
@@ -170,10 +172,16 @@ class SweepSummary:
         return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *failed])
 
     def where(self) -> str:
-        return (
-            f"MLflow: experiment '{self.experiment_name}', parent run {self.parent_run_id}\n"
-            f"  mlflow ui --backend-store-uri {redact(self.tracking_uri)}"
-        )
+        """Where the sweep's MLflow records are: the experiment, its parent run, the command that starts the
+        UI and the runs table's URL (MLflow 3's UI opens an experiment on its GenAI pages unless the URL asks for
+        its runs: :mod:`flare_ray.tracking.urls`)."""
+        lines = [
+            f"MLflow: experiment '{self.experiment_name}', parent run {self.parent_run_id}",
+            f"  start the UI: {ui_command(self.tracking_uri)}",
+        ]
+        if self.runs_url:
+            lines.append(f"  its runs:     {self.runs_url}")
+        return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:

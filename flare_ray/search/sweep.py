@@ -10,7 +10,8 @@ is found to be as this sweep wrote and signed it, and the search planned as it w
 (:mod:`~flare_ray.search.resume`; else :class:`ResumeRefused`, before anything starts). Afterwards the best
 configuration per language (the mean over its seeds of the MT-validation metric,
 :func:`~flare_ray.search.summary.select_best`) is tagged on the parent run and its best seed's adapter
-registered in the MLflow model registry.
+registered in the MLflow model registry. Where the trials' time went (the sums of their ``time/*`` figures, the idle
+time of the slots, the goodput: :mod:`~flare_ray.search.progress`) is logged on the parent run too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from .concurrent import SearchControl, SearchesSaved, run_concurrently, set_chec
 from .console import Console
 from .console import describe as label_trial
 from .plan import dry_run_text
+from .progress import search_plan as progress_plan
+from .progress import time_account
 from .resume import (
     PLAN,
     TUNER_PKL,
@@ -92,17 +96,30 @@ def run_sweep(
         artifact_location=mlflow_runs.artifact_location(tracking_uri, config.storage_path),
         tags={mlflow_runs.SCHEMA_TAG: str(SCHEMA_VERSION)},
     )
-    summary = SweepSummary(config.name, config.search.metric, tracking_uri, config.tracking.experiment_name, parent)
+    summary = SweepSummary(
+        config.name,
+        config.search.metric,
+        tracking_uri,
+        config.tracking.experiment_name,
+        parent,
+        runs_url=mlflow_runs.sweep_runs_url(client, tracking_uri, parent),
+    )
     if drivers_on_head() and config.scaling.in_trial_process:
         console.print(
             f"trial drivers: on the node offering '{DRIVER_RESOURCE}' (the head), each trial's worker a Ray "
             "Train worker on a node that holds it"
         )
         config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"ray_train": True})})
+    before: dict[str, float] = {}  # what the sweep did before its trials, seconds
     try:
+        started = time.perf_counter()
         _with_translations(client, parent, config, console)  # stage 1 reads the English side of the mt splits
+        if time.perf_counter() - started >= 1.0:  # (nothing to translate: no line)
+            before["translation"] = time.perf_counter() - started
         if config.model.stage1 == "auto":
+            started = time.perf_counter()
             config = _with_stage1(client, parent, config, console)
+            before["stage 1"] = time.perf_counter() - started
         elif config.model.stage1 is None and config.model.tiny_architecture is None:
             log.warning(
                 "model.stage1 is null: %s is adapted without the paper's English stage 1 "
@@ -118,19 +135,15 @@ def run_sweep(
             ) from None
         if folder is not None:  # Ctrl-C waits for one save of each search's state
             set_checkpoint_period(max(s.expected_trials for s in searches.values()))
+        resources = resources or ray.cluster_resources()
+        slots = {name: concurrency(search, resources, len(searches)) for name, search in searches.items()}
+        plans = {name: progress_plan(search, slots[name]) for name, search in searches.items()}
+        console.plan(plans)
+        started = time.perf_counter()
         try:
-            resources = resources or ray.cluster_resources()
             grids = run_concurrently(
                 list(searches),
-                lambda name: _fit(
-                    searches[name],
-                    tracking_uri,
-                    parent,
-                    resume,
-                    concurrency(searches[name], resources, len(searches)),
-                    console,
-                    stage1,
-                ),
+                lambda name: _fit(searches[name], tracking_uri, parent, resume, slots[name], console, stage1),
             )
         except SearchesSaved:
             raise SweepInterrupted(
@@ -144,6 +157,13 @@ def run_sweep(
             ) from None
         summary.trials = sum(len(grid) for grid in grids.values() if grid is not None)
         summary.failed = sum(grid.num_errors for grid in grids.values() if grid is not None)
+        summary.timing = time_account(  # where the trials' time went, and the slots'
+            (result.metrics for grid in grids.values() if grid is not None for result in grid),
+            sum(plan.slots for plan in plans.values()),
+            time.perf_counter() - started,
+            before,
+        )
+        mlflow_runs.log_scores(client, parent, summary.timing.metrics())
         for language in config.task.languages:
             mine = [s for s in searches.values() if s.language == language]
             rows = [row for s in mine for row in trial_rows(grids[s.name], s, config.search.metric, config.search.mode)]
@@ -262,7 +282,15 @@ def _fit(
         seeds=spec.seed_list,
     )
     callback = MLflowTrialCallback(
-        tracking_uri, parent, search.language, spec.metric, spec.mode, config.storage_path, describe, search=search.name
+        tracking_uri,
+        parent,
+        search.language,
+        spec.metric,
+        spec.mode,
+        config.storage_path,
+        describe,
+        search=search.name,
+        label=partial(label_trial, search),
     )
     tune, param_space = tune_config(search, max_concurrent)
     write_plan(folder, search_plan(search, stage1))

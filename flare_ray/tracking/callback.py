@@ -39,6 +39,7 @@ from flare_ray.storage import is_remote, local_copy
 from .mlflow_runs import (
     ADAPTER_PATH,
     CHECKPOINT_TAG,
+    DESCRIPTION_TAG,
     LANGUAGE_TAG,
     PREDICTIONS_PATH,
     SEARCH_TAG,
@@ -46,6 +47,7 @@ from .mlflow_runs import (
     child_runs,
     log_params,
 )
+from .urls import BEST_EPOCH, BEST_PREFIX
 
 ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
 # A restarted trial reports the results of the epochs its checkpoint holds again (flare_ray.training.loop._replay):
@@ -124,9 +126,11 @@ class MLflowTrialCallback(Callback):
         storage_path: str,
         describe: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]] | None = None,
         search: str = "",
+        label: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         """``describe``: a trial's Tune config -> (its resolved config as nested params, its tags); ``search``:
-        the search's name, tagged on its runs."""
+        the search's name, tagged on its runs; ``label``: a trial's Tune config -> what it varies in a few words
+        (``flare fusion=add seed=1``, as the console says it), its run's name after the language."""
         self.tracking_uri = tracking_uri
         self.search = search
         self.storage_path = storage_path
@@ -135,6 +139,8 @@ class MLflowTrialCallback(Callback):
         self.metric = metric
         self.mode = mode
         self.describe = describe or (lambda config: (dict(config), {}))
+        self.label = label
+        self._best: dict[str, tuple[float, int]] = {}  # trial id -> its best validation score so far, its epoch
         self.client = MlflowClient(tracking_uri)
         self.writers = OrderedWriters()
         self._runs: dict[str, str] = {}  # trial id -> run id
@@ -149,7 +155,7 @@ class MLflowTrialCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:  # Tune keeps its callbacks in the experiment state (--resume)
         state = self.__dict__.copy()
-        for live in ("client", "writers", "_earlier", "_logged"):
+        for live in ("client", "writers", "_earlier", "_logged", "_best"):
             state.pop(live)
         state["tracking_uri"] = redact(self.tracking_uri)  # saved without its credentials (in tuner.pkl)
         return state
@@ -164,6 +170,7 @@ class MLflowTrialCallback(Callback):
             writers=OrderedWriters(),
             _earlier=None,
             _logged={},
+            _best={},
             _restored=True,
         )
 
@@ -224,7 +231,7 @@ class MLflowTrialCallback(Callback):
                 tags={
                     **{k: redact(v) for k, v in tags.items()},
                     MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}",
+                    **self._name(trial),
                     TRIAL_TAG: trial.trial_id,
                     LANGUAGE_TAG: self.language,
                     **({SEARCH_TAG: self.search} if self.search else {}),
@@ -237,6 +244,38 @@ class MLflowTrialCallback(Callback):
             )
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def _name(self, trial: Trial) -> dict[str, str]:
+        """A new run's name (its language and what the trial varies: ``jav flare fusion=add seed=1``) and its
+        one-line description."""
+        words = self.label(trial.config) if self.label else ""
+        if not words:
+            return {MLFLOW_RUN_NAME: f"{self.language}-{trial.trial_id}"}
+        return {
+            MLFLOW_RUN_NAME: f"{self.language} {words}",
+            DESCRIPTION_TAG: (
+                f"Trial {trial.trial_id} of search {self.search or self.language}: {words}, on {self.language}; "
+                f"{BEST_PREFIX}{self.metric} is its best epoch's {self.metric} ({self.mode}), the score "
+                "selection compares."
+            ),
+        }
+
+    def _best_so_far(self, trial_id: str, result: dict[str, Any]) -> dict[str, float]:
+        """The selection's own value of a trial (flare_ray.search.summary.trial_rows): its best ``metric`` over
+        the epochs reported so far (the first such epoch on a tie), as ``best/<metric>`` and ``best/epoch``; the
+        final result's (its best epoch again) where the trial reported one."""
+        value = result.get(self.metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return {}
+        if result.get("final") and isinstance(result.get("best_epoch"), (int, float)):
+            best = (float(value), int(result["best_epoch"]))
+        else:
+            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            earlier = self._best.get(trial_id)
+            better = earlier is None or (value > earlier[0] if self.mode == "max" else value < earlier[0])
+            best = (float(value), epoch) if better else earlier
+        self._best[trial_id] = best
+        return {f"{BEST_PREFIX}{self.metric}": best[0], BEST_EPOCH: float(best[1])}
 
     def _already_logged(self, run_id: str) -> tuple[int, bool]:
         """What a run made before a resume holds (two requests, once per run): its last epoch step and whether it
@@ -262,8 +301,9 @@ class MLflowTrialCallback(Callback):
         run_id = self.run_id(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = _metrics(result)
-        if result.get("final"):  # the trial's summary: its test scores (validation curves are already logged)
-            metrics = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "best_epoch"}
+        if result.get("final"):  # the trial's summary: test scores, time/* (validation curves are already logged)
+            metrics = {k: v for k, v in metrics.items() if k.startswith(("test/", "time/")) or k == "best_epoch"}
+        metrics.update(self._best_so_far(trial.trial_id, result))
         if metrics and self._new(trial.trial_id, run_id, step, bool(result.get("final"))):
             now = int(1000 * result.get("timestamp", 0)) or 0
             batch = [Metric(k, v, now, step) for k, v in metrics.items()]

@@ -25,6 +25,7 @@ from flare_ray.secrets import redact
 from flare_ray.storage import join, local_folder
 
 from .config import resolve_tracking_uri  # noqa: F401 - where the sweep and the report look it up (no MLflow there)
+from .urls import SHARED_VIEW_TAG, predict_command, runs_url, runs_view
 
 SWEEP_TAG = "flare_ray.sweep"
 TRIAL_TAG = "flare_ray.trial_id"
@@ -42,6 +43,7 @@ REPORT_PATH = "report"  # the sweep's report on its parent run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a model-training experiment on its runs table
 MODEL_TRAINING = "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the UI
+VIEW_TAG = "flare_ray.runs_view"  # on the parent run: the key of its experiment's shared view of the runs table
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "bitsandbytes", "deepspeed")
 
@@ -139,12 +141,16 @@ def start_parent_run(
         experiment_id = client.create_experiment(
             experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         )
+    view = share_runs_view(client, experiment_id, config.get("search", {}))
     existing = find_run(client, experiment_id, {SWEEP_TAG: sweep}) if resume else None
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
+        client.set_tag(existing.info.run_id, VIEW_TAG, view)
         return existing.info.run_id
     run = client.create_run(
-        experiment_id, run_name=sweep, tags={**(tags or {}), SWEEP_TAG: sweep, "git_commit": git_commit()}
+        experiment_id,
+        run_name=sweep,
+        tags={**(tags or {}), SWEEP_TAG: sweep, "git_commit": git_commit(), VIEW_TAG: view},
     )
     run_id = run.info.run_id
     log_params(client, run_id, config)
@@ -154,6 +160,23 @@ def start_parent_run(
     for name, version in versions().items():
         client.set_tag(run_id, f"version.{name}", version)
     return run_id
+
+
+def share_runs_view(client: MlflowClient, experiment_id: str, search: dict[str, Any]) -> str:
+    """The key of the experiment's shared view of its runs table for a sweep of ``search`` (the config's
+    ``search`` section): sorted by the selection's value, with the columns of what it varies
+    (:func:`flare_ray.tracking.urls.runs_view`), written as an experiment tag the UI reads."""
+    varied = [*search.get("grid", {}), *search.get("space", {})] + (["training.seed"] if search.get("seeds") else [])
+    key, state = runs_view(search.get("metric"), search.get("mode", "max"), varied)
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, state)
+    return key
+
+
+def sweep_runs_url(client: MlflowClient, tracking_uri: str, parent: str, ui: str | None = None) -> str:
+    """The browser URL of a sweep's runs table (its parent run ``parent``'s experiment), in the sweep's view
+    where it wrote one (:func:`share_runs_view`): what the sweep and ``report`` print."""
+    run = client.get_run(parent)
+    return runs_url(tracking_uri, run.info.experiment_id, ui, view=run.data.tags.get(VIEW_TAG))
 
 
 def register_best(
@@ -251,7 +274,11 @@ def log_best(client: MlflowClient, parent: str, config, best) -> str | None:
         + (f" ± {best.validation_std:.2f} (std)" if seeds > 1 else "")
         + f"; this adapter is its best-validation seed (training.seed {best.seed}, {best.seed_validation:.2f})."
     )
-    version = register_best(client, best.run_id, f"{config.name}-{config.task.name}-{best.language}", tags, description)
+    name = f"{config.name}-{config.task.name}-{best.language}"
+    version = register_best(client, best.run_id, name, tags, description)
+    command = predict_command(f"{name}/{version}", client.tracking_uri)
+    usage = f"Use it: `{command}` (the input columns: flare-ray predict --help)."
+    add_to_version_description(client, name, version, usage)
     client.set_tag(parent, f"{prefix}.registered_version", version)
     return version
 

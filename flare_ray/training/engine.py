@@ -4,8 +4,9 @@ AdamW on the trainable parameters (a torch optimizer in both engines, so DeepSpe
 transformers' ``get_scheduler`` (``training.lr_scheduler`` with ``warmup_ratio`` of the optimizer steps as
 warm-up), gradient clipping at ``training.max_grad_norm``, gradient accumulation and mixed precision
 (``training.precision``: ``torch.autocast``, a gradient scaler for fp16; DeepSpeed's own bf16/fp16 sections),
-the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded) and the peak
-memory (the GPU's, else the process's resident set).
+the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded), the peak
+memory (the GPU's, else the process's resident set) and where its time went (waiting for the loader's
+batches, and the steps: :attr:`Engine.timing`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Engine:
         fp16 = training.precision == "fp16" and not self.deepspeed
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)  # disabled: every call passes through
         self.throughput: dict[str, float] = {}
+        self.timing: dict[str, float] = {}  # the last epoch's seconds: waiting for batches, and the steps
 
     def autocast(self) -> ContextManager:
         """The forward passes' precision (training and scoring); DeepSpeed's engine casts itself."""
@@ -99,6 +101,7 @@ class Engine:
     ) -> float:
         """One pass over ``loader`` (reshuffled for ``epoch``); the mean training loss.
         ``first_step``: a context around the first step (the FLARE fusion check)."""
+        began = time.perf_counter()
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         self.model.train()
@@ -106,8 +109,10 @@ class Engine:
         total, count, seen = 0.0, 0, 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        started = time.perf_counter()
+        started = mark = time.perf_counter()
+        waited = 0.0  # for the loader's batches (collation), between the steps
         for step, batch in enumerate(loader, start=1):
+            waited += time.perf_counter() - mark
             faults.step(epoch=epoch, step=step, rank=self.rank)
             seen += tokens(batch)  # counted on the host, before the batch moves to the device
             batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -127,7 +132,10 @@ class Engine:
                 raise NonFiniteLoss(f"the training loss became {value} at step {step} of epoch {epoch}")
             total += value
             count += 1
+            mark = time.perf_counter()
+        waited += time.perf_counter() - mark  # the loader's end
         seconds = time.perf_counter() - started
+        self.timing = {"data": waited, "train_steps": time.perf_counter() - began - waited}
         self.throughput = {
             "tokens_per_second": seen / seconds if seconds > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(self.device),

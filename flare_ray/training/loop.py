@@ -29,6 +29,9 @@ validation (reported as epoch 0) and test. Translate-test on TyDiQA scores the t
 markers survived translation, against the answers projected into English, and reports how many
 (``test/examples`` of ``test/examples_total``; see :func:`~flare_ray.training.setup.translate_test_split`).
 
+Every result carries where the trial's time went so far (``time/*``: start-up, setup, source cache, data,
+optimizer steps, validation, checkpoints, test; :mod:`~flare_ray.training.timing`).
+
 With several workers the model is wrapped in DDP (or a DeepSpeed engine when
 the experiment names a DeepSpeed config); each rank scores a shard of the
 records and the predictions are gathered (under ZeRO-3 every rank scores them
@@ -62,6 +65,7 @@ from .inputs import TrialInput
 from .setup import build_trial, optimizer_steps, train_loader
 from .source_cache import attach_source_cache, share_source_cache
 from .state_files import has_state, load_state, save_state
+from .timing import Clock
 
 if TYPE_CHECKING:
     import torch
@@ -89,28 +93,32 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
     language = trial_input.language
     training, metric, mode = experiment.training, experiment.search.metric, experiment.search.mode
     rank, world = session.world()
+    clock = Clock(trial_input.trial_started)  # where the trial's time goes, reported with every result (time/*)
 
     # 1. setup
-    trial = build_trial(experiment, language)
+    with clock.phase("setup"):
+        trial = build_trial(experiment, language)
     if not METHODS[experiment.method.kind].trains:  # zero-shot, translate-test: the stage-1 model, scored
-        return _score_only(trial, experiment, language, rank)
-    loader = train_loader(trial.splits["train"], trial.encoder, training, rank, world)
-    engine = Engine(
-        trial.model,
-        training,
-        experiment.scaling,
-        optimizer_steps(loader, training),
-        quantized=experiment.model.quantization != "none",
-        rank=rank,
-    )
-    fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
-    cache = attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: each source pass once
+        return _score_only(trial, experiment, language, rank, clock)
+    with clock.phase("setup"):
+        loader = train_loader(trial.splits["train"], trial.encoder, training, rank, world)
+        engine = Engine(
+            trial.model,
+            training,
+            experiment.scaling,
+            optimizer_steps(loader, training),
+            quantized=experiment.model.quantization != "none",
+            rank=rank,
+        )
+        fusion_check = trial.model.require_fusion if isinstance(trial.model, FlareModel) else contextlib.nullcontext
+        cache = attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: each source pass once
     shared = None
     if cache is not None:  # the sweep's rows of this model state, built by the first trial that needs them
         records = [r for role in ("train", "validation", "test") for r in trial.splits[role]]
-        shared = share_source_cache(
-            cache, trial.model, experiment, trial.encoder, records, engine.device, engine.autocast()
-        )
+        with clock.phase("source_cache"):
+            shared = share_source_cache(
+                cache, trial.model, experiment, trial.encoder, records, engine.device, engine.autocast()
+            )
         if shared["source_cache"] != "in memory":
             print(
                 f"source cache: {shared['source_cache']} {shared['where']} in {shared['seconds']:.1f} s "
@@ -121,7 +129,7 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
     # 2. epochs, from the last checkpoint on when the run restarts after a failure
     best, trained, kept = BestEpoch(), 0, None  # kept: the best epoch's adapter and predictions (rank 0)
     history: list[dict[str, Any]] = []  # every epoch's reported metrics, kept in each checkpoint (replayed)
-    with session.latest_checkpoint() as restored:
+    with clock.phase("setup"), session.latest_checkpoint() as restored:
         resume = None  # a checkpoint of an earlier version holds no training state: start again
         if restored is not None and has_state(restored.folder / RESUME_NAME):
             resume = load_state(restored.folder / RESUME_NAME)  # safetensors and JSON: nothing unpickled
@@ -135,6 +143,8 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             kept = _keep_best(restored.folder) if rank == 0 else None
             history = list(resume.get("history", []))  # none in a checkpoint of an earlier version
             _replay(history, restored.where)
+            if history:  # the time the attempts before this one spent, up to that checkpoint
+                clock.carry(history[-1])
     first = trained + 1
     startup = _startup(trial_input.trial_started, started_training=time.time())
     warned_full, looked = False, (cache.hits, cache.misses) if cache is not None else (0, 0)
@@ -142,6 +152,8 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
         started = time.perf_counter()
         check = fusion_check if epoch == first else contextlib.nullcontext
         train_loss = engine.train_epoch(loader, epoch, first_step=check)
+        for phase, seconds in engine.timing.items():  # waiting for batches, and the steps
+            clock.add(phase, seconds)
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train/loss": train_loss,
@@ -155,7 +167,8 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             metrics.update(startup)
             if shared is not None:
                 metrics["startup/source_cache_seconds"] = shared["seconds"]
-        scores, predictions = _evaluate(engine, trial, "validation", epoch, rank, world, loss=True)
+        with clock.phase("validation"):
+            scores, predictions = _evaluate(engine, trial, "validation", epoch, rank, world, loss=True)
         metrics.update({f"validation/{k}": v for k, v in scores.items()})
         if cache is not None:  # this epoch's lookups (training and validation), and what the cache holds
             metrics.update({f"train/{k}": v for k, v in cache.stats(since=looked).items()})
@@ -167,9 +180,10 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
                     "training.source_cache_gb): the others' source pass runs every step",
                     flush=True,
                 )
+        metrics.update(clock.metrics())  # the trial's time so far
         history.append(_plain(metrics))
         checkpoint = None
-        with engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
+        with clock.phase("checkpoint"), engine.gathered():  # ZeRO-3: every rank gathers the adapter, rank 0 writes it
             improved = best.score is None or better(metrics[metric], best.score, mode)
             if improved:
                 best = BestEpoch(metrics[metric], epoch, engine.adapter_state(), predictions)
@@ -184,14 +198,16 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
                     "history": history,
                 }
                 checkpoint = _epoch_checkpoint(kept, experiment, language, best.epoch, epoch, resume)
-        session.report(metrics, checkpoint)
+        with clock.phase("checkpoint"):
+            session.report(metrics, checkpoint)
     if kept is not None:
         shutil.rmtree(kept, ignore_errors=True)
 
     # 3. test, with the best epoch's adapter
-    engine.load_adapter_state(best.state)
-    scores, predictions = _evaluate(engine, trial, "test", best.epoch, rank, world)
-    scores.update(trial.test_metrics)
+    with clock.phase("test"):
+        engine.load_adapter_state(best.state)
+        scores, predictions = _evaluate(engine, trial, "test", best.epoch, rank, world)
+        scores.update(trial.test_metrics)
     with engine.gathered():
         _final(
             experiment,
@@ -203,6 +219,7 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             scores,
             {"validation": best.predictions, "test": predictions},
             history,
+            clock,
         )
 
 
@@ -333,22 +350,28 @@ def _copy(folder: Path) -> Path:
     return copy
 
 
-def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int) -> None:
+def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int, clock: Clock | None = None) -> None:
     """A method that trains nothing: validation (one result, epoch 0) and test scores of the model as it is."""
-    model = trial.model if experiment.model.quantization != "none" else trial.model.to(session.device())
+    clock = clock or Clock()
+    with clock.phase("setup"):
+        model = trial.model if experiment.model.quantization != "none" else trial.model.to(session.device())
     training, metric = experiment.training, experiment.search.metric
-    scores, validation = evaluate(
-        trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0
-    )
-    scores["loss"] = mean_loss(
-        trial.encoder, model, trial.splits["validation"], training.eval_batch_size, next(model.parameters()).device
-    )
-    metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}}
-    session.report(metrics)
-    scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
+    with clock.phase("validation"):
+        scores, validation = evaluate(
+            trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0
+        )
+        scores["loss"] = mean_loss(
+            trial.encoder, model, trial.splits["validation"], training.eval_batch_size, next(model.parameters()).device
+        )
+    metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}, **clock.metrics()}
+    with clock.phase("checkpoint"):
+        session.report(metrics)
+    with clock.phase("test"):
+        scores, test = evaluate(trial.task, trial.encoder, model, trial.splits["test"], training, "test", 0)
     scores.update(trial.test_metrics)  # translate-test on QA: how many test examples it scored, against which answers
     best = BestEpoch(metrics[metric], 0)
-    _final(experiment, language, rank, None, 0, best, scores, {"validation": validation, "test": test}, [metrics])
+    predictions = {"validation": validation, "test": test}
+    _final(experiment, language, rank, None, 0, best, scores, predictions, [metrics], clock)
 
 
 def _final(
@@ -361,12 +384,15 @@ def _final(
     scores: dict,
     predictions: dict,
     history: list[dict[str, Any]],
+    clock: Clock,
 ):
     """The trial's last result: the best epoch's score again (Optuna learns from the last result), the gold
-    test scores, and a checkpoint with the best adapter and every split's predictions (and, with the final
-    result, every epoch's: a restart after it reports them all again, :func:`_replay`)."""
+    test scores, where the trial's time went (up to this result's checkpoint), and a checkpoint with the best
+    adapter and every split's predictions (and, with the final result, every epoch's: a restart after it reports
+    them all again, :func:`_replay`)."""
     final = {"epoch": epoch, "final": True, "best_epoch": best.epoch, experiment.search.metric: best.score}
     final.update({f"test/{k}": v for k, v in scores.items()})
+    final.update(clock.metrics())
     checkpoint = None
     if rank == 0:  # with the final result itself: a trial restarted after it (its process lost) reports it again
         resume = {"final": final, "history": [_plain(m) for m in history]}

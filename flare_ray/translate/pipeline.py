@@ -197,7 +197,7 @@ def run(
             )
     if check or not todo:
         if check:
-            logger.info("--check: configuration and data are valid; %d role(s) would be translated", len(todo))
+            logger.info("--dry-run: configuration and data are valid; %d role(s) would be translated", len(todo))
         return results
 
     segments = list(dict.fromkeys(s for job in todo for record in job.plan.segments for s in record))

@@ -210,7 +210,8 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
     folder = report_files(client, parent, storage)
     names = {p.name for p in folder.iterdir()}
-    assert {"report.md", "report.csv", "report.html", "bars.png", "curves.png"} <= names
+    assert {"report.md", "report.csv", "report.html", "report.tex", "bars.png", "curves.png"} <= names
+    assert "grid-quickstart.png" in names  # a grid: every trial's validation against its test score, per cell
     assert (
         "`report/`" in parent.data.tags["mlflow.note.content"]
         and "report.html" in parent.data.tags["mlflow.note.content"]
@@ -229,18 +230,26 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
         assert line.mean == pytest.approx(values.mean()) and line.std == pytest.approx(values.std())
     best = cells[cells["best"]]
     assert (best["mean"] == cells["mean"].max()).all() and cells[~cells["best"]]["p_value"].between(0, 1).all()
+    assert (cells[~cells["best"]]["p_holm"] >= cells[~cells["best"]]["p_value"]).all()  # Holm-corrected
+    for line in cells.itertuples():  # each seed's score, in the order of its seeds
+        runs = {c.info.run_id: c for c in children}
+        assert json.loads(line.scores) == [runs[r].data.metrics["test/macro_f1"] for r in json.loads(line.run_ids)]
 
     # The HTML shows the numbers of the CSV; the Markdown table was printed at the end of the sweep.
     parser = Cells()
     parser.feed((folder / "report.html").read_text())
     header, *rows = parser.rows
-    assert header == ["row", "jav ‡", "jav p"]  # tiny model, 32 records: not the paper's setting
+    assert header == ["row", "jav ‡", "jav p", "hyperparameters"]  # tiny model, 32 records: not the paper's setting
     shown = {r[0]: r[1:] for r in rows}
     for line in cells.itertuples():
         assert shown[line.row][0].startswith(f"{line.mean:.2f} ± {line.std:.2f} (n=2)")
         assert shown[line.row][1] == (
-            "best" if line.best else f"{line.p_value:.3f}" + ("*" if line.p_value < 0.05 else "")
+            "best" if line.best else f"{line.p_holm:.3f}" + ("*" if line.p_holm < 0.05 else "")
         )
+        assert shown[line.row][2] == line.hyperparameters and line.hyperparameters.startswith("r=")  # lr: in the row
+    assert "Holm-corrected over the 3 comparisons of each column" in (folder / "report.html").read_text()
+    tex = (folder / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and f"{best['mean'].iloc[0]:.2f}" in tex
     assert (folder / "report.md").read_text().split("\n\n")[2] in printed
     for png in ("bars.png", "curves.png"):
         image = plt.imread(folder / png)
@@ -302,12 +311,45 @@ def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
     try:
         driver.get(page.as_uri())
         cells = driver.execute_script("return [...document.querySelectorAll('#report td')].map(td => td.innerText)")
-        assert len(cells) == 4 * 3 and "best" in cells and any(c.startswith("fusion=add") for c in cells)  # row, jav, p
+        assert len(cells) == 4 * 4 and "best" in cells and any(c.startswith("fusion=add") for c in cells)  # row, jav,
+        # p, hyperparameters
         widths = driver.execute_script("return [...document.images].map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) >= 2 and min(widths) > 0, widths
+        assert len(widths) >= 3 and min(widths) > 0, widths  # bars, curves, the grid's trials
+        captions = driver.execute_script(
+            "return [...document.querySelectorAll('figure')].map(f => [f.querySelector('img').alt,"
+            " f.querySelector('figcaption').innerText])"
+        )
+        said = dict(captions)
+        assert "each dot one seed's score" in said["bars.png"] and "train/loss" in said["curves.png"]
+        assert "one colour per grid cell" in said["grid-quickstart.png"]
+        footnote = driver.execute_script("return [...document.querySelectorAll('.note li')].map(li => li.innerText)")
+        assert "model: tiny:xlm-roberta, a tiny randomly initialised model" in footnote  # the ‡ list
         shot = storage / "screenshot.png"
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
     image = plt.imread(shot)
     assert image.shape[1] >= 1000 and image.std() > 0.05  # not a blank page
+
+
+@pytest.mark.browser
+def test_the_sweeps_runs_are_named_and_its_printed_url_opens_them_sorted_in_mlflow(grid_sweep, tmp_path):
+    """Each child run is named by what its trial varies, as the console says it, and carries the selection's
+    own value; the runs-table URL the sweep printed opens them in MLflow's UI on a fresh browser profile, best
+    first (tests/e2e/test_mlflow_ui.py)."""
+    from tests.e2e.test_mlflow_ui import check_printed_url
+
+    storage, stdout = grid_sweep
+    client, (parent,), children = mlflow_runs(storage)
+    best = {}
+    for child in children:
+        cell, seed = json.loads(child.data.tags["flare_ray.cell"]), child.data.tags["flare_ray.seed"]
+        words = f"fusion={cell['method.flare.fusion']} learning_rate={cell['training.learning_rate']:.3g} seed={seed}"
+        assert child.info.run_name == f"jav {words}"
+        assert words in child.data.tags["mlflow.note.content"]
+        history = client.get_metric_history(child.info.run_id, "validation/loss")
+        value = child.data.metrics["best/validation/loss"]
+        assert value == min(m.value for m in history)  # the selection's own value (mode min), not the last epoch's
+        assert child.data.metrics["best/epoch"] == min(m.step for m in history if m.value == value)
+        best[child.info.run_name] = value
+    check_printed_url(stdout, storage / "mlflow.db", tmp_path, parent.info.run_name, best, "validation/loss", "min")

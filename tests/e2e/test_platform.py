@@ -33,8 +33,10 @@ def best_of(client, run, metric: str, mode: str) -> float:
     return max(history) if mode == "max" else min(history)
 
 
-def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
+def test_sweep_records_every_trial_and_selects_the_best(tmp_path, monkeypatch):
     samples = 5
+    notified = tmp_path / "notified.txt"  # the notification at its end ($FLARE_RAY_NOTIFY, as --notify)
+    monkeypatch.setenv("FLARE_RAY_NOTIFY", f'(echo "$FLARE_RAY_STATUS"; cat) > {notified}')
     done = run_tune(
         tmp_path, f"search.num_samples={samples}", "search.metric=validation/loss", "search.mode=min", *SEQUENTIAL
     )
@@ -94,8 +96,15 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
     best = min(children, key=lambda c: best_of(client, c, "validation/loss", "min"))
     assert parent.data.tags["best.jav.run_id"] == best.info.run_id
     assert parent.data.metrics["best.jav.validation"] == pytest.approx(best_of(client, best, "validation/loss", "min"))
+    # each child run carries the selection's own value (ASHA-stopped trials too): sorting by it agrees
+    for c in children:
+        assert c.data.metrics["best/validation/loss"] == best_of(client, c, "validation/loss", "min")
+        assert c.data.tags["mlflow.runName"].startswith("jav fusion=")  # what it varies, as the console says
+    assert min(children, key=lambda c: c.data.metrics["best/validation/loss"]).info.run_id == best.info.run_id
     (version,) = client.search_model_versions("name='quickstart-nusax-jav'")
     assert version.run_id == best.info.run_id and version.source.endswith("/adapter")
+    usage = f"flare-ray predict quickstart-nusax-jav/{version.version} --input rows.csv --output predicted.csv"
+    assert f"{usage} --tracking-uri sqlite:///{tmp_path / 'mlflow.db'}" in version.description
     assert version.tags["flare_ray.language"] == "jav" and version.tags["method"] == "flare"
 
     # The report: one row (a search, no grid) printed at the end, and Optuna's plots of the searched keys.
@@ -106,6 +115,26 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path):
         "report/optuna-quickstart-jav-importance.png",
     } <= report
     assert "| flare " in done.stdout and "Report: quickstart" in done.stdout
+
+    # Where each trial's time went (up to its last result, ASHA-stopped ones too): its named phases add up to its
+    # wall time within 5 %; the parent run holds the sums, the slots' idle time and the goodput; so does the console.
+    from flare_ray.training.timing import PHASES
+
+    named = lambda figures: sum(figures[f"time/{phase}"] for phase in PHASES)  # noqa: E731
+    for c in children:  # (these trials last about a second: within 0.25 s where that is more than 5 %)
+        figures = c.data.metrics
+        assert named(figures) == pytest.approx(figures["time/wall"], rel=0.05, abs=0.25)
+        assert min(figures["time/train_steps"], figures["time/validation"], figures["time/setup"]) > 0
+    sums = parent.data.metrics
+    assert named(sums) == pytest.approx(sums["time/wall"], rel=0.05)
+    assert sums["time/trials"] == samples and sums["sweep/slots"] == 1
+    for key in [*(f"time/{phase}" for phase in PHASES), "time/wall"]:
+        assert sums[key] == pytest.approx(sum(c.data.metrics[key] for c in children)), key
+    assert sums["sweep/goodput"] == pytest.approx(sums["time/train_steps"] / sums["time/wall"])
+    assert 0 <= sums["sweep/slot_idle_share"] < 1
+    assert re.search(r"^time: 5 trials, [\d.]+ trial-min: .*steps \d+ %", done.stdout, flags=re.MULTILINE)
+    assert re.search(r"^slots: 1 × .*, idle \d+ %; goodput \d+ % ", done.stdout, flags=re.MULTILINE)
+    assert notified.read_text().startswith("finished\nBest trials of sweep 'quickstart'")
 
 
 def test_interrupted_sweep_resumes_without_duplicate_runs(tmp_path):

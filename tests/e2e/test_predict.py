@@ -4,13 +4,17 @@ End to end (slow): a tiny sweep in-process on a local Ray (tiny XLM-R, NusaX Jav
 FLARE and FLARE-MT, one trial each) whose test split's English side was translated by the tiny NLLB
 (``task.splits.test: mt``); predict on the registered model and on each run reproduces the run's own
 ``predictions/test.parquet`` row by row, with the English side given, and with it translated by the same
-tiny NLLB through the translation job (cached: a second call translates nothing). (Bad input, before any
-model: ``unit/test_predict.py``.)
+tiny NLLB through the translation job (cached: a second call translates nothing); ``--scores`` gives the class
+probabilities of the same predictions; the console of a fresh process is two lines, the libraries' output in
+the log file. (Bad input, before any model: ``unit/test_predict.py``; scores on tiny models, extractive QA's
+too: ``unit/test_predict_scores.py``.)
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -146,6 +150,13 @@ def predict(sweep, model: str, rows: pd.DataFrame, tmp_path: Path, name: str, *e
     return read_rows(output)
 
 
+def wrote_line(capsys) -> str:
+    """The command's line that says what it wrote (the last but one: the last says where its log is)."""
+    *_, line, logs = capsys.readouterr().out.strip().splitlines()
+    assert logs.startswith("logs: ") and logs.endswith(".log"), logs
+    return line
+
+
 @pytest.mark.slow
 def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_each_run(
     sweep, tmp_path, capsys, model_calls
@@ -160,7 +171,7 @@ def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_
     assert list(out.columns) == ["id", "text", "source_text", "prediction"]
     assert out[["id", "text", "source_text"]].astype(str).equals(rows.astype(str))  # the input rows, passed through
     assert list(out["prediction"]) == list(expected["prediction"])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = wrote_line(capsys)
     assert line.startswith(f"wrote {TEST_RECORDS} predictions to ") and f"model {MODEL} version 1" in line
     out = predict(sweep, f"{MODEL}/{version.version}", rows, tmp_path, "version.tsv")
     assert list(out["prediction"]) == list(expected["prediction"])
@@ -175,7 +186,7 @@ def test_predict_reproduces_the_test_predictions_of_the_registered_model_and_of_
         assert list(out["prediction"]) == list(evaluation["prediction"]) == logged, kind
         same_pass(*model_calls)
         passes[kind] = model_calls[-1]
-        assert ("English side" in capsys.readouterr().out.strip().splitlines()[-1]) == (kind == "flare")
+        assert ("English side" in wrote_line(capsys)) == (kind == "flare")
     assert "source_input_ids" in passes["flare"]["inputs"] and "mt_input_ids" in passes["flare_mt"]["inputs"]
 
     # FLARE reads the English side it is given: another one (NusaX's human English) changes what it computes.
@@ -202,7 +213,7 @@ def test_a_missing_english_side_is_translated_by_the_runs_nllb_once(sweep, tmp_p
     evaluation = rescored(sweep, run.info.run_id)
     out = predict(sweep, run.info.run_id, rows, tmp_path, "translated.jsonl", "--translation-cache", str(cache))
     assert len(out) == TEST_RECORDS and set(out["prediction"]) <= set(NusaX.labels)
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = wrote_line(capsys)
     assert f"{TEST_RECORDS} of {TEST_RECORDS} texts new" in line
 
     (cached,) = cache.glob("*.parquet")
@@ -230,3 +241,43 @@ def test_a_missing_english_side_is_translated_by_the_runs_nllb_once(sweep, tmp_p
     again = predict(sweep, run.info.run_id, rows, tmp_path, "again.jsonl", "--translation-cache", str(cache))
     assert list(again["prediction"]) == list(out["prediction"]) and cached.stat().st_mtime_ns == stamp
     assert f"0 of {TEST_RECORDS} texts new" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_scores_are_the_class_probabilities_of_the_runs_own_predictions(sweep, tmp_path):
+    records, run = sweep["records"], sweep["children"]["flare"]
+    rows = pd.DataFrame({"text": records["target_text"], "source_text": records["source_text"]})
+    out = predict(sweep, run.info.run_id, rows, tmp_path, "scored.csv", "--scores")
+    columns = [f"p_{label}" for label in NusaX.labels]
+    assert list(out.columns) == ["text", "source_text", "prediction", *columns]
+    assert list(out["prediction"]) == list(run_predictions(sweep, run.info.run_id)["prediction"])
+    probabilities = out[columns].astype(float)
+    assert ((probabilities.sum(axis=1) - 1).abs() < 1e-5).all()
+    assert [NusaX.labels[i] for i in probabilities.to_numpy().argmax(axis=1)] == list(out["prediction"])
+
+
+@pytest.mark.slow
+def test_the_console_is_quiet_and_the_libraries_output_is_in_the_log(sweep, tmp_path):
+    """A fresh process, as a person runs it: two lines on the console (what was written, where the log is);
+    the libraries' output (transformers' load report of the newly initialised head, warnings, the bitsandbytes
+    kernel notice where this CPU gets one) only in the log file, and on the console with --verbose."""
+    records = sweep["records"]
+    source, output = tmp_path / "new.csv", tmp_path / "predicted.csv"
+    write_rows(pd.DataFrame({"text": records["target_text"], "source_text": records["source_text"]}), source)
+    command = [sys.executable, "-m", "flare_ray.predict", MODEL, "--input", str(source), "--output", str(output)]
+    command += ["--tracking-uri", sweep["uri"]]
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    log = output.with_suffix(".log")
+    assert quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.splitlines() == [quiet.stdout.splitlines()[0], f"logs: {log}"], quiet.stdout
+    assert quiet.stdout.startswith(f"wrote {TEST_RECORDS} predictions to {output}")
+    noise = ("LOAD REPORT", "MISSING", "FutureWarning", "bitsandbytes", "Warning", "Traceback", "Loading weights")
+    for text in noise:
+        assert text not in quiet.stdout + quiet.stderr, text
+    kept = log.read_text()
+    assert "LOAD REPORT" in kept and "MISSING" in kept  # there was noise, and it went to the file
+
+    loud = subprocess.run([*command, "--verbose"], capture_output=True, text=True, cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert "LOAD REPORT" in loud.stdout + loud.stderr

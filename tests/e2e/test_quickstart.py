@@ -124,7 +124,10 @@ def test_the_console_is_for_people(quickstart):
     assert len(epochs) == 9 * 3 and len(set(epochs)) == 27  # one line per trial per epoch, none twice
     assert len(re.findall(r"^en +stage 1 .* epoch \d/4 ", done.stdout, flags=re.MULTILINE)) == 4
     assert "sweep 'quickstart': nusax jav;" in done.stdout  # the plan, first
-    assert "logs: " in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    assert "logs: " in done.stdout and "start the UI: make mlflow" in done.stdout
+    assert re.search(
+        r"its runs: +http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", done.stdout
+    )
     lines = len(console.splitlines())
     print(f"console: {lines} lines in {wall:.0f} s")
     assert lines < 120

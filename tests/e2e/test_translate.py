@@ -433,13 +433,13 @@ def test_fallback_language_is_logged_and_recorded_and_force_translates_again(tmp
     assert not again.cached and again.provenance["cache_key"] == prov["cache_key"]
 
 
-def test_check_validates_without_translating(tmp_path, monkeypatch, caplog):
+def test_dry_run_validates_without_translating(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(pipeline, "translate_with_ray", no_translation)
     caplog.set_level(logging.INFO, logger="flare_ray")
     path = write_config(
         tmp_path, task={"name": "xnli", "language": "sw", "max_records": {"test": 2}}, mt_dir=tmp_path / "mt"
     )
-    assert main([str(path), "--check"]) == []
+    assert main([str(path), "--dry-run"]) == []
     assert "3 role(s) would be translated" in caplog.text and not (tmp_path / "mt").exists()
 
 

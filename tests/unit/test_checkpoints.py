@@ -288,6 +288,17 @@ def test_a_restart_reports_the_epochs_its_checkpoint_holds_again_as_first_report
     assert again[2]["resumed_from_epoch"] == 2
 
 
+def test_a_restarted_trial_accounts_for_the_time_of_its_first_start(lost_epoch):
+    """The restart's time figures carry on those of the checkpoint it continues from (epoch 2's, as first
+    computed), epoch 3's steps on top; its phases still add up to its wall time."""
+    from flare_ray.training.timing import PHASES
+
+    lost, final = lost_epoch.lost, lost_epoch.again[-1]
+    assert all(final[f"time/{phase}"] >= lost[f"time/{phase}"] for phase in (*PHASES, "wall"))
+    assert final["time/train_steps"] > lost["time/train_steps"]
+    assert sum(final[f"time/{phase}"] for phase in (*PHASES, "other")) == pytest.approx(final["time/wall"])
+
+
 def deliver(results: list[dict], callbacks, scheduler, trial) -> list[str]:
     """Results as Tune's loop hands them out, one by one: the scheduler's decision, the callbacks, then the
     result becomes the trial's last (``Trial.update_last_result``). The decisions."""

@@ -72,7 +72,7 @@ def test_each_command_gets_its_own_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_main.main([name, "--help"])
     assert exit_.value.code == 0
-    assert f"usage: python -m flare_ray.{name}" in capsys.readouterr().out
+    assert f"usage: flare-ray {name}" in capsys.readouterr().out
 
 
 def test_tune_errors_keep_their_exit_status(tmp_path, capsys):
@@ -131,6 +131,9 @@ MAKE_VARIABLES = (
     "TORCH_SPEC",
     "ARGS",
     "PYTEST_ARGS",
+    "NAME",
+    "PORT",
+    "STORE",
     "GNUMAKEFLAGS",
 )
 
@@ -188,9 +191,24 @@ def test_make_test_runs_pytest_with_its_arguments(installed):
     assert re.search(rf"^{len(passed)} passed in ", out, re.M), out
 
 
+def test_make_mlflow_and_make_report_run_the_venvs_commands(installed, tmp_path):
+    """`make mlflow` is the virtual environment's `mlflow ui` with flare-ray's app (flare_ray.tracking.ui) on the
+    sweeps' store, on loopback (PORT and STORE from the command line, not from the shell's environment); `make
+    report NAME=...` its `flare-ray report`."""
+    store = tmp_path / "mlflow.db"
+    store.touch()
+    out = _make("-n", "mlflow", "PORT=5001", f"STORE={store}", f"VENV={installed}", extra_env={"PORT": "8080"}).stdout
+    ui = f"{installed}/bin/mlflow ui --backend-store-uri sqlite:///{store}"
+    assert f"{ui} --host 127.0.0.1 --port 5001 --app-name flare-ray" in out
+    out = _make("-n", "mlflow", f"VENV={installed}", extra_env={"PORT": "8080"}).stdout
+    assert "--backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000 --app-name flare-ray" in out
+    out = _make("-n", "report", "NAME=rank", f"STORE={store}", "ARGS=--seed 1", f"VENV={installed}").stdout
+    assert f"{installed}/bin/flare-ray report rank --tracking-uri sqlite:///{store} --seed 1" in out
+
+
 def test_make_help_is_the_default_target():
     out = _make().stdout
-    for target in ("setup", "quickstart", "test", "lint", "format", "dry-run", "clean"):
+    for target in ("setup", "quickstart", "mlflow", "report", "test", "lint", "format", "dry-run", "docs", "clean"):
         assert f"\n  {target} " in out, target
 
 

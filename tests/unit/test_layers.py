@@ -1,5 +1,5 @@
-"""Imports point one way: each package of flare_ray imports only the packages below it in LAYERS (the
-README's "Where things are" table), type-only imports (``if TYPE_CHECKING:``) included. The ``__main__``
+"""Imports point one way: each package of flare_ray imports only the packages below it in LAYERS (the table
+of docs/architecture.md, "Where things are"), type-only imports (``if TYPE_CHECKING:``) included. The ``__main__``
 entry points of ``python -m flare_ray.<command>`` (which call :mod:`flare_ray.cli`) are the exception.
 
 The schema owns every section of the experiment YAML (:mod:`flare_ray.experiment`, with the ``training``
@@ -76,10 +76,11 @@ def test_every_package_has_its_place():
     assert packages - {"__init__", "__pycache__", "data"} - entry_points == set(LAYERS)  # data/: shipped files
 
 
-def test_the_readme_lists_the_layers_in_their_order():
-    """The README's "Where things are" describes this layout: its rows name the packages in LAYERS' order."""
-    text = (PACKAGE.parent / "README.md").read_text()
-    table = text[text.index("## Where things are") :].split("\n## ")[0]
+def test_the_architecture_page_lists_the_layers_in_their_order():
+    """docs/architecture.md ("Where things are") describes this layout: its rows name the packages in LAYERS'
+    order."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    table = text[text.index("# Where things are") :].split("\n## ")[0]
     named = [
         re.findall(r"`(?:flare_ray/)?([a-z_0-9]+)(?:/|\.py)`", line.split("|")[1])
         for line in table.splitlines()

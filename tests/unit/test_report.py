@@ -113,6 +113,7 @@ def records(name: str, languages: list[str], scores: list, provenance=None, spac
                 "validation": validation,
                 "best_epoch": 1,
                 "curve": [(1, validation - 5), (2, validation)],
+                "loss_curve": [(1, 1.0 + i / 10), (2, 0.5 + i / 10)],
                 "test/macro_f1": test,
             }
         )
@@ -235,7 +236,7 @@ def test_sweeps_of_two_tasks_join_into_one_table_with_a_column_per_task_and_lang
     assert at.loc[("lora", "xnli/sw"), "best"] and at.loc[("flare", "nusax/jav"), "best"]
     assert at.loc[("flare", AVERAGE), "mean"] == pytest.approx((70 + 55) / 2)
     header = [h.strip() for h in markdown(table, columns).splitlines()[0].split("|")[1:-1]]
-    assert header == ["row", "nusax/jav", "nusax/jav p", "xnli/sw", "xnli/sw p", "average"]
+    assert header == ["row", "nusax/jav", "nusax/jav p", "xnli/sw", "xnli/sw p", "average", "hyperparameters"]
 
 
 def test_two_sweeps_with_the_same_setting_say_its_footnote_once():
@@ -247,3 +248,180 @@ def test_two_sweeps_with_the_same_setting_say_its_footnote_once():
     table, columns = cells([a, b], resamples=100, seed=0)
     notes = _notes([a, b], table, columns, resamples=100, seed=0)
     assert sum("not the paper's setting" in note for note in notes) == 1
+
+
+def two_rows(**kwargs) -> Records:
+    """LoRA and FLARE on Javanese, three seeds each."""
+    flare, lora = {"method.kind": "flare"}, {"method.kind": "lora"}
+    scores = [(lora, "jav", s, 70 + s, 60.0 + s) for s in range(3)] + [
+        (flare, "jav", s, 80 + s, 70.0 + 2 * s) for s in range(3)
+    ]
+    return records("s", ["jav"], scores, **kwargs)
+
+
+def test_the_bars_show_every_seed_as_a_dot_over_its_rows_bar():
+    from flare_ray.report.plots import bar_figure
+
+    table, _ = cells([two_rows()], resamples=50, seed=0)
+    fig = bar_figure(table, "t")
+    ax = fig.axes[0]
+    (lora_bar, flare_bar) = [c for c in ax.containers if hasattr(c, "patches")]
+    dots = [c for c in ax.collections if c.get_offsets().shape[0] == 3]  # one scatter per row: its 3 seeds
+    assert len(dots) == 2
+    for bar, collection, expected in zip(
+        (lora_bar, flare_bar), dots, ([60.0, 61.0, 62.0], [70.0, 72.0, 74.0]), strict=True
+    ):
+        x, y = collection.get_offsets().T
+        assert sorted(y) == expected  # each seed's own test score
+        patch = bar.patches[0]
+        assert patch.get_height() == pytest.approx(np.mean(expected))  # the bar is their mean
+        assert ((x >= patch.get_x()) & (x <= patch.get_x() + patch.get_width())).all()  # the dots sit on it
+    plt.close(fig)
+
+
+def test_the_curves_are_the_mean_over_seeds_with_a_std_band_and_the_training_loss_below():
+    from matplotlib.collections import PolyCollection
+
+    from flare_ray.report.plots import curve_figure
+
+    sweep = two_rows()
+    table, _ = cells([sweep], resamples=50, seed=0)
+    by_run = {row.run_id: row._asdict() for row in sweep.trials.itertuples()}
+    fig = curve_figure(table, by_run, "validation/macro_f1")
+    validation, loss = fig.axes[0], fig.axes[1]
+    assert "validation/macro_f1" in validation.get_ylabel() and "train/loss" in loss.get_ylabel()
+    flare = sweep.trials[sweep.trials["method"] == "flare"]
+    for ax, curve in ((validation, "curve"), (loss, "loss_curve")):
+        values = pd.DataFrame([p for c in flare[curve] for p in c], columns=["epoch", "value"])
+        stats = values.groupby("epoch")["value"].agg(["mean", "std"])
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "flare"]
+        assert list(line.get_xdata()) == [1, 2] and np.allclose(line.get_ydata(), stats["mean"])
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == 2  # one band per row
+        band = bands[1].get_paths()[0].vertices[:, 1]
+        assert band.min() == pytest.approx((stats["mean"] - stats["std"]).min())
+        assert band.max() == pytest.approx((stats["mean"] + stats["std"]).max())
+    plt.close(fig)
+
+
+def test_the_latex_table_has_booktabs_rules_and_the_numbers_of_the_markdown_table():
+    import re
+
+    from flare_ray.report.render import latex
+
+    sweep = two_rows()
+    sweep.trials.loc[sweep.trials["method"] == "flare", "method"] = "flare_mt"  # a name to escape
+    sweep.trials["cell"] = sweep.trials["configuration"] = [
+        json.dumps({"method.kind": m}) for m in sweep.trials["method"]
+    ]
+    table, columns = cells([sweep], resamples=50, seed=0, baseline="lora")
+    text = latex(table, columns, "test/macro_f1, 95% interval")
+    lines = text.splitlines()
+    assert lines.count(r"\toprule") == lines.count(r"\midrule") == lines.count(r"\bottomrule") == 1
+    assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
+    assert r"flare\_mt" in text and "flare_mt" not in text.replace(r"flare\_mt", "")  # underscores escaped
+    assert r"\caption{test/macro\_f1, 95\% interval}" in text and r"\bfseries 72.00 $\pm$ 2.00 (n=3)" in text
+    number = re.compile(r"[+-]?\d+\.\d+")
+    body = text[text.index(r"\midrule") : text.index(r"\bottomrule")]
+    table_md = markdown(table, columns)
+    assert number.findall(body) == number.findall("\n".join(table_md.splitlines()[2:]))  # the same, in order
+    assert len(number.findall(body)) >= 8  # means, stds, p-values, Δ and its interval
+
+
+def test_a_baseline_row_gives_every_other_row_its_difference_interval_and_holm_corrected_p():
+    from flare_ray.report import ReportError, difference, holm
+
+    sweep = two_rows()
+    table, columns = cells([sweep], resamples=200, seed=3, baseline="lora")
+    at = table.set_index("row")
+    assert at.loc["lora", "baseline"] == "lora" and np.isnan(at.loc["lora", "delta"])
+    frames = [sweep.predictions(r) for r in json.loads(at.loc["flare", "run_ids"])]
+    base = [sweep.predictions(r) for r in json.loads(at.loc["lora", "run_ids"])]
+    expected = difference(frames, base, "macro_f1", LABELS, resamples=200, seed=3)
+    assert list(at.loc["flare", ["delta", "delta_low", "delta_high", "p_baseline"]]) == pytest.approx(list(expected))
+    assert at.loc["flare", "p_baseline_holm"] == holm([expected.p])[0]  # one comparison: unchanged
+    text = markdown(table, columns)
+    assert "jav Δ vs lora [95% CI]" in text and "baseline" in text
+    assert f"{expected.delta:+.2f} [{expected.low:+.2f}, {expected.high:+.2f}]" in text
+    with pytest.raises(ReportError, match="baseline 'xmixup' matches no row of the report"):
+        cells([sweep], resamples=10, seed=0, baseline="xmixup")
+    both = records(
+        "b", ["jav"], [({"method.kind": "flare", "method.flare.fusion": f}, "jav", 0, 80, 70.0) for f in ("add", "mul")]
+    )
+    with pytest.raises(ReportError, match="matches 2 rows of column jav"):
+        cells([both], resamples=10, seed=0, baseline="flare")
+    table, _ = cells([both], resamples=10, seed=0, baseline="fusion=mul")  # a row's name
+    assert set(table["baseline"]) == {"fusion=mul"}
+
+
+def test_p_values_against_the_best_are_holm_corrected_per_column_and_said_so():
+    from flare_ray.report import holm
+    from flare_ray.report.build import _notes
+
+    rows = [
+        ({"method.kind": "flare", "method.lora.r": r}, "jav", s, 80 + r, 60.0 + r + s)
+        for r in (1, 2, 3, 4)
+        for s in (0, 1)
+    ]
+    sweep = records("s", ["jav"], rows)
+    table, columns = cells([sweep], resamples=200, seed=0)
+    assert table["p_value"].notna().sum() == 3
+    assert list(table["p_holm"].fillna(-1)) == list(pd.Series(holm(list(table["p_value"]))).fillna(-1))
+    assert (table["significant"] == (table["p_holm"] < 0.05)).all()
+    notes = _notes([sweep], table, columns, resamples=200, seed=0)
+    assert "p-values (p) are Holm-corrected over the 3 comparisons of each column (Holm 1979)" in notes[1]
+
+
+def test_the_hyperparameters_column_shows_what_selection_chose_and_the_recipe():
+    from flare_ray.report.table import hyperparameters
+
+    assert (
+        hyperparameters(
+            {"method.kind": "flare"},
+            {"method.kind": "flare", "training.learning_rate": 0.0003},
+            {"training.learning_rate": "0.0003", "method.lora.r": "16"},
+        )
+        == "learning_rate=0.0003, r=16"
+    )
+    assert hyperparameters({"method.kind": "lora", "method.lora.r": 8}, {}, {"method.lora.r": "8"}) == ""
+    sweep = two_rows()
+    sweep.trials["params"] = [{"training.learning_rate": "0.003", "method.lora.r": "8"}] * len(sweep.trials)
+    table, columns = cells([sweep], resamples=10, seed=0)
+    assert "| learning_rate=0.003, r=8 |" in markdown(table, columns)
+
+
+def test_the_footnote_of_a_column_not_in_the_papers_setting_is_a_list():
+    from flare_ray.report.build import _notes
+    from flare_ray.report.render import note_html
+
+    provenance = {"jav": {"train": {"as_in_paper": False, "made_of": "human translations"}}}
+    sweep = records("a", ["jav"], [({"method.kind": "flare"}, "jav", 0, 80, 70.0)], provenance=provenance)
+    sweep.config["task"]["max_records"] = {"test": 400}
+    table, columns = cells([sweep], resamples=10, seed=0)
+    (note,) = [n for n in _notes([sweep], table, columns, 10, 0) if "not the paper's setting" in n]
+    assert note.splitlines() == [
+        "‡ jav: not the paper's setting:",
+        "- train: human translations",
+        "- test: only the first 400 records",
+    ]
+    assert note_html(note) == (
+        "<p>‡ jav: not the paper&#x27;s setting:</p><ul><li>train: human translations</li>"
+        "<li>test: only the first 400 records</li></ul>"
+    )
+
+
+def test_the_report_commands_help_imports_no_heavy_library():
+    """``python -m flare_ray.report --help`` imports neither MLflow, pandas, matplotlib nor the training stack (the
+    package's names load when first used); what it imports, from ``-X importtime``, not how long it takes."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "flare_ray.report", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--baseline ROW" in done.stdout
+    imported = set(re.findall(r"^import time:.*\|\s*([\w.]+)$", done.stderr, flags=re.MULTILINE))
+    assert "flare_ray.cli.report" in imported  # the parse of -X importtime works
+    heavy = {"mlflow", "pandas", "matplotlib", "numpy", "torch", "transformers", "ray", "optuna"}
+    assert not heavy & {name.split(".")[0] for name in imported}

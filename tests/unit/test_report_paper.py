@@ -43,9 +43,10 @@ def sweep(
     model: str = "FacebookAI/xlm-roberta-large",
     data: dict | None = None,
     task: str = "nusax",
+    extra: dict | None = None,
 ) -> None:
     """A sweep's parent run and one child run per (cell, language, seed), as the platform logs them;
-    ``scores(cell, language, seed)``: the test score (the task's metric)."""
+    ``scores(cell, language, seed)``: the test score (the task's metric); ``extra``: more config sections."""
     experiment = client.create_experiment(name)
     config = {
         "name": name,
@@ -53,6 +54,7 @@ def sweep(
         "method": {"kind": "flare"},
         "task": {"name": task, "languages": languages, "max_records": {}},
         "search": {"metric": f"validation/{METRIC[task]}", "mode": "max"},
+        **(extra or {}),
     }
     parent = client.create_run(experiment, tags={mlflow_runs.SWEEP_TAG: name}).info.run_id
     (tmp_path / name).mkdir()

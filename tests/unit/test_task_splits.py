@@ -118,7 +118,7 @@ def test_translation_job_refuses_tydiqa_en_before_any_model_loads(tmp_path, caps
     path = tmp_path / "translate.yaml"
     path.write_text(yaml.safe_dump({"task": {"name": "tydiqa", "language": "en"}, "mt_dir": str(tmp_path / "mt")}))
     with pytest.raises(SystemExit) as exit_:
-        main([str(path), "--check"])
+        main([str(path), "--dry-run"])
     assert exit_.value.code == 2
     assert "error: tydiqa: target language 'en': validation and test would be the same" in capsys.readouterr().err
     assert not (tmp_path / "mt").exists()
