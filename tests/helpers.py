@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 from unittest import mock
@@ -199,3 +200,32 @@ def refuse_ray(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+
+
+@contextlib.contextmanager
+def chromium(profile: Path, size: str = "1400,900"):
+    """Debian's headless Chromium (installed by .ci/run) on a fresh profile (``profile``: a new folder)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert not profile.exists()  # fresh: no local storage (MLflow's UI keeps its choices there)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

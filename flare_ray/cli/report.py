@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def show(report, uri: str | None = None) -> str:
     """The table, its notes and where the files are, for the console; with the tracking ``uri``, the address
-    of each sweep's runs table in MLflow's UI."""
+    of each sweep's runs table in MLflow's UI (in the view the sweep shared, as the sweep printed it)."""
+    from flare_ray.tracking.mlflow_runs import VIEW_TAG
     from flare_ray.tracking.urls import runs_url, ui_command
 
     published = ["The paper's numbers:", "", report.published, ""] if report.published else []
@@ -107,7 +108,7 @@ def show(report, uri: str | None = None) -> str:
             "report: " + ", ".join(str(p) for p in report.files[:4]),
             "figures: " + ", ".join(str(p) for p in report.figures),
             *(
-                f"MLflow: {runs_url(uri, s.experiment_id, metric=s.metric, mode=s.mode)}"
+                f"MLflow: {runs_url(uri, s.experiment_id, view=s.tags.get(VIEW_TAG), metric=s.metric, mode=s.mode)}"
                 + (f"  (start the UI: {ui_command(uri)})" if not uri.startswith(("http://", "https://")) else "")
                 for s in (report.sweeps if uri else [])
             ),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -22,6 +21,7 @@ from mlflow.artifacts import download_artifacts
 from flare_ray.experiment import SCHEMA_VERSION
 from flare_ray.tasks import TaskConfig, get_task
 from flare_ray.tasks.predictions import score_frame
+from tests.helpers import chromium
 from tests.sweeps import mlflow_runs, run_tune
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -286,29 +286,10 @@ def test_the_report_of_a_grid_sweep_is_its_mlflow_records(grid_sweep):
 @pytest.mark.browser
 def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
     """Debian's Chromium (installed by .ci/run) opens the page: the table is there and every image decoded."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     storage, _ = grid_sweep
     client, (parent,), _ = mlflow_runs(storage)
     page = report_files(client, parent, storage) / "report.html"
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={storage / 'chromium'}",
-        "--window-size=1280,1600",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
-    try:
+    with chromium(storage / "chromium", size="1280,1600") as driver:
         driver.get(page.as_uri())
         cells = driver.execute_script("return [...document.querySelectorAll('#report td')].map(td => td.innerText)")
         assert len(cells) == 4 * 4 and "best" in cells and any(c.startswith("fusion=add") for c in cells)  # row, jav,
@@ -326,8 +307,6 @@ def test_the_html_report_renders_in_a_headless_browser(grid_sweep):
         assert "model: tiny:xlm-roberta, a tiny randomly initialised model" in footnote  # the ‡ list
         shot = storage / "screenshot.png"
         driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
     image = plt.imread(shot)
     assert image.shape[1] >= 1000 and image.std() > 0.05  # not a blank page
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from flare_ray.tracking import mlflow_runs
 from flare_ray.tracking.callback import MLflowTrialCallback
 from flare_ray.tracking.urls import LOCAL_UI
-from tests.helpers import free_port, served
+from tests.helpers import chromium, free_port, served
 
 pytestmark = [pytest.mark.browser]
 
@@ -40,35 +39,6 @@ def mlflow_ui(store: Path, log: Path, app: str | None = "flare-ray") -> Iterator
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     with served(command, f"http://127.0.0.1:{port}/health", env, log, timeout=120):
         yield f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def chromium(profile: Path, size: str = "1400,900"):
-    """Debian's headless Chromium on a fresh profile (``profile``: a new folder)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert not profile.exists()  # fresh: no local storage, no workflow type chosen
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        f"--window-size={size}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def page_text(driver, *wanted: str, timeout: float = 90) -> str:
