@@ -188,7 +188,8 @@ def _notes(
 def _holm_note(table: pd.DataFrame, with_baseline: bool) -> str:
     """One line under the table: the p-values are Holm-corrected, over how many comparisons per column."""
     counts = {int(n) for n in table[table["column"] != AVERAGE].groupby("column")["p_value"].count()}
-    over = f"the {counts.pop()} comparisons" if len(counts) == 1 else "the comparisons"
+    n = counts.pop() if len(counts) == 1 else None
+    over = "the comparisons" if n is None else "the 1 comparison" if n == 1 else f"the {n} comparisons"
     which = "p and p vs the baseline" if with_baseline else "p"
     return (
         f"p-values ({which}) are Holm-corrected over {over} of each column (Holm 1979); * marks a corrected "
