@@ -114,16 +114,17 @@ def quiet_libraries() -> None:
         return
     for name in LIBRARIES:
         logger = logging.getLogger(name)
-        if not logger.propagate:  # (with no handler of its own, Python's last resort would print its warnings)
-            if to_file not in logger.handlers:
-                _add(logger, to_file)
-            for handler in logger.handlers:
-                if handler is not to_file and not _VERBOSE[0] and handler.level < logging.ERROR:
-                    _UNDO.append(lambda handler=handler, level=handler.level: handler.setLevel(level))
-                    handler.setLevel(logging.ERROR)
-                if handler is not to_file and not _VERBOSE[0] and _NOT_DISK_FULL not in handler.filters:
-                    handler.addFilter(_NOT_DISK_FULL)
-                    _UNDO.append(lambda handler=handler: handler.removeFilter(_NOT_DISK_FULL))
+        if not logger.propagate and to_file not in logger.handlers:  # (with no handler of its own, Python's
+            _add(logger, to_file)  # last resort would print its warnings)
+        # Its own console handlers print errors only, whether it propagates or not (transformers' propagates
+        # where $CI is set, and keeps its handler)
+        for handler in logger.handlers:
+            if handler is not to_file and not _VERBOSE[0] and handler.level < logging.ERROR:
+                _UNDO.append(lambda handler=handler, level=handler.level: handler.setLevel(level))
+                handler.setLevel(logging.ERROR)
+            if handler is not to_file and not _VERBOSE[0] and _NOT_DISK_FULL not in handler.filters:
+                handler.addFilter(_NOT_DISK_FULL)
+                _UNDO.append(lambda handler=handler: handler.removeFilter(_NOT_DISK_FULL))
         # torch keeps its loggers' levels itself (TORCH_LOGS) and adds a console handler of its own when a part
         # of it (inductor) is first imported, which would then print every INFO record: its level stays.
         if name != "torch" and (logger.level == logging.NOTSET or logger.level > logging.INFO):

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -151,11 +152,14 @@ class MLflowTrialCallback(Callback):
         # reports an epoch again (or its final result) logs it once (not saved with the callback: what a killed
         # driver submitted may not have been written, so a resumed run's is read back from MLflow)
         self._logged: dict[str, tuple[int, bool]] = {}
+        # trial id -> the step and time/* figures of its last result (where its time went so far): logged once, with
+        # its final result, or at its end where it has none (stopped by the scheduler, failed); not a per-epoch curve
+        self._times: dict[str, tuple[int, dict[str, float]]] = {}
         self._restored = False  # set when Tune restores this callback (--resume): the search reconciles its runs
 
     def __getstate__(self) -> dict[str, Any]:  # Tune keeps its callbacks in the experiment state (--resume)
         state = self.__dict__.copy()
-        for live in ("client", "writers", "_earlier", "_logged", "_best"):
+        for live in ("client", "writers", "_earlier", "_logged", "_best", "_times"):
             state.pop(live)
         state["tracking_uri"] = redact(self.tracking_uri)  # saved without its credentials (in tuner.pkl)
         return state
@@ -171,6 +175,7 @@ class MLflowTrialCallback(Callback):
             _earlier=None,
             _logged={},
             _best={},
+            _times={},
             _restored=True,
         )
 
@@ -263,12 +268,14 @@ class MLflowTrialCallback(Callback):
     def _best_so_far(self, trial_id: str, result: dict[str, Any]) -> dict[str, float]:
         """The selection's own value of a trial (flare_ray.search.summary.trial_rows): its best ``metric`` over
         the epochs reported so far (the first such epoch on a tie), as ``best/<metric>`` and ``best/epoch``; the
-        final result's (its best epoch again) where the trial reported one."""
+        final result's (its best epoch again) where the trial reported one, unless its epochs logged it already."""
         value = result.get(self.metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return {}
         if result.get("final") and isinstance(result.get("best_epoch"), (int, float)):
             best = (float(value), int(result["best_epoch"]))
+            if self._best.get(trial_id) == best:  # logged with its epoch already: a step holds one value per metric
+                return {}
         else:
             epoch = int(result.get("epoch", result.get("training_iteration", 0)))
             earlier = self._best.get(trial_id)
@@ -303,6 +310,11 @@ class MLflowTrialCallback(Callback):
         metrics = _metrics(result)
         if result.get("final"):  # the trial's summary: test scores, time/* (validation curves are already logged)
             metrics = {k: v for k, v in metrics.items() if k.startswith(("test/", "time/")) or k == "best_epoch"}
+            self._times.pop(trial.trial_id, None)
+        else:  # where the time went so far: kept for the trial's end (one value per run, not a curve)
+            times = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("time/")]}
+            if times:
+                self._times[trial.trial_id] = (step, times)
         metrics.update(self._best_so_far(trial.trial_id, result))
         if metrics and self._new(trial.trial_id, run_id, step, bool(result.get("final"))):
             now = int(1000 * result.get("timestamp", 0)) or 0
@@ -324,6 +336,10 @@ class MLflowTrialCallback(Callback):
             self._runs[trial.trial_id] = found
         run_id = self._runs[trial.trial_id]
         path = self._checkpoints.get(trial.trial_id)
+        if trial.trial_id in self._times:  # it ended without a final result: where its time went, up to its last
+            step, times = self._times.pop(trial.trial_id)
+            batch = [Metric(k, v, int(1000 * time.time()), step) for k, v in times.items()]
+            self.writers.submit(run_id, "time figures", lambda: self.client.log_batch(run_id, metrics=batch))
         self.writers.submit(run_id, "artifacts and end", lambda: self._end_run(run_id, path, status))
 
     def _end_run(self, run_id: str, path: str | None, status: str) -> None:

@@ -125,6 +125,10 @@ def test_sweep_records_every_trial_and_selects_the_best(tmp_path, monkeypatch):
         figures = c.data.metrics
         assert named(figures) == pytest.approx(figures["time/wall"], rel=0.05, abs=0.25)
         assert min(figures["time/train_steps"], figures["time/validation"], figures["time/setup"]) > 0
+        assert len(client.get_metric_history(c.info.run_id, "time/wall")) == 1  # once per run, not a curve
+        for key in figures:  # every metric holds one value per step (the final result repeats no epoch's)
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (c.info.run_name, key, steps)
     sums = parent.data.metrics
     assert named(sums) == pytest.approx(sums["time/wall"], rel=0.05)
     assert sums["time/trials"] == samples and sums["sweep/slots"] == 1
