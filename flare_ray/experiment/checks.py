@@ -4,7 +4,7 @@
   ``translation.model`` where the sweep translates): a local folder must exist; a hub id
   (``name`` or ``org/name``) that is no local folder must be in the local Hugging Face cache when the hub is
   offline (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``); online it is accepted. ``tiny:<arch>`` needs
-  nothing. Every value the search space or grid gives the key is checked too.
+  nothing. Every value the search space, grid or ablation gives the key is checked too.
 * no value holds a URI with a password (:mod:`flare_ray.secrets`; credentials come from the environment).
 * ``model.stage1``: a folder that exists and holds the stage-1 adapter (``adapter_config.json`` and
   ``adapter_model.safetensors``: a pickled ``adapter_model.bin`` is never loaded), its files intact: as its
@@ -137,7 +137,8 @@ def _config_json(name_or_path: str) -> tuple[dict, Path] | None:
 
 # -- the checks --------------------------------------------------------------------------------------
 def _values(config: ExperimentConfig, key: str) -> Iterator[tuple[KeyPath, Any]]:
-    """The config's value of a dotted key, and every value the grid or the space gives it, with their key paths."""
+    """The config's value of a dotted key, and every value the grid, the space or the ablation gives it, with
+    their key paths."""
     value: Any = config
     for part in key.split("."):
         value = getattr(value, part)
@@ -148,6 +149,11 @@ def _values(config: ExperimentConfig, key: str) -> Iterator[tuple[KeyPath, Any]]
     dist = config.search.space.get(key)
     for i, v in enumerate(getattr(dist, "values", None) or []):  # categorical choices (ranges are numbers)
         yield ("search", "space", key, "values", i), v
+    ablation = config.search.ablation
+    if ablation is not None and key in ablation.baseline:
+        yield ("search", "ablation", "baseline", key), ablation.baseline[key]
+    for i, v in enumerate(ablation.vary.get(key, []) if ablation is not None else []):
+        yield ("search", "ablation", "vary", key, i), v
 
 
 def _model_problem(path: KeyPath, value: Any, what: str) -> Problem | None:

@@ -10,13 +10,14 @@ once; URIs (``s3://``, ``gs://``, ``file://``) are kept as written.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from flare_ray.baselines import XMixupConfig
-from flare_ray.configfile import FieldError
+from flare_ray.configfile import FieldError, get_path
 from flare_ray.fusion import FlareConfig
 from flare_ray.models.tiny import FAMILIES as TINY_FAMILIES
 from flare_ray.storage import is_remote, local_folder, local_path, storage_problem
@@ -198,7 +199,7 @@ class SchedulerSpec(_Section):
     reduction_factor: float = Field(4.0, gt=1, description="keep 1 / reduction_factor of the trials at each rung")
     with_ablation: bool = Field(
         False,
-        description="allow ASHA with search.grid or search.seeds (it stops cells and "
+        description="allow ASHA with search.grid, search.ablation or search.seeds (it stops cells and "
         "seeds on early epochs, which biases the comparison); refused unless true",
     )
 
@@ -219,6 +220,66 @@ def _lists_twice(values: list[Any]) -> bool:
     return False
 
 
+BASELINE_ARM = "baseline"  # the name of an ablation's baseline arm (its MLflow tag, its report row)
+
+
+def arm_name(key: str, value: Any) -> str:
+    """An ablation arm's name: the key it changes and its value there, ``method.flare.fusion=add``
+    (a value other than a string as JSON: ``method.lora.r=16``, ``method.flare.fusion_layers=[0, 1]``)."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+class AblationSpec(_Section):
+    """One factor at a time from a baseline: the baseline cell, then one arm per value listed in ``vary``, the
+    baseline with that one key changed (the paper's Table 2: the fusion function, from FLARE's add_relu)."""
+
+    baseline: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dotted key path -> value: the baseline arm, every arm's other values (a key of vary not "
+        "given here keeps the config's value)",
+    )
+    vary: dict[str, list[Any]] = Field(
+        min_length=1,
+        description="dotted key path -> values: one arm per value, the baseline with that key alone changed "
+        "(a value equal to the baseline's is the baseline, not an arm)",
+    )
+
+    @model_validator(mode="after")
+    def _lists(self) -> "AblationSpec":
+        for key, values in self.vary.items():
+            if not values:
+                raise FieldError(("vary", key), "expected a non-empty list of values")
+            if _lists_twice(values):
+                raise FieldError(("vary", key), f"{values} lists a value twice: every arm runs exactly once")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys the ablation sets: the baseline's, then those only vary names."""
+        return list(dict.fromkeys([*self.baseline, *self.vary]))
+
+    def arms(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each arm's name and cell (``{key: value}``): the baseline first (:data:`BASELINE_ARM`), then per key of
+        ``vary`` and per value unlike the baseline's, the baseline with that value (:func:`arm_name`)."""
+        out = [(BASELINE_ARM, dict(self.baseline))]
+        for key, values in self.vary.items():
+            out += [
+                (arm_name(key, value), {**self.baseline, key: value})
+                for value in values
+                if key not in self.baseline or value != self.baseline[key]
+            ]
+        return out
+
+    def arm_of(self, cell: dict[str, Any]) -> str:
+        """The name of the arm a cell (an arm's values, with a grid's) belongs to: the first key of ``vary``
+        whose value differs from the baseline's (a key the cell leaves out, which its method does not read,
+        differs in nothing), else the baseline."""
+        for key in self.vary:
+            if key in cell and (key not in self.baseline or cell[key] != self.baseline[key]):
+                return arm_name(key, cell[key])
+        return BASELINE_ARM
+
+
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
@@ -228,6 +289,12 @@ class SearchSpec(_Section):
         description="dotted key path -> values: every cell of "
         "their product runs (Ray Tune's grid search); with a space, each cell is a "
         "search of its own",
+    )
+    ablation: AblationSpec | None = Field(
+        None,
+        description="one factor at a time: {baseline: {key: value}, vary: {key: [values]}}: the baseline and "
+        "one arm per value of vary, each run like a grid cell (once per seed); with a grid, every arm in every "
+        "cell; the report compares every arm with the baseline",
     )
     seeds: list[int] | None = Field(
         None,
@@ -269,27 +336,52 @@ class SearchSpec(_Section):
                 raise FieldError(("grid", key), f"{values} lists a value twice: every cell runs exactly once")
             if key in self.space:
                 raise FieldError(("grid", key), "is also in search.space; a key is either gridded or sampled")
+        ablation = self.ablation
+        for key in ablation.keys if ablation else []:
+            where = ("ablation", "baseline" if key in ablation.baseline else "vary", key)
+            for other in ("grid", "space"):
+                if key in getattr(self, other):
+                    raise FieldError(where, f"is also in search.{other}; a key is either ablated, gridded or sampled")
         if self.seeds is not None:
             if len(set(self.seeds)) != len(self.seeds):
                 raise FieldError("seeds", f"{self.seeds} lists a seed twice")
             for where in ("grid", "space"):
                 if "training.seed" in getattr(self, where):
                     raise FieldError((where, "training.seed"), "search.seeds sets training.seed; remove one of them")
+            if ablation and "training.seed" in ablation.keys:
+                raise FieldError(
+                    ("ablation", "vary", "training.seed"), "search.seeds sets training.seed; remove one of them"
+                )
         if self.num_samples is None:
-            self.num_samples = 1 if self.grid and not self.space else 8
-        if self.grid and not self.space and self.num_samples != 1:
+            self.num_samples = 1 if self.cells and not self.space else 8
+        if self.cells and not self.space and self.num_samples != 1:
             raise FieldError(
                 "num_samples",
-                f"a grid without a space runs each cell once (per seed); got num_samples "
+                f"a grid or an ablation without a space runs each cell once (per seed); got num_samples "
                 f"{self.num_samples}: use search.seeds to repeat cells",
             )
-        if self.scheduler is not None and (self.grid or self.seeds) and not self.scheduler.with_ablation:
+        if self.scheduler is not None and (self.cells or self.seeds) and not self.scheduler.with_ablation:
             raise FieldError(
                 "scheduler",
-                "ASHA stops trials of some cells and seeds early, which biases a grid or "
-                "seed ablation; set scheduler: null, or scheduler.with_ablation: true to accept that",
+                "ASHA stops trials of some cells (or arms) and seeds early, which biases a grid or seed "
+                "ablation; set scheduler: null, or scheduler.with_ablation: true to accept that",
             )
         return self
+
+    @property
+    def cells(self) -> bool:
+        """Does the search run cells (a grid's, an ablation's arms, or both)?"""
+        return bool(self.grid or self.ablation)
+
+    def cell_values(self, key: str) -> list[Any]:
+        """The values the grid and the ablation's arms give ``key`` (empty: neither sets it)."""
+        arms = self.ablation.arms() if self.ablation and key in self.ablation.keys else []
+        return [*self.grid.get(key, []), *(cell[key] for _, cell in arms if key in cell)]
+
+    @property
+    def cell_keys(self) -> list[str]:
+        """Every key a cell sets: the grid's, then the ablation's."""
+        return [*self.grid, *(self.ablation.keys if self.ablation else [])]
 
     @property
     def seed_list(self) -> list[int | None]:
@@ -305,7 +397,8 @@ class ReportSpec(_Section):
         min_length=1,
         description="a row to compare every other row with (its name, e.g. 'flare, fusion=add', or its method, "
         "e.g. lora): the report gives each row's difference to it with a paired-bootstrap 95% interval and "
-        "p-value; null: none (flare-ray report --baseline overrides it)",
+        "p-value; null: none, or with search.ablation (and no grid) its baseline arm, the row 'baseline' "
+        "(flare-ray report --baseline overrides it)",
     )
 
 
@@ -347,6 +440,7 @@ class ExperimentConfig(_Section):
         "training.epochs",
         "search",
         "tracking",
+        "report.baseline",
         "storage_path",
     )
     _source: str | None = PrivateAttr(None)  # the YAML file, set by load_experiment
@@ -386,6 +480,24 @@ class ExperimentConfig(_Section):
             )
         if self.tracking.experiment_name is None:
             self.tracking.experiment_name = self.name
+        ablation = self.search.ablation
+        # The ablation's baseline holds every key it varies, the config's value where not given (read once, when
+        # the file is loaded: a sample, an arm or cell written in later, changes no key of search.ablation).
+        if ablation is not None:
+            data = self.model_dump(mode="json")
+            for key in ablation.vary:
+                if key not in ablation.baseline:
+                    try:
+                        ablation.baseline[key] = get_path(data, key.split("."))
+                    except (KeyError, TypeError, ValueError):
+                        pass  # no such key: the search space's checks name it (flare_ray.experiment.space)
+            if len(ablation.arms()) == 1:
+                raise FieldError(
+                    ("search", "ablation", "vary"),
+                    "every value listed equals the baseline's: expected at least one arm",
+                )
+            if self.report.baseline is None and not self.search.grid:
+                self.report.baseline = BASELINE_ARM  # the report's Δ columns: every arm against the baseline
         if "mt" in self.task.splits.values() and self.task.mt_dir is None:  # the sweep translates into its storage
             if is_remote(self.storage_path):
                 raise FieldError(

@@ -35,18 +35,20 @@ def parse_override(override: str) -> tuple[str, Any]:
 
 
 def _override_parts(data: dict[str, Any], key: str) -> tuple[str, ...]:
-    """Split an override's key; under ``search.space`` and ``search.grid`` the rest names a key path (it has
-    dots itself)."""
+    """Split an override's key; under ``search.space``, ``search.grid`` and ``search.ablation.baseline`` /
+    ``.vary`` the rest names a key path (it has dots itself)."""
     parts = tuple(key.split("."))
-    if parts[:1] != ("search",) or len(parts) <= 2 or parts[1] not in ("space", "grid"):
+    ablation = parts[1:3] in (("ablation", "baseline"), ("ablation", "vary"))
+    if parts[:1] != ("search",) or len(parts) <= 2 + ablation or not (ablation or parts[1] in ("space", "grid")):
         return parts
-    section = parts[1]
-    space = (data.get("search") or {}).get(section) or {}
-    rest = parts[2:]
+    section, rest = parts[1 : 2 + ablation], parts[2 + ablation :]
+    space: Any = data.get("search") or {}
+    for part in section:
+        space = (space.get(part) if isinstance(space, dict) else None) or {}
     for n in range(len(rest), 0, -1):  # the longest existing key that starts the rest
         if ".".join(rest[:n]) in space:
-            return ("search", section, ".".join(rest[:n])) + rest[n:]
-    return ("search", section, ".".join(rest))
+            return ("search", *section, ".".join(rest[:n])) + rest[n:]
+    return ("search", *section, ".".join(rest))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> dict[tuple, str]:

@@ -22,6 +22,7 @@ from flare_ray.configfile import problems_of as section_problems
 from .config import ExperimentConfig, SamplerSpec
 from .distributions import Categorical
 from .errors import ExperimentConfigError, problems_of
+from .training import method_reads
 
 # Keys that stay fixed for a whole search, and why.
 FIXED_KEYS = {
@@ -95,7 +96,13 @@ def search_space_problems(config: ExperimentConfig) -> list[Problem]:
     and in pairs, and every cell of the grid)."""
     check = SampleCheck(config)
     problems = _structure_problems(config, check)
-    return problems or _value_problems(config, check) or _pair_problems(config, check) or _cell_problems(config, check)
+    return (
+        problems
+        or _value_problems(config, check)
+        or _pair_problems(config, check)
+        or _cell_problems(config, check)
+        or _ablation_problems(config, check)
+    )
 
 
 class SampleCheck:
@@ -187,16 +194,13 @@ def _structure_problems(config: ExperimentConfig, check: SampleCheck) -> list[Pr
     order = list(space)
     for key, dist in space.items():
         where, parts = _where(config, key), key.split(".")
-        reason = next(
-            (FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in FIXED_KEYS),
-            None,
-        )
+        reason = _fixed(key)
         if reason:
             problems.append(Problem(where, f"{key!r} cannot be searched: {reason}"))
         elif (
             config.method.kind not in ("flare", "flare_mt")
             and "method.kind" not in space
-            and "method.kind" not in config.search.grid
+            and "method.kind" not in config.search.cell_keys
             and parts[:2] == ["method", "flare"]
         ):
             problems.append(Problem(where, f"method.kind is {config.method.kind!r}, which does not use method.flare"))
@@ -213,6 +217,15 @@ def _structure_problems(config: ExperimentConfig, check: SampleCheck) -> list[Pr
             elif ref not in space and check.message({ref: config_value(config, ref)}):  # no such key
                 problems.append(Problem(at, f"unknown key in when: {check.message({ref: None})}"))
     return problems
+
+
+def _fixed(key: str) -> str | None:
+    """Why a key stays fixed for a whole search (:data:`FIXED_KEYS`, its own or a section's); None: it may vary."""
+    parts = key.split(".")
+    return next(
+        (FIXED_KEYS[".".join(parts[:n])] for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in FIXED_KEYS),
+        None,
+    )
 
 
 def _conditions(space: dict[str, Any], keys: list[str]) -> dict[str, Any] | None:
@@ -308,4 +321,46 @@ def _first_invalid_cell(grid: dict[str, list[Any]], cells, check: SampleCheck) -
         if problem:
             where = ", ".join(f"{k} = {v!r}" for k, v in cell.items())
             return [Problem(("search", "grid"), f"the cell {where} gives an invalid config: {problem}")]
+    return []
+
+
+def _ablation_problems(config: ExperimentConfig, check: SampleCheck) -> list[Problem]:
+    """What is wrong with ``search.ablation``: a key fixed for a whole search, a baseline that gives an invalid
+    config, a key of ``vary`` the baseline's method does not read (every arm of it would be the baseline), an
+    arm that gives an invalid config, and with a grid, the first arm and cell that together give one (at most
+    :data:`PAIR_CHECK_LIMIT` of them are tried). One problem: the first found."""
+    ablation = config.search.ablation
+    if ablation is None:
+        return []
+    at = ("search", "ablation")
+    for key in ablation.keys:
+        reason = _fixed(key)
+        if reason:
+            where = at + ("vary" if key in ablation.vary else "baseline", key)
+            return [Problem(where, f"{key!r} cannot be ablated: {reason}")]
+    problem = check.message(ablation.baseline)
+    if problem:
+        return [Problem(at + ("baseline",), f"{ablation.baseline!r} gives an invalid config: {problem}")]
+    kind = ablation.baseline.get("method.kind", config.method.kind)
+    for key, values in ablation.vary.items():
+        if key != "method.kind" and not method_reads(kind, key):
+            return [
+                Problem(
+                    at + ("vary", key),
+                    f"the baseline's method ({kind!r}) does not read {key}: each arm of it would be the baseline; "
+                    "expected keys its method reads",
+                )
+            ]
+        for i, value in enumerate(values):
+            problem = check.message({**ablation.baseline, key: value})
+            if problem:
+                return [Problem(at + ("vary", key, i), f"{value!r} gives an invalid config: {problem}")]
+    grid = config.search.grid
+    cells = itertools.product(ablation.arms(), itertools.product(*grid.values()))
+    for (name, arm), values in itertools.islice(cells, PAIR_CHECK_LIMIT) if grid else []:
+        cell = {**arm, **dict(zip(grid, values))}
+        problem = check.message(cell)
+        if problem:
+            where = ", ".join(f"{k} = {v!r}" for k, v in zip(grid, values))
+            return [Problem(at, f"the arm {name} in the grid's cell {where} gives an invalid config: {problem}")]
     return []

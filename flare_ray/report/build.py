@@ -22,7 +22,7 @@ from . import paper, plots
 from .records import ReportError, SweepRecords, load_sweep
 from .render import NOT_PAPER, html_page, latex, markdown, p_value, score
 from .significance import LEVEL, PROCEDURE, RESAMPLES, SEED
-from .table import AVERAGE, Column, cells, named_trials
+from .table import AVERAGE, Column, average_deviations, cells, named_trials, settings_differ
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -173,6 +173,9 @@ def _notes(
             f"(each the mean over its seeds), in brackets its paired-bootstrap 95 % interval (the 2.5th and 97.5th "
             f"percentiles over the same {resamples} resamples); p vs {baseline}: two-sided, of no difference."
         )
+    average = table[table["column"] == AVERAGE]
+    if average["p_value"].notna().any() or ("delta" in average and average["delta"].notna().any()):
+        notes.append(_average_note(resamples))
     if table["p_value"].notna().any():
         notes.append(_holm_note(table, baseline is not None))
     for column in columns:
@@ -180,14 +183,28 @@ def _notes(
             notes.append(
                 f"{NOT_PAPER} {column.name}: not the paper's setting:" + "".join(f"\n- {d}" for d in column.deviations)
             )
+    if average_deviations(columns):
+        why = "over languages in different settings" if settings_differ(columns) else "not the paper's setting"
+        notes.append(f"{NOT_PAPER} {AVERAGE}: {why}:" + "".join(f"\n- {d}" for d in average_deviations(columns)))
     notes += translate_test_notes(sweeps, table)
     notes.append(paper.note(table))
     return list(dict.fromkeys(notes))  # sweeps side by side may bring the same column (and note) twice
 
 
+def _average_note(resamples: int) -> str:
+    """How the average column's p and Δ are tested: stratified by language."""
+    return (
+        f"p-values and Δ of the {AVERAGE} column: a stratified paired bootstrap over the test examples, {resamples} "
+        "resamples, each drawing every language's examples with replacement within that language (the same draws "
+        "for both rows and all their seeds); on each, a row's score is its metric per language (seeds pooled) "
+        "averaged over the languages; p and the 95 % interval then as in a language's column."
+    )
+
+
 def _holm_note(table: pd.DataFrame, with_baseline: bool) -> str:
-    """One line under the table: the p-values are Holm-corrected, over how many comparisons per column."""
-    counts = {int(n) for n in table[table["column"] != AVERAGE].groupby("column")["p_value"].count()}
+    """One line under the table: the p-values are Holm-corrected, over how many comparisons per column (the
+    average column's included)."""
+    counts = {int(n) for n in table.groupby("column")["p_value"].count() if n}
     n = counts.pop() if len(counts) == 1 else None
     over = "the comparisons" if n is None else "the 1 comparison" if n == 1 else f"the {n} comparisons"
     which = "p and p vs the baseline" if with_baseline else "p"

@@ -156,7 +156,7 @@ def load_sweep(client: MlflowClient, reference: str) -> SweepRecords:
 
 
 def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: dict[str, Any]) -> pd.DataFrame:
-    """One row per child run: language, method, cell, configuration, seed, the best validation score over
+    """One row per child run: language, method, cell, configuration, arm (an ablation's), seed, the best validation score over
     its epochs (and that epoch), its validation curve (``curve``) and training-loss curve (``loss_curve``:
     (epoch, ``train/loss``)), its params (the resolved config) and its test scores (``test/<metric>`` columns)."""
     rows = []
@@ -176,6 +176,7 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
                 "method": tags.get(mlflow_runs.METHOD_TAG, config["method"]["kind"]),
                 "cell": tags.get(mlflow_runs.CELL_TAG, "{}"),
                 "configuration": tags.get(mlflow_runs.CONFIGURATION_TAG, "{}"),
+                "arm": tags.get(mlflow_runs.ARM_TAG),  # an ablation's arm (None: no ablation)
                 "seed": None if seed in (None, "None") else int(seed),
                 "validation": best[1],
                 "best_epoch": best[0],
@@ -193,6 +194,7 @@ def trial_frame(client: MlflowClient, children, metric: str, mode: str, config: 
         "method",
         "cell",
         "configuration",
+        "arm",
         "seed",
         "validation",
         "best_epoch",

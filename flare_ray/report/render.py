@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .significance import LEVEL
-from .table import AVERAGE, Column
+from .table import AVERAGE, Column, average_deviations
 
 NOT_PAPER = "‡"  # a column whose data, splits or model are not the paper's setting
 
@@ -77,12 +77,13 @@ def _hyperparameters(table: pd.DataFrame, row: str) -> str:
 
 
 def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> pd.DataFrame:
-    """Rows × (column, its p-value, with a baseline its Δ and p against it) + average + hyperparameters, as
-    display strings; the best per column in ``bold``."""
+    """Rows × (column, its p-value, with a baseline its Δ and p against it) + the average (likewise) +
+    hyperparameters, as display strings; the best per column in ``bold``; ‡ on a column not in the paper's setting
+    (the average: where a language is not, or its languages' settings differ)."""
     rows = list(dict.fromkeys(table["row"]))
     multiple = len(rows) > 1
     names = [c.name for c in columns] + ([AVERAGE] if AVERAGE in set(table["column"]) else [])
-    deviating = {c.name for c in columns if c.deviations}
+    deviating = {c.name for c in columns if c.deviations} | ({AVERAGE} if average_deviations(columns) else set())
     out = {}
     for name in names:
         header = name + (f" {NOT_PAPER}" if name in deviating else "")
@@ -91,7 +92,7 @@ def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> p
             bold[0] + score(lines[r]) + bold[1] if r in lines and lines[r]["best"] else score(lines.get(r))
             for r in rows
         ]
-        if multiple and name != AVERAGE:
+        if multiple:
             out[f"{name} p"] = [p_value(lines.get(r)) for r in rows]
             base = next((b for b in (lines[r].get("baseline") for r in lines) if isinstance(b, str)), None)
             if base is not None:

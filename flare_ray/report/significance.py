@@ -17,6 +17,14 @@ score minus the second's. From these:
   ``min(1, 2 (1 + min(#{δ* <= 0}, #{δ* >= 0})) / (1 + R))``: the interval excludes 0 about when p < 0.05.
 * :func:`holm`, Holm's step-down correction of the p-values of one column (one family of comparisons).
 
+The average over languages (the report's ``average`` column) is compared the same way, stratified
+(:func:`stratified_differences`, :func:`stratified_paired_bootstrap`, :func:`stratified_difference`): each
+language is a :class:`Stratum`, each resample draws every language's examples with replacement within that
+language, each system's score on it is its metric per language (seeds pooled; a macro F1 recomputed from the
+resampled examples, not a mean of per-example scores) averaged over the languages. Examples are never paired
+across languages, even where their ids coincide. One language is one stratum: the per-language functions are
+the stratified ones with one stratum, on the same resamples.
+
 The generator is seeded, so every number is the same on every run.
 """
 
@@ -49,6 +57,16 @@ class Difference(NamedTuple):
     p: float
 
 
+class Stratum(NamedTuple):
+    """One language of an average over languages: each system's seeds' per-example predictions on it, and the
+    task's metric there (``labels``: the classes of a macro F1)."""
+
+    first: Sequence[pd.DataFrame]
+    second: Sequence[pd.DataFrame]
+    metric: str
+    labels: Sequence[str] = ()
+
+
 def resampled_differences(
     first: Sequence[pd.DataFrame],
     second: Sequence[pd.DataFrame],
@@ -59,21 +77,38 @@ def resampled_differences(
 ) -> tuple[float, np.ndarray]:
     """The difference of the seed-mean scores, ``first`` - ``second``, on the examples both were scored on,
     and the same difference on each of ``resamples`` resamples of those examples (the same for every seed)."""
-    frames = [f.drop_duplicates("id").set_index("id") for f in (*first, *second)]
-    ids = frames[0].index
-    for f in frames[1:]:
-        ids = ids.intersection(f.index, sort=False)
-    if len(ids) == 0:
-        raise ValueError("the two systems share no scored example")
-    weights = np.random.default_rng(seed).multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples)
-    ones = np.ones((1, len(ids)), dtype=int)
-    scores, observed = [], []
-    for f in frames:
-        scores.append(resampled_scores(f.loc[ids], metric, weights, labels))
-        observed.append(resampled_scores(f.loc[ids], metric, ones, labels)[0])
-    k = len(first)
-    delta = float(np.mean(observed[:k]) - np.mean(observed[k:]))
-    return delta, np.mean(scores[:k], axis=0) - np.mean(scores[k:], axis=0)
+    return stratified_differences([Stratum(first, second, metric, labels)], resamples, seed)
+
+
+def stratified_differences(
+    strata: Sequence[Stratum], resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, np.ndarray]:
+    """The difference of the two systems' scores averaged over ``strata`` (languages), and the same on each of
+    ``resamples`` stratified resamples. Each resample draws every stratum's shared examples with replacement,
+    within that stratum alone (one generator seeded ``seed``, the strata in order, the same draws for both systems
+    and all their seeds); a system's score on it is, per stratum, the stratum's metric averaged over its seeds,
+    then the mean over the strata. One stratum is the unstratified bootstrap of one language."""
+    if not strata:
+        raise ValueError("no stratum to compare the two systems on")
+    rng = np.random.default_rng(seed)
+    delta, deltas = 0.0, np.zeros(resamples)
+    for stratum in strata:
+        frames = [f.drop_duplicates("id").set_index("id") for f in (*stratum.first, *stratum.second)]
+        ids = frames[0].index
+        for f in frames[1:]:
+            ids = ids.intersection(f.index, sort=False)
+        if len(ids) == 0:
+            raise ValueError("the two systems share no scored example")
+        weights = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples)
+        ones = np.ones((1, len(ids)), dtype=int)
+        scores, observed = [], []
+        for f in frames:
+            scores.append(resampled_scores(f.loc[ids], stratum.metric, weights, stratum.labels))
+            observed.append(resampled_scores(f.loc[ids], stratum.metric, ones, stratum.labels)[0])
+        k = len(stratum.first)
+        delta += float(np.mean(observed[:k]) - np.mean(observed[k:]))
+        deltas = deltas + np.mean(scores[:k], axis=0) - np.mean(scores[k:], axis=0)
+    return delta / len(strata), deltas / len(strata)
 
 
 def paired_bootstrap(
@@ -86,7 +121,15 @@ def paired_bootstrap(
     mode: str = "max",
 ) -> float:
     """The p-value that the system with the seeds' predictions ``best`` is not better than ``other``."""
-    _, deltas = resampled_differences(best, other, metric, labels, resamples, seed)
+    return stratified_paired_bootstrap([Stratum(best, other, metric, labels)], resamples, seed, mode)
+
+
+def stratified_paired_bootstrap(
+    strata: Sequence[Stratum], resamples: int = RESAMPLES, seed: int = SEED, mode: str = "max"
+) -> float:
+    """The p-value that the first system of ``strata`` is not better than the second on the average over the
+    strata, from :func:`stratified_differences`."""
+    _, deltas = stratified_differences(strata, resamples, seed)
     if mode != "max":
         deltas = -deltas
     return float((1 + np.sum(deltas <= 0)) / (1 + resamples))
@@ -103,7 +146,15 @@ def difference(
 ) -> Difference:
     """Δ = ``system`` - ``baseline`` (each its seeds' per-example predictions), its paired-bootstrap
     percentile interval at ``confidence``, and the two-sided p-value of Δ = 0."""
-    delta, deltas = resampled_differences(system, baseline, metric, labels, resamples, seed)
+    return stratified_difference([Stratum(system, baseline, metric, labels)], resamples, seed, confidence)
+
+
+def stratified_difference(
+    strata: Sequence[Stratum], resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE
+) -> Difference:
+    """Δ = the first system's score averaged over ``strata`` minus the second's, its percentile interval at
+    ``confidence`` over the stratified resamples of :func:`stratified_differences`, and the two-sided p-value."""
+    delta, deltas = stratified_differences(strata, resamples, seed)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(deltas, [tail, 100 - tail])
     p = min(1.0, 2 * (1 + min(np.sum(deltas <= 0), np.sum(deltas >= 0))) / (1 + resamples))

@@ -12,6 +12,11 @@
   Holm-corrected p-value. A cell also keeps its seeds' scores and the selected configuration's
   hyperparameters (:func:`hyperparameters`).
 * The **average** of a row is over its languages, per seed (seeds scored on every language), then mean ± std.
+  Its p-value against the average's best row and its Δ against the baseline row come from a stratified paired
+  bootstrap (:func:`~flare_ray.report.significance.stratified_differences`: each resample draws every language's
+  examples within that language), Holm-corrected over the average column's comparisons like any column. It is
+  not the paper's setting where a language is not, or where its languages' settings differ
+  (:func:`average_deviations`).
 * The **paper's cell**, where a published one matches (:mod:`~flare_ray.report.paper`): its table, mean, std
   and the difference, yours - paper's.
 """
@@ -25,12 +30,21 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from flare_ray.experiment.config import BASELINE_ARM, arm_name
 from flare_ray.selection import best_configuration
 from flare_ray.tasks import TASKS
 
 from .paper import AVERAGE, paper_cells, row_keys_of
 from .records import ReportError, SweepRecords
-from .significance import LEVEL, difference, holm, paired_bootstrap
+from .significance import (
+    LEVEL,
+    Stratum,
+    difference,
+    holm,
+    paired_bootstrap,
+    stratified_difference,
+    stratified_paired_bootstrap,
+)
 
 # Shown for every row beside the keys its selection chose: the recipe's learning rate and LoRA rank
 RECIPE_KEYS = ("training.learning_rate", "method.lora.r")
@@ -47,22 +61,47 @@ class Column:
         return self.sweep.deviations(self.language)
 
 
-def row_keys(trials: pd.DataFrame) -> pd.Series:
-    """Each trial's row: its grid cell and method, as a dict."""
+def row_keys(trials: pd.DataFrame, ablated: Sequence[str] = ()) -> pd.Series:
+    """Each trial's row: its grid cell and method, as a dict; a trial of an ablation's arm (its ``arm``): the
+    arm as the table names it (``baseline``, ``fusion=add``), with the cell's keys the ablation does not set
+    (``ablated``: those it does) and its method unless the ablation sets it."""
+    arms = trials["arm"] if "arm" in trials else [None] * len(trials)
     return pd.Series(
-        [{**json.loads(cell), "method.kind": method} for cell, method in zip(trials["cell"], trials["method"])],
+        [
+            _row_key(json.loads(cell), method, arm, ablated)
+            for cell, method, arm in zip(trials["cell"], trials["method"], arms)
+        ],
         index=trials.index,
         dtype=object,
     )
 
 
+def _row_key(cell: dict[str, Any], method: str, arm: Any, ablated: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(arm, str):
+        return {**cell, "method.kind": method}
+    key, _, value = arm.partition("=")
+    kind = {} if "method.kind" in ablated else {"method.kind": method}
+    return {
+        "arm": f"{short(key)}={value}" if value else arm,
+        **{k: v for k, v in cell.items() if k not in ablated},
+        **kind,
+    }
+
+
+def _arms(sweep: SweepRecords) -> list[str]:
+    """The names of a sweep's ablation arms (its ``flare_ray.arm`` tags), in the order the ablation lists them."""
+    vary = (sweep.config["search"].get("ablation") or {}).get("vary") or {}
+    return [BASELINE_ARM, *(arm_name(key, value) for key, values in vary.items() for value in values)]
+
+
 def row_names(keys: Sequence[dict[str, Any]]) -> list[str]:
     """Rows named by the keys that vary between them (``r=8`` for ``method.lora.r``; a key a row's cell does not
-    have is left out of its name); the method alone if nothing else varies."""
+    have is left out of its name; an ablation's arm by itself: ``baseline``, ``fusion=add``); the method (or the
+    arm) alone if nothing else varies."""
     varying = [k for k in dict.fromkeys(k for d in keys for k in d) if len({json.dumps(d.get(k)) for d in keys}) > 1]
     if not varying:
-        return [str(d.get("method.kind")) for d in keys]
-    short = lambda key: "" if key == "method.kind" else key.rsplit(".", 1)[-1] + "="  # noqa: E731
+        return [str(d.get("arm") or d.get("method.kind")) for d in keys]
+    short = lambda key: "" if key in ("method.kind", "arm") else key.rsplit(".", 1)[-1] + "="  # noqa: E731
     return [", ".join(f"{short(k)}{d[k]}" for k in varying if k in d) for d in keys]  # a LoRA row has no fusion
 
 
@@ -102,7 +141,9 @@ def named_trials(sweeps: Sequence[SweepRecords]) -> tuple[pd.DataFrame, list[Col
             raise ReportError(
                 f"sweep {sweep.name!r} (parent run {sweep.parent_run_id}) has no trial with {sweep.metric}"
             )
-        trials["sweep"], trials["row_key"] = sweep.name, row_keys(trials)
+        ablation = sweep.config["search"].get("ablation") or {}
+        ablated = [*(ablation.get("baseline") or {}), *(ablation.get("vary") or {})]
+        trials["sweep"], trials["row_key"] = sweep.name, row_keys(trials, ablated)
         frames.append(trials)
         for language in sweep.languages:
             columns.append(Column(language if len(tasks) == 1 else f"{sweep.task}/{language}", sweep, language))
@@ -110,6 +151,10 @@ def named_trials(sweeps: Sequence[SweepRecords]) -> tuple[pd.DataFrame, list[Col
     keys = [json.loads(k) for k in dict.fromkeys(json.dumps(d, sort_keys=True) for d in trials["row_key"])]
     names = dict(zip((json.dumps(k, sort_keys=True) for k in keys), row_names(keys)))
     trials["row"] = [names[json.dumps(d, sort_keys=True)] for d in trials["row_key"]]
+    if "arm" in trials:  # an ablation's rows in the order of its arms: the baseline first
+        rank = {arm: i for i, arm in enumerate(dict.fromkeys(arm for sweep in sweeps for arm in _arms(sweep)))}
+        trials = trials.sort_values("arm", key=lambda arms: arms.map(lambda a: rank.get(a, len(rank))), kind="stable")
+        trials = trials.reset_index(drop=True)
     if len(sweeps) > 1 and trials.groupby(["row", "language"])["sweep"].nunique().max() > 1:  # same rows, same task
         trials["row"] = trials["sweep"] + ": " + trials["row"]
     return trials, columns
@@ -160,7 +205,10 @@ def cells(
     _mark_best_and_test(table, columns, resamples, seed)
     if baseline is not None:
         _against_baseline(table, columns, baseline, row_keys_of(trials), resamples, seed)
-    table = pd.concat([table, _averages(table, trials, columns)], ignore_index=True)
+    averages = _averages(table, trials, columns)
+    if not averages.empty:
+        _test_averages(averages, table, columns, resamples, seed)
+    table = pd.concat([table, averages], ignore_index=True)
     return paper_cells(table, columns, row_keys_of(trials)), columns
 
 
@@ -282,4 +330,79 @@ def _averages(table: pd.DataFrame, trials: pd.DataFrame, columns: list[Column]) 
         )
     out = pd.DataFrame(lines)
     out["best"] = out["mean"].notna() & (out["mean"] == out["mean"].max())
+    return out
+
+
+def average_deviations(columns: Sequence[Column]) -> list[str]:
+    """Why the average column is not the paper's setting (``[]``: it is, or there is no average): the deviations
+    its languages share; or, where its languages' settings differ, each language's (``jav: the paper's``)."""
+    each = {c.name: c.deviations for c in columns}  # two sweeps of one language: one column
+    if len(each) < 2:
+        return []
+    if len({tuple(d) for d in each.values()}) == 1:
+        return next(iter(each.values()))
+    paper = "the paper's"
+    return [f"{name}: {'; '.join(d) or paper}" for name, d in each.items()]
+
+
+def settings_differ(columns: Sequence[Column]) -> bool:
+    """Whether the languages the average is over are in different settings (data, splits, model)."""
+    return len(columns) > 1 and len({tuple(c.deviations) for c in columns}) > 1
+
+
+def _test_averages(
+    averages: pd.DataFrame, table: pd.DataFrame, columns: list[Column], resamples: int, seed: int
+) -> None:
+    """The average column's significance, as :func:`_mark_best_and_test` and :func:`_against_baseline` give a
+    language's, from the stratified paired bootstrap over the languages (each a
+    :class:`~flare_ray.report.significance.Stratum`): ``p_value`` of its best row against every other row,
+    ``p_holm``, ``significant``; with a baseline (the same row in every language), ``delta``, ``delta_low``,
+    ``delta_high``, ``p_baseline`` and ``p_baseline_holm``. A row without every language's predictions has none."""
+    frames: dict[str, list[list[pd.DataFrame]] | None] = {}
+    for row, mean in zip(averages["row"], averages["mean"]):
+        frames[row] = None if math.isnan(mean) else _row_predictions(table, row, columns)
+
+    def strata(first: str, second: str) -> list[Stratum] | None:
+        if frames.get(first) is None or frames.get(second) is None:
+            return None
+        return [
+            Stratum(a, b, c.sweep.test_metric, TASKS[c.sweep.task].labels or ())
+            for a, b, c in zip(frames[first], frames[second], columns)
+        ]
+
+    scored = averages[averages["mean"].notna()]
+    averages["p_value"] = math.nan
+    if len(scored):
+        best = scored.loc[scored["mean"].idxmax(), "row"]
+        for index, line in scored[scored["row"] != best].iterrows():
+            if (pair := strata(best, line["row"])) is not None:
+                averages.loc[index, "p_value"] = stratified_paired_bootstrap(pair, resamples, seed)
+    averages["p_holm"] = holm(list(averages["p_value"]))
+    averages["significant"] = averages["p_holm"] < LEVEL
+    if "baseline" not in table:
+        return
+    bases = set(table["baseline"].dropna())
+    base = bases.pop() if len(bases) == 1 and not table["baseline"].isna().any() else None
+    averages["baseline"] = base
+    for name in ("delta", "delta_low", "delta_high", "p_baseline"):
+        averages[name] = math.nan
+    if base is not None and base in set(scored["row"]):
+        for index, line in scored[scored["row"] != base].iterrows():
+            if (pair := strata(line["row"], base)) is not None:
+                averages.loc[index, ["delta", "delta_low", "delta_high", "p_baseline"]] = list(
+                    stratified_difference(pair, resamples, seed)
+                )
+    averages["p_baseline_holm"] = holm(list(averages["p_baseline"]))
+
+
+def _row_predictions(table: pd.DataFrame, row: str, columns: list[Column]) -> list[list[pd.DataFrame]] | None:
+    """A row's seeds' test predictions in each language, in the order of ``columns``; None where a language has
+    none."""
+    out = []
+    for column in columns:
+        line = table[(table["row"] == row) & (table["column"] == column.name) & (table["sweep"] == column.sweep.name)]
+        found = _predictions(column.sweep, line.iloc[0]) if len(line) else None
+        if found is None:
+            return None
+        out.append(found)
     return out

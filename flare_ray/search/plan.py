@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from flare_ray.experiment import ExperimentConfig, apply_sample
+from flare_ray.experiment.config import BASELINE_ARM, AblationSpec, arm_name
 from flare_ray.experiment.distributions import flow
 from flare_ray.experiment.space import config_value
 from flare_ray.experiment.training import method_reads
@@ -28,20 +29,21 @@ from .translation import plan_line
 
 @dataclass
 class Search:
-    """One Tune search: a target language and, with a grid and a space, one grid cell."""
+    """One Tune search: a target language and, with a grid (or an ablation) and a space, one cell."""
 
     language: str
     config: ExperimentConfig  # the experiment, with the cell's values written in
-    cell: dict[str, Any] = field(default_factory=dict)  # the grid values this search fixes (grid and space)
+    cell: dict[str, Any] = field(default_factory=dict)  # the values this search fixes (a grid or ablation and a space)
     name: str = ""
+    ablation: AblationSpec | None = None  # the sweep's ablation: names each trial's arm
 
     @cached_property
     def expected_trials(self) -> int:
-        """The trials this search runs: each configuration (every cell of Ray Tune's grid, or each of
-        ``num_samples``) once per seed."""
+        """The trials this search runs: each configuration (every cell of the grid or the ablation's arms, or
+        each of ``num_samples``) once per seed."""
         search = self.config.search
-        if search.grid and not search.space:
-            return len(grid_cells(search.grid, self.config.method.kind)) * len(search.seed_list)
+        if search.cells and not search.space:
+            return len(search_cells(self.config)) * len(search.seed_list)
         return search.num_samples * len(search.seed_list)
 
 
@@ -68,6 +70,50 @@ def grid_cells(grid: dict[str, list[Any]], kind: str = "flare") -> list[dict[str
     return cells
 
 
+def search_cells(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """Every cell the searches of ``config`` run: the grid's (:func:`grid_cells`), or with an ablation
+    (``search.ablation``) every arm, the baseline first, in every cell of the grid (none: the arms alone). As in
+    :func:`grid_cells`, a key the cell's method does not read is left out of it, and cells then the same run
+    once."""
+    search = config.search
+    if search.ablation is None:
+        return grid_cells(search.grid, config.method.kind)
+    cells: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _, arm in search.ablation.arms():
+        for values in itertools.product(*search.grid.values()):
+            cell = {**arm, **dict(zip(search.grid, values))}
+            kind = cell.get("method.kind", config.method.kind)
+            cell = {key: value for key, value in cell.items() if method_reads(kind, key)}
+            known = json.dumps(cell, sort_keys=True, default=str)
+            if known not in seen:
+                seen.add(known)
+                cells.append(cell)
+    return cells
+
+
+def arm_lines(config: ExperimentConfig) -> list[str]:
+    """The ablation's arms, one line each: ``baseline: <its values>``, then ``arm: <key>=<value> (vs baseline)``."""
+    ablation = config.search.ablation
+    if ablation is None:
+        return []
+    arms = ablation.arms()
+    return [f"{BASELINE_ARM}: " + ", ".join(arm_name(k, v) for k, v in arms[0][1].items())] + [
+        f"arm: {name} (vs {BASELINE_ARM})" for name, _ in arms[1:]
+    ]
+
+
+def _cell_label(config: ExperimentConfig, cell: dict[str, Any]) -> str:
+    """A cell in a search's name: its grid values, and with an ablation its arm (``baseline``, ``fusion=add``)."""
+    ablation = config.search.ablation
+    if ablation is None:
+        return _label(cell)
+    arm = ablation.arm_of(cell)
+    changed = arm.partition("=")[0]
+    shown = {k: v for k, v in cell.items() if k in config.search.grid or (arm != BASELINE_ARM and k == changed)}
+    return "_".join(part for part in (BASELINE_ARM if arm == BASELINE_ARM else "", _label(shown)) if part)
+
+
 def _label(cell: dict[str, Any]) -> str:
     text = "_".join(
         f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if not isinstance(value, str) else value}"
@@ -79,11 +125,14 @@ def _label(cell: dict[str, Any]) -> str:
 def plan_searches(config: ExperimentConfig) -> list[Search]:
     """Every search of a sweep, in the order they start. With a grid and a space, each cell's config is
     validated once (every language's search of that cell shares it)."""
-    if not (config.search.grid and config.search.space):
-        return [Search(language, config, {}, f"{config.name}-{language}") for language in config.task.languages]
-    cells = [(cell, _cell_config(config, cell)) for cell in grid_cells(config.search.grid, config.method.kind)]
+    ablation = config.search.ablation
+    if not (config.search.cells and config.search.space):
+        return [
+            Search(language, config, {}, f"{config.name}-{language}", ablation) for language in config.task.languages
+        ]
+    cells = [(cell, _cell_config(config, cell)) for cell in search_cells(config)]
     return [
-        Search(language, cell_config, cell, f"{config.name}-{language}-cell{i}-{_label(cell)}")
+        Search(language, cell_config, cell, f"{config.name}-{language}-cell{i}-{_cell_label(config, cell)}", ablation)
         for language in config.task.languages
         for i, (cell, cell_config) in enumerate(cells)
     ]
@@ -97,7 +146,7 @@ def _cell_config(config: ExperimentConfig, cell: dict[str, Any]) -> ExperimentCo
     space = {key: dist for key, dist in config.search.space.items() if method_reads(method, key)}
     if space == config.search.space:
         return cell_config
-    update = {"space": space} if space else {"space": {}, "grid": {}, "num_samples": 1}  # its values are written in
+    update = {"space": space} if space else {"space": {}, "grid": {}, "ablation": None, "num_samples": 1}  # written in
     search = cell_config.search.model_copy(update=update)
     return cell_config.model_copy(update={"search": search})
 
@@ -135,7 +184,8 @@ class PlanSize:
     """How big a sweep is, counted from its grid's cells without building (and validating) a config per cell:
     what :func:`plan_searches` would give."""
 
-    cells: int  # the grid's cells, less those that differ only in what their method ignores (1: no grid)
+    cells: int  # the grid's cells (or the ablation's arms in them), less those that differ only in what their
+    # method ignores (1: neither)
     searches: int  # per target language: one, or one per cell (a grid and a space)
     trials: int  # per target language
     every_cell_samples: bool = True  # (a grid and a space) every cell's method reads a space key: num_samples each
@@ -149,14 +199,14 @@ def plan_size(config: ExperimentConfig) -> PlanSize:
     """The cells, searches and trials of a sweep (per target language), in time linear in the grid's cells."""
     search = config.search
     seeds = len(search.seed_list)
-    if not search.grid:
+    if not search.cells:
         return PlanSize(1, 1, search.num_samples * seeds)
-    cells = grid_cells(search.grid, config.method.kind)
+    cells = search_cells(config)
     if not search.space:
         return PlanSize(len(cells), 1, len(cells) * seeds)
     reads_space = {  # per method: does it read a space key? (a cell that reads none runs once, _cell_config)
         method: any(method_reads(method, key) for key in search.space)
-        for method in search.grid.get("method.kind", [config.method.kind])
+        for method in {cell.get("method.kind", config.method.kind) for cell in cells}
     }
     sampled = sum(reads_space[cell.get("method.kind", config.method.kind)] for cell in cells)
     runs = sampled * search.num_samples + len(cells) - sampled
@@ -178,10 +228,10 @@ def size_warning(config: ExperimentConfig, size: PlanSize | None = None) -> str 
     total = size.total(languages)
     if total <= LARGE_SWEEP:
         return None
-    factors = [_count(size.cells, "cell")] if search.grid else []
+    factors = [_count(size.cells, "cell")] if search.cells else []
     if search.space:
         factors.append(("" if size.every_cell_samples else "up to ") + _count(search.num_samples, "configuration"))
-    elif not search.grid:
+    elif not search.cells:
         factors.append(_count(search.num_samples, "run"))
     factors += [_count(len(search.seed_list), "seed"), _count(languages, "language")]
     return (
@@ -195,12 +245,21 @@ def _budget(config: ExperimentConfig, size: PlanSize | None = None) -> str:
     search = config.search
     size = size or plan_size(config)
     grid = f"grid of {size.cells} cell(s) ({' x '.join(search.grid)})" if search.grid else ""
+    if search.ablation is not None:  # (1 + its arms), with a grid in each of its cells
+        arms = len(search.ablation.arms())
+        grid = f"ablation of {arms} arms (the baseline + {arms - 1})"
+        if search.grid:
+            grid += f" x grid ({' x '.join(search.grid)}) = {size.cells} cell(s)"
     if search.space:
-        per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of a {grid}" if grid else "")
+        per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of {_a(grid)}" if grid else "")
     else:
         per = grid or f"{search.num_samples} run(s) of the fixed config"
     with_seeds = f" x {len(search.seed_list)} seeds {search.seeds}" if search.seeds else ""
     return f"{per}{with_seeds} = {size.trials} trials per language"
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def dry_run_text(config: ExperimentConfig) -> str:
@@ -228,6 +287,7 @@ def dry_run_text(config: ExperimentConfig) -> str:
         f"# search: {_budget(config, size)} x {len(config.task.languages)} language(s) {config.task.languages}, "
         f"all languages at once; objective {search.metric} ({search.mode})",
         *([f"# {warning}"] if warning else []),
+        *[f"#   {line}" for line in arm_lines(config)],
         f"# sampler: {search.sampler.type} (seed {search.sampler.seed}, {search.sampler.n_startup_trials} random "
         "startup trials)"
         if search.space
@@ -238,7 +298,11 @@ def dry_run_text(config: ExperimentConfig) -> str:
         f"# mlflow: {tracking}, experiment {config.tracking.experiment_name!r}",
         f"# search space ({len(search.space)} key{'s' if len(search.space) != 1 else ''}):",
     ]
-    empty = "(empty: the grid says what varies)" if search.grid else "(empty: every trial runs the fixed config)"
+    empty = (
+        f"(empty: the {'grid' if search.grid else 'ablation'} says what varies)"
+        if search.cells
+        else "(empty: every trial runs the fixed config)"
+    )
     out += [f"  {line}" for line in space_lines(config)] or [f"  {empty}"]
     translation = plan_line(config)
     if translation is not None:

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from flare_ray.experiment.training import METHODS
 from flare_ray.training.timing import OTHER, PHASES, PREFIX, WALL, figures
 
-from .plan import Search, grid_cells
+from .plan import Search, search_cells
 
 FINISHED = {"TERMINATED", "ERROR"}
 
@@ -57,8 +57,8 @@ def search_plan(search: Search, slots: int | None) -> SearchPlan:
         return epochs if METHODS[kind].trains else 1
 
     kind, epochs = config.method.kind, config.training.epochs
-    if spec.grid and not spec.space:
-        cells = grid_cells(spec.grid, kind)
+    if spec.cells and not spec.space:
+        cells = search_cells(config)
         total = sum(units(c.get("method.kind", kind), c.get("training.epochs", epochs)) for c in cells)
         total *= len(spec.seed_list)
     else:

@@ -2,7 +2,8 @@
 language and grid cell. Each search keeps its own searcher state, scheduler and experiment folder.
 
 * **grid, no space**: one search per language over every cell of the grid, each exactly once per seed
-  (:class:`GridCells`: Ray Tune's grid search, one trial at a time);
+  (:class:`GridCells`: Ray Tune's grid search, one trial at a time); an **ablation** (``search.ablation``) is
+  cells too: its baseline and arms (in every cell of a grid given with it), :func:`~.plan.search_cells`;
 * **space** (TPE): ``num_samples`` configurations from Optuna, each run once per seed (Ray Tune's
   ``Repeater``, which reports the mean over the seeds to Optuna); with a grid, every cell is a
   search of its own with its own Optuna study, the cell's values fixed in its config;
@@ -28,11 +29,12 @@ from ray.tune.utils.util import flatten_dict, merge_dicts
 
 from flare_ray.configfile import get_path, set_path
 from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, build_sampler
+from flare_ray.experiment.config import AblationSpec
 from flare_ray.storage import join
-from flare_ray.tracking.mlflow_runs import CELL_TAG, CONFIGURATION_TAG, METHOD_TAG, SCHEMA_TAG, SEED_TAG
+from flare_ray.tracking.mlflow_runs import ARM_TAG, CELL_TAG, CONFIGURATION_TAG, METHOD_TAG, SCHEMA_TAG, SEED_TAG
 
 # What a sweep runs is planned without Ray (the dry run shows it): flare_ray.search.plan.
-from .plan import Search, grid_cells, plan_searches  # noqa: F401 - part of this module's interface
+from .plan import Search, grid_cells, plan_searches, search_cells  # noqa: F401 - part of this module's interface
 
 GRID_CELL = "grid_cell"  # the Tune config key of a grid search's cell (its key paths and values)
 
@@ -172,10 +174,17 @@ def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
 
 
 def describe_trial(
-    sample: dict[str, Any], *, base: dict[str, Any], cell: dict[str, Any], grid: list[str], seeds: list[int | None]
+    sample: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    cell: dict[str, Any],
+    grid: list[str],
+    seeds: list[int | None],
+    ablation: AblationSpec | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """A trial's whole resolved config (``base``, the search's config as JSON, with the trial's sample written
-    in; as nested params) and its MLflow tags: method, seed, grid cell, configuration, schema version."""
+    in; as nested params) and its MLflow tags: method, seed, cell, configuration, schema version, and with an
+    ``ablation`` its arm. ``grid``: the keys a cell sets (the grid's and the ablation's)."""
     sample = seeded(sample, seeds)
     data = copy.deepcopy(base)
     for key, value in sample.items():
@@ -188,6 +197,8 @@ def describe_trial(
         CONFIGURATION_TAG: json.dumps(configuration(sample, cell), sort_keys=True, default=str),
         SCHEMA_TAG: str(SCHEMA_VERSION),
     }
+    if ablation is not None:
+        tags[ARM_TAG] = ablation.arm_of(cell)
     return data, tags
 
 
@@ -225,8 +236,8 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         num_samples = spec.num_samples * len(seeds)
-    elif spec.grid:  # every cell once per seed (cells that differ only in what their method ignores are one)
-        searcher = GridCells(grid_cells(spec.grid, config.method.kind), spec.seeds)
+    elif spec.cells:  # every cell (or arm) once per seed (cells that differ only in what their method ignores are one)
+        searcher = GridCells(search_cells(config), spec.seeds)
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         searcher = InOrder(searcher)

@@ -278,8 +278,9 @@ def _fit(
         describe_trial,
         base=config.model_dump(mode="json"),
         cell=search.cell,
-        grid=list(spec.grid),
+        grid=spec.cell_keys,
         seeds=spec.seed_list,
+        ablation=search.ablation,
     )
     callback = MLflowTrialCallback(
         tracking_uri,

@@ -34,7 +34,7 @@ def mt_roles(config: ExperimentConfig) -> list[str]:
 
 def runs_xmixup(config: ExperimentConfig) -> bool:
     """Does a trial of the sweep run X-Mixup (whose scheduled source reads the back-translated training set)?"""
-    kinds = config.search.grid.get("method.kind") or [config.method.kind]
+    kinds = config.search.cell_values("method.kind") or [config.method.kind]
     return "xmixup" in kinds
 
 

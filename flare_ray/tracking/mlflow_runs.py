@@ -35,6 +35,7 @@ METHOD_TAG = "flare_ray.method"  # method.kind
 SEED_TAG = "flare_ray.seed"  # training.seed
 CELL_TAG = "flare_ray.cell"  # the grid cell, JSON {key.path: value} ({} without a grid)
 CONFIGURATION_TAG = "flare_ray.configuration"  # what the trial varied besides its seed, JSON
+ARM_TAG = "flare_ray.arm"  # an ablation's arm: 'baseline', or the key it changes and its value ('method.lora.r=16')
 SCHEMA_TAG = "flare_ray.schema_version"  # the experiment config's schema version (experiment.SCHEMA_VERSION)
 ADAPTER_PATH = "adapter"
 PREDICTIONS_PATH = "predictions"  # <split>.parquet: per-example predictions
@@ -166,7 +167,10 @@ def share_runs_view(client: MlflowClient, experiment_id: str, search: dict[str, 
     """The key of the experiment's shared view of its runs table for a sweep of ``search`` (the config's
     ``search`` section): sorted by the selection's value, with the columns of what it varies
     (:func:`flare_ray.tracking.urls.runs_view`), written as an experiment tag the UI reads."""
-    varied = [*search.get("grid", {}), *search.get("space", {})] + (["training.seed"] if search.get("seeds") else [])
+    ablated = (search.get("ablation") or {}).get("vary") or {}
+    varied = [*search.get("grid", {}), *ablated, *search.get("space", {})] + (
+        ["training.seed"] if search.get("seeds") else []
+    )
     key, state = runs_view(search.get("metric"), search.get("mode", "max"), varied)
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, state)
     return key

@@ -53,7 +53,7 @@ def test_every_shipped_search_space_validates():
     assert {"quickstart", "rank", "fusion", "layers", "lr", "full"} <= names
     for path in SHIPPED:
         config = load_experiment(path)
-        assert config.search.space or config.search.grid, path
+        assert config.search.space or config.search.grid or config.search.ablation, path
         assert config.search.metric.startswith("validation/")
         assert path.read_text().startswith("#"), f"{path.name}: header comment missing"
         assert "ray job submit" in path.read_text() or path.stem == "quickstart"

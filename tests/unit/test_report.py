@@ -236,7 +236,16 @@ def test_sweeps_of_two_tasks_join_into_one_table_with_a_column_per_task_and_lang
     assert at.loc[("lora", "xnli/sw"), "best"] and at.loc[("flare", "nusax/jav"), "best"]
     assert at.loc[("flare", AVERAGE), "mean"] == pytest.approx((70 + 55) / 2)
     header = [h.strip() for h in markdown(table, columns).splitlines()[0].split("|")[1:-1]]
-    assert header == ["row", "nusax/jav", "nusax/jav p", "xnli/sw", "xnli/sw p", "average", "hyperparameters"]
+    assert header == [
+        "row",
+        "nusax/jav",
+        "nusax/jav p",
+        "xnli/sw",
+        "xnli/sw p",
+        "average",
+        "average p",  # stratified: macro F1 on nusax/jav and accuracy on xnli/sw, averaged
+        "hyperparameters",
+    ]
 
 
 def test_two_sweeps_with_the_same_setting_say_its_footnote_once():
