@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
     from flare_ray.report import ReportError, build_report, log_report
-    from flare_ray.report.significance import RESAMPLES, SEED
     from flare_ray.secrets import redact
+    from flare_ray.significance import RESAMPLES, SEED
     from flare_ray.tracking.mlflow_runs import connect
 
     client = connect(uri)

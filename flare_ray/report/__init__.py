@@ -6,7 +6,8 @@ the best marked, a paired-bootstrap p-value of the best against every other row 
 with a baseline row every row's difference to it and its 95 % interval, the chosen hyperparameters, and
 figures with captions; as Markdown, CSV, LaTeX and a self-contained HTML page, built from MLflow alone.
 
-Its names are imported when first used (PEP 562), so ``python -m flare_ray.report --help`` imports neither
+The paired bootstrap, Δ with its interval and Holm's correction are :mod:`flare_ray.significance` (shared with
+the sweep's adaptive seeds). Its names are imported when first used (PEP 562), so ``python -m flare_ray.report --help`` imports neither
 MLflow, pandas nor matplotlib.
 """
 
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .build import Report, build_report, log_report
     from .records import ReportError, SweepRecords, load_sweep
-    from .significance import Difference, difference, holm, paired_bootstrap
 
 _WHERE = {
     "Report": "build",
@@ -27,22 +27,14 @@ _WHERE = {
     "ReportError": "records",
     "SweepRecords": "records",
     "load_sweep": "records",
-    "Difference": "significance",
-    "difference": "significance",
-    "holm": "significance",
-    "paired_bootstrap": "significance",
 }
 __all__ = [
-    "Difference",
     "Report",
     "ReportError",
     "SweepRecords",
     "build_report",
-    "difference",
-    "holm",
     "load_sweep",
     "log_report",
-    "paired_bootstrap",
 ]
 
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
+from flare_ray.significance import LEVEL, PROCEDURE, RESAMPLES, SEED
 from flare_ray.tasks import TASKS
 from flare_ray.tracking import mlflow_runs
 
 from . import paper, plots
 from .records import ReportError, SweepRecords, load_sweep
 from .render import NOT_PAPER, html_page, latex, markdown, p_value, score
-from .significance import LEVEL, PROCEDURE, RESAMPLES, SEED
 from .table import AVERAGE, Column, average_deviations, cells, named_trials, settings_differ
 
 if TYPE_CHECKING:

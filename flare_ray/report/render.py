@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .significance import LEVEL
+from flare_ray.significance import LEVEL
+
 from .table import AVERAGE, Column, average_deviations
 
 NOT_PAPER = "‡"  # a column whose data, splits or model are not the paper's setting

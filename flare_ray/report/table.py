@@ -7,13 +7,13 @@
 * A **cell** is the mean ± std over those seeds of the gold-test metric of the task (the paper's: accuracy
   for XNLI, exact match for TyDiQA, macro F1 for NusaX), with n, the number of seeds scored on test; the
   best per column is marked, and each other row carries the p-value of the best row against it
-  (:mod:`~flare_ray.report.significance`), Holm-corrected over the column's comparisons; with a **baseline**
+  (:mod:`~flare_ray.significance`), Holm-corrected over the column's comparisons; with a **baseline**
   row, every other row also carries its difference to it (Δ), the Δ's paired-bootstrap 95 % interval and its
   Holm-corrected p-value. A cell also keeps its seeds' scores and the selected configuration's
   hyperparameters (:func:`hyperparameters`).
 * The **average** of a row is over its languages, per seed (seeds scored on every language), then mean ± std.
   Its p-value against the average's best row and its Δ against the baseline row come from a stratified paired
-  bootstrap (:func:`~flare_ray.report.significance.stratified_differences`: each resample draws every language's
+  bootstrap (:func:`~flare_ray.significance.stratified_differences`: each resample draws every language's
   examples within that language), Holm-corrected over the average column's comparisons like any column. It is
   not the paper's setting where a language is not, or where its languages' settings differ
   (:func:`average_deviations`).
@@ -32,11 +32,7 @@ import pandas as pd
 
 from flare_ray.experiment.config import BASELINE_ARM, arm_name
 from flare_ray.selection import best_configuration
-from flare_ray.tasks import TASKS
-
-from .paper import AVERAGE, paper_cells, row_keys_of
-from .records import ReportError, SweepRecords
-from .significance import (
+from flare_ray.significance import (
     LEVEL,
     Stratum,
     difference,
@@ -45,6 +41,10 @@ from .significance import (
     stratified_difference,
     stratified_paired_bootstrap,
 )
+from flare_ray.tasks import TASKS
+
+from .paper import AVERAGE, paper_cells, row_keys_of
+from .records import ReportError, SweepRecords
 
 # Shown for every row beside the keys its selection chose: the recipe's learning rate and LoRA rank
 RECIPE_KEYS = ("training.learning_rate", "method.lora.r")
@@ -355,7 +355,7 @@ def _test_averages(
 ) -> None:
     """The average column's significance, as :func:`_mark_best_and_test` and :func:`_against_baseline` give a
     language's, from the stratified paired bootstrap over the languages (each a
-    :class:`~flare_ray.report.significance.Stratum`): ``p_value`` of its best row against every other row,
+    :class:`~flare_ray.significance.Stratum`): ``p_value`` of its best row against every other row,
     ``p_holm``, ``significant``; with a baseline (the same row in every language), ``delta``, ``delta_low``,
     ``delta_high``, ``p_baseline`` and ``p_baseline_holm``. A row without every language's predictions has none."""
     frames: dict[str, list[list[pd.DataFrame]] | None] = {}

@@ -29,6 +29,7 @@ LAYERS = [
     "baselines",
     "fusion",
     "selection",
+    "significance",
     "configfile",
     "logs",
     "digests",

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flare_ray.report import SweepRecords, paired_bootstrap
+from flare_ray.report import SweepRecords
 from flare_ray.report.plots import bars, optuna_plots
 from flare_ray.report.render import markdown
-from flare_ray.report.significance import resampled_scores
 from flare_ray.report.table import AVERAGE, cells, row_names
+from flare_ray.significance import paired_bootstrap, resampled_scores
 from flare_ray.tasks.metrics import classification_scores, squad_scores
 
 LABELS = ("positive", "neutral", "negative")
@@ -338,7 +338,8 @@ def test_the_latex_table_has_booktabs_rules_and_the_numbers_of_the_markdown_tabl
 
 
 def test_a_baseline_row_gives_every_other_row_its_difference_interval_and_holm_corrected_p():
-    from flare_ray.report import ReportError, difference, holm
+    from flare_ray.report import ReportError
+    from flare_ray.significance import difference, holm
 
     sweep = two_rows()
     table, columns = cells([sweep], resamples=200, seed=3, baseline="lora")
@@ -364,8 +365,8 @@ def test_a_baseline_row_gives_every_other_row_its_difference_interval_and_holm_c
 
 
 def test_p_values_against_the_best_are_holm_corrected_per_column_and_said_so():
-    from flare_ray.report import holm
     from flare_ray.report.build import _notes
+    from flare_ray.significance import holm
 
     rows = [
         ({"method.kind": "flare", "method.lora.r": r}, "jav", s, 80 + r, 60.0 + r + s)

@@ -1,6 +1,6 @@
 """The report's statistics, against hand computations: the difference to a baseline row with its paired-bootstrap
-95 % interval and two-sided p-value (:func:`flare_ray.report.significance.difference`), and Holm's correction of
-a column's p-values (:func:`flare_ray.report.significance.holm`)."""
+95 % interval and two-sided p-value (:func:`flare_ray.significance.difference`), and Holm's correction of
+a column's p-values (:func:`flare_ray.significance.holm`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flare_ray.report.significance import difference, holm, paired_bootstrap, resampled_differences
+from flare_ray.significance import difference, holm, paired_bootstrap, resampled_differences
 
 
 def system(correct: list[int], ids: list[str] | None = None) -> pd.DataFrame:

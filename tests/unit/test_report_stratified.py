@@ -1,5 +1,5 @@
 """The average column's significance: a paired bootstrap stratified by language
-(:func:`flare_ray.report.significance.stratified_difference`, :func:`~flare_ray.report.significance.stratified_paired_bootstrap`)
+(:func:`flare_ray.significance.stratified_difference`, :func:`~flare_ray.significance.stratified_paired_bootstrap`)
 against a hand computation, its interval where one row is better on average and where the languages cancel out,
 and the average column of real report tables (p against the best, Δ vs the baseline with its interval, Holm, ‡)."""
 
@@ -14,11 +14,11 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score
 
 from flare_ray.cli.report import main
-from flare_ray.report import holm, load_sweep
+from flare_ray.report import load_sweep
 from flare_ray.report.build import _notes
 from flare_ray.report.render import markdown
-from flare_ray.report.significance import Stratum, difference, stratified_difference, stratified_paired_bootstrap
 from flare_ray.report.table import AVERAGE, cells
+from flare_ray.significance import Stratum, difference, holm, stratified_difference, stratified_paired_bootstrap
 from tests.unit.test_report import LABELS, random_frame, records
 from tests.unit.test_report_baseline import with_predictions
 from tests.unit.test_report_paper import sweep
