@@ -286,8 +286,8 @@ def did_you_mean(word: str, options: list[str]) -> str:
 def keys_at(root: type, loc: KeyPath) -> list[str]:
     """The keys the section at a pydantic error location accepts (union tags included)."""
     tp: Any = root
-    for part in loc:
-        tp = next((t for t in [_child(m, part) for m in _members(tp)] if t is not None), None)
+    for part in loc:  # a part no member has is a union's tag (search.seeds.adaptive): the same section
+        tp = next((t for t in [_child(m, part) for m in _members(tp)] if t is not None), tp)
     return next((list(m.__pydantic_fields__) for m in _members(tp) if hasattr(m, "__pydantic_fields__")), [])
 
 
@@ -312,7 +312,8 @@ def _child(tp: Any, part: str | int) -> Any:
             if tag and part in typing.get_args(tag.annotation)
             else None
         )
-    return typing.get_args(tp)[-1] if typing.get_origin(tp) in (dict, list) else None
+    origin = typing.get_origin(tp)
+    return typing.get_args(tp)[-1] if origin is dict or (origin is list and isinstance(part, int)) else None
 
 
 def problems_of(err: ValidationError, root: type, prefix: KeyPath = ()) -> list[Problem]:

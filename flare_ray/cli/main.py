@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("flare_ray.cli.translate", "machine-translate a task's splits with NLLB-200 on Ray Data"),
     "report": ("flare_ray.cli.report", "the report of past sweeps, from MLflow alone"),
     "predict": ("flare_ray.cli.predict", "predict on new text with a trial's adapter"),
+    "reproduce": ("flare_ray.cli.reproduce", "run a recorded trial or sweep again and compare it with the original"),
 }
 
 

@@ -40,6 +40,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and search space; train nothing")
     p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="before the sweep (or with --dry-run, instead of it): time a few optimizer steps of each distinct "
+        "(model, method, precision, resources) on the cluster, cached in the storage folder, for the cost "
+        "estimate; without it the step times come from earlier trials' time records in MLflow, if any",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show every library's output on the console, every trial's too (always in the log files)",
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _ready(config, args.dry_run):
         return 2
     if args.dry_run:
-        print(dry_run_text(config))
+        print(dry_run_text(config, _dry_run_cost(config, args.estimate)))
         return 0
     from flare_ray.logs import stop_logging_to_file
     from flare_ray.secrets import redact
@@ -200,11 +207,23 @@ def _sweep(config, args, ending: dict[str, str]) -> int:
         print(f"error: {problem}: no trial could ever start on {where}", file=sys.stderr)
         ending["summary"] = f"error: {problem}: no trial could ever start on {where}"
         return 2
-    console.print(run_plan_text(config, cluster.resources, log))
+    try:
+        estimated = _estimates(config, cluster.resources, args.estimate, console.print)
+    except Exception as err:  # noqa: BLE001 - the sweep goes on without (its trials say what is wrong, if anything)
+        console.print(f"cost: not estimated ({type(err).__name__}: {err})")
+        estimated = []
+    cost = [line for e in estimated for line in e.lines()] if estimated else None
+    console.print(run_plan_text(config, cluster.resources, log, cost))
     guard = _disk_guard(config)
     try:
         with guard or contextlib.nullcontext():
-            summary = run_sweep(config, resume=args.resume, console=console, resources=cluster.resources)
+            summary = run_sweep(
+                config,
+                resume=args.resume,
+                console=console,
+                resources=cluster.resources,
+                estimate=estimated[-1] if estimated and not args.resume else None,  # (a resumed sweep ran before)
+            )
     except BaseException as err:  # a full disk first: it stops the sweep in any of the ways below
         ending["summary"] = f"{'interrupted' if isinstance(err, SweepInterrupted) else 'error'}: {err}"
         if (guard is not None and guard.tripped.is_set()) or is_disk_full(err):
@@ -247,6 +266,46 @@ def _sweep(config, args, ending: dict[str, str]) -> int:
         )
         return 1
     return 0
+
+
+CALIBRATE_AT_ONCE = 8  # calibrations of a setup run at once at most (as many as the sweep's trials at once)
+
+
+def _estimates(config, resources, calibrate: bool, say, tracking: bool = True):
+    """The sweep's cost estimate(s) (:mod:`flare_ray.search.estimate`; adaptive seeds: with min, then max seeds),
+    with the step times known: calibrated (``--estimate``, Ray started), cached, or from earlier trials' records
+    (``tracking``: read the tracking store)."""
+    from flare_ray.search import estimate
+    from flare_ray.tracking.config import resolve_tracking_uri
+
+    counted = estimate.estimates(config, resources)
+    uri = resolve_tracking_uri(config) if tracking else None
+    at_once = sum(min(search.slots, search.trials) for search in counted[-1].searches)  # (the searches share)
+    times = estimate.known_times(config, counted[-1].examples, calibrate, uri, say, min(at_once, CALIBRATE_AT_ONCE))
+    stage1 = bool(times) and estimate.stage1_pending(config, exact=tracking)  # (the dry run imports no torch)
+    return estimate.estimates(config, resources, times, stage1)
+
+
+def _dry_run_cost(config, calibrate: bool) -> list[str]:
+    """The dry run's cost lines, on this machine's resources where the sweep would start a local Ray: with the
+    step times of earlier calibrations (cached), and with ``calibrate`` of new ones (a local Ray runs them). It
+    reads no tracking store (the dry run imports no MLflow; the sweep's own plan reads earlier trials' records)."""
+    from flare_ray.local_ray import starts_a_local_ray
+    from flare_ray.search.estimate import cost_lines
+    from flare_ray.search.plan import this_machine
+
+    resources = this_machine() if starts_a_local_ray() else None
+    if calibrate:
+        quiet_environment(False)
+    try:
+        made = _estimates(config, resources, calibrate, lambda line: print(line, file=sys.stderr), tracking=False)
+    except Exception as err:  # noqa: BLE001 - the dry run shows the rest; the counts say what they can
+        print(f"warning: the cost estimate failed ({type(err).__name__}: {err})", file=sys.stderr)
+        return cost_lines(config, resources)
+    finally:
+        if "ray" in sys.modules:  # a calibration started a local Ray (none when every setup's was cached)
+            _stop_ray()
+    return [line for e in made for line in e.lines()]
 
 
 def _disk_guard(config):

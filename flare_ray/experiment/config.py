@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from flare_ray.baselines import XMixupConfig
 from flare_ray.configfile import FieldError, get_path
@@ -280,6 +280,40 @@ class AblationSpec(_Section):
         return BASELINE_ARM
 
 
+class AdaptiveSeeds(_Section):
+    """Seeds where they decide something (:mod:`flare_ray.search.seeding`): every cell runs ``min`` seeds, then,
+    round by round, one more seed goes to each cell whose comparison with the current best cell is undecided (its
+    paired-bootstrap 95 % interval of the validation difference contains 0), up to ``max``."""
+
+    min: int = Field(ge=1, description="seeds every cell runs")
+    max: int = Field(description="seeds a cell runs at most (more than min)")
+    start: int = Field(0, description="the first seed: the seeds are start, start + 1, ..., start + max - 1")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AdaptiveSeeds":
+        if self.max == self.min:
+            raise FieldError("max", f"equals min ({self.min}): every cell runs the same seeds; list them instead")
+        if self.max < self.min:
+            raise FieldError("max", f"{self.max} is below min ({self.min})")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed a cell may run with, in the order cells get them."""
+        return list(range(self.start, self.start + self.max))
+
+
+def _seeds_kind(value: Any) -> str:
+    return "adaptive" if isinstance(value, (dict, AdaptiveSeeds)) else "list"
+
+
+# search.seeds: a list of seeds, or {min, max} (adaptive); tagged so that a mistake in either is one error
+SEEDS_TAGS = ("list", "adaptive")
+Seeds = Annotated[
+    Annotated[list[int], Tag("list")] | Annotated[AdaptiveSeeds, Tag("adaptive")], Discriminator(_seeds_kind)
+]
+
+
 class SearchSpec(_Section):
     """The search: space, sampler, scheduler, budget and objective."""
 
@@ -296,11 +330,12 @@ class SearchSpec(_Section):
         "one arm per value of vary, each run like a grid cell (once per seed); with a grid, every arm in every "
         "cell; the report compares every arm with the baseline",
     )
-    seeds: list[int] | None = Field(
+    seeds: Seeds | None = Field(
         None,
-        min_length=1,
         description="run every cell, or every sampled configuration, "
-        "once with each training.seed; selection uses the mean over seeds",
+        "once with each training.seed; selection uses the mean over seeds. {min, max, start}: with cells "
+        "and no space, min seeds per cell, then one more per round to each cell still undecided against the "
+        "best cell, up to max (seeds start, start + 1, ...)",
     )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Optuna sampler")
     scheduler: SchedulerSpec | None = Field(None, description="null: every trial runs all epochs")
@@ -342,8 +377,16 @@ class SearchSpec(_Section):
             for other in ("grid", "space"):
                 if key in getattr(self, other):
                     raise FieldError(where, f"is also in search.{other}; a key is either ablated, gridded or sampled")
+        if isinstance(self.seeds, AdaptiveSeeds) and (not self.cells or self.space):
+            raise FieldError(
+                "seeds",
+                "adaptive seeds ({min, max}) compare cells: they need search.grid or search.ablation and no "
+                "search.space; list the seeds instead",
+            )
+        if isinstance(self.seeds, list) and not self.seeds:
+            raise FieldError("seeds", "expected at least one seed")
         if self.seeds is not None:
-            if len(set(self.seeds)) != len(self.seeds):
+            if len(set(self.seed_list)) != len(self.seed_list):
                 raise FieldError("seeds", f"{self.seeds} lists a seed twice")
             for where in ("grid", "space"):
                 if "training.seed" in getattr(self, where):
@@ -359,6 +402,12 @@ class SearchSpec(_Section):
                 "num_samples",
                 f"a grid or an ablation without a space runs each cell once (per seed); got num_samples "
                 f"{self.num_samples}: use search.seeds to repeat cells",
+            )
+        if self.scheduler is not None and self.adaptive_seeds is not None:
+            raise FieldError(
+                "scheduler",
+                "adaptive seeds ({min, max}) compare each cell's best epochs over whole runs; ASHA would stop "
+                "them early: set scheduler: null, or list the seeds",
             )
         if self.scheduler is not None and (self.cells or self.seeds) and not self.scheduler.with_ablation:
             raise FieldError(
@@ -385,8 +434,16 @@ class SearchSpec(_Section):
 
     @property
     def seed_list(self) -> list[int | None]:
-        """The seeds each configuration runs with ([None]: the config's own training.seed, once)."""
+        """The seeds each configuration may run with ([None]: the config's own training.seed, once); with
+        adaptive seeds, all ``max`` of them (a cell runs the first ``min`` to ``max``)."""
+        if isinstance(self.seeds, AdaptiveSeeds):
+            return list(self.seeds.seeds)
         return list(self.seeds) if self.seeds else [None]
+
+    @property
+    def adaptive_seeds(self) -> AdaptiveSeeds | None:
+        """``search.seeds`` as ``{min, max}`` (None: a list of seeds, or none)."""
+        return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
 
 
 class ReportSpec(_Section):
@@ -397,7 +454,8 @@ class ReportSpec(_Section):
         min_length=1,
         description="a row to compare every other row with (its name, e.g. 'flare, fusion=add', or its method, "
         "e.g. lora): the report gives each row's difference to it with a paired-bootstrap 95% interval and "
-        "p-value; null: none, or with search.ablation (and no grid) its baseline arm, the row 'baseline' "
+        "p-value; null: none, or with search.ablation its baseline arm, the row 'baseline' (with a grid, each "
+        "row's difference to the baseline arm of its own grid cell) "
         "(flare-ray report --baseline overrides it)",
     )
 
@@ -472,6 +530,12 @@ class ExperimentConfig(_Section):
                 f"task {self.task.name} reports no {self.search.metric!r}; "
                 f"expected one of {[f'validation/{m}' for m in metrics]}",
             )
+        if self.search.adaptive_seeds is not None and metric == "loss":
+            raise FieldError(
+                ("search", "seeds"),
+                "adaptive seeds compare cells example by example; the validation loss has no per-example "
+                "form here: set search.metric to a task metric, or list the seeds",
+            )
         scheduler = self.search.scheduler
         if scheduler and scheduler.grace_period > self.training.epochs:
             raise FieldError(
@@ -496,8 +560,8 @@ class ExperimentConfig(_Section):
                     ("search", "ablation", "vary"),
                     "every value listed equals the baseline's: expected at least one arm",
                 )
-            if self.report.baseline is None and not self.search.grid:
-                self.report.baseline = BASELINE_ARM  # the report's Δ columns: every arm against the baseline
+            if self.report.baseline is None:  # the report's Δ columns: every arm against the baseline (of its cell)
+                self.report.baseline = BASELINE_ARM
         if "mt" in self.task.splits.values() and self.task.mt_dir is None:  # the sweep translates into its storage
             if is_remote(self.storage_path):
                 raise FieldError(

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from flare_ray.configfile import ConfigFileError, KeyPath, Problem
 from flare_ray.configfile import problems_of as _problems_of
 
-from .config import ExperimentConfig
+from .config import SEEDS_TAGS, ExperimentConfig
 from .distributions import TAGS
 
 
@@ -24,4 +24,6 @@ def problems_of(err: ValidationError, prefix: KeyPath = ()) -> list[Problem]:
     for p in problems:
         if p.path[:2] == ("search", "space") and len(p.path) > 3 and p.path[3] in TAGS:
             p.path = p.path[:3] + p.path[4:]
+        elif p.path[:2] == ("search", "seeds") and len(p.path) > 2 and p.path[2] in SEEDS_TAGS:
+            p.path = p.path[:2] + p.path[3:]  # which form of search.seeds (a list, or {min, max})
     return problems

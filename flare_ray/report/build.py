@@ -172,6 +172,11 @@ def _notes(
             f"Δ vs {baseline}: the row's test score minus {baseline}'s, on the test examples both were scored on "
             f"(each the mean over its seeds), in brackets its paired-bootstrap 95 % interval (the 2.5th and 97.5th "
             f"percentiles over the same {resamples} resamples); p vs {baseline}: two-sided, of no difference."
+            + (
+                f" Each row is compared with the {baseline} row of its own grid cell."
+                if "baseline" in table and table["baseline"].dropna().nunique() > 1
+                else ""
+            )
         )
     average = table[table["column"] == AVERAGE]
     if average["p_value"].notna().any() or ("delta" in average and average["delta"].notna().any()):

@@ -95,7 +95,8 @@ def wide(table: pd.DataFrame, columns: list[Column], bold: tuple[str, str]) -> p
         ]
         if multiple:
             out[f"{name} p"] = [p_value(lines.get(r)) for r in rows]
-            base = next((b for b in (lines[r].get("baseline") for r in lines) if isinstance(b, str)), None)
+            bases = {b for b in (lines[r].get("baseline") for r in lines) if isinstance(b, str)}
+            base = bases.pop() if len(bases) == 1 else "baseline" if bases else None  # several: each cell's own
             if base is not None:
                 out[f"{name} Δ vs {base} [95% CI]"] = [delta(lines.get(r)) for r in rows]
                 out[f"{name} p vs {base}"] = [p_baseline(lines.get(r)) for r in rows]

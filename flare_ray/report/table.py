@@ -270,31 +270,57 @@ def baseline_rows(table: pd.DataFrame, baseline: str, row_keys: dict[str, dict])
     return out
 
 
+def cell_baselines(table: pd.DataFrame, baseline: str, row_keys: dict[str, dict]) -> list[str | None] | None:
+    """In an ablation with a grid (``baseline`` its baseline arm, which is then a row per grid cell): each row's
+    baseline, the row of the same column whose key is the row's with the baseline arm (``fusion=add, r=8`` ->
+    ``baseline, r=8``); None where the rows are not such (one baseline row per column: :func:`baseline_rows`)."""
+    if baseline != BASELINE_ARM:
+        return None
+    keys = [row_keys.get(r) or {} for r in table["row"]]
+    if (
+        not any("arm" in k for k in keys)
+        or sum(k.get("arm") == BASELINE_ARM for k in dict(zip(table["row"], keys)).values()) < 2
+    ):
+        return None
+    cell = lambda key: json.dumps({k: v for k, v in key.items() if k != "arm"}, sort_keys=True, default=str)  # noqa: E731
+    bases = {
+        (column, cell(key)): row
+        for column, row, key in zip(table["column"], table["row"], keys)
+        if key.get("arm") == BASELINE_ARM
+    }
+    return [bases.get((column, cell(key))) for column, key in zip(table["column"], keys)]
+
+
 def _against_baseline(
     table: pd.DataFrame, columns: list[Column], baseline: str, row_keys: dict[str, dict], resamples: int, seed: int
 ) -> None:
-    """Every row's difference to its column's baseline row: ``delta`` (row - baseline, on the examples both
-    were scored on), its 95 % interval (``delta_low``, ``delta_high``), its two-sided p-value (``p_baseline``)
-    and that p-value Holm-corrected over the column's rows (``p_baseline_holm``); ``baseline``: the row."""
-    found = baseline_rows(table, baseline, row_keys)
+    """Every row's difference to its baseline row: ``delta`` (row - baseline, on the examples both were scored
+    on), its 95 % interval (``delta_low``, ``delta_high``), its two-sided p-value (``p_baseline``) and that
+    p-value Holm-corrected over the column's rows (``p_baseline_holm``); ``baseline``: the row. The baseline row
+    is the column's (:func:`baseline_rows`), or in an ablation with a grid, where the baseline arm is a row per
+    grid cell, the baseline arm of the row's own cell (:func:`cell_baselines`)."""
     for name in ("delta", "delta_low", "delta_high", "p_baseline"):
         table[name] = math.nan
-    table["baseline"] = [found.get(c) for c in table["column"]]
+    per_cell = cell_baselines(table, baseline, row_keys)
+    if per_cell is not None:
+        table["baseline"] = per_cell
+    else:
+        found = baseline_rows(table, baseline, row_keys)
+        table["baseline"] = [found.get(c) for c in table["column"]]
     for column in columns:
-        if column.name not in found:
-            continue
-        here = table[(table["column"] == column.name) & table["mean"].notna()]
-        base = here[here["row"] == found[column.name]]
-        theirs = _predictions(column.sweep, base.iloc[0]) if len(base) else None
-        if not theirs:
-            continue
+        here = table[(table["column"] == column.name) & table["mean"].notna() & table["baseline"].notna()]
         labels = TASKS[column.sweep.task].labels
-        for index, line in here.drop(base.index).iterrows():
-            ours = _predictions(column.sweep, line)
-            if ours:
-                table.loc[index, ["delta", "delta_low", "delta_high", "p_baseline"]] = list(
-                    difference(ours, theirs, column.sweep.test_metric, labels, resamples, seed)
-                )
+        for base_row, rows in here.groupby("baseline", sort=False):
+            base = here[here["row"] == base_row]
+            theirs = _predictions(column.sweep, base.iloc[0]) if len(base) else None
+            if not theirs:
+                continue
+            for index, line in rows.drop(base.index, errors="ignore").iterrows():
+                ours = _predictions(column.sweep, line)
+                if ours:
+                    table.loc[index, ["delta", "delta_low", "delta_high", "p_baseline"]] = list(
+                        difference(ours, theirs, column.sweep.test_metric, labels, resamples, seed)
+                    )
     table["p_baseline_holm"] = _holm_per_column(table, "p_baseline")
 
 
@@ -381,13 +407,16 @@ def _test_averages(
     averages["significant"] = averages["p_holm"] < LEVEL
     if "baseline" not in table:
         return
-    bases = set(table["baseline"].dropna())
-    base = bases.pop() if len(bases) == 1 and not table["baseline"].isna().any() else None
-    averages["baseline"] = base
+    # a row's baseline in the average: the one it has in every language (an ablation with a grid: its cell's)
+    bases = table.groupby("row", sort=False)["baseline"].agg(
+        lambda b: b.iloc[0] if b.notna().all() and b.nunique() == 1 else None
+    )
+    averages["baseline"] = [bases.get(row) for row in averages["row"]]
     for name in ("delta", "delta_low", "delta_high", "p_baseline"):
         averages[name] = math.nan
-    if base is not None and base in set(scored["row"]):
-        for index, line in scored[scored["row"] != base].iterrows():
+    for index, line in scored.iterrows():
+        base = bases.get(line["row"])
+        if base is not None and base != line["row"] and base in set(scored["row"]):
             if (pair := strata(line["row"], base)) is not None:
                 averages.loc[index, ["delta", "delta_low", "delta_high", "p_baseline"]] = list(
                     stratified_difference(pair, resamples, seed)

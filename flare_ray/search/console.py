@@ -21,6 +21,7 @@ from typing import Any, Callable
 import ray.tune
 from ray.tune.experiment import Trial
 
+from flare_ray.experiment.config import BASELINE_ARM
 from flare_ray.tracking.callback import trial_error
 from flare_ray.training.checkpoints import REPLAYED_KEY
 
@@ -37,11 +38,20 @@ def _value(value: Any) -> str:
 
 
 def describe(search: Search, config: dict[str, Any]) -> str:
-    """A trial in a few words: its method, what it varied and its seed (``flare fusion=add seed=1``)."""
+    """A trial in a few words: its method, what it varied and its seed (``flare fusion=add seed=1``); in an
+    ablation its arm: ``baseline seed=0`` (the baseline's values are in the dry run and the report), or the one
+    value the arm changes, ``fusion=add seed=0``, with the grid's values where there is a grid too."""
     sample = seeded(config, search.config.search.seed_list)
     varied = configuration(sample, search.cell)
+    words = []
+    if search.ablation is not None:
+        arm = search.ablation.arm_of(varied)
+        changed = arm.partition("=")[0]
+        words = [BASELINE_ARM] if arm == BASELINE_ARM else [f"{changed.rsplit('.', 1)[-1]}={_value(varied[changed])}"]
+        for key in search.ablation.keys:
+            varied.pop(key, None)
     kind = varied.pop("method.kind", None)
-    words = [str(kind)] if kind else []
+    words += [str(kind)] if kind else []
     words += [f"{key.rsplit('.', 1)[-1]}={_value(value)}" for key, value in sorted(varied.items())]
     if "training.seed" in sample and search.config.search.seeds:
         words.append(f"seed={sample['training.seed']}")
@@ -131,7 +141,7 @@ class Console:
         rows = [
             [
                 name,
-                f"{p.done}/{p.planned}",
+                f"{p.done}/{'≤' if p.trials_bound else ''}{p.planned}",
                 p.running,
                 p.pending,
                 p.failed,

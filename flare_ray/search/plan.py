@@ -40,7 +40,7 @@ class Search:
     @cached_property
     def expected_trials(self) -> int:
         """The trials this search runs: each configuration (every cell of the grid or the ablation's arms, or
-        each of ``num_samples``) once per seed."""
+        each of ``num_samples``) once per seed; with adaptive seeds the most it may run (``max`` per cell)."""
         search = self.config.search
         if search.cells and not search.space:
             return len(search_cells(self.config)) * len(search.seed_list)
@@ -254,6 +254,13 @@ def _budget(config: ExperimentConfig, size: PlanSize | None = None) -> str:
         per = f"{search.num_samples} TPE configuration(s)" + (f" in each cell of {_a(grid)}" if grid else "")
     else:
         per = grid or f"{search.num_samples} run(s) of the fixed config"
+    adaptive = search.adaptive_seeds
+    if adaptive is not None:  # min seeds per cell, more where a comparison is undecided: a range of trials
+        seeds = adaptive.seeds
+        return (
+            f"{per} x {adaptive.min} to {adaptive.max} seeds per cell (adaptive, seeds {seeds[0]}..{seeds[-1]}) = "
+            f"{size.cells * adaptive.min} to {size.trials} trials per language"
+        )
     with_seeds = f" x {len(search.seed_list)} seeds {search.seeds}" if search.seeds else ""
     return f"{per}{with_seeds} = {size.trials} trials per language"
 
@@ -262,8 +269,9 @@ def _a(noun: str) -> str:
     return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
-def dry_run_text(config: ExperimentConfig) -> str:
-    """The resolved config (YAML, without the space) and the search space, one line per key."""
+def dry_run_text(config: ExperimentConfig, cost: list[str] | None = None) -> str:
+    """The resolved config (YAML, without the space), the search space, one line per key, and what the sweep
+    will cost (``cost``: :func:`~flare_ray.search.estimate.cost_lines`; None: its counts alone)."""
     search = config.search
     data = config.model_dump(mode="json")
     data["search"].pop("space")
@@ -307,11 +315,19 @@ def dry_run_text(config: ExperimentConfig) -> str:
     translation = plan_line(config)
     if translation is not None:
         out.insert(out.index("# scheduler: " + scheduler), f"# {translation}")
+    out += [f"# {line}" for line in (cost if cost is not None else _cost(config))]
     return "\n".join(out) + "\n"
 
 
-def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) -> str:
-    """What the sweep will run, where, and where its records go: printed when it starts."""
+def _cost(config: ExperimentConfig, resources: dict[str, float] | None = None) -> list[str]:
+    from .estimate import cost_lines  # (it plans with this module)
+
+    return cost_lines(config, resources)
+
+
+def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log, cost: list[str] | None = None) -> str:
+    """What the sweep will run, where, and where its records go, and what it will cost (``cost``: as in
+    :func:`dry_run_text`): printed when it starts."""
     search, scaling = config.search, config.scaling
     languages = config.task.languages
     size = plan_size(config)
@@ -338,6 +354,7 @@ def run_plan_text(config: ExperimentConfig, resources: dict[str, float], log) ->
             f"  MLflow: {redact(resolve_tracking_uri(config))} (experiment '{config.tracking.experiment_name}'); "
             f"storage: {redact(config.storage_path)}",
             f"  logs: {log} (this command); one file per trial under {log.parent}/<search>/",
+            *[f"  {line}" for line in (cost if cost is not None else _cost(config, resources))],
             "",
         ]
     )

@@ -4,7 +4,8 @@
 **Progress.** ``N`` is the plan's (:attr:`~flare_ray.search.plan.Search.expected_trials`); trials the plan has
 not made yet count as pending (a searcher behind a ``ConcurrencyLimiter`` makes them one at a time). The work
 is counted in epochs: a trial of a method that trains nothing is one unit. A scheduler (ASHA) may stop trials
-early: then the epochs still to run, and the ETA, are upper bounds (``≤``).
+early: then the epochs still to run, and the ETA, are upper bounds (``≤``); adaptive seeds (``search.seeds: {min,
+max}``) may end a search before its ``max`` seeds per cell: then the trials are too.
 
 **ETA.** The trial-seconds per epoch so far (each reported trial's time at its last result over the epochs it
 reported: start-up, validation and checkpoints included, measured with the trials that ran beside it), times
@@ -43,6 +44,7 @@ class SearchPlan:
     epochs: int
     slots: int
     early_stopping: bool = False
+    trials_bound: bool = False  # adaptive seeds (search.seeds: {min, max}): ``trials`` is the most it may run
 
     @property
     def per_trial(self) -> float:
@@ -63,8 +65,9 @@ def search_plan(search: Search, slots: int | None) -> SearchPlan:
         total *= len(spec.seed_list)
     else:
         total = search.expected_trials * units(kind, epochs)
-    trials = search.expected_trials
-    return SearchPlan(trials, total, max(1, min(slots or trials, trials)), spec.scheduler is not None)
+    trials, adaptive = search.expected_trials, spec.adaptive_seeds is not None
+    slots = max(1, min(slots or trials, trials))
+    return SearchPlan(trials, total, slots, spec.scheduler is not None or adaptive, trials_bound=adaptive)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class SearchProgress:
     epochs_done: float = 0.0
     epochs: int = 0
     bound: bool = False  # epochs and ETA are upper bounds (a scheduler may stop trials early)
+    trials_bound: bool = False  # so is the trial count (adaptive seeds may end the search early)
     running_left: list[float] = field(default_factory=list)
     queued_left: list[float] = field(default_factory=list)
     slots: int = 1
@@ -107,7 +111,13 @@ class SearchProgress:
 
 def search_progress(plan: SearchPlan, trials: list[TrialState]) -> SearchProgress:
     """A search's progress from its plan and the trials Tune made so far."""
-    out = SearchProgress(planned=plan.trials, epochs=plan.epochs, bound=plan.early_stopping, slots=plan.slots)
+    out = SearchProgress(
+        planned=plan.trials,
+        epochs=plan.epochs,
+        bound=plan.early_stopping,
+        trials_bound=plan.trials_bound,
+        slots=plan.slots,
+    )
     per_trial = plan.per_trial
     for trial in trials:
         if trial.status == "TERMINATED":
@@ -183,8 +193,9 @@ class Progress:
         1 min 40 s`` (with a scheduler that stops trials early: ``≤27 epochs``, ``ETA ≤ ...``)."""
         le = "≤" if self.bound else ""
         done, planned = int(self.total("done")), int(self.total("planned"))
+        most = "≤" if any(p.trials_bound for p in self.searches.values()) else ""
         return (
-            f"progress: {done}/{planned} trials done, {int(self.total('running'))} running, "
+            f"progress: {done}/{most}{planned} trials done, {int(self.total('running'))} running, "
             f"{int(self.total('pending'))} pending, {int(self.total('failed'))} failed; "
             f"{math.floor(self.total('epochs_done'))}/{le}{int(self.total('epochs'))} epochs; "
             f"{duration(elapsed)} elapsed, {self.when()}"

@@ -31,12 +31,22 @@ from flare_ray.configfile import get_path, set_path
 from flare_ray.experiment import SCHEMA_VERSION, DefineByRun, build_sampler
 from flare_ray.experiment.config import AblationSpec
 from flare_ray.storage import join
-from flare_ray.tracking.mlflow_runs import ARM_TAG, CELL_TAG, CONFIGURATION_TAG, METHOD_TAG, SCHEMA_TAG, SEED_TAG
+from flare_ray.tracking.mlflow_runs import (
+    ARM_TAG,
+    CELL_TAG,
+    CONFIGURATION_TAG,
+    METHOD_TAG,
+    SCHEMA_TAG,
+    SEED_REASON_TAG,
+    SEED_TAG,
+)
 
 # What a sweep runs is planned without Ray (the dry run shows it): flare_ray.search.plan.
+from .estimate import trial_slots  # the cost estimate lays the trials onto the same slots
 from .plan import Search, grid_cells, plan_searches, search_cells  # noqa: F401 - part of this module's interface
 
 GRID_CELL = "grid_cell"  # the Tune config key of a grid search's cell (its key paths and values)
+SEED_REASON = "seed_reason"  # with adaptive seeds, the Tune config key of why a trial runs (flare_ray.search.seeding)
 
 
 class SeedRepeater(Repeater):
@@ -150,7 +160,8 @@ class InOrder(SearchGenerator):
         spec = copy.deepcopy(experiment_spec)
         spec["config"] = merge_dicts(spec["config"], copy.deepcopy(suggested))
         self._counter += 1
-        tag = f"{self._counter}_{format_vars(_resolve_nested_dict(spec['config']))}"
+        shown = {k: v for k, v in spec["config"].items() if k != SEED_REASON}  # a sentence: not in folder names
+        tag = f"{self._counter}_{format_vars(_resolve_nested_dict(shown))}"
         return _create_trial_from_spec(
             spec, self._parser, evaluated_params=flatten_dict(suggested), experiment_tag=tag, trial_id=trial_id
         )
@@ -166,6 +177,7 @@ class InOrder(SearchGenerator):
 def seeded(sample: dict[str, Any], seeds: list[int | None]) -> dict[str, Any]:
     """A trial's Tune config as key paths: the Repeater's index (``__trial_index__``) becomes ``training.seed``."""
     sample = dict(sample)
+    sample.pop(SEED_REASON, None)
     sample.update(sample.pop(GRID_CELL, None) or {})
     index = sample.pop(TRIAL_INDEX, None)
     if index is not None and seeds[index] is not None:
@@ -184,7 +196,9 @@ def describe_trial(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """A trial's whole resolved config (``base``, the search's config as JSON, with the trial's sample written
     in; as nested params) and its MLflow tags: method, seed, cell, configuration, schema version, and with an
-    ``ablation`` its arm. ``grid``: the keys a cell sets (the grid's and the ablation's)."""
+    ``ablation`` its arm, with adaptive seeds why it ran. ``grid``: the keys a cell sets (the grid's and the
+    ablation's)."""
+    reason = sample.get(SEED_REASON)
     sample = seeded(sample, seeds)
     data = copy.deepcopy(base)
     for key, value in sample.items():
@@ -199,6 +213,8 @@ def describe_trial(
     }
     if ablation is not None:
         tags[ARM_TAG] = ablation.arm_of(cell)
+    if reason:
+        tags[SEED_REASON_TAG] = str(reason)
     return data, tags
 
 
@@ -212,12 +228,7 @@ def concurrency(search: Search, resources: dict[str, float], searches: int = 1) 
     many Train runs (``scaling.num_workers`` workers each) as the cluster's ``resources`` hold, shared by the
     ``searches`` that run together. (Tune alone would start every trial at once: a trial's own actor only
     waits on its Train run and asks for almost nothing.) None: the trials ask for no resource."""
-    spec, scaling = search.config.search, search.config.scaling
-    if spec.max_concurrent_trials:
-        return spec.max_concurrent_trials
-    need = {k: v * scaling.num_workers for k, v in scaling.resources_per_worker().items() if v > 0}
-    fits = [int(resources.get(k, 0.0) // v) for k, v in need.items()]
-    return max(1, min(fits) // max(searches, 1)) if fits else None
+    return trial_slots(search.config, resources, searches)
 
 
 def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.tune.TuneConfig, dict[str, Any]]:
@@ -237,7 +248,20 @@ def tune_config(search: Search, max_concurrent: int | None = None) -> tuple[ray.
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         num_samples = spec.num_samples * len(seeds)
     elif spec.cells:  # every cell (or arm) once per seed (cells that differ only in what their method ignores are one)
-        searcher = GridCells(search_cells(config), spec.seeds)
+        if spec.adaptive_seeds is not None:  # seeds where they decide something: round by round
+            from .seeding import AdaptiveCells
+
+            searcher = AdaptiveCells(
+                search_cells(config),
+                spec.adaptive_seeds,
+                spec.metric,
+                spec.mode,
+                folder=search_path(search),
+                storage_path=config.storage_path,
+                ablation=search.ablation,
+            )
+        else:
+            searcher = GridCells(search_cells(config), spec.seeds)
         if max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         searcher = InOrder(searcher)

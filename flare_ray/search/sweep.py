@@ -35,6 +35,7 @@ from flare_ray.tracking.callback import MLflowTrialCallback
 from .concurrent import SearchControl, SearchesSaved, run_concurrently, set_checkpoint_period
 from .console import Console
 from .console import describe as label_trial
+from .estimate import Estimate, versus
 from .plan import dry_run_text
 from .progress import search_plan as progress_plan
 from .progress import time_account
@@ -50,6 +51,7 @@ from .resume import (
     write_plan,
 )
 from .searches import Search, concurrency, describe_trial, plan_searches, search_path, tune_config
+from .seeding import SeedCheckpoints, adaptive_searcher, ended_early, log_decisions
 from .summary import LanguageResult, NoTrialReported, SweepSummary, select_best, trial_rows
 from .trial import DRIVER_RESOURCE, drivers_on_head, run_trial, score_checkpoint, trial_log, trial_resources
 
@@ -69,9 +71,11 @@ def run_sweep(
     resume: bool = False,
     console: Console | None = None,
     resources: dict[str, float] | None = None,
+    estimate: Estimate | None = None,
 ) -> SweepSummary:
     """``resources``: what the cluster holds at most (an autoscaling cluster's, as it may grow), which sets how
-    many trials run at once; None: its current resources."""
+    many trials run at once; None: its current resources. ``estimate``: what the sweep was estimated to cost,
+    logged on the parent run beside the actual (``estimate/*``) once the trials end."""
     keep_out_of_runtime_envs()  # the trials inherit the AWS credentials; Ray would log them
     console = console or Console()
     folder = local_folder(config.storage_path)
@@ -164,6 +168,22 @@ def run_sweep(
             before,
         )
         mlflow_runs.log_scores(client, parent, summary.timing.metrics())
+        if estimate is not None:  # beside the actual: what it estimates (the trials, stage 1), and all in all
+            actual = summary.timing.wall + before.get("stage 1", 0.0)
+            total = {
+                "estimate/actual_seconds": actual,
+                "sweep/total_wall_seconds": summary.timing.wall + sum(before.values()),
+            }
+            mlflow_runs.log_scores(client, parent, {**estimate.metrics(), **total})
+            if estimate.timed:
+                extra = (
+                    f" (and translation {before['translation']:.0f} s, not estimated)"
+                    if "translation" in before
+                    else ""
+                )
+                console.print(versus(estimate.wall(), actual) + extra)
+        for search in searches.values():  # adaptive seeds: each round's decisions, beside the sweep's report
+            log_decisions(client, parent, search)
         for language in config.task.languages:
             mine = [s for s in searches.values() if s.language == language]
             rows = [row for s in mine for row in trial_rows(grids[s.name], s, config.search.metric, config.search.mode)]
@@ -294,6 +314,7 @@ def _fit(
         label=partial(label_trial, search),
     )
     tune, param_space = tune_config(search, max_concurrent)
+    adaptive = adaptive_searcher(tune.search_alg)  # adaptive seeds: it reads each finished trial's checkpoint
     write_plan(folder, search_plan(search, stage1))
     tuner = ray.tune.Tuner(
         trainable,
@@ -306,7 +327,12 @@ def _fit(
             # every epoch checkpoints (the latest holds the best adapter); the one before is where a restart
             # falls back when the latest is damaged (flare_ray.training.checkpoints)
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[SearchControl(search.name, signs=True), callback, shown],
+            callbacks=[
+                SearchControl(search.name, signs=True),
+                callback,
+                shown,
+                *([SeedCheckpoints(adaptive)] if adaptive else []),
+            ],
             verbose=0,
         ),
     )  # has written tuner.pkl
@@ -316,7 +342,7 @@ def _fit(
 
 def _finished(grid, search: Search):
     """Tune returns normally when its loop ends early: tell that apart from a finished search."""
-    if grid.num_terminated + grid.num_errors < search.expected_trials:
+    if grid.num_terminated + grid.num_errors < search.expected_trials and not ended_early(search):
         raise SweepInterrupted(
             f"search {search.name} stopped after {grid.num_terminated + grid.num_errors} of {search.expected_trials} "
             "trials; its state is saved: run the same command with --resume to continue"

@@ -2,7 +2,7 @@
 
 * The parent run (one per sweep, found again by its tag on ``--resume``) holds
   the resolved config, the search space, the git commit, package versions, the
-  data provenance per language, the stage-1 adapter, and at the end the best
+  data provenance per language, the hardware, the stage-1 adapter, and at the end the best
   trial per language (:func:`log_best`) and the averages (:func:`end_sweep`).
 * The child runs, one per trial, are written by
   :class:`~flare_ray.tracking.callback.MLflowTrialCallback`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ LANGUAGE_TAG = "flare_ray.language"
 SEARCH_TAG = "flare_ray.search"  # the search (one Tuner: a language and grid cell) a trial belongs to
 METHOD_TAG = "flare_ray.method"  # method.kind
 SEED_TAG = "flare_ray.seed"  # training.seed
+SEED_REASON_TAG = "flare_ray.seed_reason"  # with adaptive seeds (search.seeds: {min, max}): why the trial ran
 CELL_TAG = "flare_ray.cell"  # the grid cell, JSON {key.path: value} ({} without a grid)
 CONFIGURATION_TAG = "flare_ray.configuration"  # what the trial varied besides its seed, JSON
 ARM_TAG = "flare_ray.arm"  # an ablation's arm: 'baseline', or the key it changes and its value ('method.lora.r=16')
@@ -44,6 +46,7 @@ REPORT_PATH = "report"  # the sweep's report on its parent run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a model-training experiment on its runs table
 MODEL_TRAINING = "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's description in the UI
+HARDWARE_PATH = "hardware.json"  # on the parent run: what the sweep's driver computes on (hardware())
 VIEW_TAG = "flare_ray.runs_view"  # on the parent run: the key of its experiment's shared view of the runs table
 
 PACKAGES = ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "bitsandbytes", "deepspeed")
@@ -57,6 +60,34 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def hardware() -> dict[str, Any]:
+    """What this machine (the sweep's driver) computes on: CPU model and count, GPU names, torch and CUDA
+    versions; on the parent run (``hardware.json``), so ``flare-ray reproduce`` can say what differs."""
+    import platform
+
+    import torch  # a sweep has imported it already; the dry run never calls this
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def git_commit(cwd: Path | None = Path(__file__).parent) -> str:
@@ -158,6 +189,7 @@ def start_parent_run(
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
     client.log_text(run_id, search_space, "search_space.txt")
     client.log_dict(run_id, provenance, "data_provenance.json")
+    client.log_dict(run_id, hardware(), HARDWARE_PATH)
     for name, version in versions().items():
         client.set_tag(run_id, f"version.{name}", version)
     return run_id

@@ -6,7 +6,7 @@ warm-up), gradient clipping at ``training.max_grad_norm``, gradient accumulation
 (``training.precision``: ``torch.autocast``, a gradient scaler for fp16; DeepSpeed's own bf16/fp16 sections),
 the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded), the peak
 memory (the GPU's, else the process's resident set) and where its time went (waiting for the loader's
-batches, and the steps: :attr:`Engine.timing`).
+batches, and the steps: :attr:`Engine.timing`) and its optimizer steps.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Engine:
             loader.sampler.set_epoch(epoch)
         self.model.train()
         accumulation, clip = self.training.grad_accumulation, self.training.max_grad_norm
-        total, count, seen = 0.0, 0, 0
+        total, count, seen, stepped = 0.0, 0, 0, 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = mark = time.perf_counter()
@@ -124,9 +124,11 @@ class Engine:
                 else:
                     self.scaler.scale(loss / accumulation).backward()
             if self.deepspeed:
+                stepped += self.model.is_gradient_accumulation_boundary()  # (its boundaries span epochs)
                 self.model.step()
             elif step % accumulation == 0 or step == len(loader):
                 self._optimizer_step(clip)
+                stepped += 1
             value = loss.item()
             if not math.isfinite(value):  # stop at once: the rest of the trial would train on garbage
                 raise NonFiniteLoss(f"the training loss became {value} at step {step} of epoch {epoch}")
@@ -139,6 +141,7 @@ class Engine:
         self.throughput = {
             "tokens_per_second": seen / seconds if seconds > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(self.device),
+            "optimizer_steps": float(stepped),  # this epoch's (the cost estimate counts them before the sweep)
         }
         return total / max(count, 1)
 

@@ -106,7 +106,7 @@ def test_an_ablation_with_a_grid_runs_every_arm_in_every_cell(tmp_path):
         for _, arm in config.search.ablation.arms()
         for lr in (0.001, 0.01)
     }
-    assert config.report.baseline is None  # several baseline rows (one per cell): the report's is named by hand
+    assert config.report.baseline == "baseline"  # a baseline row per cell: each arm's Δ against its cell's
     # A method that reads no fusion: its arms that differ only in the fusion are one cell (as in a grid)
     lora = search_cells(load(tmp_path, "  grid: {method.kind: [flare, lora]}\n"))
     assert len(lora) == 4 + 2 and {"method.kind": "lora", "method.lora.r": 8} in lora
@@ -201,7 +201,7 @@ def test_the_dry_run_lists_the_arms_and_the_trials(tmp_path, capsys):
         "# search: ablation of 4 arms (the baseline + 3) x 2 seeds [0, 1] = 8 trials per language x 2 language(s)"
         in out
     )
-    lines = [line for line in out.splitlines() if line.startswith("#   ")]
+    lines = [line for line in out.splitlines() if line.startswith(("#   baseline:", "#   arm:"))]
     assert lines == [
         "#   baseline: method.flare.fusion=add_relu, method.lora.r=8",
         "#   arm: method.flare.fusion=add (vs baseline)",
@@ -237,18 +237,34 @@ def test_each_trial_runs_its_arm_and_is_tagged_with_it(tmp_path):
     assert searcher.suggest("done") == GridCells.FINISHED
 
 
+def test_the_console_and_run_names_say_which_arm_a_trial_is(tmp_path):
+    from flare_ray.search.console import describe
+
+    (search, _) = plan_searches(load(tmp_path))
+    searcher = tune_config(search)[0].search_alg.searcher
+    names = [describe(search, searcher.suggest(f"t{i}")) for i in range(4)]
+    assert names == ["baseline seed=0", "fusion=add seed=0", "fusion=mul seed=0", "r=16 seed=0"]
+    # with a grid: the arm, then the cell's grid values
+    (search, _) = plan_searches(load(tmp_path, "  grid: {training.learning_rate: [0.001, 0.01]}\n"))
+    searcher = tune_config(search)[0].search_alg.searcher
+    names = [describe(search, searcher.suggest(f"t{i}")) for i in range(4)]
+    assert names == [
+        "baseline learning_rate=0.001 seed=0",
+        "baseline learning_rate=0.01 seed=0",
+        "fusion=add learning_rate=0.001 seed=0",
+        "fusion=add learning_rate=0.01 seed=0",
+    ]
+
+
 LABELS = ["negative", "neutral", "positive"]
 RIGHT = {"baseline": 0.6, "method.flare.fusion=add": 0.85, "method.flare.fusion=mul": 0.6, "method.lora.r=16": 0.3}
 
 
-def test_the_report_rows_are_the_arms_baseline_first_each_with_its_delta(tmp_path, capsys):
-    """A sweep's records as the sweep logs them (its config, each trial's tags from describe_trial), the baseline's
-    trials logged last: the report's rows are the arms, named by what each changes, the baseline first, every
-    other arm with its Δ against the baseline and the interval."""
-    from flare_ray.cli.report import main as report
-
-    config = load(tmp_path, "", "task.languages=[jav]")
-    (search,) = plan_searches(config)
+def log_sweep(tmp_path, config, right) -> str:
+    """A sweep's records as the sweep logs them (its config, each trial's tags from describe_trial), the
+    baseline's trials logged last; ``right(tags, cell)``: the share of test examples a trial gets right. The
+    tracking URI."""
+    search = plan_searches(config)[0]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("arms")
     parent = client.create_run(experiment, tags={mlflow_runs.SWEEP_TAG: "arms"}).info.run_id
@@ -257,7 +273,8 @@ def test_the_report_rows_are_the_arms_baseline_first_each_with_its_delta(tmp_pat
     gold = [LABELS[i % 3] for i in range(150)]
     searcher = GridCells(search_cells(config), config.search.seeds)
     samples = [searcher.suggest(str(i)) for i in range(search.expected_trials)]
-    for i, sample in enumerate(reversed(samples)):  # the baseline's trials last
+    trials = [(language, sample) for language in config.task.languages for sample in reversed(samples)]
+    for i, (language, sample) in enumerate(trials):  # the baseline's trials last
         _, tags = describe_trial(
             sample,
             base=config.model_dump(mode="json"),
@@ -270,23 +287,31 @@ def test_the_report_rows_are_the_arms_baseline_first_each_with_its_delta(tmp_pat
             **tags,
             MLFLOW_PARENT_RUN_ID: parent,
             mlflow_runs.TRIAL_TAG: f"t{i:04d}",
-            mlflow_runs.LANGUAGE_TAG: "jav",
+            mlflow_runs.LANGUAGE_TAG: language,
         }
         run = client.create_run(experiment, tags=tags).info.run_id
-        right = np.random.default_rng(i).random(150) < RIGHT[tags[mlflow_runs.ARM_TAG]]
+        correct = np.random.default_rng(i).random(150) < right(tags, json.loads(tags[mlflow_runs.CELL_TAG]))
         frame = pd.DataFrame({"id": [f"e{k}" for k in range(150)], "gold": gold})
-        frame["prediction"] = [g if r else LABELS[(LABELS.index(g) + 1) % 3] for g, r in zip(gold, right)]
+        frame["prediction"] = [g if r else LABELS[(LABELS.index(g) + 1) % 3] for g, r in zip(gold, correct)]
         frame["correct"] = (frame["gold"] == frame["prediction"]).astype(float)
         (tmp_path / run).mkdir()
         frame.to_parquet(tmp_path / run / "test.parquet")
         client.log_artifact(run, str(tmp_path / run / "test.parquet"), mlflow_runs.PREDICTIONS_PATH)
         client.log_metric(run, "validation/macro_f1", 50.0 + i, step=1)
-        client.log_metric(run, "test/macro_f1", 100 * right.mean())
+        client.log_metric(run, "test/macro_f1", 100 * correct.mean())
         client.set_terminated(run)
     client.set_terminated(parent)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
+
+def test_the_report_rows_are_the_arms_baseline_first_each_with_its_delta(tmp_path, capsys):
+    """The report's rows are the arms, named by what each changes, the baseline first, every other arm with its
+    Δ against the baseline and the interval."""
+    from flare_ray.cli.report import main as report
+
+    config = load(tmp_path, "", "task.languages=[jav]")
+    uri = log_sweep(tmp_path, config, lambda tags, cell: RIGHT[tags[mlflow_runs.ARM_TAG]])
     out = tmp_path / "report"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert report(["arms", "--tracking-uri", uri, "--output", str(out), "--resamples", "200"]) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "report.csv")
@@ -296,6 +321,41 @@ def test_the_report_rows_are_the_arms_baseline_first_each_with_its_delta(tmp_pat
     add, r16 = jav.iloc[1], jav.iloc[3]
     assert add["delta"] > 0 and add["delta_low"] > 0 and r16["delta"] < 0 and r16["delta_high"] < 0
     assert "| jav Δ vs baseline [95% CI]" in printed
+
+
+def test_with_a_grid_each_arm_is_compared_with_the_baseline_of_its_own_cell(tmp_path):
+    """An ablation in every cell of a grid (Table 3's shape): the baseline arm is a row per cell, and each arm's Δ
+    is against the baseline of its own cell: at learning rate 0.01 every arm gets 25 points more right, so
+    comparing across cells would show it; within its cell ``fusion=mul`` is the baseline's equal."""
+    from flare_ray.report import build_report
+
+    config = load(tmp_path, "  grid: {training.learning_rate: [0.001, 0.01]}\n")  # jav and sun
+    assert config.report.baseline == "baseline"
+
+    def right(tags, cell):
+        return RIGHT[tags[mlflow_runs.ARM_TAG]] + (0.25 if cell["training.learning_rate"] == 0.01 else 0.0)
+
+    uri = log_sweep(tmp_path, config, right)
+    report = build_report(MlflowClient(uri), ["arms"], tmp_path / "report", resamples=200)
+    jav = report.table[report.table["column"] == "jav"].set_index("row")
+    assert set(list(jav.index)[:2]) == {"baseline, learning_rate=0.001", "baseline, learning_rate=0.01"}
+    for row, line in jav.iterrows():
+        lr = row.rsplit("=", 1)[-1]
+        assert line["baseline"] == f"baseline, learning_rate={lr}"
+        if row.startswith("baseline"):
+            assert np.isnan(line["delta"])
+    high, low = jav.loc["fusion=add, learning_rate=0.01"], jav.loc["fusion=mul, learning_rate=0.001"]
+    assert high["delta_low"] > 0 and low["delta_low"] < 0 < low["delta_high"]  # not +25 points from another cell
+    assert jav.loc["r=16, learning_rate=0.01", "delta_high"] < 0
+    averages = report.table[report.table["column"] == "average"].set_index("row")
+    assert averages.loc["fusion=add, learning_rate=0.001", "baseline"] == "baseline, learning_rate=0.001"
+    assert averages.loc["fusion=add, learning_rate=0.01", "delta_low"] > 0  # stratified over jav and sun
+    assert (
+        averages.loc["fusion=mul, learning_rate=0.01", "delta_low"]
+        < 0
+        < averages.loc["fusion=mul, learning_rate=0.01", "delta_high"]
+    )
+    print(report.markdown)
 
 
 def test_the_shipped_ablation_yaml_and_its_toy_command(tmp_path):

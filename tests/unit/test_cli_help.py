@@ -18,8 +18,13 @@ from flare_ray.cli.main import main as front_end
 VERBOSE_MEANING = "also show every library's output on the console"
 # Flags that once meant what --verbose / --dry-run mean, or that would say it a second way.
 OTHER_SPELLINGS = {"--check", "--log-level", "--quiet", "-q", "-v", "--debug", "--validate", "--plan"}
-HAS_VERBOSE = {"tune", "stage1", "translate", "predict"}  # their libraries' output is kept off the console
-HAS_DRY_RUN = {"tune", "translate", "predict"}  # the commands that check their inputs and plan before doing it
+HAS_VERBOSE = {"tune", "stage1", "translate", "predict", "reproduce"}  # their libraries' output is kept off the console
+HAS_DRY_RUN = {
+    "tune",
+    "translate",
+    "predict",
+    "reproduce",
+}  # the commands that check their inputs and plan before doing it
 
 
 def parser_of(name: str) -> argparse.ArgumentParser:

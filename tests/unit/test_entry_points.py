@@ -19,7 +19,7 @@ from flare_ray.cli import tune as cli_tune
 from tests.helpers import REPO
 
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
-COMMANDS = ["tune", "stage1", "translate", "report", "predict"]
+COMMANDS = ["tune", "stage1", "translate", "report", "predict", "reproduce"]
 
 
 # --- flare-ray -------------------------------------------------------------------------------------------
