@@ -92,8 +92,9 @@ def check_make(argv: list[str]) -> None:
 
 
 def needs_elsewhere(argv: list[str]) -> bool:
-    """A line whose dry run would need a service or a file the docs make first: parse it only."""
-    return any("://" in word or "outputs/" in word or word.isupper() for word in argv)
+    """A line whose dry run would need a service or a file the docs make first, or start a Ray to calibrate step
+    times (``--estimate``): parse it only."""
+    return any("://" in word or "outputs/" in word or word.isupper() or word == "--estimate" for word in argv)
 
 
 def check_command(name: str, argv: list[str], remote: bool = False) -> None:
