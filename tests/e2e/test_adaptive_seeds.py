@@ -3,8 +3,10 @@ baseline (learning rate 2e-2): one that cannot learn in three epochs (1e-6), one
 batch size), and ``search.seeds: {min: 2, max: 3}``, on a local Ray and a real MLflow store: the arm that cannot
 learn is decided against the best after its first two seeds and runs no third, the baseline and its twin each run
 a third, every child run says why it ran (``flare_ray.seed_reason``), each round's decisions are on the parent run
-(``seeds/<search>.json``), and the sweep finishes (8 of at most 9 trials: not "interrupted"). Slow (about 80 s); CI
-runs it."""
+(``seeds/<search>.json``), and the sweep finishes (8 of at most 9 trials: not "interrupted"). It is also the
+ablation's end-to-end test: each child run is tagged with its arm, and the report made at the end has the arms as
+rows, the baseline first, each other arm with its Δ against the baseline (``report.baseline`` left to its default)
+and the interval, and each row's seed count. Slow (about 80 s); CI runs it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from mlflow.artifacts import download_artifacts
 
 from tests.sweeps import mlflow_runs, run_tune
 
@@ -54,3 +58,21 @@ def test_adaptive_seeds_spend_no_third_seed_on_an_arm_that_cannot_learn(tmp_path
     stuck = next(c for c in record["rounds"][0]["cells"] if c["cell"]["training.learning_rate"] == 1.0e-6)
     assert stuck["next_seed"] is None and stuck["high"] < 0  # decided: clearly worse than the best
     assert "interrupted" not in done.stdout + done.stderr
+    for child in children:  # each trial's arm: what its values change from the baseline
+        lr, batch = child.data.params["training.learning_rate"], child.data.params["training.eval_batch_size"]
+        expected = {("1e-06", "32"): "training.learning_rate=1e-06", ("0.02", "64"): "training.eval_batch_size=64"}
+        assert child.data.tags["flare_ray.arm"] == expected.get((lr, batch), "baseline"), (lr, batch)
+
+    download_artifacts(
+        run_id=parent.info.run_id,
+        artifact_path="report",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        dst_path=str(tmp_path / "downloads"),
+    )
+    table = pd.read_csv(tmp_path / "downloads" / "report" / "report.csv")
+    jav = table[table["column"] == table["column"].iloc[0]]
+    assert list(jav["row"]) == ["baseline", "learning_rate=1e-06", "eval_batch_size=64"]
+    assert list(jav["n"]) == [3, 2, 3]  # the seeds each row got
+    assert set(jav["baseline"]) == {"baseline"} and jav["delta"].iloc[1:].notna().all()
+    assert (jav["delta_low"] <= jav["delta"]).iloc[1:].all() and (jav["delta"] <= jav["delta_high"]).iloc[1:].all()
+    assert "Δ vs baseline" in done.stdout
