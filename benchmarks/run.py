@@ -8,7 +8,9 @@ tests: nothing here asserts a time).
    input-level fusion on one model and the same batches (``benchmarks/steps.py``);
 2. trial start-up: seconds from a trial's start (and from its process's start) to its first training step,
    for the first trial of a sweep and the later ones (``startup/*`` metrics of a real sweep's MLflow runs);
-3. ``--dry-run`` of the quickstart, in a fresh process; 4. the quickstart's wall time (not with --small).
+3. ``--dry-run`` of the quickstart, in a fresh process; 4. the quickstart's wall time (not with --small);
+5. the padding among the computed positions of NusaX Javanese's training batches, plain and length-grouped
+   (``benchmarks/padding.py``: no model, seconds).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the Markdown file the results are appended to ('-': none)",
     )
     args = parser.parse_args(argv)
+    import padding
     import steps
     import torch
     import transformers
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.small:
             print("4. the quickstart", flush=True)
             wall = tune(Path(tmp) / "quickstart")
+    print("5. padding among the computed positions, NusaX jav (plain shuffle, group_by_length)", flush=True)
+    padded = padding.measure(epochs=1 if args.small else 2)
     lines = [
         f"## {datetime.date.today()} · {platform.node()} · {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}",
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if wall is not None:
         lines.append(f"- the quickstart (`python -m flare_ray.tune search_spaces/quickstart.yaml`): {wall:.0f} s")
+    lines += ["", padding.table(padded)]
     report("\n".join(lines) + "\n", args.results)
     return 0
 

@@ -140,6 +140,13 @@ class TrainingSpec(_Section):
         32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers"
     )
     grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
+    group_by_length: bool = Field(
+        False,
+        description="draw the training batches from rows of similar length, as the HF Trainer's group_by_length "
+        "does (transformers' length-grouped sampler: a shuffled window of up to 50 batches, sorted by length, "
+        "seeded by training.seed and the epoch): less padding, the same rows every epoch; a row's length is its "
+        "tokens on the longest side the batch carries (target, source, MT input). false: a plain shuffle",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="autocast of training and scoring: fp32 (none), bf16 (torch.autocast; GPUs with bf16, "

@@ -4,7 +4,8 @@ AdamW on the trainable parameters (a torch optimizer in both engines, so DeepSpe
 transformers' ``get_scheduler`` (``training.lr_scheduler`` with ``warmup_ratio`` of the optimizer steps as
 warm-up), gradient clipping at ``training.max_grad_norm``, gradient accumulation and mixed precision
 (``training.precision``: ``torch.autocast``, a gradient scaler for fp16; DeepSpeed's own bf16/fp16 sections),
-the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded), the peak
+the same in both engines. Each epoch also measures its throughput (tokens/s, padding excluded), the padding
+among the positions its batches made the model compute (target and source sides), the peak
 memory (the GPU's, else the process's resident set) and where its time went (waiting for the loader's
 batches, and the steps: :attr:`Engine.timing`) and its optimizer steps.
 """
@@ -16,7 +17,7 @@ import math
 import resource
 import sys
 import time
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
@@ -48,6 +49,20 @@ def peak_memory_gb(device: torch.device) -> float:
 def tokens(batch: dict[str, torch.Tensor]) -> int:
     """The tokens a batch feeds the model, padding excluded: every attention mask's ones (target and source)."""
     return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
+
+
+def positions(batch: dict[str, torch.Tensor]) -> int:
+    """The positions a batch makes the model compute, padding included: every attention mask's size (target and
+    source; a source row read back from the source cache is counted as computed all the same)."""
+    return int(sum(v.numel() for k, v in batch.items() if k.endswith("attention_mask")))
+
+
+def padding_fraction(batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Padding among the positions the batches make the model compute (0: no padding; 0 for no batches)."""
+    seen = computed = 0
+    for batch in batches:
+        seen, computed = seen + tokens(batch), computed + positions(batch)
+    return 1 - seen / computed if computed else 0.0
 
 
 class Engine:
@@ -106,7 +121,7 @@ class Engine:
             loader.sampler.set_epoch(epoch)
         self.model.train()
         accumulation, clip = self.training.grad_accumulation, self.training.max_grad_norm
-        total, count, seen, stepped = 0.0, 0, 0, 0
+        total, count, seen, computed, stepped = 0.0, 0, 0, 0, 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = mark = time.perf_counter()
@@ -115,6 +130,7 @@ class Engine:
             waited += time.perf_counter() - mark
             faults.step(epoch=epoch, step=step, rank=self.rank)
             seen += tokens(batch)  # counted on the host, before the batch moves to the device
+            computed += positions(batch)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with first_step() if step == 1 else contextlib.nullcontext():
                 with self.autocast():
@@ -142,6 +158,7 @@ class Engine:
             "tokens_per_second": seen / seconds if seconds > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(self.device),
             "optimizer_steps": float(stepped),  # this epoch's (the cost estimate counts them before the sweep)
+            "padding_fraction": 1 - seen / computed if computed else 0.0,  # of the positions computed
         }
         return total / max(count, 1)
 

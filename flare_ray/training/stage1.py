@@ -74,11 +74,14 @@ def fingerprint(experiment: ExperimentConfig) -> str:
     for role in ("train", "validation"):
         records = english_side(task, task.load(role)).select_columns(english)
         digest.update(json.dumps(records.to_dict(), sort_keys=True, default=str).encode())
+    training = stage1.training.model_dump(mode="json", exclude={"eval_batch_size", "source_cache_gb"})
+    if not training["group_by_length"]:  # off (the default): the fingerprints of the folders written before it
+        del training["group_by_length"]
     settings = {
         "model": stage1.model.model_dump(mode="json", exclude={"stage1"}),
         "task": task.name,
         "lora": stage1.method.lora.model_dump(mode="json"),
-        "training": stage1.training.model_dump(mode="json", exclude={"eval_batch_size", "source_cache_gb"}),
+        "training": training,
         "metric": [stage1.search.metric, stage1.search.mode],
         "version": STAGE1_VERSION,
     }

@@ -42,3 +42,4 @@ def test_the_small_benchmark_reports_every_ratio_to_lora(tmp_path):
     assert dict(cached) == {"flare_cached": "100", "flare_mt_cached": "100"}  # every timed step read the cache
     assert re.search(r"first trial [\d.]+ s .* later trials [\d.]+ s", text)
     assert "--dry-run` of the quickstart" in text
+    assert re.search(r"^\| llama \| 32 \| FLARE \| [\d.]+ % \| [\d.]+ % \|$", text, re.M)  # the padding rows

@@ -24,6 +24,7 @@ def test_fingerprint_keys_everything_stage1_depends_on():
         "stage1.training={epochs: 1}",
         "stage1.lora={r: 16}",
         "training.lr_scheduler=constant",
+        "training.group_by_length=true",
     ]
     prints = {fingerprint(config(o)) for o in changed}
     assert len(prints) == len(changed) and base not in prints
