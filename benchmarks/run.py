@@ -9,8 +9,13 @@ tests: nothing here asserts a time).
 2. trial start-up: seconds from a trial's start (and from its process's start) to its first training step,
    for the first trial of a sweep and the later ones (``startup/*`` metrics of a real sweep's MLflow runs);
 3. ``--dry-run`` of the quickstart, in a fresh process; 4. the quickstart's wall time (not with --small);
-5. the padding among the computed positions of NusaX Javanese's training batches, plain and length-grouped
-   (``benchmarks/padding.py``: no model, seconds).
+5. the padding among the computed positions of NusaX Javanese's training batches, plain, length-grouped and
+   padding-free (``benchmarks/padding.py``: no model, seconds);
+6. LoRA and FLARE cached with eager and SDPA attention (``benchmarks/paths.py``; torch.compile too when run
+   alone: compiling takes minutes on a CPU);
+7. the goodput of the quickstart's sweep (with --small: of the start-up sweep), from its parent MLflow run
+   (``benchmarks/goodput.py``);
+then issue 31's CPU rows, as measured in this run, beside the figures the issue started from.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
-TARGETS = {"flare_cached": 1.10, "flare": 1.5}  # step time ÷ LoRA's, at most
+TARGETS = {"flare_cached": 1.10, "flare_mt_cached": 1.15, "flare": 1.5}  # step time ÷ LoRA's, at most
+# issue 31's CPU figures before its changes (benchmarks/RESULTS.md, 2026-12-04 and 2026-12-06; docs/quickstart.md)
+BEFORE = {"llama": 0.327, "xlm-roberta": 0.561, "flare_cached": 1.19, "flare_mt_cached": 1.25, "goodput": 0.50}
 
 
 def tune(storage: Path, *overrides: str, yaml: Path = QUICKSTART, dry_run: bool = False) -> float:
@@ -91,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the Markdown file the results are appended to ('-': none)",
     )
     args = parser.parse_args(argv)
+    import goodput
     import padding
+    import paths
     import steps
     import torch
     import transformers
@@ -129,8 +138,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.small:
             print("4. the quickstart", flush=True)
             wall = tune(Path(tmp) / "quickstart")
+        sweep = ("startup", "startup") if args.small else ("quickstart", "quickstart")
+        good = goodput.read(Path(tmp) / sweep[0] / "mlflow.db", experiment=sweep[1])
     print("5. padding among the computed positions, NusaX jav (plain shuffle, group_by_length)", flush=True)
     padded = padding.measure(epochs=1 if args.small else 2)
+    print("6. attention paths: eager and SDPA (benchmarks/paths.py)", flush=True)
+    attention = paths.measure(
+        args.models,
+        small=args.small,
+        steps=2 if args.small else args.steps,
+        batch_size=batch,
+        max_length=length,
+        paths=paths.UNCOMPILED,
+    )
     lines = [
         f"## {datetime.date.today()} · {platform.node()} · {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}",
@@ -156,9 +176,57 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if wall is not None:
         lines.append(f"- the quickstart (`python -m flare_ray.tune search_spaces/quickstart.yaml`): {wall:.0f} s")
-    lines += ["", padding.table(padded)]
+    lines += [
+        "",
+        padding.table(padded),
+        "",
+        paths.table(attention),
+        "",
+        goodput.table([good], [f"the {good['experiment']} sweep"]),
+        "",
+        issue31(times, padded, good),
+    ]
     report("\n".join(lines) + "\n", args.results)
     return 0
+
+
+def issue31(times: dict, padded: list[dict], good: dict) -> str:
+    """Issue 31's CPU rows: this run's figures beside the issue's starting point and goal."""
+    lora = times["lora"]["seconds"]
+    pad = {(r["tokenizer"], r["batch"], r["method"]): r for r in padded}
+    llama, xlmr = pad.get(("llama", 32, "LoRA")), pad.get(("xlm-roberta", 64, "LoRA"))
+    share = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    rows = [
+        (
+            "padding, tiny Llama tokenizer, NusaX jav, batch 32 (LoRA): plain / group_by_length / its window "
+            "of 8 batches / padding_free",
+            share(BEFORE["llama"]),
+            "≤ 5 %",
+            " / ".join(share(llama[k]) for k in ("plain", "grouped", "windowed", "padding_free")) if llama else "—",
+        ),
+        (
+            "padding, tiny XLM-R tokenizer, batch 64 (LoRA): plain / group_by_length / its window of 8 batches",
+            share(BEFORE["xlm-roberta"]),
+            "≤ 5 %",
+            " / ".join(share(xlmr[k]) for k in ("plain", "grouped", "windowed")) if xlmr else "—",
+        ),
+    ]
+    for kind, goal in (("flare_cached", "≤ 1.10"), ("flare_mt_cached", "≤ 1.15")):
+        if kind in times:
+            rows.append(
+                (f"{kind} ÷ LoRA step, CPU", f"{BEFORE[kind]:.2f}", goal, f"{times[kind]['seconds'] / lora:.2f}")
+            )
+    rows.append(
+        (
+            f"sweep goodput ({good['experiment']}, CPU)",
+            f"{BEFORE['goodput']:.0%} (quickstart)",
+            "≥ 80 %",
+            f"{good['goodput']:.0%}",
+        )
+    )
+    lines = ["Issue 31's CPU rows:", "", "| figure | before | goal | this run |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

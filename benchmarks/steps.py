@@ -84,13 +84,15 @@ def experiment(
     target_modules: tuple[str, ...] = ("query", "value"),
     precision: str = "fp32",
     dtype: str = "float32",
+    attn_implementation: str | None = None,
+    compile: bool = False,
 ) -> ExperimentConfig:
     from flare_ray.experiment import validate_experiment
 
     return validate_experiment(
         {
             "name": "steps",
-            "model": {"name_or_path": base, "stage1": None, "dtype": dtype},
+            "model": {"name_or_path": base, "stage1": None, "dtype": dtype, "attn_implementation": attn_implementation},
             "task": {"name": "nusax", "languages": ["jav"]},
             "method": {
                 "kind": "flare_mt" if kind.startswith("flare_mt") else kind.removesuffix("_cached"),
@@ -106,6 +108,7 @@ def experiment(
                 "max_length": max_length,
                 "seed": 0,
                 "precision": precision,
+                "compile": compile,
                 "source_cache_gb": 4.0 if kind.endswith("_cached") else 0.0,
             },
         },

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Packs, for a GPU machine that has PyTorch but no network (this workplace's lent H200: Python 3.12, torch
-# with CUDA 13), the Python packages flare_ray needs that its image lacks, as xz tarballs small enough to
-# travel with the working tree (at most ~34 MiB each): .devbundle/NN.tar.xz. Run here, where pip reaches
-# PyPI, after `make setup`; on the GPU machine `benchmarks/gpu/unpack.sh` extracts them into /tmp/site.
+# Packs, for a GPU machine that has PyTorch but no network (this workplace's lent GPUs: Python 3.12, torch
+# with CUDA 13), the Python packages flare_ray needs that its image lacks, as two xz tarballs, each small
+# enough to travel with the working tree in one call (at most ~34 MiB; benchmarks/gpu/README.md):
+#   .devbundle/base.tar.xz  everything but Ray (the first call's step benchmarks import no Ray);
+#   .devbundle/ray.tar.xz   Ray (the second call's sweeps).
+# Run here, where pip reaches PyPI, after `make setup`; check.sh extracts them into /tmp/site.
 #
 #   bash benchmarks/gpu/bundle.sh [HAVE_LIST]   # HAVE_LIST: package names the GPU machine already has
 set -euo pipefail
@@ -21,6 +23,7 @@ while IFS== read -r name _ version; do
     case "$n" in torch|triton|nvidia-*|cuda-*|selenium|pytest*|pip|setuptools|sympy|networkx|mpmath) continue;; esac
     # the test and lint tools (moto and its CloudFormation linter, ruff, py-spy, virtualenv) and boto3 (S3 stores): no GPU trial needs them
     case "$n" in moto|cfn-lint|aws-sam-translator|ruff|py-spy|virtualenv|distlib|kubernetes-validate|boto3|botocore|s3transfer) continue;; esac
+    case "$n" in responses|py-partiql-parser|joserfc|aws-xray-sdk|openapi-*|jsonschema-path|lazy-object-proxy|pathable|xmltodict) continue;; esac
     case "$n" in transformers|peft|huggingface-hub|hf-xet|tokenizers|safetensors|accelerate) always=1;; *) always=0;; esac
     if [ "$always" = 0 ] && grep -qx "$n" "$WORK/have.txt"; then continue; fi
     echo "$name==$version"
@@ -43,13 +46,20 @@ for req in "${missing[@]}"; do
     if [ -d "$SITE/$mod" ]; then cp -r "$SITE/$mod" "$WORK/site/"; cp -r "$SITE/$mod"-*.dist-info "$WORK/site/" 2>/dev/null || true
     else echo "not carried: $req"; fi
 done
-# What a headless GPU trial never loads: Ray's Java jar and dashboard front end, bitsandbytes' other back ends.
+# What a headless GPU trial never loads: Ray's Java jar, dashboard front end and RLlib, MLflow's UI, the hub's
+# Xet downloader (offline), bitsandbytes' other back ends.
 S="$WORK/site"
-rm -rf "$S"/ray/jars "$S"/ray/dashboard/client/build "$S"/bin
+rm -rf "$S"/ray/jars "$S"/ray/dashboard/client/build "$S"/ray/rllib "$S"/mlflow/server/js/build "$S"/bin "$S"/hf_xet*
 find "$S/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*cuda132*' ! -name '*cpu*' -delete 2>/dev/null || true
 find "$S" -name __pycache__ -prune -exec rm -rf {} +
-# One xz stream cut into 30 MiB pieces: a call carries what fits beside the working tree, and the pieces
-# already sent stay on a warm machine (benchmarks/gpu/README.md).
-(cd "$S" && tar -cf - . | xz -9e -T2) | split -b 30M -d - "$OUT/part-"
+mkdir -p "$WORK/base" "$WORK/ray"
+mv "$S"/ray "$S"/ray-*.dist-info "$WORK/ray/"
+mv "$S"/* "$WORK/base/"
+for part in base ray; do
+    (cd "$WORK/$part" && tar -cf - . | xz -7 -T2) > "$OUT/$part.tar.xz"
+done
 ls -la "$OUT"
-du -sh "$OUT"
+for part in base ray; do
+    size=$(stat -c %s "$OUT/$part.tar.xz")
+    [ "$size" -le $((34 * 1024 * 1024)) ] || { echo "$part.tar.xz is $((size / 1048576)) MiB: over the ~34 MiB a call carries"; exit 1; }
+done

@@ -10,6 +10,7 @@ once; URIs (``s3://``, ``gs://``, ``file://``) are kept as written.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,7 +27,7 @@ from flare_ray.tracking.config import TrackingSpec
 from flare_ray.translate.config import TranslationSpec
 
 from .distributions import Distribution, with_float_log
-from .training import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec
+from .training import METHODS, LoraSpec, MethodKind, ScalingSpec, Stage1Spec, TrainingSpec, padding_free_problem
 
 # The version of this schema, tagged on every MLflow run (flare_ray.schema_version): 1 before methods,
 # grids and seeds (issue 10), 2 since. Tools that read sweeps (the report) check it.
@@ -52,6 +53,13 @@ class ModelSpec(_Section):
         None,
         description="'task': a classification or span head; 'generative': the LM head writes the answer; "
         "null: task heads for encoders and encoder-decoders, generative for decoders (the paper)",
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        None,
+        description="the attention kernels of the base model (transformers' attn_implementation): 'eager' "
+        "(plain matmuls), 'sdpa' (torch's scaled_dot_product_attention), 'flash_attention_2' (needs the "
+        "flash_attn package and a GPU, bf16/fp16); null: transformers' choice (sdpa where the model supports "
+        "it); the one a trial ran is tagged on its run (flare_ray.attn_implementation)",
     )
     stage1: Literal["auto"] | Path | str | None = Field(
         "auto",
@@ -84,6 +92,12 @@ class ModelSpec(_Section):
         tiny = TINY_FAMILIES.get(self.tiny_architecture or "")
         if self.family and tiny and self.family != tiny:
             raise FieldError("family", f"{self.name_or_path} is of family {tiny!r}; got {self.family!r}")
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise FieldError(
+                "attn_implementation",
+                "'flash_attention_2' needs the flash_attn package, which is not installed here "
+                "(pip install flash-attn, on a CUDA machine); use 'sdpa' or null",
+            )
         return self
 
     @property
@@ -496,6 +510,9 @@ class ExperimentConfig(_Section):
         "task.splits",
         "task.mt_dir",
         "training.epochs",
+        "training.compile",
+        "training.padding_free",
+        "scaling.deepspeed",
         "search",
         "tracking",
         "report.baseline",
@@ -542,6 +559,18 @@ class ExperimentConfig(_Section):
                 ("search", "scheduler", "grace_period"),
                 f"grace period {scheduler.grace_period} is longer than training.epochs ({self.training.epochs})",
             )
+        if self.training.compile and self.scaling.deepspeed is not None:
+            raise FieldError(
+                ("training", "compile"),
+                "torch.compile of the trial's model is for the DDP engine; under scaling.deepspeed set "
+                "DeepSpeed's own compile section instead, or training.compile: false",
+            )
+        if self.training.padding_free:  # the family where known without loading anything (else build_trial checks)
+            family = self.model.family or TINY_FAMILIES.get(self.model.tiny_architecture or "")
+            kind, fusion = self.method.kind, self.method.flare.fusion
+            problem = padding_free_problem(family, self.model.head, kind, fusion)
+            if problem is not None:
+                raise FieldError(("training", "padding_free"), f"true: {problem}; expected false")
         if self.tracking.experiment_name is None:
             self.tracking.experiment_name = self.name
         ablation = self.search.ablation

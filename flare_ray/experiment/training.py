@@ -140,12 +140,30 @@ class TrainingSpec(_Section):
         32, ge=1, description="generation budget of generative (encoder-decoder, decoder) answers"
     )
     grad_accumulation: int = Field(1, ge=1, description="gradient accumulation steps")
-    group_by_length: bool = Field(
+    group_by_length: bool | int = Field(
         False,
         description="draw the training batches from rows of similar length, as the HF Trainer's group_by_length "
         "does (transformers' length-grouped sampler: a shuffled window of up to 50 batches, sorted by length, "
         "seeded by training.seed and the epoch): less padding, the same rows every epoch; a row's length is its "
-        "tokens on the longest side the batch carries (target, source, MT input). false: a plain shuffle",
+        "tokens on the longest side the batch carries (target, source, MT input). true: the Trainer's window "
+        "(min(rows // (4 batches), 50) batches: one batch, so no sorting, on NusaX's 500 rows at batch 64); an "
+        "int: windows of that many batches (larger: less padding, a less random order). false: a plain shuffle",
+    )
+
+    padding_free: bool = Field(
+        False,
+        description="decoders' generative head: each training batch without padding, its sequences end to end in "
+        "one row with position ids restarting per sequence (transformers' DataCollatorWithFlattening; packed "
+        "attention: block-diagonal for sdpa and eager, varlen kernels for flash_attention_2); the source side too "
+        "where no source cache reads it (source_cache_gb 0; with the cache its rows stay padded), FLARE-MT's MT "
+        "input stays padded; FLARE aligns each sequence with its own source; not with cross_attention fusion or "
+        "xmixup. Pays with flash_attention_2 (per-sequence kernels); with sdpa or eager the one row's mask makes "
+        "attention quadratic in the whole batch's tokens. false: rows padded to the batch's longest",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the trial's model (its forward passes and FLARE's fusion hooks; the first "
+        "steps pay for the compilation); off by default: benchmarks/paths.py measures what it gains",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
@@ -168,6 +186,27 @@ class TrainingSpec(_Section):
         if value not in LR_SCHEDULERS:
             raise ValueError(f"unknown learning-rate scheduler {value!r}; expected one of {list(LR_SCHEDULERS)}")
         return value
+
+    @field_validator("group_by_length")
+    @classmethod
+    def _window(cls, value: bool | int) -> bool | int:
+        if not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{value}: expected true, false or a window of at least 1 batch")
+        return value
+
+
+def padding_free_problem(family: str | None, head: str | None, kind: str, fusion: str) -> str | None:
+    """What rules out ``training.padding_free`` for a model of ``family`` (None: not known yet) with ``head`` (None:
+    the family's default) trained by method ``kind`` with FLARE's ``fusion``; None: nothing."""
+    if family is not None and family != "decoder":
+        return f"flattened batches are for decoders' generative head; the model is of family {family!r}"
+    if head == "task":
+        return "flattened batches are for decoders' generative head; model.head is 'task'"
+    if kind == "xmixup":
+        return "X-Mixup mixes padded rows of the two sides; use padded batches (false)"
+    if kind in ("flare", "flare_mt") and fusion == "cross_attention":
+        return "cross_attention fusion attends within a row, which would reach across flattened sequences"
+    return None
 
 
 class Stage1Spec(_Section):

@@ -125,6 +125,8 @@ class CachedSource:
         if inputs is None:
             return None
         ids, mask = inputs
+        if batch.source_position_ids is not None:  # its keys are rows: padding-free batches keep the source padded
+            raise ValueError("the source cache reads padded source rows; got a flattened source (source_position_ids)")
         cache = self.cache
         if cache.device is None:
             cache.device = ids.device

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .alignment import Alignment, align, mask_or_ones, step_alignment
+from .branch import SourceBranch, checkpointed
 from .cache import CachedSource, SourceCache
 from .config import FlareConfig
 from .functions import FUSION_FUNCTIONS, FusionFunction
@@ -51,6 +52,7 @@ class FusionContext:
 
     states: SourceStates
     alignment: Alignment
+    branch: SourceBranch | None = None  # made by forward, before the target pass; else on first use
 
     def for_step(self, total: int, new: int) -> FusionContext:
         """The context of one decoding step (positions ``[total - new, total)``) of this prompt's context."""
@@ -180,9 +182,9 @@ class FlareModel(nn.Module):
                 f"FLARE: {site.name} sees a target of shape {tuple(a_t.shape[:2])} but the fusion context was "
                 f"built for {tuple(context.alignment.fuse.shape)}; call the FlareModel, not the wrapped model"
             )
-        layer, name = site.layer, self.adapter_name
-        x_s = self.source.site_input(context.states, site).to(layer.lora_A[name].weight.dtype)
-        a_s = layer.lora_A[name](layer.lora_dropout[name](x_s)).to(a_t.dtype)
+        if context.branch is None:  # generation: nothing drawn ahead
+            context.branch = self._source_branch(context.states, draw=False)
+        a_s = context.branch.down(site).to(a_t.dtype)
         fusion: FusionFunction = self.fusions[_site_key(site)]
         alignment = context.alignment
         if fusion.positional:
@@ -197,6 +199,14 @@ class FlareModel(nn.Module):
         return (torch.where(where.unsqueeze(-1), fused, a_t),)
 
     # -- source side ---------------------------------------------------------
+    def _source_branch(self, states: SourceStates, draw: bool) -> SourceBranch:
+        """The source branch of one forward (:mod:`~flare_ray.fusion.branch`): the source dropout drawn ahead
+        where ``draw``, FLARE-MT's projection once unless checkpointed blocks must each compute it again."""
+        once = not isinstance(states.hidden, torch.Tensor) or not (
+            self.training and torch.is_grad_enabled() and checkpointed(self.peft_model.get_base_model())
+        )
+        return SourceBranch(self.source, states, self.plan.sites, self.adapter_name, draw=draw, once=once)
+
     def source_states(
         self,
         source_input_ids: torch.Tensor | None = None,
@@ -217,22 +227,32 @@ class FlareModel(nn.Module):
         attention_mask: torch.Tensor | None,
         fusion_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> FusionContext | None:
-        """What the target pass fuses: ``None`` without a source or with fusion disabled."""
+        """What the target pass fuses: ``None`` without a source or with fusion disabled. A decoder's
+        ``position_ids`` without an ``attention_mask``: a flattened (padding-free) target, its sequences
+        aligned one by one with the source's (:func:`~flare_ray.fusion.alignment.align`)."""
         if not self.fusion_enabled or (not self.training and not self.config.source_at_inference):
             return None
         states = source.states(self.source)
         if states is None:
             return None
         target_mask = mask_or_ones(input_ids, attention_mask)
+        flat = self.family is ArchitectureFamily.DECODER and attention_mask is None and position_ids is not None
+        positions = position_ids if flat else None
+        if flat and self.config.fusion == "cross_attention":  # its attention would reach across the sequences
+            raise ValueError("FLARE: cross_attention fusion needs padded batches, not flattened ones (padding_free)")
         if fusion_mask is None:
             fusion_mask = target_mask
             if self.family is ArchitectureFamily.DECODER and labels is not None:
                 fusion_mask = fusion_mask.bool() & (labels == -100)  # the prompt, not the answer
         if self.training and self.config.fusion_probability < 1:  # these instances fuse, the others are plain LoRA
-            chosen = torch.rand(target_mask.shape[0], device=target_mask.device) < self.config.fusion_probability
-            fusion_mask = fusion_mask.bool() & chosen.unsqueeze(-1)
-        return FusionContext(states, align(target_mask, fusion_mask, states.attention_mask))
+            rows = target_mask.shape[0] if positions is None else int((positions == 0).sum())  # a draw a sequence
+            chosen = torch.rand(rows, device=target_mask.device) < self.config.fusion_probability
+            chosen = chosen.unsqueeze(-1) if positions is None else chosen[(positions == 0).long().cumsum(-1) - 1]
+            fusion_mask = fusion_mask.bool() & chosen
+        flat_sides = {"target_positions": positions, "source_positions": states.position_ids}
+        return FusionContext(states, align(target_mask, fusion_mask, states.attention_mask, **flat_sides))
 
     def _decoding_step(self, prompt: FusionContext, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of a decoder in :meth:`generate`: each step fuses only its prompt positions."""
@@ -251,7 +271,13 @@ class FlareModel(nn.Module):
         (``source_input_ids``/``source_attention_mask``, ``source_states``, or FLARE-MT's
         ``mt_input_ids``/``mt_attention_mask``); the other ``kwargs`` go to the peft model."""
         source = SourceBatch.pop_from(kwargs)
-        self._active = self._context(source, input_ids, attention_mask, fusion_mask, kwargs.get("labels"))
+        if attention_mask is None and kwargs.get("position_ids") is not None:  # flattened: read as packed, not cached
+            kwargs.setdefault("use_cache", False)
+        self._active = self._context(
+            source, input_ids, attention_mask, fusion_mask, kwargs.get("labels"), kwargs.get("position_ids")
+        )
+        if self._active is not None:  # its dropout drawn here, outside every (checkpointed) block
+            self._active.branch = self._source_branch(self._active.states, draw=self.training)
         try:
             return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:

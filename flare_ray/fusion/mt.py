@@ -42,7 +42,7 @@ def run_mt_encoder(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: 
 
 class MTSource:
     """Source provider: the frozen MT ``encoder`` on ``mt_input_ids`` and its ``projection``
-    (trainable, ``d_mt -> width``), applied where each site reads the latent translation.
+    (trainable, ``d_mt -> width``), applied where the sites read the latent translation.
 
     The FLARE model registers both modules (its weights are saved as ``mt_projection.*``).
     """
@@ -71,5 +71,6 @@ class MTSource:
         return None if inputs is None else run_mt_encoder(self.encoder, *inputs)
 
     def site_input(self, states: SourceStates, site: FusionSite) -> torch.Tensor:
-        # Inside the fusion hook, so that checkpointed blocks re-run the projection in backward.
+        # Called from the fusion hooks (flare_ray.fusion.branch): once per forward, or in every hook when blocks
+        # are checkpointed, so that each re-run block projects again in backward.
         return self.projection(states.for_site(site.name).to(self.projection.weight.dtype))

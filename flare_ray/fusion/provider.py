@@ -26,6 +26,7 @@ class SourceBatch:
 
     source_input_ids: torch.Tensor | None = None
     source_attention_mask: torch.Tensor | None = None
+    source_position_ids: torch.Tensor | None = None  # a flattened (padding-free) source, without a mask
     source_states: SourceStates | None = None
     mt_input_ids: torch.Tensor | None = None
     mt_attention_mask: torch.Tensor | None = None

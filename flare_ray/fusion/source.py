@@ -39,10 +39,13 @@ class SourceStates:
             translation).
         attention_mask: ``[batch, source_len]``, 1 for real source tokens. Real
             tokens must be contiguous (left or right padding).
+        position_ids: a flattened source (padding-free batches): ``[1, total]``, restarting at 0 at each
+            sequence's first token (``attention_mask`` then all ones); ``None``: padded rows.
     """
 
     hidden: dict[str, torch.Tensor] | torch.Tensor
     attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None = None
 
     def for_site(self, name: str) -> torch.Tensor:
         if isinstance(self.hidden, torch.Tensor):
@@ -57,7 +60,8 @@ class SourceStates:
         hidden = (
             move(self.hidden) if isinstance(self.hidden, torch.Tensor) else {k: move(v) for k, v in self.hidden.items()}
         )
-        return SourceStates(hidden, move(self.attention_mask))
+        positions = None if self.position_ids is None else move(self.position_ids)
+        return SourceStates(hidden, move(self.attention_mask), positions)
 
 
 class _SourcePassDone(Exception):
@@ -110,8 +114,13 @@ def run_source_pass(
     representation: SourceRepresentation,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
 ) -> SourceStates:
-    """Run the frozen base model on the source batch and collect each site's representation."""
+    """Run the frozen base model on the source batch and collect each site's representation.
+
+    ``position_ids``: a flattened (padding-free) decoder batch's, ``[1, total]``; the pass then runs without
+    an attention mask, which transformers reads as sequences packed in one row (a block-diagonal causal mask,
+    or flash attention's varlen kernels)."""
     model = peft_model.get_base_model()
     by_block: dict[int, torch.Tensor] = {}
     by_site: dict[str, torch.Tensor] = {}
@@ -155,9 +164,12 @@ def run_source_pass(
         if plan.family is ArchitectureFamily.DECODER:
             # Position ids follow the mask, as in generation, so left padding does not move the prompt.
             kwargs = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+        mask = attention_mask
+        if position_ids is not None:  # flattened: the sequences packed in one row, read without a mask
+            kwargs["position_ids"], mask = position_ids, None
         with _adapters_disabled(peft_model), _eval_mode(model):
             try:
-                _backbone(model, plan.family)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                _backbone(model, plan.family)(input_ids=input_ids, attention_mask=mask, **kwargs)
             except _SourcePassDone:
                 pass
     finally:
@@ -168,7 +180,7 @@ def run_source_pass(
         hidden = by_site
     else:
         hidden = {site.name: by_block[site.block] for site in plan.sites}
-    return SourceStates(hidden=hidden, attention_mask=attention_mask)
+    return SourceStates(hidden=hidden, attention_mask=attention_mask, position_ids=position_ids)
 
 
 class SourcePass:
@@ -179,7 +191,10 @@ class SourcePass:
 
     def states(self, batch: SourceBatch) -> SourceStates | None:
         inputs = batch.inputs(mt=False)
-        return None if inputs is None else run_source_pass(self.peft_model, self.plan, self.representation, *inputs)
+        if inputs is None:
+            return None
+        positions = batch.source_position_ids
+        return run_source_pass(self.peft_model, self.plan, self.representation, *inputs, position_ids=positions)
 
     def site_input(self, states: SourceStates, site: FusionSite) -> torch.Tensor:
         return states.for_site(site.name)

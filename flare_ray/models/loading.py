@@ -146,6 +146,17 @@ def newly_initialised(model: torch.nn.Module) -> tuple[str, ...]:
     return getattr(model, "newly_initialised_modules", ())
 
 
+def attn_implementation(model: torch.nn.Module) -> str:
+    """The attention kernels ``model`` runs (transformers' ``config._attn_implementation``: ``"eager"``,
+    ``"sdpa"``, ``"flash_attention_2"``, ...), found on the first module with a transformers config, so a
+    peft or FLARE wrapper answers for its base model; ``"unknown"`` for a model without one."""
+    for module in model.modules():
+        found = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if isinstance(found, str):
+            return found
+    return "unknown"
+
+
 def load_model(
     name_or_path: str,
     family: ArchitectureFamily | str,
@@ -156,6 +167,7 @@ def load_model(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     device_map: str | dict | None = None,
+    attn_implementation: str | None = None,
 ):
     """The base model with the right head, and its tokenizer.
 
@@ -166,6 +178,9 @@ def load_model(
     ``AutoModelForQuestionAnswering``); generative heads ignore it (the LM head of
     ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM``). ``quantization="4bit"``
     loads NF4 weights with bitsandbytes and prepares the model for k-bit training (QLoRA).
+    ``attn_implementation``: transformers' attention kernels (``"eager"``, ``"sdpa"``,
+    ``"flash_attention_2"``; ``None``: transformers' choice); :func:`attn_implementation` reads which one
+    the loaded model runs.
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -180,6 +195,8 @@ def load_model(
     head = resolve_head(family, head)
     path = resolve_name_or_path(name_or_path)
     kwargs: dict = {"dtype": DTYPES[dtype]}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:  # where `kernels` is installed, Llama on CUDA would fetch a hub kernel, and fail

@@ -65,6 +65,14 @@ UNPLANNED = (
     ("translation", "num_cpus"),
     ("translation", "num_gpus"),
 )
+# Keys added after plans were first saved: left out of a plan at their default, so that a sweep saved before them
+# resumes with the same plan.
+UNPLANNED_AT_DEFAULT = (  # keys newer than some saved plans: left out where they keep their default (issue 31)
+    (("model", "attn_implementation"), None),
+    (("training", "compile"), False),
+    (("training", "group_by_length"), False),
+    (("training", "padding_free"), False),
+)
 _WHAT_TO_DO = (
     f"run the command without --resume under a new name (--set name=...), or set {KEY_ENV} to the key that wrote it"
 )
@@ -263,6 +271,9 @@ def search_plan(search: Search, stage1: Any = None) -> dict[str, Any]:
         for part in path[:-1]:
             parent = parent.get(part) or {}
         parent.pop(path[-1], None)
+    for (section, key), default in UNPLANNED_AT_DEFAULT:
+        if config[section].get(key, default) == default:
+            config[section].pop(key, None)
     record = {
         "sweep": search.config.name,
         "search": search.name,

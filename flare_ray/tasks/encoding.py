@@ -394,15 +394,47 @@ class TaskEncoder:
                 texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
                 predictions += [self.task.parse(t) for t in texts]
             else:
-                outputs = model(**inputs)
-                if self.task.labels:
-                    predictions += [self.task.labels[i] for i in outputs.logits.argmax(-1).tolist()]
-                else:
-                    predictions += [
-                        _span_text(s, e, m)
-                        for s, e, m in zip(outputs.start_logits.cpu(), outputs.end_logits.cpu(), batch.meta)
-                    ]
+                predictions += self.decode(model(**inputs), batch)
         return predictions
+
+    def decode(self, outputs, batch: Batch) -> list:
+        """A task head's predictions from its ``outputs`` on ``batch`` (a label per row, or an answer span's text):
+        the same from a batch with labels (the evaluation's one pass for metric and loss)."""
+        if self.task.labels:
+            return [self.task.labels[i] for i in outputs.logits.argmax(-1).tolist()]
+        return [
+            _span_text(s, e, m) for s, e, m in zip(outputs.start_logits.cpu(), outputs.end_logits.cpu(), batch.meta)
+        ]
+
+
+def flatten(inputs: dict[str, torch.Tensor], source: bool = True) -> dict[str, torch.Tensor]:
+    """A decoder training batch without padding (``training.padding_free``): transformers'
+    ``DataCollatorWithFlattening`` puts the target's sequences end to end in one row (``input_ids``, ``labels``,
+    ``position_ids`` restarting at 0 at each sequence; no ``attention_mask``, which transformers reads as packed
+    sequences: a block-diagonal causal mask, flash attention's varlen kernels). Each sequence's first label
+    becomes -100 (it is a prompt token's: it was). ``source``: the source prompts too (``source_input_ids``,
+    ``source_position_ids``), else they stay padded (the source cache reads padded rows); FLARE-MT's input
+    stays padded (an encoder reads it)."""
+    from transformers import DataCollatorWithFlattening
+
+    collate = DataCollatorWithFlattening(return_tensors="pt")
+
+    def real(ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        rows = [row[keep] for row, keep in zip(ids, mask.bool())]
+        if any(len(row) == 0 for row in rows):  # the collator would drop the sequence, and the alignment with it
+            raise ValueError("a padding-free batch holds a sequence without tokens")
+        return rows
+
+    mask = inputs["attention_mask"]
+    ids, labels = real(inputs["input_ids"], mask), real(inputs["labels"], mask)
+    flat = collate([{"input_ids": i, "labels": y} for i, y in zip(ids, labels)])
+    out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
+    out.update(input_ids=flat["input_ids"], labels=flat["labels"], position_ids=flat["position_ids"])
+    if source and "source_input_ids" in inputs:
+        sides = collate([{"input_ids": i} for i in real(inputs["source_input_ids"], inputs["source_attention_mask"])])
+        del out["source_attention_mask"]
+        out.update(source_input_ids=sides["input_ids"], source_position_ids=sides["position_ids"])
+    return out
 
 
 def _check_mt_language(mt_tokenizer, language: str) -> None:

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
@@ -39,6 +39,7 @@ from flare_ray.storage import is_remote, local_copy
 
 from .mlflow_runs import (
     ADAPTER_PATH,
+    ATTENTION_TAG,
     CHECKPOINT_TAG,
     DESCRIPTION_TAG,
     LANGUAGE_TAG,
@@ -55,6 +56,9 @@ ERROR_TAG = "flare_ray.error"  # a failed trial's reason, on its MLflow run
 # marked "replayed", the last naming the checkpoint it continues from (the names of
 # flare_ray.training.checkpoints.REPLAYED_KEY and REPLAYED_CHECKPOINT_KEY, which this layer does not import).
 REPLAYED_CHECKPOINT_KEY = "replayed_checkpoint"
+# What a trial's worker found out and reports as a string in a result (its first), tagged on its run: the attention
+# kernels its model runs (the name of flare_ray.training.engine.ATTENTION_KEY).
+RESULT_TAGS = {"model/attn_implementation": ATTENTION_TAG}
 log = logging.getLogger(__name__)
 
 
@@ -316,6 +320,9 @@ class MLflowTrialCallback(Callback):
             if times:
                 self._times[trial.trial_id] = (step, times)
         metrics.update(self._best_so_far(trial.trial_id, result))
+        tags = [RunTag(tag, result[key]) for key, tag in RESULT_TAGS.items() if isinstance(result.get(key), str)]
+        if tags:
+            self.writers.submit(run_id, "tags", lambda: self.client.log_batch(run_id, tags=tags))
         if metrics and self._new(trial.trial_id, run_id, step, bool(result.get("final"))):
             now = int(1000 * result.get("timestamp", 0)) or 0
             batch = [Metric(k, v, now, step) for k, v in metrics.items()]

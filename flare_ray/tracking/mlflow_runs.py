@@ -38,6 +38,7 @@ SEED_REASON_TAG = "flare_ray.seed_reason"  # with adaptive seeds (search.seeds: 
 CELL_TAG = "flare_ray.cell"  # the grid cell, JSON {key.path: value} ({} without a grid)
 CONFIGURATION_TAG = "flare_ray.configuration"  # what the trial varied besides its seed, JSON
 ARM_TAG = "flare_ray.arm"  # an ablation's arm: 'baseline', or the key it changes and its value ('method.lora.r=16')
+ATTENTION_TAG = "flare_ray.attn_implementation"  # the attention kernels the trial's model ran (eager, sdpa, ...)
 SCHEMA_TAG = "flare_ray.schema_version"  # the experiment config's schema version (experiment.SCHEMA_VERSION)
 ADAPTER_PATH = "adapter"
 PREDICTIONS_PATH = "predictions"  # <split>.parquet: per-example predictions

@@ -30,7 +30,7 @@ def calibrate(experiment: ExperimentConfig, language: str, steps: int = 3, submi
     from . import session
     from .adapter import METHODS
     from .engine import Engine
-    from .evaluate import RESUME_NAME, evaluate, mean_loss
+    from .evaluate import RESUME_NAME, evaluate
     from .setup import build_trial, train_loader
     from .source_cache import attach_source_cache
     from .state_files import save_state
@@ -57,7 +57,6 @@ def calibrate(experiment: ExperimentConfig, language: str, steps: int = 3, submi
             attach_source_cache(trial.model, experiment, engine.zero3)  # FLARE: this process's, as a trial's
         out["setup"] = time.perf_counter() - started
         model = engine.unwrapped if engine is not None else trial.model.to(session.device())
-        device = engine.device if engine is not None else next(model.parameters()).device
         if engine is not None:
             engine.train_epoch(train_loader(timed, trial.encoder, training, 0, 1), 1)  # warms up (fills the cache)
             engine.train_epoch(train_loader(timed, trial.encoder, training, 0, 1), 2)
@@ -78,9 +77,7 @@ def calibrate(experiment: ExperimentConfig, language: str, steps: int = 3, submi
                 batch = records.select(range(min(training.eval_batch_size, len(records))))
                 for _ in range(2):  # the second is timed
                     started = time.perf_counter()
-                    evaluate(trial.task, trial.encoder, model, batch, training, split, 0)
-                    if loss:
-                        mean_loss(trial.encoder, model, batch, training.eval_batch_size, device)
+                    evaluate(trial.task, trial.encoder, model, batch, training, split, 0, loss=loss)
                     seconds = time.perf_counter() - started
                 out[split] = seconds * math.ceil(len(records) / training.eval_batch_size)
     return out

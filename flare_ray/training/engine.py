@@ -29,6 +29,12 @@ class NonFiniteLoss(FloatingPointError):
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# A trial's first result names the attention kernels its model runs (models.loading.attn_implementation); the
+# MLflow callback tags it on the trial's run (flare_ray.tracking.callback.RESULT_TAGS).
+ATTENTION_KEY = "model/attn_implementation"
+# training.compile's torch.compile backend. A seam: the unit tests set "eager" (dynamo traces the same graphs and
+# runs them as they are: seconds, where inductor's compilation takes minutes on a CPU).
+COMPILE_BACKEND = "inductor"
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:
@@ -47,14 +53,22 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def tokens(batch: dict[str, torch.Tensor]) -> int:
-    """The tokens a batch feeds the model, padding excluded: every attention mask's ones (target and source)."""
-    return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
+    """The tokens a batch feeds the model, padding excluded: every attention mask's ones (target and source),
+    and every position of a side flattened without padding (``training.padding_free``: position ids, no mask)."""
+    return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask"))) + _flattened(batch)
 
 
 def positions(batch: dict[str, torch.Tensor]) -> int:
     """The positions a batch makes the model compute, padding included: every attention mask's size (target and
-    source; a source row read back from the source cache is counted as computed all the same)."""
-    return int(sum(v.numel() for k, v in batch.items() if k.endswith("attention_mask")))
+    source; a source row read back from the source cache is counted as computed all the same), and every
+    position of a flattened side."""
+    return int(sum(v.numel() for k, v in batch.items() if k.endswith("attention_mask"))) + _flattened(batch)
+
+
+def _flattened(batch: dict[str, torch.Tensor]) -> int:
+    """The positions of the sides a padding-free batch carries flattened: position ids without a mask."""
+    flat = [k for k in batch if k.endswith("position_ids") and k.replace("position_ids", "attention_mask") not in batch]
+    return sum(batch[k].numel() for k in flat)
 
 
 def padding_fraction(batches: Iterable[dict[str, torch.Tensor]]) -> float:
@@ -96,6 +110,8 @@ class Engine:
             from .session import prepare_model
 
             self.model = prepare_model(model, move_to_device=not quantized)
+            if training.compile:  # the training steps' forward, FLARE's hooks within; scoring runs the model as is
+                self.model = torch.compile(self.model, backend=COMPILE_BACKEND)
         self.device = next(p.device for p in self.trainable)
         # fp16 needs loss scaling (bf16 has fp32's range); DeepSpeed scales its own.
         fp16 = training.precision == "fp16" and not self.deepspeed
@@ -132,6 +148,8 @@ class Engine:
             seen += tokens(batch)  # counted on the host, before the batch moves to the device
             computed += positions(batch)
             batch = {k: v.to(self.device) for k, v in batch.items()}
+            if "position_ids" in batch and "attention_mask" not in batch:  # flattened (padding_free): packed, so
+                batch["use_cache"] = False  # no KV cache (transformers reads packed sequences only without one)
             with first_step() if step == 1 else contextlib.nullcontext():
                 with self.autocast():
                     loss = faults.loss(self.model(**batch).loss, seed=self.training.seed, epoch=epoch, step=step)

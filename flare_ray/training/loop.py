@@ -54,13 +54,14 @@ import pandas as pd
 from flare_ray.digests import MANIFEST, write_manifest
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.fusion import FlareModel
+from flare_ray.models.loading import attn_implementation
 from flare_ray.tasks.metrics import better
 
 from . import session
 from .adapter import METHODS
 from .checkpoints import REPLAYED_CHECKPOINT_KEY, REPLAYED_KEY, TRAINED_KEY
-from .engine import Engine
-from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate, mean_loss
+from .engine import ATTENTION_KEY, Engine
+from .evaluate import PREDICTIONS_DIR, RESUME_NAME, TRIAL_CONFIG_NAME, evaluate
 from .inputs import TrialInput
 from .setup import build_trial, optimizer_steps, train_loader
 from .source_cache import attach_source_cache, share_source_cache
@@ -165,6 +166,7 @@ def train_loop_per_worker(trial_input: TrialInput) -> None:
             metrics["resumed_from_epoch"] = first - 1
         if epoch == first:  # what the trial paid before its first step: from Tune's start, and its process's
             metrics.update(startup)
+            metrics[ATTENTION_KEY] = attn_implementation(trial.model)  # what the model runs (a tag on its run)
             if shared is not None:
                 metrics["startup/source_cache_seconds"] = shared["seconds"]
         with clock.phase("validation"):
@@ -264,15 +266,10 @@ def _evaluate(engine: Engine, trial, split: str, epoch: int, rank: int, world: i
     several workers each rank scores a contiguous shard and the predictions are gathered, except under ZeRO-3,
     whose every forward pass is a collective of all ranks: there every rank scores every record."""
     records, shard = trial.splits[split], (rank, world) if world > 1 and not engine.zero3 else None
-    with engine.autocast():
-        scores, predictions = evaluate(
-            trial.task, trial.encoder, engine.unwrapped, records, engine.training, split, epoch, shard=shard
+    with engine.autocast():  # a task head's metric and loss: one pass (evaluate)
+        return evaluate(
+            trial.task, trial.encoder, engine.unwrapped, records, engine.training, split, epoch, shard=shard, loss=loss
         )
-        if loss:
-            scores["loss"] = mean_loss(
-                trial.encoder, engine.unwrapped, records, engine.training.eval_batch_size, engine.device, shard=shard
-            )
-    return scores, predictions
 
 
 def _restore(folder: Path, resume: dict[str, Any], engine: Engine) -> tuple[BestEpoch, int]:
@@ -358,12 +355,10 @@ def _score_only(trial, experiment: ExperimentConfig, language: str, rank: int, c
     training, metric = experiment.training, experiment.search.metric
     with clock.phase("validation"):
         scores, validation = evaluate(
-            trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0
-        )
-        scores["loss"] = mean_loss(
-            trial.encoder, model, trial.splits["validation"], training.eval_batch_size, next(model.parameters()).device
+            trial.task, trial.encoder, model, trial.splits["validation"], training, "validation", 0, loss=True
         )
     metrics = {"epoch": 0, **{f"validation/{k}": v for k, v in scores.items()}, **clock.metrics()}
+    metrics[ATTENTION_KEY] = attn_implementation(model)
     with clock.phase("checkpoint"):
         session.report(metrics)
     with clock.phase("test"):

@@ -31,15 +31,17 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from flare_ray.baselines import XMixupModel
+from flare_ray.configfile import FieldError
 from flare_ray.experiment import ExperimentConfig
 from flare_ray.experiment.checks import stage1_folder_problem
+from flare_ray.experiment.training import padding_free_problem
 from flare_ray.fusion import ArchitectureFamily, FlareModel
 from flare_ray.models.loading import infer_family, load_model, load_mt_tokenizer, newly_initialised, resolve_head
 from flare_ray.models.positions import max_input_positions
 from flare_ray.storage import local_copy
 from flare_ray.tasks import Task, get_task
 from flare_ray.tasks.base import ROLES, TaskDataError, mt_split_path
-from flare_ray.tasks.encoding import TaskEncoder
+from flare_ray.tasks.encoding import TaskEncoder, flatten
 
 from .adapter import METHODS, build_adapter
 
@@ -82,6 +84,7 @@ def load_base(experiment: ExperimentConfig, task: Task, *, gradient_checkpointin
         head=head,
         quantization=spec.quantization,
         dtype=spec.dtype,
+        attn_implementation=spec.attn_implementation,
         gradient_checkpointing=gradient_checkpointing,
     )
     if spec.stage1 not in (None, "auto"):
@@ -281,6 +284,11 @@ def build_trial(
                 splits[role], test_metrics = test.records, test.metrics()
             else:
                 splits[role] = english_side(task, splits[role])
+    if experiment.training.padding_free:  # a hub model's family is known from its config.json alone
+        family = infer_family(experiment.model.name_or_path, experiment.model.family).value
+        kind, fusion = experiment.method.kind, experiment.method.flare.fusion
+        if (problem := padding_free_problem(family, experiment.model.head, kind, fusion)) is not None:
+            raise FieldError(("training", "padding_free"), f"true: {problem}; expected false")
     base = load_base(experiment, task, gradient_checkpointing=False if adapter else None)
     model = build_adapter(base.model, experiment.method) if adapter is None else load_adapter(base, experiment, adapter)
     return TrialSetup(task, splits, model, task_encoder(experiment, task, base), base, test_metrics)
@@ -314,11 +322,11 @@ def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int)
     repeated to fill the last step), so the number of steps does not change.
     """
     rows = list(records)
-    if getattr(training, "group_by_length", False):
-        from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
-
-        sampler: DistributedSampler = DistributedLengthGroupedSampler(
+    window = getattr(training, "group_by_length", False)
+    if window is not False:
+        sampler: DistributedSampler = length_grouped_sampler(
             training.batch_size * world * training.grad_accumulation,  # one optimizer step's rows, as the Trainer
+            None if window is True else window,
             num_replicas=world,
             rank=rank,
             seed=training.seed,
@@ -326,13 +334,33 @@ def train_loader(records, encoder: TaskEncoder, training, rank: int, world: int)
         )
     else:
         sampler = DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=training.seed)
+    collate = lambda batch: encoder.train_batch(batch).inputs  # noqa: E731
+    if getattr(training, "padding_free", False):  # the source flattened too where no cache reads its rows
+        collate = lambda batch: flatten(encoder.train_batch(batch).inputs, source=not training.source_cache_gb)  # noqa: E731
     return DataLoader(
         rows,
         batch_size=training.batch_size,
         sampler=sampler,
-        collate_fn=lambda batch: encoder.train_batch(batch).inputs,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(training.seed),  # keep the global RNG for dropout
     )
+
+
+def length_grouped_sampler(batch_size: int, window: int | None, **kwargs) -> DistributedSampler:
+    """transformers' ``DistributedLengthGroupedSampler`` (the HF Trainer's ``group_by_length``), its windows
+    ``window`` batches long (``None``: transformers' own, ``min(rows // (4 * batch_size), 50)`` batches, which
+    sorts nothing on a split as small as NusaX's at batch 64); drawn by transformers'
+    ``get_length_grouped_indices`` in either case, so ``window`` changes only the windows' size."""
+    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler, get_length_grouped_indices
+
+    class Windowed(DistributedLengthGroupedSampler):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed + self.epoch)  # transformers' own seeding and split
+            indices = get_length_grouped_indices(self.lengths, self.batch_size, window, generator=g)
+            indices += indices[: self.total_size - len(indices)]
+            return iter(indices[self.rank : self.total_size : self.num_replicas])
+
+    return (DistributedLengthGroupedSampler if window is None else Windowed)(batch_size, **kwargs)
 
 
 def row_lengths(rows: list, encoder: TaskEncoder, chunk: int = 256) -> list[int]:

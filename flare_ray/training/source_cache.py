@@ -23,16 +23,17 @@ back and a waiting trial builds instead; one that dies leaves the others to comp
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable
 
-import ray
 import torch
 
 from flare_ray.digests import MANIFEST
@@ -227,19 +228,27 @@ def _builds():
     """``claim(digest, True)``: whether this process may build that state now (no one else is);
     ``claim(digest, False)``: give it back. Across the Ray cluster, through a named actor; without Ray,
     always."""
-    if not ray.is_initialized():
+    ray = sys.modules.get("ray")  # imported where Ray runs: the step benchmarks need no Ray (benchmarks/gpu)
+    if ray is None or not ray.is_initialized():
         yield lambda digest, take: True
         return
     # detached: owned by no trial process (a trial that made it and ended would take it along while another one
     # still asks it); it ends with the cluster, holding no resources. Detached actors live in a named namespace.
-    actor = _Builds.options(
-        name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote()
+    actor = (
+        _builds_actor(ray)
+        .options(name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True, lifetime="detached")
+        .remote()
+    )
     me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
     yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
 
 
-@ray.remote(num_cpus=0)
+@functools.cache
+def _builds_actor(ray):
+    """:class:`_Builds` as a Ray actor class (made once per process)."""
+    return ray.remote(num_cpus=0)(_Builds)
+
+
 class _Builds:
     """Who builds which state now (the named actor behind :func:`_builds`)."""
 

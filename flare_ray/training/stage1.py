@@ -77,8 +77,15 @@ def fingerprint(experiment: ExperimentConfig) -> str:
     training = stage1.training.model_dump(mode="json", exclude={"eval_batch_size", "source_cache_gb"})
     if not training["group_by_length"]:  # off (the default): the fingerprints of the folders written before it
         del training["group_by_length"]
+    if not training["compile"]:  # off (the default), as group_by_length
+        del training["compile"]
+    if not training["padding_free"]:  # off (the default), as group_by_length
+        del training["padding_free"]
+    model = stage1.model.model_dump(mode="json", exclude={"stage1"})
+    if model["attn_implementation"] is None:  # transformers' choice (the default), as group_by_length
+        del model["attn_implementation"]
     settings = {
-        "model": stage1.model.model_dump(mode="json", exclude={"stage1"}),
+        "model": model,
         "task": task.name,
         "lora": stage1.method.lora.model_dump(mode="json"),
         "training": training,

@@ -42,4 +42,11 @@ def test_the_small_benchmark_reports_every_ratio_to_lora(tmp_path):
     assert dict(cached) == {"flare_cached": "100", "flare_mt_cached": "100"}  # every timed step read the cache
     assert re.search(r"first trial [\d.]+ s .* later trials [\d.]+ s", text)
     assert "--dry-run` of the quickstart" in text
-    assert re.search(r"^\| llama \| 32 \| FLARE \| [\d.]+ % \| [\d.]+ % \|$", text, re.M)  # the padding rows
+    assert re.search(r"^\| llama \| 32 \| FLARE \|( [\d.]+ % \|){3} 0\.0 % \| [\d.]+ % \|$", text, re.M)  # padding
+    assert re.search(r"^\| the startup sweep \| 3 \| [\d.]+ \| \d+ % \|", text, re.M)  # its goodput, from MLflow
+    issue31 = re.findall(r"^\| (flare\w*_cached) ÷ LoRA step, CPU \| [\d.]+ \| ≤ [\d.]+ \| ([\d.]+) \|$", text, re.M)
+    assert {kind: float(ratio) == round(float(rows[kind]), 2) for kind, ratio in issue31} == {
+        "flare_cached": True,
+        "flare_mt_cached": True,
+    }  # issue 31's rows are this run's figures
+    assert re.search(r"^\| sweep goodput \(startup, CPU\) \| 50 % \(quickstart\) \| ≥ 80 % \| \d+ % \|$", text, re.M)

@@ -165,3 +165,26 @@ def test_a_flare_row_gives_the_same_fused_output_in_the_grouped_order(task, tiny
     unfused = {k: v for k, v in batch.items() if not k.startswith("source_")}
     with torch.no_grad():
         assert not torch.allclose(fm(**batch).logits, fm(**unfused).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_window_of_batches_sorts_more_rows_together(task, tiny_path, world):
+    """``group_by_length: <int>``: windows of that many batches (transformers' own grouping otherwise), seeded
+    alike, every row once an epoch, as many steps; a window of the whole epoch pads less than the Trainer's."""
+    records, enc = skewed(task, rows=96), encoder(task, tiny_path)
+
+    def ranks(window):
+        spec = TrainingSpec(batch_size=4, seed=42, group_by_length=window)
+        return [train_loader(records, enc, spec, rank, world) for rank in range(world)]
+
+    trainer, whole, again = ranks(True), ranks(96 // (4 * world)), ranks(96 // (4 * world))
+    for epoch in (1, 2):
+        rows = [i for loader in whole for i in order(loader, epoch)]
+        assert sorted(rows) == list(range(len(records)))  # 96 rows: no repeats in any world
+        assert [order(loader, epoch) for loader in whole] == [order(loader, epoch) for loader in again]
+        assert [len(a) for a in whole] == [len(b) for b in trainer]
+    assert order(whole[0], 1) != order(whole[0], 2)
+    padded = {name: padding_fraction(loaders[0]) for name, loaders in (("trainer", trainer), ("whole", whole))}
+    assert padded["whole"] < padded["trainer"], padded
+    with pytest.raises(ValueError, match="at least 1 batch"):
+        TrainingSpec(group_by_length=0)

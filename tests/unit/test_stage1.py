@@ -25,6 +25,8 @@ def test_fingerprint_keys_everything_stage1_depends_on():
         "stage1.lora={r: 16}",
         "training.lr_scheduler=constant",
         "training.group_by_length=true",
+        "training.compile=true",
+        "model.attn_implementation=eager",
     ]
     prints = {fingerprint(config(o)) for o in changed}
     assert len(prints) == len(changed) and base not in prints
