@@ -23,11 +23,9 @@ back and a waiting trial builds instead; one that dies leaves the others to comp
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 from functools import partial
@@ -42,6 +40,11 @@ from flare_ray.fusion import FlareModel, SourceCache, SourceShards
 from flare_ray.fusion.cache import open_shards
 from flare_ray.fusion.provider import SourceBatch
 from flare_ray.storage import download, exists, join, local_folder, upload, write_text
+
+try:
+    import ray
+except ModuleNotFoundError:  # the GPU machine's step benchmarks carry no Ray (benchmarks/gpu/README.md)
+    ray = None
 
 _CURRENT: dict[tuple, SourceCache] = {}
 BUILDS_ACTOR = "flare_ray.source_cache_builds"
@@ -228,25 +231,16 @@ def _builds():
     """``claim(digest, True)``: whether this process may build that state now (no one else is);
     ``claim(digest, False)``: give it back. Across the Ray cluster, through a named actor; without Ray,
     always."""
-    ray = sys.modules.get("ray")  # imported where Ray runs: the step benchmarks need no Ray (benchmarks/gpu)
     if ray is None or not ray.is_initialized():
         yield lambda digest, take: True
         return
     # detached: owned by no trial process (a trial that made it and ended would take it along while another one
     # still asks it); it ends with the cluster, holding no resources. Detached actors live in a named namespace.
-    actor = (
-        _builds_actor(ray)
-        .options(name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True, lifetime="detached")
-        .remote()
-    )
+    actor = _Builds.options(
+        name=BUILDS_ACTOR, namespace=BUILDS_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
     me = f"{os.getpid()}@{ray.get_runtime_context().get_node_id()}"
     yield lambda digest, take: ray.get(actor.claim.remote(digest, me) if take else actor.release.remote(digest, me))
-
-
-@functools.cache
-def _builds_actor(ray):
-    """:class:`_Builds` as a Ray actor class (made once per process)."""
-    return ray.remote(num_cpus=0)(_Builds)
 
 
 class _Builds:
@@ -262,3 +256,7 @@ class _Builds:
         if self.owners.get(digest) == owner:
             del self.owners[digest]
         return True
+
+
+if ray is not None:
+    _Builds = ray.remote(num_cpus=0)(_Builds)  # made at import, as the decorator would
