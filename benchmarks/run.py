@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 TARGETS = {"flare_cached": 1.10, "flare_mt_cached": 1.15, "flare": 1.5}  # step time ÷ LoRA's, at most
-# issue 31's CPU figures before its changes (benchmarks/RESULTS.md, 2026-12-04 and 2026-12-06; docs/quickstart.md)
-BEFORE = {"llama": 0.327, "xlm-roberta": 0.561, "flare_cached": 1.19, "flare_mt_cached": 1.25, "goodput": 0.50}
+# issue 31's CPU figures before its changes (benchmarks/RESULTS.md, 2026-12-04 and 2026-12-06; the quickstart at 962407e)
+BEFORE = {"llama": 0.327, "xlm-roberta": 0.561, "flare_cached": 1.19, "flare_mt_cached": 1.25, "goodput": 0.48}
 
 
 def tune(storage: Path, *overrides: str, yaml: Path = QUICKSTART, dry_run: bool = False) -> float:

@@ -49,4 +49,4 @@ def test_the_small_benchmark_reports_every_ratio_to_lora(tmp_path):
         "flare_cached": True,
         "flare_mt_cached": True,
     }  # issue 31's rows are this run's figures
-    assert re.search(r"^\| sweep goodput \(startup, CPU\) \| 50 % \(quickstart\) \| ≥ 80 % \| \d+ % \|$", text, re.M)
+    assert re.search(r"^\| sweep goodput \(startup, CPU\) \| 48 % \(quickstart\) \| ≥ 80 % \| \d+ % \|$", text, re.M)
